@@ -1,0 +1,49 @@
+//! The domain: what a task is, how a request is validated, how an outcome is
+//! classified and how long to wait before the next attempt. Pure: no AWS
+//! types, no I/O, unit-tested inline.
+
+mod ids;
+mod message;
+mod outcome;
+mod request;
+mod retry;
+mod task;
+mod validate;
+
+pub use ids::{InvalidId, TaskId};
+pub use message::QueueMessage;
+pub use outcome::{Outcome, classify_status};
+pub use request::{Body, HttpMethod, RequestSpec, TargetUrl, is_sensitive_header, mask_headers};
+pub use retry::RetryPolicy;
+pub use task::{Attempt, NewTask, TaskState, TaskStatus};
+pub use validate::{CreateTask, FieldError, parse_create_task};
+
+/// Milliseconds since the Unix epoch: the one time representation stored and
+/// compared by Courier (formatted as RFC 3339 only at the API edge).
+pub type EpochMillis = i64;
+
+/// The current time in epoch milliseconds.
+pub fn now_millis() -> EpochMillis {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as EpochMillis
+}
+
+/// Formats epoch milliseconds as an RFC 3339 UTC timestamp with millisecond precision.
+pub fn format_millis(ms: EpochMillis) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_epoch_millis_as_rfc3339_utc() {
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,227 @@
+//! The HTTP request a task sends: validated newtypes for method and URL, and
+//! the header rules (no hop-by-hop headers, secrets masked when shown).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The methods Courier sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+    Options,
+}
+
+impl HttpMethod {
+    pub const ALL: [HttpMethod; 7] = [
+        Self::Get,
+        Self::Post,
+        Self::Put,
+        Self::Patch,
+        Self::Delete,
+        Self::Head,
+        Self::Options,
+    ];
+
+    /// Parses a method name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+            Self::Head => "HEAD",
+            Self::Options => "OPTIONS",
+        }
+    }
+}
+
+impl fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An absolute http(s) URL with a host, at most [`TargetUrl::MAX_LEN`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetUrl(url::Url);
+
+impl TargetUrl {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.len() > Self::MAX_LEN {
+            return Err("must be at most 2048 characters");
+        }
+        let url = url::Url::parse(s).map_err(|_| "must be an absolute URL")?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("scheme must be http or https");
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("must name a host");
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The host (without port), used for per-destination grouping.
+    pub fn host(&self) -> &str {
+        self.0.host_str().unwrap_or_default()
+    }
+}
+
+impl TryFrom<String> for TargetUrl {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<TargetUrl> for String {
+    fn from(u: TargetUrl) -> String {
+        u.0.into()
+    }
+}
+
+/// A request body as stored and sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Body {
+    Text(String),
+}
+
+impl Body {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything needed to send the request: stored once at creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSpec {
+    pub method: HttpMethod,
+    pub url: TargetUrl,
+    /// Header names lowercased, in the caller's order.
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Body>,
+    pub timeout_ms: u64,
+}
+
+impl RequestSpec {
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+    pub const MAX_TIMEOUT_MS: u64 = 30_000;
+}
+
+/// Headers whose values are secrets: never shown in full by a read endpoint or
+/// a log line.
+pub fn is_sensitive_header(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "set-cookie"
+            | "x-api-key"
+            | "api-key"
+            | "x-auth-token"
+    )
+}
+
+/// A copy of `headers` with sensitive values masked (the first two characters
+/// kept when the value is long enough to show them safely).
+pub fn mask_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            if is_sensitive_header(k) {
+                let shown: String = if v.chars().count() > 12 {
+                    v.chars().take(2).collect()
+                } else {
+                    String::new()
+                };
+                (k.clone(), format!("{shown}***"))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse_case_insensitively() {
+        assert_eq!(HttpMethod::parse("post"), Some(HttpMethod::Post));
+        assert_eq!(HttpMethod::parse("OPTIONS"), Some(HttpMethod::Options));
+        assert_eq!(HttpMethod::parse("TRACE"), None);
+        assert_eq!(HttpMethod::parse(""), None);
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http_with_a_host() {
+        assert!(TargetUrl::parse("https://example.com/hook?a=1").is_ok());
+        assert!(TargetUrl::parse("http://127.0.0.1:8080/").is_ok());
+        assert_eq!(
+            TargetUrl::parse("ftp://example.com").unwrap_err(),
+            "scheme must be http or https"
+        );
+        assert_eq!(
+            TargetUrl::parse("/relative").unwrap_err(),
+            "must be an absolute URL"
+        );
+        assert_eq!(
+            TargetUrl::parse("not a url").unwrap_err(),
+            "must be an absolute URL"
+        );
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        assert_eq!(
+            TargetUrl::parse(&long).unwrap_err(),
+            "must be at most 2048 characters"
+        );
+        assert_eq!(
+            TargetUrl::parse("https://example.com:8443/x").map(|u| u.host().to_owned()),
+            Ok("example.com".into())
+        );
+    }
+
+    #[test]
+    fn sensitive_header_values_are_masked() {
+        let h = vec![
+            (
+                "authorization".to_owned(),
+                "Bearer abcdefghijklmnop".to_owned(),
+            ),
+            ("cookie".to_owned(), "s=1".to_owned()),
+            ("x-trace".to_owned(), "t-1".to_owned()),
+        ];
+        let m = mask_headers(&h);
+        assert_eq!(m[0].1, "Be***");
+        assert_eq!(m[1].1, "***");
+        assert_eq!(m[2].1, "t-1");
+    }
+}

@@ -1,0 +1,19 @@
+//! Courier's library: the domain (tasks, requests, retry policy, outcome
+//! classification), the ports it needs (task store, delivery queue), their AWS
+//! adapters (DynamoDB, SQS) and the logic behind each Lambda entrypoint.
+//!
+//! The domain module holds no AWS types; `AttributeValue` mapping lives only
+//! in [`dynamo`], SQS calls only in [`sqs`].
+
+pub mod api;
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod dynamo;
+pub mod ports;
+pub mod resources;
+pub mod sender;
+pub mod sqs;
+pub mod telemetry;
+
+pub use config::Config;

@@ -1,0 +1,67 @@
+//! The one source of truth for the names and settings of Courier's AWS
+//! resources. `template.yaml` declares them for a deployed stack, the local
+//! bootstrap creates them from these constants, and a test checks that the two
+//! agree.
+
+/// Names of one stack's resources, derived from the stack name the same way
+/// `template.yaml` derives them with `!Sub "${AWS::StackName}-…"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackNames {
+    pub table: String,
+    pub queue: String,
+    pub dlq: String,
+    pub schedule_group: String,
+}
+
+impl StackNames {
+    pub fn for_stack(stack: &str) -> Self {
+        Self {
+            table: format!("{stack}{TABLE_SUFFIX}"),
+            queue: format!("{stack}{QUEUE_SUFFIX}"),
+            dlq: format!("{stack}{DLQ_SUFFIX}"),
+            schedule_group: format!("{stack}{SCHEDULE_GROUP_SUFFIX}"),
+        }
+    }
+}
+
+pub const TABLE_SUFFIX: &str = "-tasks";
+pub const QUEUE_SUFFIX: &str = "-delivery";
+pub const DLQ_SUFFIX: &str = "-dlq";
+pub const SCHEDULE_GROUP_SUFFIX: &str = "-schedules";
+
+/// The table's partition and sort keys (both strings): a task's items share
+/// `pk = TASK#<id>`; `sk` is `STATE`, `SPEC` or `ATTEMPT#<n>`.
+pub const TABLE_HASH_KEY: &str = "pk";
+pub const TABLE_RANGE_KEY: &str = "sk";
+/// Epoch seconds after which DynamoDB deletes an item.
+pub const TABLE_TTL_ATTRIBUTE: &str = "expires_at";
+
+/// Delivery queue visibility timeout: at least the sender's function timeout
+/// (an in-flight batch must not reappear while it is being sent).
+pub const QUEUE_VISIBILITY_TIMEOUT_S: i32 = 120;
+/// Retention of both queues: the SQS maximum, 14 days.
+pub const QUEUE_RETENTION_S: i32 = 1_209_600;
+/// Receives after which SQS moves a message to the DLQ: a safety net for
+/// poison messages, above the largest attempt count a task may ask for (20).
+pub const MAX_RECEIVE_COUNT: i32 = 50;
+/// The sender function's timeout, below the visibility timeout.
+pub const SENDER_TIMEOUT_S: i32 = 60;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_stack_name() {
+        let n = StackNames::for_stack("courier");
+        assert_eq!(n.table, "courier-tasks");
+        assert_eq!(n.queue, "courier-delivery");
+        assert_eq!(n.dlq, "courier-dlq");
+        assert_eq!(n.schedule_group, "courier-schedules");
+    }
+
+    #[test]
+    fn the_visibility_timeout_outlasts_the_sender() {
+        const { assert!(QUEUE_VISIBILITY_TIMEOUT_S >= SENDER_TIMEOUT_S) };
+    }
+}

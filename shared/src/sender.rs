@@ -1,0 +1,443 @@
+//! The sender: takes an SQS batch, delivers every message concurrently
+//! (bounded), and reports the messages to redeliver as `batchItemFailures`.
+//!
+//! One delivery is [`Sender::deliver`]: claim (conditional write with a
+//! lease), send, record the attempt, move the task on. It returns a
+//! [`DeliveryOutcome`], so tests drive it without sleeping.
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::domain::{
+    Attempt, Body, Outcome, QueueMessage, RequestSpec, RetryPolicy, TaskId, classify_status,
+    now_millis,
+};
+use crate::ports::{Claim, DeliveryQueue, StoreError, TaskStore, Transition};
+
+/// Courier's version, sent in `User-Agent`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What one delivery did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeliveryOutcome {
+    /// The target answered with success.
+    Delivered { attempt: u32 },
+    /// The attempt failed and another is due after `delay`.
+    RetryScheduled { attempt: u32, delay: Duration },
+    /// The task failed for good (stopped or exhausted).
+    Failed { attempt: u32, reason: String },
+    /// Nothing was sent: the task is final, leased by another sender, or the lease was lost.
+    Skipped { reason: &'static str },
+    /// The message names no task: park it on the DLQ.
+    Poison { reason: String },
+}
+
+/// Settings the sender reads from [`crate::Config`].
+#[derive(Clone, Debug)]
+pub struct SenderSettings {
+    pub concurrency: usize,
+    pub response_body_limit: usize,
+    pub lease_margin_ms: u64,
+}
+
+/// The sender with its clients, built once per cold start.
+pub struct Sender<S, Q> {
+    store: S,
+    queue: Q,
+    http: reqwest::Client,
+    settings: SenderSettings,
+}
+
+/// The one HTTP client: connection reuse, HTTP/2 when offered (ALPN), rustls,
+/// no redirects followed.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(format!("Courier/{VERSION}"))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
+    pub fn new(store: S, queue: Q, http: reqwest::Client, settings: SenderSettings) -> Self {
+        Self {
+            store,
+            queue,
+            http,
+            settings,
+        }
+    }
+
+    /// Handles one SQS batch: every record concurrently, failures reported by id.
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let failures: Vec<BatchItemFailure> = futures_util::stream::iter(event.records)
+            .map(|record| async move {
+                let id = record.message_id.clone().unwrap_or_default();
+                match self.process(&record).await {
+                    Ok(()) => None,
+                    Err(()) => {
+                        let mut f = BatchItemFailure::default();
+                        f.item_identifier = id;
+                        Some(f)
+                    }
+                }
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .filter_map(|f| async move { f })
+            .collect()
+            .await;
+        let mut resp = SqsBatchResponse::default();
+        resp.batch_item_failures = failures;
+        resp
+    }
+
+    /// `Err(())` leaves the message on the queue for redelivery.
+    #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
+    async fn process(&self, record: &SqsMessage) -> Result<(), ()> {
+        let body = record.body.as_deref().unwrap_or_default();
+        let outcome = match QueueMessage::from_body(body) {
+            None => Ok(DeliveryOutcome::Poison {
+                reason: "unreadable message body".into(),
+            }),
+            Some(QueueMessage::DeliverV1 { task_id }) => match TaskId::parse(&task_id) {
+                Err(e) => Ok(DeliveryOutcome::Poison {
+                    reason: e.to_string(),
+                }),
+                Ok(id) => self.deliver(&id).await,
+            },
+        };
+        match outcome {
+            Ok(DeliveryOutcome::Delivered { .. } | DeliveryOutcome::Skipped { .. }) => Ok(()),
+            Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
+                let receipt = record.receipt_handle.as_deref().unwrap_or_default();
+                if let Err(e) = self.queue.retry_later(receipt, delay).await {
+                    // The queue's visibility timeout brings the message back anyway.
+                    tracing::warn!(error = %e, "could not set the retry delay");
+                }
+                Err(())
+            }
+            Ok(DeliveryOutcome::Failed { reason, .. }) => {
+                let task_id = QueueMessage::from_body(body)
+                    .map(|QueueMessage::DeliverV1 { task_id }| task_id);
+                self.park(json!({"type": "task.failed.v1", "task_id": task_id, "reason": reason}))
+                    .await
+            }
+            Ok(DeliveryOutcome::Poison { reason }) => {
+                tracing::error!(reason = %reason, "poison message");
+                self.park(json!({"type": "poison.v1", "reason": reason, "body": body}))
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
+                Err(())
+            }
+        }
+    }
+
+    async fn park(&self, doc: serde_json::Value) -> Result<(), ()> {
+        self.queue.dead_letter(doc.to_string()).await.map_err(|e| {
+            tracing::error!(error = %e, "could not write to the DLQ; message will be redelivered");
+        })
+    }
+
+    /// Delivers one task: claim, send, record, transition.
+    #[tracing::instrument(skip_all, fields(task_id = %id))]
+    pub async fn deliver(&self, id: &TaskId) -> Result<DeliveryOutcome, StoreError> {
+        let now = now_millis();
+        let lease_until =
+            now + (RequestSpec::MAX_TIMEOUT_MS + self.settings.lease_margin_ms) as i64;
+        let state = match self.store.claim(id, now, lease_until).await? {
+            Claim::Claimed(state) => state,
+            Claim::NotClaimable(status) => {
+                tracing::info!(
+                    status = status.as_str(),
+                    "not claimable; acknowledged without sending"
+                );
+                return Ok(DeliveryOutcome::Skipped {
+                    reason: "not claimable",
+                });
+            }
+            Claim::Missing => {
+                return Ok(DeliveryOutcome::Poison {
+                    reason: format!("no task {id}"),
+                });
+            }
+        };
+        let Some((spec, retry)) = self.store.get_spec(id).await? else {
+            return Ok(DeliveryOutcome::Poison {
+                reason: format!("task {id} has no request spec"),
+            });
+        };
+        let number = state.attempts;
+        let mut attempt = self.send(id, number, &spec).await;
+        let decision = decide(&retry, &attempt, fastrand::f64());
+        if let Decision::Retry(delay) = decision {
+            attempt.next_delay_ms = Some(delay.as_millis() as u64);
+        }
+        tracing::info!(
+            tenant = %state.tenant,
+            attempt = number,
+            outcome = attempt.outcome.as_str(),
+            status = attempt.status_code,
+            duration_ms = attempt.duration_ms,
+            error = attempt.error.as_deref(),
+            "attempt"
+        );
+        self.store.record_attempt(id, &attempt).await?;
+        let at = now_millis();
+        let (transition, result) = match decision {
+            Decision::Succeed => (
+                Transition::Succeeded,
+                DeliveryOutcome::Delivered { attempt: number },
+            ),
+            Decision::Retry(delay) => (
+                Transition::Retry {
+                    due_at: at + delay.as_millis() as i64,
+                },
+                DeliveryOutcome::RetryScheduled {
+                    attempt: number,
+                    delay,
+                },
+            ),
+            Decision::Fail(reason) => (
+                Transition::Failed {
+                    reason: reason.clone(),
+                },
+                DeliveryOutcome::Failed {
+                    attempt: number,
+                    reason,
+                },
+            ),
+        };
+        if !self.store.finish(id, number, &transition, at).await? {
+            return Ok(DeliveryOutcome::Skipped {
+                reason: "lease lost",
+            });
+        }
+        Ok(result)
+    }
+
+    async fn send(&self, id: &TaskId, number: u32, spec: &RequestSpec) -> Attempt {
+        let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes())
+            .unwrap_or(reqwest::Method::POST);
+        let mut req = self
+            .http
+            .request(method, spec.url.as_str())
+            .timeout(Duration::from_millis(spec.timeout_ms))
+            .header("Courier-Task-Id", id.as_str())
+            .header("Courier-Attempt", number.to_string());
+        for (k, v) in &spec.headers {
+            req = req.header(k, v);
+        }
+        if let Some(Body::Text(t)) = &spec.body {
+            req = req.body(t.clone());
+        }
+        let started_at = now_millis();
+        let clock = Instant::now();
+        let result = match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match read_truncated(resp, self.settings.response_body_limit).await {
+                    Ok(body) => Ok((status, body)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let duration_ms = clock.elapsed().as_millis() as u64;
+        let (status_code, outcome, response_body, error) = match result {
+            Ok((status, body)) => (Some(status), classify_status(status), Some(body), None),
+            Err(e) => (None, classify_error(&e), None, Some(error_text(&e))),
+        };
+        Attempt {
+            number,
+            started_at,
+            duration_ms,
+            status_code,
+            outcome,
+            response_body,
+            error,
+            next_delay_ms: None,
+        }
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Succeed,
+    Retry(Duration),
+    Fail(String),
+}
+
+/// Chooses the task's next step from the attempt: pure, so it is unit-tested.
+/// `unit` is a uniform draw in `[0, 1)` for jitter.
+pub fn decide(retry: &RetryPolicy, attempt: &Attempt, unit: f64) -> Decision {
+    let n = attempt.number;
+    if attempt.outcome == Outcome::Success {
+        return Decision::Succeed;
+    }
+    let what = match (attempt.status_code, &attempt.error) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, Some(e)) => e.clone(),
+        (None, None) => "no response".to_owned(),
+    };
+    let class = attempt.outcome.as_str();
+    if !attempt.outcome.is_retryable() {
+        return Decision::Fail(format!("stopped after attempt {n}: {class} ({what})"));
+    }
+    match retry.delay_after(n, unit) {
+        Some(delay) => Decision::Retry(delay),
+        None => Decision::Fail(format!("exhausted after {n} attempts: {class} ({what})")),
+    }
+}
+
+/// Reads at most `limit` bytes of the body, as (lossy) UTF-8.
+async fn read_truncated(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<String, reqwest::Error> {
+    let mut buf = Vec::with_capacity(limit.min(4096));
+    while buf.len() < limit {
+        match resp.chunk().await? {
+            Some(chunk) => buf.extend_from_slice(&chunk[..chunk.len().min(limit - buf.len())]),
+            None => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+fn classify_error(e: &reqwest::Error) -> Outcome {
+    if e.is_timeout() {
+        return Outcome::Timeout;
+    }
+    let text = error_text(e).to_ascii_lowercase();
+    if text.contains("dns")
+        || text.contains("failed to lookup")
+        || text.contains("name or service not known")
+    {
+        Outcome::Dns
+    } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        Outcome::Tls
+    } else {
+        Outcome::Connect
+    }
+}
+
+/// The error with its causes, e.g. `error sending request: client error (Connect): Connection refused`.
+fn error_text(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error_chain(e) {
+        let s = cause.to_string();
+        if parts.last().is_none_or(|p| !p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    let mut text = parts.join(": ");
+    if let Some(url) = e.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(number: u32, outcome: Outcome, status: Option<u16>) -> Attempt {
+        Attempt {
+            number,
+            started_at: 0,
+            duration_ms: 1,
+            status_code: status,
+            outcome,
+            response_body: None,
+            error: None,
+            next_delay_ms: None,
+        }
+    }
+
+    #[test]
+    fn success_ends_the_task() {
+        assert_eq!(
+            decide(
+                &RetryPolicy::default(),
+                &attempt(1, Outcome::Success, Some(200)),
+                0.5
+            ),
+            Decision::Succeed
+        );
+    }
+
+    #[test]
+    fn a_server_error_retries_until_attempts_run_out() {
+        let p = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let d = decide(&p, &attempt(1, Outcome::ServerError, Some(500)), 0.5);
+        assert_eq!(d, Decision::Retry(Duration::from_secs(1)));
+        let d = decide(&p, &attempt(4, Outcome::ServerError, Some(500)), 0.5);
+        assert_eq!(
+            d,
+            Decision::Fail("exhausted after 4 attempts: server_error (HTTP 500)".into())
+        );
+    }
+
+    #[test]
+    fn a_client_error_stops_at_once() {
+        let d = decide(
+            &RetryPolicy::default(),
+            &attempt(1, Outcome::ClientError, Some(404)),
+            0.5,
+        );
+        assert_eq!(
+            d,
+            Decision::Fail("stopped after attempt 1: client_error (HTTP 404)".into())
+        );
+    }
+}
+
+/// Runs the sender function: builds its clients once and handles SQS batches
+/// until the runtime stops.
+pub async fn run(
+    config: crate::Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(), lambda_runtime::Error> {
+    let sender = Sender::new(
+        crate::dynamo::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            &config.table,
+            config.retention_days,
+        ),
+        crate::sqs::SqsQueue::new(
+            aws_sdk_sqs::Client::new(sdk),
+            &config.queue_url,
+            &config.dlq_url,
+        ),
+        http_client(),
+        SenderSettings {
+            concurrency: config.sender_concurrency,
+            response_body_limit: config.response_body_limit,
+            lease_margin_ms: config.lease_margin_ms,
+        },
+    );
+    let sender = &sender;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
+            Ok::<_, lambda_runtime::Error>(sender.handle(event.payload).await)
+        },
+    ))
+    .await
+}

@@ -1,0 +1,72 @@
+//! The SQS adapter of [`DeliveryQueue`].
+
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+
+use crate::domain::QueueMessage;
+use crate::ports::{DeliveryQueue, QueueError};
+
+/// The longest `DelaySeconds` SQS accepts.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+/// The longest visibility timeout SQS accepts.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+
+/// The delivery queue and its DLQ.
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    queue_url: String,
+    dlq_url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+            dlq_url: dlq_url.into(),
+        }
+    }
+}
+
+fn err<E: std::error::Error + Send + Sync + 'static>(e: E) -> QueueError {
+    QueueError(Box::new(e))
+}
+
+impl DeliveryQueue for SqsQueue {
+    async fn enqueue(&self, msg: &QueueMessage, delay: Duration) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(msg.to_body())
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(delay.min(MAX_VISIBILITY).as_secs() as i32)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, body: String) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}
