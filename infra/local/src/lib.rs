@@ -1,1 +1,21 @@
+//! Courier's local stack: dev tooling that stands in for what AWS does for a
+//! deployed Courier, so the real function binaries run on a laptop against a
+//! local emulator. Never deployed.
+//!
+//! - [`bootstrap`] creates the table, queues and schedule group that
+//!   `template.yaml` declares, from the same constants.
+//! - [`runtime`] hosts a function binary behind the Lambda Runtime API.
+//! - [`front`] turns plain HTTP into API Gateway HTTP API (v2) events.
+//! - [`event_source`] is the SQS event-source mapping: long-poll, invoke the
+//!   sender with a real `SqsEvent`, delete all but `batchItemFailures`.
+//! - [`scheduler`] fires due EventBridge Scheduler schedules.
+//! - [`echo`] is a target that answers and logs what it receives.
+//! - [`stack`] starts all of it together.
 
+pub mod bootstrap;
+pub mod echo;
+pub mod event_source;
+pub mod front;
+pub mod runtime;
+pub mod scheduler;
+pub mod stack;

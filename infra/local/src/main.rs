@@ -1,1 +1,88 @@
-fn main() {}
+//! `courier-local`: runs Courier on this machine against a local AWS
+//! emulator (see `make run`), or bootstraps its resources.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use courier_local::stack::{LocalStack, StackOptions};
+
+#[derive(Parser)]
+#[command(version, about = "Courier's local stack (dev tooling; never deployed)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bootstrap resources, start the API, the sender, both bridges and an echo target.
+    Up {
+        #[arg(long, default_value = "courier", env = "COURIER_STACK")]
+        stack: String,
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        api: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        echo: SocketAddr,
+        /// Directory of the `api` and `sender` binaries (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Create the stack's table, queues and schedule group, and print their names.
+    Bootstrap {
+        #[arg(long, default_value = "courier", env = "COURIER_STACK")]
+        stack: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_target(false).init();
+    let sdk = courier::aws::load().await;
+    match Cli::parse().command {
+        Cmd::Bootstrap { stack } => {
+            let out = courier_local::bootstrap::bootstrap(&sdk, &stack).await?;
+            for (k, v) in out.function_env() {
+                println!("{k}={v}");
+            }
+        }
+        Cmd::Up {
+            stack,
+            api,
+            echo,
+            bin_dir,
+        } => {
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            };
+            let echo_listener = tokio::net::TcpListener::bind(echo).await?;
+            let echo_addr = echo_listener.local_addr()?;
+            tokio::spawn(courier_local::echo::serve(echo_listener));
+            let mut opts = StackOptions::new(stack, bin_dir);
+            opts.api_addr = api;
+            let local = LocalStack::start(&sdk, opts).await?;
+            println!("\nCourier is running.");
+            println!("  API:          {}", local.api_url);
+            println!("  echo target:  http://{echo_addr}/  (logs what it receives below)");
+            println!("  table:        {}", local.outputs.names.table);
+            println!("  queue:        {}", local.outputs.queue_url);
+            println!("\nCreate a task:\n");
+            println!(
+                "  curl -s -X POST {}/v1/tasks -H 'content-type: application/json' \\\n    -d '{{\"request\":{{\"method\":\"POST\",\"url\":\"http://{echo_addr}/hello\",\"headers\":{{\"content-type\":\"application/json\"}},\"body\":\"{{\\\"hi\\\":1}}\"}}}}'",
+                local.api_url
+            );
+            println!(
+                "\nThen look at it:  curl -s {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n",
+                local.api_url
+            );
+            tokio::signal::ctrl_c().await?;
+            println!("stopping");
+            drop(local);
+        }
+    }
+    Ok(())
+}

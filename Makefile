@@ -1,0 +1,27 @@
+# Courier. `make run` starts everything locally; `make test` checks everything.
+SHELL := /bin/bash
+
+.PHONY: run test tools build-lambda fmt clean
+
+## run: local stack on 127.0.0.1 (emulator, API on :3000, sender, bridges, echo target)
+run:
+	infra/run.sh
+
+## test: fmt, clippy, cfn-lint, unit and integration tests on a fresh emulator
+test:
+	infra/test.sh
+
+## tools: install the pinned local tools (moto, cfn-lint) into ./.venv
+tools:
+	infra/tools.sh
+
+## build-lambda: release arm64 Lambda zips via cargo-lambda (installed into ./.venv)
+build-lambda:
+	infra/tools.sh --lambda
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip --bin api --bin sender
+
+fmt:
+	cargo fmt --all
+
+clean:
+	rm -rf .local

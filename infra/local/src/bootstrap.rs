@@ -1,0 +1,173 @@
+//! Creates one stack's resources on the emulator (or any endpoint), with the
+//! names and settings of [`courier::resources`]. Idempotent.
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use courier::resources::{
+    MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S, StackNames, TABLE_HASH_KEY,
+    TABLE_RANGE_KEY, TABLE_TTL_ATTRIBUTE,
+};
+
+/// What a stack's resources are called once they exist.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    pub stack: String,
+    pub names: StackNames,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub dlq_url: String,
+    pub dlq_arn: String,
+}
+
+impl Outputs {
+    /// The environment Courier's functions read ([`courier::Config`]).
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("COURIER_TABLE".into(), self.names.table.clone()),
+            ("COURIER_QUEUE_URL".into(), self.queue_url.clone()),
+            ("COURIER_DLQ_URL".into(), self.dlq_url.clone()),
+            ("COURIER_QUEUE_ARN".into(), self.queue_arn.clone()),
+            (
+                "COURIER_SCHEDULE_GROUP".into(),
+                self.names.schedule_group.clone(),
+            ),
+        ]
+    }
+}
+
+/// Creates (or finds) the table, the delivery queue with its DLQ and redrive
+/// policy, and the schedule group of `stack`.
+pub async fn bootstrap(sdk: &SdkConfig, stack: &str) -> anyhow::Result<Outputs> {
+    let names = StackNames::for_stack(stack);
+    create_table(&aws_sdk_dynamodb::Client::new(sdk), &names.table).await?;
+
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let dlq_url = create_queue(
+        &sqs,
+        &names.dlq,
+        &[(
+            QueueAttributeName::MessageRetentionPeriod,
+            QUEUE_RETENTION_S.to_string(),
+        )],
+    )
+    .await?;
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
+    let redrive =
+        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT})
+            .to_string();
+    let queue_url = create_queue(
+        &sqs,
+        &names.queue,
+        &[
+            (
+                QueueAttributeName::VisibilityTimeout,
+                QUEUE_VISIBILITY_TIMEOUT_S.to_string(),
+            ),
+            (
+                QueueAttributeName::MessageRetentionPeriod,
+                QUEUE_RETENTION_S.to_string(),
+            ),
+            (QueueAttributeName::RedrivePolicy, redrive),
+        ],
+    )
+    .await?;
+    let queue_arn = queue_arn(&sqs, &queue_url).await?;
+
+    let scheduler = aws_sdk_scheduler::Client::new(sdk);
+    match scheduler
+        .create_schedule_group()
+        .name(&names.schedule_group)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_conflict_exception()) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Outputs {
+        stack: stack.to_owned(),
+        names,
+        queue_url,
+        queue_arn,
+        dlq_url,
+        dlq_arn,
+    })
+}
+
+async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+    };
+    let res = ddb
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr(TABLE_HASH_KEY)?)
+        .attribute_definitions(attr(TABLE_RANGE_KEY)?)
+        .key_schema(key(TABLE_HASH_KEY, KeyType::Hash)?)
+        .key_schema(key(TABLE_RANGE_KEY, KeyType::Range)?)
+        .send()
+        .await;
+    match res {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_resource_in_use_exception()) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ddb.update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(TABLE_TTL_ATTRIBUTE)
+                .enabled(true)
+                .build()?,
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    attrs: &[(QueueAttributeName, String)],
+) -> anyhow::Result<String> {
+    let mut req = sqs.create_queue().queue_name(name);
+    for (k, v) in attrs {
+        req = req.attributes(k.clone(), v);
+    }
+    let out = req.send().await?;
+    out.queue_url
+        .ok_or_else(|| anyhow::anyhow!("CreateQueue returned no URL for {name}"))
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<String> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?;
+    out.attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| anyhow::anyhow!("no QueueArn for {url}"))
+}

@@ -1,0 +1,138 @@
+//! Everything of a local Courier started together: resources bootstrapped on
+//! the emulator, the API function behind a local API Gateway front, the sender
+//! behind the SQS event-source bridge, and the Scheduler bridge. Dropping a
+//! [`LocalStack`] stops all of it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use tokio::task::JoinHandle;
+
+use crate::bootstrap::{Outputs, bootstrap};
+use crate::event_source::{self, Mapping};
+use crate::runtime::{FunctionHost, FunctionSpec};
+use crate::scheduler;
+
+/// How to start a local stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    /// Resource name prefix (`<stack>-tasks`, …).
+    pub stack: String,
+    /// Where the `api` and `sender` binaries are.
+    pub bin_dir: PathBuf,
+    /// Where the API front listens (`127.0.0.1:0` for any free port).
+    pub api_addr: SocketAddr,
+    pub api_instances: usize,
+    pub sender_instances: usize,
+    /// Concurrent pollers of the event-source bridge (0: none; drive it yourself).
+    pub pollers: usize,
+    pub batch_size: i32,
+    /// Functions' log output; `None` inherits the terminal.
+    pub log_file: Option<PathBuf>,
+    /// Extra function environment (overrides).
+    pub extra_env: Vec<(String, String)>,
+    /// Scheduler bridge period (`None`: no bridge).
+    pub scheduler_tick: Option<Duration>,
+}
+
+impl StackOptions {
+    pub fn new(stack: impl Into<String>, bin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            stack: stack.into(),
+            bin_dir: bin_dir.into(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_instances: 2,
+            sender_instances: 2,
+            pollers: 2,
+            batch_size: 10,
+            log_file: None,
+            extra_env: Vec::new(),
+            scheduler_tick: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A running local stack.
+pub struct LocalStack {
+    pub api_url: String,
+    pub outputs: Outputs,
+    pub api: Arc<FunctionHost>,
+    pub sender: Arc<FunctionHost>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalStack {
+    pub async fn start(sdk: &SdkConfig, opts: StackOptions) -> anyhow::Result<Self> {
+        let outputs = bootstrap(sdk, &opts.stack).await?;
+        let mut env = outputs.function_env();
+        env.extend(opts.extra_env.iter().cloned());
+        let function = |name: &str, timeout_s: u64, instances: usize| FunctionSpec {
+            name: format!("{}-{name}", opts.stack),
+            binary: opts.bin_dir.join(name),
+            env: env.clone(),
+            timeout: Duration::from_secs(timeout_s),
+            instances,
+            log_file: opts.log_file.clone(),
+        };
+        let api = Arc::new(FunctionHost::start(function("api", 30, opts.api_instances)).await?);
+        let sender = Arc::new(
+            FunctionHost::start(function(
+                "sender",
+                courier::resources::SENDER_TIMEOUT_S as u64,
+                opts.sender_instances,
+            ))
+            .await?,
+        );
+
+        let listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
+        let api_url = format!("http://{}", listener.local_addr()?);
+        let mut tasks = vec![tokio::spawn({
+            let api = api.clone();
+            async move {
+                if let Err(e) = crate::front::serve(listener, api).await {
+                    tracing::error!(error = %e, "API front stopped");
+                }
+            }
+        })];
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        for _ in 0..opts.pollers {
+            let mapping = Mapping {
+                queue_url: outputs.queue_url.clone(),
+                queue_arn: outputs.queue_arn.clone(),
+                batch_size: opts.batch_size,
+                wait_seconds: 2,
+            };
+            tasks.push(tokio::spawn(event_source::run(
+                sqs.clone(),
+                mapping,
+                sender.clone(),
+            )));
+        }
+        if let Some(tick) = opts.scheduler_tick {
+            tasks.push(tokio::spawn(scheduler::run(
+                aws_sdk_scheduler::Client::new(sdk),
+                sqs.clone(),
+                outputs.names.schedule_group.clone(),
+                tick,
+            )));
+        }
+        Ok(Self {
+            api_url,
+            outputs,
+            api,
+            sender,
+            tasks,
+        })
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

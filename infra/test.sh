@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make test`: lints, then unit and integration tests against an emulator of
+# its own on a free port (or against AWS_ENDPOINT_URL when it is set, e.g.
+# LocalStack). Stops what it started; exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source infra/env.sh
+infra/tools.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cfn-lint template.yaml"
+.venv/bin/cfn-lint template.yaml
+
+echo "== build function binaries"
+cargo build --workspace --bins
+
+if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+  port=$(infra/emulator.sh free-port)
+  export AWS_ENDPOINT_URL=$(infra/emulator.sh start "$port")
+  trap 'infra/emulator.sh stop "$port"' EXIT
+  echo "== emulator on $AWS_ENDPOINT_URL"
+fi
+echo "== tests"
+cargo test --workspace -- ${TEST_ARGS:-}
