@@ -24,4 +24,4 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   echo "== emulator on $AWS_ENDPOINT_URL"
 fi
 echo "== tests"
-cargo test --workspace -- ${TEST_ARGS:-}
+cargo test --workspace --no-fail-fast -- ${TEST_ARGS:-}

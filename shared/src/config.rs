@@ -31,10 +31,7 @@ pub enum ConfigError {
     #[error("environment variable {0} is required")]
     Missing(&'static str),
     #[error("environment variable {name} is invalid: {rule}")]
-    Invalid {
-        name: &'static str,
-        rule: &'static str,
-    },
+    Invalid { name: &'static str, rule: &'static str },
 }
 
 impl Config {
@@ -45,47 +42,23 @@ impl Config {
 
     /// Reads the configuration from any key lookup (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required = |name: &'static str| {
-            get(name)
-                .filter(|v| !v.is_empty())
-                .ok_or(ConfigError::Missing(name))
-        };
-        let number = |name: &'static str,
-                      default: u64,
-                      max: u64,
-                      rule: &'static str|
-         -> Result<u64, ConfigError> {
+        let required = |name: &'static str| get(name).filter(|v| !v.is_empty()).ok_or(ConfigError::Missing(name));
+        let number = |name: &'static str, default: u64, max: u64, rule: &'static str| -> Result<u64, ConfigError> {
             match get(name) {
                 None => Ok(default),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=max).contains(n))
-                    .ok_or(ConfigError::Invalid { name, rule }),
+                Some(v) => {
+                    v.parse::<u64>().ok().filter(|n| (1..=max).contains(n)).ok_or(ConfigError::Invalid { name, rule })
+                }
             }
         };
         Ok(Self {
             table: required("COURIER_TABLE")?,
             queue_url: required("COURIER_QUEUE_URL")?,
             dlq_url: required("COURIER_DLQ_URL")?,
-            sender_concurrency: number(
-                "COURIER_SENDER_CONCURRENCY",
-                16,
-                256,
-                "an integer in 1..=256",
-            )? as usize,
-            response_body_limit: number(
-                "COURIER_RESPONSE_BODY_LIMIT",
-                4096,
-                65_536,
-                "an integer in 1..=65536",
-            )? as usize,
-            lease_margin_ms: number(
-                "COURIER_LEASE_MARGIN_MS",
-                30_000,
-                900_000,
-                "an integer in 1..=900000",
-            )?,
+            sender_concurrency: number("COURIER_SENDER_CONCURRENCY", 16, 256, "an integer in 1..=256")? as usize,
+            response_body_limit: number("COURIER_RESPONSE_BODY_LIMIT", 4096, 65_536, "an integer in 1..=65536")?
+                as usize,
+            lease_margin_ms: number("COURIER_LEASE_MARGIN_MS", 30_000, 900_000, "an integer in 1..=900000")?,
             retention_days: number("COURIER_RETENTION_DAYS", 90, 3650, "an integer in 1..=3650")?,
             default_tenant: get("COURIER_DEFAULT_TENANT").unwrap_or_else(|| "default".to_owned()),
         })
@@ -99,18 +72,12 @@ mod tests {
     use super::*;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         move |k| m.get(k).cloned()
     }
 
-    const BASE: [(&str, &str); 3] = [
-        ("COURIER_TABLE", "t"),
-        ("COURIER_QUEUE_URL", "http://q"),
-        ("COURIER_DLQ_URL", "http://d"),
-    ];
+    const BASE: [(&str, &str); 3] =
+        [("COURIER_TABLE", "t"), ("COURIER_QUEUE_URL", "http://q"), ("COURIER_DLQ_URL", "http://d")];
 
     #[test]
     fn reads_required_values_and_defaults() {

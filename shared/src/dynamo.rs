@@ -12,9 +12,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
-use crate::domain::{
-    Attempt, EpochMillis, NewTask, RequestSpec, RetryPolicy, TaskId, TaskState, TaskStatus,
-};
+use crate::domain::{Attempt, EpochMillis, NewTask, RequestSpec, RetryPolicy, TaskId, TaskState, TaskStatus};
 use crate::ports::{Claim, StoreError, StoredTask, TaskStore, Transition};
 use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL};
 
@@ -35,11 +33,7 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
-        Self {
-            client,
-            table: table.into(),
-            retention_ms: retention_days as i64 * DAY_MS,
-        }
+        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS }
     }
 
     fn key(id: &TaskId, sk: &str) -> Item {
@@ -95,10 +89,7 @@ fn get_s<'a>(id: &TaskId, item: &'a Item, k: &str) -> Result<&'a str, StoreError
     item.get(k)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
-        .ok_or_else(|| StoreError::Corrupt {
-            id: id.to_string(),
-            what: format!("missing string `{k}`"),
-        })
+        .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("missing string `{k}`") })
 }
 
 fn get_n<T: std::str::FromStr>(id: &TaskId, item: &Item, k: &str) -> Result<Option<T>, StoreError> {
@@ -109,29 +100,17 @@ fn get_n<T: std::str::FromStr>(id: &TaskId, item: &Item, k: &str) -> Result<Opti
             .ok()
             .and_then(|x| x.parse().ok())
             .map(Some)
-            .ok_or_else(|| StoreError::Corrupt {
-                id: id.to_string(),
-                what: format!("`{k}` is not a number"),
-            }),
+            .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("`{k}` is not a number") }),
     }
 }
 
 fn req_n<T: std::str::FromStr>(id: &TaskId, item: &Item, k: &str) -> Result<T, StoreError> {
-    get_n(id, item, k)?.ok_or_else(|| StoreError::Corrupt {
-        id: id.to_string(),
-        what: format!("missing number `{k}`"),
-    })
+    get_n(id, item, k)?.ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("missing number `{k}`") })
 }
 
-fn json<T: serde::de::DeserializeOwned>(
-    id: &TaskId,
-    item: &Item,
-    k: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(get_s(id, item, k)?).map_err(|e| StoreError::Corrupt {
-        id: id.to_string(),
-        what: format!("`{k}`: {e}"),
-    })
+fn json<T: serde::de::DeserializeOwned>(id: &TaskId, item: &Item, k: &str) -> Result<T, StoreError> {
+    serde_json::from_str(get_s(id, item, k)?)
+        .map_err(|e| StoreError::Corrupt { id: id.to_string(), what: format!("`{k}`: {e}") })
 }
 
 fn state_from_item(id: &TaskId, i: &Item) -> Result<TaskState, StoreError> {
@@ -139,10 +118,8 @@ fn state_from_item(id: &TaskId, i: &Item) -> Result<TaskState, StoreError> {
     Ok(TaskState {
         id: id.clone(),
         tenant: get_s(id, i, "tenant")?.to_owned(),
-        status: TaskStatus::parse(status).ok_or_else(|| StoreError::Corrupt {
-            id: id.to_string(),
-            what: format!("unknown status `{status}`"),
-        })?,
+        status: TaskStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("unknown status `{status}`") })?,
         attempts: req_n(id, i, "attempts")?,
         max_attempts: req_n(id, i, "max_attempts")?,
         created_at: req_n(id, i, "created_at")?,
@@ -161,13 +138,7 @@ impl TaskStore for DynamoStore {
         spec.insert("retry".into(), s(to_json(&task.retry)));
         // The spec outlives any retry schedule; finished state items get their own TTL.
         spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(spec))
-            .send()
-            .await
-            .map_err(unavailable)?;
+        self.client.put_item().table_name(&self.table).set_item(Some(spec)).send().await.map_err(unavailable)?;
 
         let mut state = Self::key(&task.id, STATE);
         state.extend([
@@ -221,13 +192,7 @@ impl TaskStore for DynamoStore {
             .await
             .map_err(unavailable)?;
         let items = out.items.unwrap_or_default();
-        let find = |sk: &str| {
-            items.iter().find(|i| {
-                i.get(SK)
-                    .and_then(|v| v.as_s().ok())
-                    .is_some_and(|v| v == sk)
-            })
-        };
+        let find = |sk: &str| items.iter().find(|i| i.get(SK).and_then(|v| v.as_s().ok()).is_some_and(|v| v == sk));
         let (Some(state), Some(spec)) = (find(STATE), find(SPEC)) else {
             return Ok(None);
         };
@@ -254,19 +219,10 @@ impl TaskStore for DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        out.items
-            .unwrap_or_default()
-            .first()
-            .map(|i| json(id, i, "attempt"))
-            .transpose()
+        out.items.unwrap_or_default().first().map(|i| json(id, i, "attempt")).transpose()
     }
 
-    async fn claim(
-        &self,
-        id: &TaskId,
-        now: EpochMillis,
-        lease_until: EpochMillis,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, id: &TaskId, now: EpochMillis, lease_until: EpochMillis) -> Result<Claim, StoreError> {
         let res = self
             .client
             .update_item()
@@ -302,10 +258,7 @@ impl TaskStore for DynamoStore {
         }
     }
 
-    async fn get_spec(
-        &self,
-        id: &TaskId,
-    ) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
+    async fn get_spec(&self, id: &TaskId) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -314,32 +267,18 @@ impl TaskStore for DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        out.item
-            .map(|i| Ok((json(id, &i, "spec")?, json(id, &i, "retry")?)))
-            .transpose()
+        out.item.map(|i| Ok((json(id, &i, "spec")?, json(id, &i, "retry")?))).transpose()
     }
 
     async fn record_attempt(&self, id: &TaskId, attempt: &Attempt) -> Result<(), StoreError> {
         let mut item = Self::key(id, &attempt_sk(attempt.number));
         item.insert("attempt".into(), s(to_json(attempt)));
         item.insert(TTL.into(), ttl_secs(attempt.started_at + self.retention_ms));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(unavailable)?;
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(unavailable)?;
         Ok(())
     }
 
-    async fn finish(
-        &self,
-        id: &TaskId,
-        attempt: u32,
-        t: &Transition,
-        now: EpochMillis,
-    ) -> Result<bool, StoreError> {
+    async fn finish(&self, id: &TaskId, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {
         let req = self
             .client
             .update_item()

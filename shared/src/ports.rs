@@ -6,8 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::{
-    Attempt, EpochMillis, NewTask, QueueMessage, RequestSpec, RetryPolicy, TaskId, TaskState,
-    TaskStatus,
+    Attempt, EpochMillis, NewTask, QueueMessage, RequestSpec, RetryPolicy, TaskId, TaskState, TaskStatus,
 };
 
 type Source = Box<dyn StdError + Send + Sync>;
@@ -61,14 +60,8 @@ pub trait TaskStore: Send + Sync + 'static {
     fn create(&self, task: &NewTask) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Removes a task that was never enqueued (creation rolled back).
     fn discard(&self, id: &TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn get(
-        &self,
-        id: &TaskId,
-    ) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
-    fn last_attempt(
-        &self,
-        id: &TaskId,
-    ) -> impl Future<Output = Result<Option<Attempt>, StoreError>> + Send;
+    fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
+    fn last_attempt(&self, id: &TaskId) -> impl Future<Output = Result<Option<Attempt>, StoreError>> + Send;
     /// Moves a claimable task to `sending` with a lease; see [`Claim`].
     fn claim(
         &self,
@@ -80,11 +73,7 @@ pub trait TaskStore: Send + Sync + 'static {
         &self,
         id: &TaskId,
     ) -> impl Future<Output = Result<Option<(RequestSpec, RetryPolicy)>, StoreError>> + Send;
-    fn record_attempt(
-        &self,
-        id: &TaskId,
-        attempt: &Attempt,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_attempt(&self, id: &TaskId, attempt: &Attempt) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Applies `transition` if the task is still `sending` attempt `attempt`;
     /// `Ok(false)` when the lease was lost to another sender.
     fn finish(
@@ -99,17 +88,10 @@ pub trait TaskStore: Send + Sync + 'static {
 /// The delivery queue and its dead-letter queue.
 pub trait DeliveryQueue: Send + Sync + 'static {
     /// Sends `msg`, invisible for `delay` (at most 15 minutes).
-    fn enqueue(
-        &self,
-        msg: &QueueMessage,
-        delay: Duration,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    fn enqueue(&self, msg: &QueueMessage, delay: Duration) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// Makes a received message reappear after `delay` (at most 12 hours).
-    fn retry_later(
-        &self,
-        receipt_handle: &str,
-        delay: Duration,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    fn retry_later(&self, receipt_handle: &str, delay: Duration)
+    -> impl Future<Output = Result<(), QueueError>> + Send;
     /// Parks a JSON document on the dead-letter queue.
     fn dead_letter(&self, body: String) -> impl Future<Output = Result<(), QueueError>> + Send;
 }

@@ -12,8 +12,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::domain::{
-    Attempt, Body, Outcome, QueueMessage, RequestSpec, RetryPolicy, TaskId, classify_status,
-    now_millis,
+    Attempt, Body, Outcome, QueueMessage, RequestSpec, RetryPolicy, TaskId, classify_status, now_millis,
 };
 use crate::ports::{Claim, DeliveryQueue, StoreError, TaskStore, Transition};
 
@@ -65,12 +64,7 @@ pub fn http_client() -> reqwest::Client {
 
 impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
     pub fn new(store: S, queue: Q, http: reqwest::Client, settings: SenderSettings) -> Self {
-        Self {
-            store,
-            queue,
-            http,
-            settings,
-        }
+        Self { store, queue, http, settings }
     }
 
     /// Handles one SQS batch: every record concurrently, failures reported by id.
@@ -101,13 +95,9 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
     async fn process(&self, record: &SqsMessage) -> Result<(), ()> {
         let body = record.body.as_deref().unwrap_or_default();
         let outcome = match QueueMessage::from_body(body) {
-            None => Ok(DeliveryOutcome::Poison {
-                reason: "unreadable message body".into(),
-            }),
+            None => Ok(DeliveryOutcome::Poison { reason: "unreadable message body".into() }),
             Some(QueueMessage::DeliverV1 { task_id }) => match TaskId::parse(&task_id) {
-                Err(e) => Ok(DeliveryOutcome::Poison {
-                    reason: e.to_string(),
-                }),
+                Err(e) => Ok(DeliveryOutcome::Poison { reason: e.to_string() }),
                 Ok(id) => self.deliver(&id).await,
             },
         };
@@ -122,15 +112,12 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
                 Err(())
             }
             Ok(DeliveryOutcome::Failed { reason, .. }) => {
-                let task_id = QueueMessage::from_body(body)
-                    .map(|QueueMessage::DeliverV1 { task_id }| task_id);
-                self.park(json!({"type": "task.failed.v1", "task_id": task_id, "reason": reason}))
-                    .await
+                let task_id = QueueMessage::from_body(body).map(|QueueMessage::DeliverV1 { task_id }| task_id);
+                self.park(json!({"type": "task.failed.v1", "task_id": task_id, "reason": reason})).await
             }
             Ok(DeliveryOutcome::Poison { reason }) => {
                 tracing::error!(reason = %reason, "poison message");
-                self.park(json!({"type": "poison.v1", "reason": reason, "body": body}))
-                    .await
+                self.park(json!({"type": "poison.v1", "reason": reason, "body": body})).await
             }
             Err(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
@@ -149,29 +136,19 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
     #[tracing::instrument(skip_all, fields(task_id = %id))]
     pub async fn deliver(&self, id: &TaskId) -> Result<DeliveryOutcome, StoreError> {
         let now = now_millis();
-        let lease_until =
-            now + (RequestSpec::MAX_TIMEOUT_MS + self.settings.lease_margin_ms) as i64;
+        let lease_until = now + (RequestSpec::MAX_TIMEOUT_MS + self.settings.lease_margin_ms) as i64;
         let state = match self.store.claim(id, now, lease_until).await? {
             Claim::Claimed(state) => state,
             Claim::NotClaimable(status) => {
-                tracing::info!(
-                    status = status.as_str(),
-                    "not claimable; acknowledged without sending"
-                );
-                return Ok(DeliveryOutcome::Skipped {
-                    reason: "not claimable",
-                });
+                tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
+                return Ok(DeliveryOutcome::Skipped { reason: "not claimable" });
             }
             Claim::Missing => {
-                return Ok(DeliveryOutcome::Poison {
-                    reason: format!("no task {id}"),
-                });
+                return Ok(DeliveryOutcome::Poison { reason: format!("no task {id}") });
             }
         };
         let Some((spec, retry)) = self.store.get_spec(id).await? else {
-            return Ok(DeliveryOutcome::Poison {
-                reason: format!("task {id} has no request spec"),
-            });
+            return Ok(DeliveryOutcome::Poison { reason: format!("task {id} has no request spec") });
         };
         let number = state.attempts;
         let mut attempt = self.send(id, number, &spec).await;
@@ -191,40 +168,23 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
         self.store.record_attempt(id, &attempt).await?;
         let at = now_millis();
         let (transition, result) = match decision {
-            Decision::Succeed => (
-                Transition::Succeeded,
-                DeliveryOutcome::Delivered { attempt: number },
-            ),
+            Decision::Succeed => (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }),
             Decision::Retry(delay) => (
-                Transition::Retry {
-                    due_at: at + delay.as_millis() as i64,
-                },
-                DeliveryOutcome::RetryScheduled {
-                    attempt: number,
-                    delay,
-                },
+                Transition::Retry { due_at: at + delay.as_millis() as i64 },
+                DeliveryOutcome::RetryScheduled { attempt: number, delay },
             ),
-            Decision::Fail(reason) => (
-                Transition::Failed {
-                    reason: reason.clone(),
-                },
-                DeliveryOutcome::Failed {
-                    attempt: number,
-                    reason,
-                },
-            ),
+            Decision::Fail(reason) => {
+                (Transition::Failed { reason: reason.clone() }, DeliveryOutcome::Failed { attempt: number, reason })
+            }
         };
         if !self.store.finish(id, number, &transition, at).await? {
-            return Ok(DeliveryOutcome::Skipped {
-                reason: "lease lost",
-            });
+            return Ok(DeliveryOutcome::Skipped { reason: "lease lost" });
         }
         Ok(result)
     }
 
     async fn send(&self, id: &TaskId, number: u32, spec: &RequestSpec) -> Attempt {
-        let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes())
-            .unwrap_or(reqwest::Method::POST);
+        let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
         let mut req = self
             .http
             .request(method, spec.url.as_str())
@@ -254,16 +214,7 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
             Ok((status, body)) => (Some(status), classify_status(status), Some(body), None),
             Err(e) => (None, classify_error(&e), None, Some(error_text(&e))),
         };
-        Attempt {
-            number,
-            started_at,
-            duration_ms,
-            status_code,
-            outcome,
-            response_body,
-            error,
-            next_delay_ms: None,
-        }
+        Attempt { number, started_at, duration_ms, status_code, outcome, response_body, error, next_delay_ms: None }
     }
 }
 
@@ -298,10 +249,7 @@ pub fn decide(retry: &RetryPolicy, attempt: &Attempt, unit: f64) -> Decision {
 }
 
 /// Reads at most `limit` bytes of the body, as (lossy) UTF-8.
-async fn read_truncated(
-    mut resp: reqwest::Response,
-    limit: usize,
-) -> Result<String, reqwest::Error> {
+async fn read_truncated(mut resp: reqwest::Response, limit: usize) -> Result<String, reqwest::Error> {
     let mut buf = Vec::with_capacity(limit.min(4096));
     while buf.len() < limit {
         match resp.chunk().await? {
@@ -323,10 +271,7 @@ fn classify_error(e: &reqwest::Error) -> Outcome {
         return Outcome::Timeout;
     }
     let text = error_text(e).to_ascii_lowercase();
-    if text.contains("dns")
-        || text.contains("failed to lookup")
-        || text.contains("name or service not known")
-    {
+    if text.contains("dns") || text.contains("failed to lookup") || text.contains("name or service not known") {
         Outcome::Dns
     } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
         Outcome::Tls
@@ -351,6 +296,26 @@ fn error_text(e: &reqwest::Error) -> String {
     text
 }
 
+/// Runs the sender function: builds its clients once and handles SQS batches
+/// until the runtime stops.
+pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_runtime::Error> {
+    let sender = Sender::new(
+        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days),
+        crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
+        http_client(),
+        SenderSettings {
+            concurrency: config.sender_concurrency,
+            response_body_limit: config.response_body_limit,
+            lease_margin_ms: config.lease_margin_ms,
+        },
+    );
+    let sender = &sender;
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
+        Ok::<_, lambda_runtime::Error>(sender.handle(event.payload).await)
+    }))
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,74 +335,21 @@ mod tests {
 
     #[test]
     fn success_ends_the_task() {
-        assert_eq!(
-            decide(
-                &RetryPolicy::default(),
-                &attempt(1, Outcome::Success, Some(200)),
-                0.5
-            ),
-            Decision::Succeed
-        );
+        assert_eq!(decide(&RetryPolicy::default(), &attempt(1, Outcome::Success, Some(200)), 0.5), Decision::Succeed);
     }
 
     #[test]
     fn a_server_error_retries_until_attempts_run_out() {
-        let p = RetryPolicy {
-            jitter: false,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { jitter: false, ..RetryPolicy::default() };
         let d = decide(&p, &attempt(1, Outcome::ServerError, Some(500)), 0.5);
         assert_eq!(d, Decision::Retry(Duration::from_secs(1)));
         let d = decide(&p, &attempt(4, Outcome::ServerError, Some(500)), 0.5);
-        assert_eq!(
-            d,
-            Decision::Fail("exhausted after 4 attempts: server_error (HTTP 500)".into())
-        );
+        assert_eq!(d, Decision::Fail("exhausted after 4 attempts: server_error (HTTP 500)".into()));
     }
 
     #[test]
     fn a_client_error_stops_at_once() {
-        let d = decide(
-            &RetryPolicy::default(),
-            &attempt(1, Outcome::ClientError, Some(404)),
-            0.5,
-        );
-        assert_eq!(
-            d,
-            Decision::Fail("stopped after attempt 1: client_error (HTTP 404)".into())
-        );
+        let d = decide(&RetryPolicy::default(), &attempt(1, Outcome::ClientError, Some(404)), 0.5);
+        assert_eq!(d, Decision::Fail("stopped after attempt 1: client_error (HTTP 404)".into()));
     }
-}
-
-/// Runs the sender function: builds its clients once and handles SQS batches
-/// until the runtime stops.
-pub async fn run(
-    config: crate::Config,
-    sdk: &aws_config::SdkConfig,
-) -> Result<(), lambda_runtime::Error> {
-    let sender = Sender::new(
-        crate::dynamo::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            &config.table,
-            config.retention_days,
-        ),
-        crate::sqs::SqsQueue::new(
-            aws_sdk_sqs::Client::new(sdk),
-            &config.queue_url,
-            &config.dlq_url,
-        ),
-        http_client(),
-        SenderSettings {
-            concurrency: config.sender_concurrency,
-            response_body_limit: config.response_body_limit,
-            lease_margin_ms: config.lease_margin_ms,
-        },
-    );
-    let sender = &sender;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-            Ok::<_, lambda_runtime::Error>(sender.handle(event.payload).await)
-        },
-    ))
-    .await
 }

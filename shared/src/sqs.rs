@@ -22,11 +22,7 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> Self {
-        Self {
-            client,
-            queue_url: queue_url.into(),
-            dlq_url: dlq_url.into(),
-        }
+        Self { client, queue_url: queue_url.into(), dlq_url: dlq_url.into() }
     }
 }
 
@@ -60,13 +56,7 @@ impl DeliveryQueue for SqsQueue {
     }
 
     async fn dead_letter(&self, body: String) -> Result<(), QueueError> {
-        self.client
-            .send_message()
-            .queue_url(&self.dlq_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(err)?;
+        self.client.send_message().queue_url(&self.dlq_url).message_body(body).send().await.map_err(err)?;
         Ok(())
     }
 }

@@ -1,1 +1,11 @@
-//! Integration tests.
+//! Courier's integration tests: one binary, a module per area, run against
+//! the emulator at `AWS_ENDPOINT_URL` (`make test` starts one). Each test
+//! creates its own uniquely named stack, so tests run in parallel.
+
+mod bootstrap;
+mod delivery;
+mod helpers;
+mod http_api;
+mod runtime;
+mod scheduler;
+mod template;

@@ -3,13 +3,12 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use courier::resources::{
-    MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S, StackNames, TABLE_HASH_KEY,
-    TABLE_RANGE_KEY, TABLE_TTL_ATTRIBUTE,
+    MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S, StackNames, TABLE_HASH_KEY, TABLE_RANGE_KEY,
+    TABLE_TTL_ATTRIBUTE,
 };
 
 /// What a stack's resources are called once they exist.
@@ -31,10 +30,7 @@ impl Outputs {
             ("COURIER_QUEUE_URL".into(), self.queue_url.clone()),
             ("COURIER_DLQ_URL".into(), self.dlq_url.clone()),
             ("COURIER_QUEUE_ARN".into(), self.queue_arn.clone()),
-            (
-                "COURIER_SCHEDULE_GROUP".into(),
-                self.names.schedule_group.clone(),
-            ),
+            ("COURIER_SCHEDULE_GROUP".into(), self.names.schedule_group.clone()),
         ]
     }
 }
@@ -46,31 +42,17 @@ pub async fn bootstrap(sdk: &SdkConfig, stack: &str) -> anyhow::Result<Outputs> 
     create_table(&aws_sdk_dynamodb::Client::new(sdk), &names.table).await?;
 
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let dlq_url = create_queue(
-        &sqs,
-        &names.dlq,
-        &[(
-            QueueAttributeName::MessageRetentionPeriod,
-            QUEUE_RETENTION_S.to_string(),
-        )],
-    )
-    .await?;
+    let dlq_url =
+        create_queue(&sqs, &names.dlq, &[(QueueAttributeName::MessageRetentionPeriod, QUEUE_RETENTION_S.to_string())])
+            .await?;
     let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
-    let redrive =
-        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT})
-            .to_string();
+    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}).to_string();
     let queue_url = create_queue(
         &sqs,
         &names.queue,
         &[
-            (
-                QueueAttributeName::VisibilityTimeout,
-                QUEUE_VISIBILITY_TIMEOUT_S.to_string(),
-            ),
-            (
-                QueueAttributeName::MessageRetentionPeriod,
-                QUEUE_RETENTION_S.to_string(),
-            ),
+            (QueueAttributeName::VisibilityTimeout, QUEUE_VISIBILITY_TIMEOUT_S.to_string()),
+            (QueueAttributeName::MessageRetentionPeriod, QUEUE_RETENTION_S.to_string()),
             (QueueAttributeName::RedrivePolicy, redrive),
         ],
     )
@@ -78,41 +60,18 @@ pub async fn bootstrap(sdk: &SdkConfig, stack: &str) -> anyhow::Result<Outputs> 
     let queue_arn = queue_arn(&sqs, &queue_url).await?;
 
     let scheduler = aws_sdk_scheduler::Client::new(sdk);
-    match scheduler
-        .create_schedule_group()
-        .name(&names.schedule_group)
-        .send()
-        .await
-    {
+    match scheduler.create_schedule_group().name(&names.schedule_group).send().await {
         Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|se| se.is_conflict_exception()) => {}
+        Err(e) if e.as_service_error().is_some_and(|se| se.is_conflict_exception()) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(Outputs {
-        stack: stack.to_owned(),
-        names,
-        queue_url,
-        queue_arn,
-        dlq_url,
-        dlq_arn,
-    })
+    Ok(Outputs { stack: stack.to_owned(), names, queue_url, queue_arn, dlq_url, dlq_arn })
 }
 
 async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
-    let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-    };
+    let attr =
+        |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
     let res = ddb
         .create_table()
         .table_name(table)
@@ -125,10 +84,7 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Re
         .await;
     match res {
         Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|se| se.is_resource_in_use_exception()) =>
-        {
+        Err(e) if e.as_service_error().is_some_and(|se| se.is_resource_in_use_exception()) => {
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -136,10 +92,7 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Re
     ddb.update_time_to_live()
         .table_name(table)
         .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name(TABLE_TTL_ATTRIBUTE)
-                .enabled(true)
-                .build()?,
+            TimeToLiveSpecification::builder().attribute_name(TABLE_TTL_ATTRIBUTE).enabled(true).build()?,
         )
         .send()
         .await?;
@@ -156,17 +109,11 @@ async fn create_queue(
         req = req.attributes(k.clone(), v);
     }
     let out = req.send().await?;
-    out.queue_url
-        .ok_or_else(|| anyhow::anyhow!("CreateQueue returned no URL for {name}"))
+    out.queue_url.ok_or_else(|| anyhow::anyhow!("CreateQueue returned no URL for {name}"))
 }
 
 async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<String> {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?;
+    let out = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await?;
     out.attributes
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
         .ok_or_else(|| anyhow::anyhow!("no QueueArn for {url}"))

@@ -16,22 +16,14 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
 
 async fn echo(req: Request) -> impl IntoResponse {
     let (parts, body) = req.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, 1 << 20)
-        .await
-        .unwrap_or_default();
+    let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     let courier: Vec<String> = parts
         .headers
         .iter()
         .filter(|(k, _)| k.as_str().starts_with("courier-") || *k == "user-agent")
         .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
         .collect();
-    println!(
-        "echo target received {} {} ({} body bytes) {}",
-        parts.method,
-        parts.uri,
-        body.len(),
-        courier.join(" ")
-    );
+    println!("echo target received {} {} ({} body bytes) {}", parts.method, parts.uri, body.len(), courier.join(" "));
     let status = parts
         .uri
         .path()
@@ -39,8 +31,5 @@ async fn echo(req: Request) -> impl IntoResponse {
         .and_then(|c| c.parse::<u16>().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::OK);
-    (
-        status,
-        format!("{{\"received\":true,\"bytes\":{}}}", body.len()),
-    )
+    (status, format!("{{\"received\":true,\"bytes\":{}}}", body.len()))
 }

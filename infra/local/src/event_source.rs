@@ -32,11 +32,7 @@ pub async fn run(sqs: aws_sdk_sqs::Client, mapping: Mapping, sender: Arc<Functio
 }
 
 /// One receive → invoke → delete cycle; returns how many messages it handled.
-pub async fn poll_once(
-    sqs: &aws_sdk_sqs::Client,
-    m: &Mapping,
-    sender: &FunctionHost,
-) -> anyhow::Result<usize> {
+pub async fn poll_once(sqs: &aws_sdk_sqs::Client, m: &Mapping, sender: &FunctionHost) -> anyhow::Result<usize> {
     let out = sqs
         .receive_message()
         .queue_url(&m.queue_url)
@@ -55,11 +51,7 @@ pub async fn poll_once(
         Ok(resp) => resp
             .get("batchItemFailures")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.get("itemIdentifier")?.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|f| f.get("itemIdentifier")?.as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
         Err(e) => {
             tracing::warn!(error = %e, "sender invocation failed; the batch will be redelivered");
@@ -79,11 +71,7 @@ pub async fn poll_once(
         })
         .collect();
     if !entries.is_empty() {
-        sqs.delete_message_batch()
-            .queue_url(&m.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await?;
+        sqs.delete_message_batch().queue_url(&m.queue_url).set_entries(Some(entries)).send().await?;
     }
     Ok(messages.len())
 }
@@ -96,11 +84,7 @@ pub fn sqs_event(messages: &[Message], queue_arn: &str) -> Value {
         .map(|msg| {
             let attributes: Map<String, Value> = msg
                 .attributes()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone())))
-                        .collect()
-                })
+                .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone()))).collect())
                 .unwrap_or_default();
             let message_attributes: Map<String, Value> = msg
                 .message_attributes()

@@ -17,10 +17,7 @@ use crate::runtime::FunctionHost;
 const MAX_BODY: usize = 6 * 1024 * 1024;
 
 /// Serves the API function over HTTP on `listener`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    api: Arc<FunctionHost>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, api: Arc<FunctionHost>) -> std::io::Result<()> {
     axum::serve(listener, Router::new().fallback(forward).with_state(api)).await
 }
 
@@ -35,11 +32,7 @@ async fn forward(State(api): State<Arc<FunctionHost>>, req: Request) -> Response
         Err(e) => {
             tracing::error!(error = %e, "API function invocation failed");
             // What API Gateway answers when the integration fails.
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "{\"message\":\"Internal Server Error\"}",
-            )
-                .into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, "{\"message\":\"Internal Server Error\"}").into_response()
         }
     }
 }
@@ -80,10 +73,7 @@ pub fn to_event(parts: &axum::http::request::Parts, body: &Bytes) -> Value {
     let (body, is_b64) = match std::str::from_utf8(body) {
         _ if body.is_empty() => (Value::Null, false),
         Ok(text) => (Value::String(text.to_owned()), false),
-        Err(_) => (
-            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
-            true,
-        ),
+        Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(body)), true),
     };
     let now = time::OffsetDateTime::now_utc();
     let path = parts.uri.path();
@@ -136,9 +126,7 @@ fn decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(b);
             i += 3;
@@ -156,9 +144,7 @@ fn from_response(doc: &Value) -> Response {
     let body = match doc.get("body").and_then(Value::as_str) {
         None => Vec::new(),
         Some(b) if doc.get("isBase64Encoded").and_then(Value::as_bool) == Some(true) => {
-            base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .unwrap_or_default()
+            base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default()
         }
         Some(b) => b.as_bytes().to_vec(),
     };
@@ -167,10 +153,8 @@ fn from_response(doc: &Value) -> Response {
     let h = resp.headers_mut();
     if let Some(Value::Object(headers)) = doc.get("headers") {
         for (k, v) in headers {
-            if let (Ok(k), Some(Ok(v))) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                v.as_str().map(HeaderValue::from_str),
-            ) {
+            if let (Ok(k), Some(Ok(v))) = (HeaderName::from_bytes(k.as_bytes()), v.as_str().map(HeaderValue::from_str))
+            {
                 h.append(k, v);
             }
         }

@@ -46,18 +46,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{k}={v}");
             }
         }
-        Cmd::Up {
-            stack,
-            api,
-            echo,
-            bin_dir,
-        } => {
+        Cmd::Up { stack, api, echo, bin_dir } => {
             let bin_dir = match bin_dir {
                 Some(d) => d,
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default(),
+                None => std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default(),
             };
             let echo_listener = tokio::net::TcpListener::bind(echo).await?;
             let echo_addr = echo_listener.local_addr()?;
@@ -75,10 +67,7 @@ async fn main() -> anyhow::Result<()> {
                 "  curl -s -X POST {}/v1/tasks -H 'content-type: application/json' \\\n    -d '{{\"request\":{{\"method\":\"POST\",\"url\":\"http://{echo_addr}/hello\",\"headers\":{{\"content-type\":\"application/json\"}},\"body\":\"{{\\\"hi\\\":1}}\"}}}}'",
                 local.api_url
             );
-            println!(
-                "\nThen look at it:  curl -s {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n",
-                local.api_url
-            );
+            println!("\nThen look at it:  curl -s {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n", local.api_url);
             tokio::signal::ctrl_c().await?;
             println!("stopping");
             drop(local);

@@ -96,13 +96,7 @@ impl FunctionHost {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let mut host = Self {
-            shared,
-            tx,
-            children: Vec::new(),
-            server,
-            runtime_api,
-        };
+        let mut host = Self { shared, tx, children: Vec::new(), server, runtime_api };
         for i in 0..spec.instances.max(1) {
             host.children.push(host.spawn(&spec, i)?);
         }
@@ -115,41 +109,28 @@ impl FunctionHost {
             .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env(
-                "AWS_LAMBDA_LOG_GROUP_NAME",
-                format!("/aws/lambda/{}", spec.name),
-            )
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", spec.name))
             .env("AWS_LAMBDA_LOG_STREAM_NAME", format!("local/{instance}"))
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(path) = &spec.log_file {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             cmd.stdout(file.try_clone()?).stderr(file);
         }
         cmd.spawn()
     }
 
     /// Invokes the function with a JSON event and waits for its answer.
-    pub async fn invoke(
-        &self,
-        event: &serde_json::Value,
-    ) -> Result<serde_json::Value, InvokeError> {
+    pub async fn invoke(&self, event: &serde_json::Value) -> Result<serde_json::Value, InvokeError> {
         let bytes = self.invoke_raw(Bytes::from(event.to_string())).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| InvokeError::Function(format!("response is not JSON: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| InvokeError::Function(format!("response is not JSON: {e}")))
     }
 
     /// Invokes the function with a raw payload.
     pub async fn invoke_raw(&self, payload: Bytes) -> Result<Bytes, InvokeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Invocation { payload, reply })
-            .await
-            .map_err(|_| InvokeError::Stopped)?;
+        self.tx.send(Invocation { payload, reply }).await.map_err(|_| InvokeError::Stopped)?;
         match tokio::time::timeout(self.shared.timeout, rx).await {
             Err(_) => Err(InvokeError::Timeout(self.shared.timeout)),
             Ok(Err(_)) => Err(InvokeError::Stopped),
@@ -201,8 +182,7 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
         }
     };
     let id = uuid::Uuid::new_v4().to_string();
-    let deadline = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
-        + s.timeout.as_millis() as i128;
+    let deadline = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000 + s.timeout.as_millis() as i128;
     s.pending.lock().await.insert(id.clone(), inv.reply);
     let mut h = HeaderMap::new();
     let mut set = |k: &'static str, v: String| {
@@ -212,14 +192,8 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
     };
     set("lambda-runtime-aws-request-id", id);
     set("lambda-runtime-deadline-ms", deadline.to_string());
-    set(
-        "lambda-runtime-invoked-function-arn",
-        format!("arn:aws:lambda:us-east-1:123456789012:function:{}", s.name),
-    );
-    set(
-        "lambda-runtime-trace-id",
-        format!("Root=1-{}", uuid::Uuid::new_v4().simple()),
-    );
+    set("lambda-runtime-invoked-function-arn", format!("arn:aws:lambda:us-east-1:123456789012:function:{}", s.name));
+    set("lambda-runtime-trace-id", format!("Root=1-{}", uuid::Uuid::new_v4().simple()));
     set("content-type", "application/json".into());
     (StatusCode::OK, h, inv.payload).into_response()
 }

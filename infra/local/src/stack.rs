@@ -79,12 +79,8 @@ impl LocalStack {
         };
         let api = Arc::new(FunctionHost::start(function("api", 30, opts.api_instances)).await?);
         let sender = Arc::new(
-            FunctionHost::start(function(
-                "sender",
-                courier::resources::SENDER_TIMEOUT_S as u64,
-                opts.sender_instances,
-            ))
-            .await?,
+            FunctionHost::start(function("sender", courier::resources::SENDER_TIMEOUT_S as u64, opts.sender_instances))
+                .await?,
         );
 
         let listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
@@ -105,11 +101,7 @@ impl LocalStack {
                 batch_size: opts.batch_size,
                 wait_seconds: 2,
             };
-            tasks.push(tokio::spawn(event_source::run(
-                sqs.clone(),
-                mapping,
-                sender.clone(),
-            )));
+            tasks.push(tokio::spawn(event_source::run(sqs.clone(), mapping, sender.clone())));
         }
         if let Some(tick) = opts.scheduler_tick {
             tasks.push(tokio::spawn(scheduler::run(
@@ -119,13 +111,7 @@ impl LocalStack {
                 tick,
             )));
         }
-        Ok(Self {
-            api_url,
-            outputs,
-            api,
-            sender,
-            tasks,
-        })
+        Ok(Self { api_url, outputs, api, sender, tasks })
     }
 }
 

@@ -42,11 +42,7 @@ impl From<QueueError> for ApiError {
 }
 
 fn body(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message, "field": field}})),
-    )
-        .into_response()
+    (status, Json(json!({"error": {"code": code, "message": message, "field": field}}))).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -57,22 +53,11 @@ impl IntoResponse for ApiError {
                 body(StatusCode::BAD_REQUEST, f.code, &f.message, field)
             }
             Self::NotFound(m) => body(StatusCode::NOT_FOUND, "not_found", m, None),
-            Self::MethodNotAllowed(m) => body(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                m,
-                None,
-            ),
+            Self::MethodNotAllowed(m) => body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m, None),
             Self::Unavailable(source) => {
                 tracing::error!(error = %self, source = %source, "dependency unavailable");
-                let mut r = body(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "try again shortly",
-                    None,
-                );
-                r.headers_mut()
-                    .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                let mut r = body(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly", None);
+                r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
                 r
             }
             Self::Internal(source) => {

@@ -72,11 +72,7 @@ async fn create_task<S: TaskStore, Q: DeliveryQueue>(
     };
     tracing::Span::current().record("task_id", task.id.as_str());
     app.store.create(&task).await?;
-    if let Err(e) = app
-        .queue
-        .enqueue(&QueueMessage::deliver(&task.id), Duration::ZERO)
-        .await
-    {
+    if let Err(e) = app.queue.enqueue(&QueueMessage::deliver(&task.id), Duration::ZERO).await {
         // Not accepted: undo the write so nothing half-made stays behind.
         if let Err(undo) = app.store.discard(&task.id).await {
             tracing::error!(task_id = %task.id, error = %undo, "could not discard an unqueued task");
@@ -84,11 +80,7 @@ async fn create_task<S: TaskStore, Q: DeliveryQueue>(
         return Err(e.into());
     }
     tracing::info!(task_id = %task.id, host = task.spec.url.host(), "task created");
-    let stored = app
-        .store
-        .get(&task.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("task vanished".into()))?;
+    let stored = app.store.get(&task.id).await?.ok_or_else(|| ApiError::NotFound("task vanished".into()))?;
     Ok((StatusCode::CREATED, Json(views::task(&stored, None))))
 }
 
@@ -98,37 +90,21 @@ async fn get_task<S: TaskStore, Q: DeliveryQueue>(
 ) -> Result<impl IntoResponse, ApiError> {
     let missing = || ApiError::NotFound(format!("no task {id}"));
     let task_id = TaskId::parse(&id).map_err(|_| missing())?;
-    let stored = app
-        .store
-        .get(&task_id)
-        .await?
-        .filter(|t| t.state.tenant == app.tenant)
-        .ok_or_else(missing)?;
-    let last = if stored.state.attempts > 0 {
-        app.store.last_attempt(&task_id).await?
-    } else {
-        None
-    };
+    let stored = app.store.get(&task_id).await?.filter(|t| t.state.tenant == app.tenant).ok_or_else(missing)?;
+    let last = if stored.state.attempts > 0 { app.store.last_attempt(&task_id).await? } else { None };
     Ok(Json(views::task(&stored, last.as_ref())))
 }
 
 /// Runs the API function: builds its clients and serves the router through
 /// `lambda_http` until the runtime stops.
-pub async fn run(
-    config: crate::Config,
-    sdk: &aws_config::SdkConfig,
-) -> Result<(), lambda_http::Error> {
+pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_http::Error> {
     let state = Arc::new(AppState {
         store: crate::dynamo::DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             &config.table,
             config.retention_days,
         ),
-        queue: crate::sqs::SqsQueue::new(
-            aws_sdk_sqs::Client::new(sdk),
-            &config.queue_url,
-            &config.dlq_url,
-        ),
+        queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
         tenant: config.default_tenant.clone(),
     });
     lambda_http::run(router(state)).await

@@ -7,10 +7,8 @@ use crate::ports::StoredTask;
 
 pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>) -> Value {
     let s = &t.state;
-    let headers: serde_json::Map<String, Value> = mask_headers(&t.spec.headers)
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
+    let headers: serde_json::Map<String, Value> =
+        mask_headers(&t.spec.headers).into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     json!({
         "id": s.id.as_str(),
         "status": s.status.as_str(),

@@ -22,14 +22,8 @@ impl TaskId {
 
     /// Parses an id received from outside (a path segment, a queue message).
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        let hex = s
-            .strip_prefix(Self::PREFIX)
-            .ok_or_else(|| InvalidId(s.to_owned()))?;
-        if hex.len() == 32
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let hex = s.strip_prefix(Self::PREFIX).ok_or_else(|| InvalidId(s.to_owned()))?;
+        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidId(s.to_owned()))
@@ -61,13 +55,9 @@ mod tests {
 
     #[test]
     fn rejects_foreign_or_malformed_ids() {
-        for bad in [
-            "",
-            "tsk_",
-            "msg_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3",
-            "tsk_XYZ",
-            "tsk_0190A0B1C2D3E4F5A6B7C8D9E0F1A2B3",
-        ] {
+        for bad in
+            ["", "tsk_", "msg_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3", "tsk_XYZ", "tsk_0190A0B1C2D3E4F5A6B7C8D9E0F1A2B3"]
+        {
             assert!(TaskId::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

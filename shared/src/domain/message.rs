@@ -16,9 +16,7 @@ pub enum QueueMessage {
 
 impl QueueMessage {
     pub fn deliver(id: &TaskId) -> Self {
-        Self::DeliverV1 {
-            task_id: id.as_str().to_owned(),
-        }
+        Self::DeliverV1 { task_id: id.as_str().to_owned() }
     }
 
     pub fn to_body(&self) -> String {
@@ -39,14 +37,8 @@ mod tests {
         let id = TaskId::generate();
         let body = QueueMessage::deliver(&id).to_body();
         assert!(body.contains(r#""type":"deliver.v1""#));
-        assert_eq!(
-            QueueMessage::from_body(&body),
-            Some(QueueMessage::deliver(&id))
-        );
+        assert_eq!(QueueMessage::from_body(&body), Some(QueueMessage::deliver(&id)));
         assert_eq!(QueueMessage::from_body("not json"), None);
-        assert_eq!(
-            QueueMessage::from_body(r#"{"type":"deliver.v9","task_id":"x"}"#),
-            None
-        );
+        assert_eq!(QueueMessage::from_body(r#"{"type":"deliver.v9","task_id":"x"}"#), None);
     }
 }

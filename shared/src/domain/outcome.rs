@@ -39,15 +39,7 @@ impl Outcome {
 
     /// Whether another attempt may succeed where this one did not.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            Self::ServerError
-                | Self::Timeout
-                | Self::Connect
-                | Self::Dns
-                | Self::Tls
-                | Self::RateLimited
-        )
+        matches!(self, Self::ServerError | Self::Timeout | Self::Connect | Self::Dns | Self::Tls | Self::RateLimited)
     }
 }
 

@@ -19,21 +19,12 @@ pub enum HttpMethod {
 }
 
 impl HttpMethod {
-    pub const ALL: [HttpMethod; 7] = [
-        Self::Get,
-        Self::Post,
-        Self::Put,
-        Self::Patch,
-        Self::Delete,
-        Self::Head,
-        Self::Options,
-    ];
+    pub const ALL: [HttpMethod; 7] =
+        [Self::Get, Self::Post, Self::Put, Self::Patch, Self::Delete, Self::Head, Self::Options];
 
     /// Parses a method name, case-insensitively.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+        Self::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(s))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -140,13 +131,7 @@ impl RequestSpec {
 pub fn is_sensitive_header(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),
-        "authorization"
-            | "proxy-authorization"
-            | "cookie"
-            | "set-cookie"
-            | "x-api-key"
-            | "api-key"
-            | "x-auth-token"
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie" | "x-api-key" | "api-key" | "x-auth-token"
     )
 }
 
@@ -157,11 +142,7 @@ pub fn mask_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| {
             if is_sensitive_header(k) {
-                let shown: String = if v.chars().count() > 12 {
-                    v.chars().take(2).collect()
-                } else {
-                    String::new()
-                };
+                let shown: String = if v.chars().count() > 12 { v.chars().take(2).collect() } else { String::new() };
                 (k.clone(), format!("{shown}***"))
             } else {
                 (k.clone(), v.clone())
@@ -186,23 +167,11 @@ mod tests {
     fn urls_must_be_absolute_http_with_a_host() {
         assert!(TargetUrl::parse("https://example.com/hook?a=1").is_ok());
         assert!(TargetUrl::parse("http://127.0.0.1:8080/").is_ok());
-        assert_eq!(
-            TargetUrl::parse("ftp://example.com").unwrap_err(),
-            "scheme must be http or https"
-        );
-        assert_eq!(
-            TargetUrl::parse("/relative").unwrap_err(),
-            "must be an absolute URL"
-        );
-        assert_eq!(
-            TargetUrl::parse("not a url").unwrap_err(),
-            "must be an absolute URL"
-        );
+        assert_eq!(TargetUrl::parse("ftp://example.com").expect_err("rejected"), "scheme must be http or https");
+        assert_eq!(TargetUrl::parse("/relative").expect_err("rejected"), "must be an absolute URL");
+        assert_eq!(TargetUrl::parse("not a url").expect_err("rejected"), "must be an absolute URL");
         let long = format!("https://example.com/{}", "a".repeat(2048));
-        assert_eq!(
-            TargetUrl::parse(&long).unwrap_err(),
-            "must be at most 2048 characters"
-        );
+        assert_eq!(TargetUrl::parse(&long).expect_err("rejected"), "must be at most 2048 characters");
         assert_eq!(
             TargetUrl::parse("https://example.com:8443/x").map(|u| u.host().to_owned()),
             Ok("example.com".into())
@@ -212,10 +181,7 @@ mod tests {
     #[test]
     fn sensitive_header_values_are_masked() {
         let h = vec![
-            (
-                "authorization".to_owned(),
-                "Bearer abcdefghijklmnop".to_owned(),
-            ),
+            ("authorization".to_owned(), "Bearer abcdefghijklmnop".to_owned()),
             ("cookie".to_owned(), "s=1".to_owned()),
             ("x-trace".to_owned(), "t-1".to_owned()),
         ];

@@ -21,13 +21,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// Three retries after the first attempt: 1 s, ×2, capped at 1 h, full jitter.
     fn default() -> Self {
-        Self {
-            max_attempts: 4,
-            initial_ms: 1_000,
-            multiplier: 2.0,
-            max_ms: 3_600_000,
-            jitter: true,
-        }
+        Self { max_attempts: 4, initial_ms: 1_000, multiplier: 2.0, max_ms: 3_600_000, jitter: true }
     }
 }
 
@@ -40,11 +34,7 @@ impl RetryPolicy {
         }
         let exp = self.initial_ms as f64 * self.multiplier.powi(attempt.saturating_sub(1) as i32);
         let capped = exp.min(self.max_ms as f64);
-        let ms = if self.jitter {
-            capped * unit.clamp(0.0, 1.0)
-        } else {
-            capped
-        };
+        let ms = if self.jitter { capped * unit.clamp(0.0, 1.0) } else { capped };
         Some(Duration::from_millis(ms as u64))
     }
 }
@@ -55,10 +45,7 @@ mod tests {
 
     #[test]
     fn default_policy_allows_three_retries_with_doubling_caps() {
-        let p = RetryPolicy {
-            jitter: false,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { jitter: false, ..RetryPolicy::default() };
         assert_eq!(p.delay_after(1, 0.5), Some(Duration::from_secs(1)));
         assert_eq!(p.delay_after(2, 0.5), Some(Duration::from_secs(2)));
         assert_eq!(p.delay_after(3, 0.5), Some(Duration::from_secs(4)));
@@ -69,20 +56,13 @@ mod tests {
     fn full_jitter_stays_within_the_exponential_bound() {
         let p = RetryPolicy::default();
         assert_eq!(p.delay_after(3, 0.0), Some(Duration::ZERO));
-        assert_eq!(
-            p.delay_after(3, 0.999_999),
-            Some(Duration::from_millis(3_999))
-        );
+        assert_eq!(p.delay_after(3, 0.999_999), Some(Duration::from_millis(3_999)));
         assert_eq!(p.delay_after(2, 0.5), Some(Duration::from_millis(1_000)));
     }
 
     #[test]
     fn the_cap_bounds_late_attempts() {
-        let p = RetryPolicy {
-            max_attempts: 20,
-            jitter: false,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { max_attempts: 20, jitter: false, ..RetryPolicy::default() };
         assert_eq!(p.delay_after(19, 0.0), Some(Duration::from_secs(3600)));
     }
 }

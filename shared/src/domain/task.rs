@@ -92,12 +92,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_and_know_when_they_are_final() {
-        for s in [
-            TaskStatus::Pending,
-            TaskStatus::Sending,
-            TaskStatus::Retrying,
-            TaskStatus::Succeeded,
-        ] {
+        for s in [TaskStatus::Pending, TaskStatus::Sending, TaskStatus::Retrying, TaskStatus::Succeeded] {
             assert_eq!(TaskStatus::parse(s.as_str()), Some(s));
         }
         assert!(TaskStatus::Succeeded.is_final());

@@ -27,11 +27,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { code, field: field.into(), message: message.into() }
     }
 }
 
@@ -86,15 +82,10 @@ pub fn parse_create_task(bytes: &[u8]) -> Result<CreateTask, FieldError> {
     };
     let url = match r.url.as_deref() {
         None => {
-            return Err(FieldError::new(
-                "required",
-                "request.url",
-                "request.url is required",
-            ));
+            return Err(FieldError::new("required", "request.url", "request.url is required"));
         }
-        Some(u) => TargetUrl::parse(u).map_err(|rule| {
-            FieldError::new("invalid", "request.url", format!("request.url {rule}"))
-        })?,
+        Some(u) => TargetUrl::parse(u)
+            .map_err(|rule| FieldError::new("invalid", "request.url", format!("request.url {rule}")))?,
     };
     let headers = parse_headers(r.headers.unwrap_or_default())?;
     let timeout_ms = match r.timeout_ms {
@@ -108,26 +99,12 @@ pub fn parse_create_task(bytes: &[u8]) -> Result<CreateTask, FieldError> {
             ));
         }
     };
-    Ok(CreateTask {
-        spec: RequestSpec {
-            method,
-            url,
-            headers,
-            body: r.body.map(Body::Text),
-            timeout_ms,
-        },
-    })
+    Ok(CreateTask { spec: RequestSpec { method, url, headers, body: r.body.map(Body::Text), timeout_ms } })
 }
 
-fn parse_headers(
-    map: serde_json::Map<String, serde_json::Value>,
-) -> Result<Vec<(String, String)>, FieldError> {
+fn parse_headers(map: serde_json::Map<String, serde_json::Value>) -> Result<Vec<(String, String)>, FieldError> {
     if map.len() > MAX_HEADERS {
-        return Err(FieldError::new(
-            "invalid",
-            "request.headers",
-            "request.headers may hold at most 50 headers",
-        ));
+        return Err(FieldError::new("invalid", "request.headers", "request.headers may hold at most 50 headers"));
     }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(map.len());
@@ -135,11 +112,7 @@ fn parse_headers(
         let field = format!("request.headers.{name}");
         let lower = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            return Err(FieldError::new(
-                "invalid",
-                field,
-                "header name must be an HTTP token",
-            ));
+            return Err(FieldError::new("invalid", field, "header name must be an HTTP token"));
         }
         if HOP_BY_HOP.contains(&lower.as_str()) {
             return Err(FieldError::new(
@@ -149,18 +122,10 @@ fn parse_headers(
             ));
         }
         if !seen.insert(lower.clone()) {
-            return Err(FieldError::new(
-                "invalid",
-                field,
-                "header given twice (names are case-insensitive)",
-            ));
+            return Err(FieldError::new("invalid", field, "header given twice (names are case-insensitive)"));
         }
         let serde_json::Value::String(value) = value else {
-            return Err(FieldError::new(
-                "invalid",
-                field,
-                "header value must be a string",
-            ));
+            return Err(FieldError::new("invalid", field, "header value must be a string"));
         };
         if value.len() > MAX_HEADER_VALUE || http::HeaderValue::from_str(&value).is_err() {
             return Err(FieldError::new(
@@ -181,9 +146,13 @@ fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> FieldError 
     let path = if path == "." { String::new() } else { path };
     let inner = e.inner();
     let msg = inner.to_string();
+    // serde_path_to_error's path ends at the parent for a missing field and
+    // at the field itself for an unknown one.
     let join = |name: &str| {
         if path.is_empty() {
             name.to_owned()
+        } else if path == name || path.ends_with(&format!(".{name}")) {
+            path.clone()
         } else {
             format!("{path}.{name}")
         }
@@ -198,19 +167,11 @@ fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> FieldError 
     }
     if msg.starts_with("unknown field") {
         let f = join(&quoted(&msg).unwrap_or_default());
-        return FieldError::new(
-            "unknown_field",
-            f.clone(),
-            format!("{f} is not a known field"),
-        );
+        return FieldError::new("unknown_field", f.clone(), format!("{f} is not a known field"));
     }
     let clean = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
     let field = if path.is_empty() { String::new() } else { path };
-    let message = if field.is_empty() {
-        clean
-    } else {
-        format!("{field}: {clean}")
-    };
+    let message = if field.is_empty() { clean } else { format!("{field}: {clean}") };
     FieldError::new("invalid", field, message)
 }
 
@@ -224,9 +185,7 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_request_with_defaults() {
-        let t =
-            parse_create_task(br#"{"request":{"method":"post","url":"https://example.com/h"}}"#)
-                .expect("valid");
+        let t = parse_create_task(br#"{"request":{"method":"post","url":"https://example.com/h"}}"#).expect("valid");
         assert_eq!(t.spec.method, HttpMethod::Post);
         assert_eq!(t.spec.timeout_ms, 10_000);
         assert!(t.spec.headers.is_empty());
@@ -250,37 +209,13 @@ mod tests {
             ("{", "invalid_json", ""),
             ("[]", "invalid", ""),
             ("{}", "required", "request"),
-            (
-                r#"{"request":{"url":"https://e.com"}}"#,
-                "required",
-                "request.method",
-            ),
+            (r#"{"request":{"url":"https://e.com"}}"#, "required", "request.method"),
             (r#"{"request":{"method":"GET"}}"#, "required", "request.url"),
-            (
-                r#"{"request":{"method":"FETCH","url":"https://e.com"}}"#,
-                "invalid",
-                "request.method",
-            ),
-            (
-                r#"{"request":{"method":"GET","url":"ftp://e.com"}}"#,
-                "invalid",
-                "request.url",
-            ),
-            (
-                r#"{"request":{"method":"GET","url":42}}"#,
-                "invalid",
-                "request.url",
-            ),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","verb":1}}"#,
-                "unknown_field",
-                "request.verb",
-            ),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com"},"extra":1}"#,
-                "unknown_field",
-                "extra",
-            ),
+            (r#"{"request":{"method":"FETCH","url":"https://e.com"}}"#, "invalid", "request.method"),
+            (r#"{"request":{"method":"GET","url":"ftp://e.com"}}"#, "invalid", "request.url"),
+            (r#"{"request":{"method":"GET","url":42}}"#, "invalid", "request.url"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","verb":1}}"#, "unknown_field", "request.verb"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"extra":1}"#, "unknown_field", "extra"),
             (
                 r#"{"request":{"method":"GET","url":"https://e.com","headers":{"Host":"x"}}}"#,
                 "invalid",
@@ -291,21 +226,13 @@ mod tests {
                 "invalid",
                 "request.headers.bad name",
             ),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":1}}}"#,
-                "invalid",
-                "request.headers.a",
-            ),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":1}}}"#, "invalid", "request.headers.a"),
             (
                 r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":"x\ny"}}}"#,
                 "invalid",
                 "request.headers.a",
             ),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":0}}"#,
-                "invalid",
-                "request.timeout_ms",
-            ),
+            (r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":0}}"#, "invalid", "request.timeout_ms"),
             (
                 r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":30001}}"#,
                 "invalid",
@@ -314,20 +241,15 @@ mod tests {
         ];
         for (body, code, field) in cases {
             let e = err(body);
-            assert_eq!(
-                (e.code, e.field.as_str()),
-                (*code, *field),
-                "for {body}: {e:?}"
-            );
+            assert_eq!((e.code, e.field.as_str()), (*code, *field), "for {body}: {e:?}");
             assert!(!e.message.is_empty());
         }
     }
 
     #[test]
     fn rejects_more_than_fifty_headers() {
-        let headers: serde_json::Map<_, _> = (0..51)
-            .map(|i| (format!("x-h{i}"), serde_json::Value::String("v".into())))
-            .collect();
+        let headers: serde_json::Map<_, _> =
+            (0..51).map(|i| (format!("x-h{i}"), serde_json::Value::String("v".into()))).collect();
         let body = serde_json::json!({"request": {"method": "GET", "url": "https://e.com", "headers": headers}});
         let e = err(&body.to_string());
         assert_eq!(e.field, "request.headers");

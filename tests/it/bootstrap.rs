@@ -1,0 +1,47 @@
+//! The bootstrap creates, on the emulator, what the template declares.
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use courier::resources::*;
+
+use crate::helpers::{sdk, unique_stack};
+
+#[tokio::test]
+async fn bootstrap_creates_the_declared_resources_and_is_idempotent() {
+    let sdk = sdk().await;
+    let stack = unique_stack("boot");
+    let first = courier_local::bootstrap::bootstrap(&sdk, &stack).await.expect("bootstrap");
+    let again = courier_local::bootstrap::bootstrap(&sdk, &stack).await.expect("bootstrap twice");
+    assert_eq!(first.queue_url, again.queue_url);
+
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = ddb.describe_table().table_name(&first.names.table).send().await.expect("table").table.expect("table");
+    let keys: Vec<(String, String)> =
+        table.key_schema().iter().map(|k| (k.attribute_name().to_owned(), k.key_type().as_str().to_owned())).collect();
+    assert_eq!(keys, vec![(TABLE_HASH_KEY.into(), "HASH".into()), (TABLE_RANGE_KEY.into(), "RANGE".into())]);
+    let ttl = ddb.describe_time_to_live().table_name(&first.names.table).send().await.expect("ttl");
+    assert_eq!(ttl.time_to_live_description().and_then(|d| d.attribute_name()), Some(TABLE_TTL_ATTRIBUTE));
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&first.queue_url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes
+        .expect("attributes");
+    assert_eq!(attrs[&QueueAttributeName::VisibilityTimeout], QUEUE_VISIBILITY_TIMEOUT_S.to_string());
+    assert_eq!(attrs[&QueueAttributeName::MessageRetentionPeriod], QUEUE_RETENTION_S.to_string());
+    let redrive: serde_json::Value =
+        serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy]).expect("redrive JSON");
+    assert_eq!(redrive["deadLetterTargetArn"], first.dlq_arn.as_str());
+    assert_eq!(
+        redrive["maxReceiveCount"].as_i64().or_else(|| redrive["maxReceiveCount"].as_str()?.parse().ok()),
+        Some(i64::from(MAX_RECEIVE_COUNT))
+    );
+
+    let scheduler = aws_sdk_scheduler::Client::new(&sdk);
+    let group = scheduler.get_schedule_group().name(&first.names.schedule_group).send().await.expect("group");
+    assert_eq!(group.name(), Some(first.names.schedule_group.as_str()));
+}

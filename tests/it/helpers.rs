@@ -1,0 +1,205 @@
+//! Shared test plumbing: SDK config for the emulator, unique stack names,
+//! the function binaries' location, a scriptable loopback target, polling.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use courier_local::stack::{LocalStack, StackOptions};
+
+/// SDK configuration pointing at the test emulator.
+pub async fn sdk() -> aws_config::SdkConfig {
+    assert!(
+        std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| !v.is_empty()),
+        "AWS_ENDPOINT_URL is not set: run the integration tests with `make test` (it starts an emulator)"
+    );
+    courier::aws::load().await
+}
+
+/// A stack name no other test uses.
+pub fn unique_stack(area: &str) -> String {
+    format!("it-{area}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// Where `cargo build --workspace --bins` put `api`, `sender` and `courier-local`.
+pub fn bin_dir() -> PathBuf {
+    // target/debug/deps/it-<hash> → target/debug
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
+    for bin in ["api", "sender"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{bin} is not built in {}: run `cargo build --workspace --bins`",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Options for a test stack: functions log to a file under target/, not the test output.
+pub fn stack_options(area: &str) -> StackOptions {
+    let stack = unique_stack(area);
+    let mut opts = StackOptions::new(&stack, bin_dir());
+    let logs = bin_dir().join("it-logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    opts.log_file = Some(logs.join(format!("{stack}.log")));
+    opts.scheduler_tick = None;
+    opts
+}
+
+pub async fn start_stack(opts: StackOptions) -> LocalStack {
+    LocalStack::start(&sdk().await, opts).await.expect("local stack starts")
+}
+
+/// One request a [`Target`] received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct TargetState {
+    script: VecDeque<u16>,
+    received: Vec<Received>,
+}
+
+/// A loopback HTTP target that records what it receives and answers with
+/// scripted statuses (200 once the script runs out).
+pub struct Target {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<TargetState>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Target {
+    pub async fn start(script: &[u16]) -> Self {
+        let state =
+            Arc::new(Mutex::new(TargetState { script: script.iter().copied().collect(), ..Default::default() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().fallback(answer).with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state, server }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().expect("lock").received.clone()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn answer(State(state): State<Arc<Mutex<TargetState>>>, req: Request) -> impl IntoResponse {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let mut s = state.lock().expect("lock");
+    s.received.push(Received {
+        method: parts.method.to_string(),
+        path: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
+        body,
+    });
+    let code = s.script.pop_front().unwrap_or(200);
+    (StatusCode::from_u16(code).expect("status"), format!("answer {code}"))
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A JSON client for the local API.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self { base: base.to_owned(), http: reqwest::Client::new() }
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("API reachable");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("API reachable");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Creates a task sending `method url`; returns its id.
+    pub async fn create(&self, method: &str, url: &str) -> String {
+        let body = serde_json::json!({"request": {"method": method, "url": url, "body": "payload"}});
+        let (status, task) = self.post("/v1/tasks", &body.to_string()).await;
+        assert_eq!(status, 201, "create answered {task}");
+        task["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Waits until the task reaches `status`; returns the task.
+    pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> serde_json::Value {
+        let found = eventually(timeout, || async {
+            let (_, t) = self.get(&format!("/v1/tasks/{id}")).await;
+            (t["status"] == status).then_some(t)
+        })
+        .await;
+        match found {
+            Some(t) => t,
+            None => panic!("task {id} did not reach {status}: {}", self.get(&format!("/v1/tasks/{id}")).await.1),
+        }
+    }
+}

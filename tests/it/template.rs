@@ -1,0 +1,112 @@
+//! `template.yaml` declares what the local bootstrap creates: names and
+//! settings come from `courier::resources` on both sides.
+
+use courier::resources::*;
+use serde_yaml::Value;
+
+fn template() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(path).expect("template.yaml")).expect("valid YAML")
+}
+
+fn resource<'a>(t: &'a Value, name: &str) -> &'a Value {
+    let r = &t["Resources"][name];
+    assert!(!r.is_null(), "template declares no {name}");
+    &r["Properties"]
+}
+
+/// The string inside `!Sub "…"`.
+fn sub(v: &Value) -> String {
+    match v {
+        Value::Tagged(t) if t.tag == "!Sub" => t.value.as_str().expect("!Sub string").to_owned(),
+        other => panic!("expected !Sub, got {other:?}"),
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or_else(|| panic!("expected a number, got {v:?}"))
+}
+
+#[test]
+fn template_names_resources_as_the_bootstrap_does() {
+    let t = template();
+    let names = StackNames::for_stack("${AWS::StackName}");
+    assert_eq!(sub(&resource(&t, "TasksTable")["TableName"]), names.table);
+    assert_eq!(sub(&resource(&t, "DeliveryQueue")["QueueName"]), names.queue);
+    assert_eq!(sub(&resource(&t, "DeadLetterQueue")["QueueName"]), names.dlq);
+    assert_eq!(sub(&resource(&t, "ScheduleGroup")["Name"]), names.schedule_group);
+}
+
+#[test]
+fn template_table_has_the_bootstrap_keys_and_ttl() {
+    let t = template();
+    let table = resource(&t, "TasksTable");
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+    let keys: Vec<(String, String)> = table["KeySchema"]
+        .as_sequence()
+        .expect("KeySchema")
+        .iter()
+        .map(|k| {
+            (k["AttributeName"].as_str().unwrap_or_default().into(), k["KeyType"].as_str().unwrap_or_default().into())
+        })
+        .collect();
+    assert_eq!(keys, vec![(TABLE_HASH_KEY.into(), "HASH".into()), (TABLE_RANGE_KEY.into(), "RANGE".into())]);
+    assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], TABLE_TTL_ATTRIBUTE);
+    assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
+}
+
+#[test]
+fn template_queues_have_the_bootstrap_settings() {
+    let t = template();
+    let q = resource(&t, "DeliveryQueue");
+    assert_eq!(int(&q["VisibilityTimeout"]), i64::from(QUEUE_VISIBILITY_TIMEOUT_S));
+    assert_eq!(int(&q["MessageRetentionPeriod"]), i64::from(QUEUE_RETENTION_S));
+    assert_eq!(int(&q["RedrivePolicy"]["maxReceiveCount"]), i64::from(MAX_RECEIVE_COUNT));
+    let dlq = resource(&t, "DeadLetterQueue");
+    assert_eq!(int(&dlq["MessageRetentionPeriod"]), i64::from(QUEUE_RETENTION_S));
+}
+
+#[test]
+fn template_functions_run_on_al2023_arm64_with_partial_batch_responses() {
+    // cfn-lint accepts a misspelled FunctionResponseTypes value or runtime: check them here.
+    let t = template();
+    let g = &t["Globals"]["Function"];
+    assert_eq!(g["Runtime"], "provided.al2023");
+    assert_eq!(g["Architectures"][0], "arm64");
+    assert_eq!(g["Handler"], "bootstrap");
+    let sender = resource(&t, "SenderFunction");
+    assert_eq!(int(&sender["Timeout"]), i64::from(SENDER_TIMEOUT_S));
+    let event = &sender["Events"]["Delivery"];
+    assert_eq!(event["Type"], "SQS");
+    assert_eq!(event["Properties"]["FunctionResponseTypes"][0], "ReportBatchItemFailures");
+    for (logical, binary) in [("ApiFunction", "api"), ("SenderFunction", "sender")] {
+        assert_eq!(t["Resources"][logical]["Metadata"]["BuildProperties"]["Binary"], binary);
+        assert_eq!(t["Resources"][logical]["Metadata"]["BuildMethod"], "rust-cargolambda");
+    }
+    for output in ["ApiUrl", "DeliveryQueueUrl", "DeadLetterQueueUrl", "TasksTableName"] {
+        assert!(!t["Outputs"][output].is_null(), "missing output {output}");
+    }
+}
+
+#[test]
+fn template_sets_every_variable_the_config_requires() {
+    let t = template();
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().expect("variables");
+    // Parameters resolve to their defaults; resource references to a placeholder.
+    let resolve = |v: &Value| match v {
+        Value::Tagged(tag) if tag.tag == "!Ref" => {
+            let name = tag.value.as_str().unwrap_or_default();
+            match &t["Parameters"][name]["Default"] {
+                Value::Null => format!("resolved:{name}"),
+                Value::Number(n) => n.to_string(),
+                other => other.as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        Value::Tagged(tag) => format!("resolved:{:?}", tag.value),
+        Value::Number(n) => n.to_string(),
+        other => other.as_str().unwrap_or_default().to_owned(),
+    };
+    let lookup = |k: &str| vars.get(k).map(resolve);
+    let config = courier::Config::from_lookup(lookup).expect("the template sets every required variable, validly");
+    assert_eq!(config.retention_days, 90);
+}
