@@ -13,6 +13,21 @@ pub struct Config {
     pub queue_url: String,
     /// `COURIER_DLQ_URL`: the dead-letter queue for tasks that finally fail and poison messages.
     pub dlq_url: String,
+    /// `COURIER_QUEUE_ARN`: the delivery queue's ARN (the target of cron schedules).
+    pub queue_arn: String,
+    /// `COURIER_SCHEDULE_GROUP`: the EventBridge Scheduler group of far-future and cron tasks.
+    pub schedule_group: String,
+    /// `COURIER_SCHEDULER_ROLE_ARN`: the role Scheduler assumes to send to the queue.
+    pub scheduler_role_arn: String,
+    /// `COURIER_SQS_DELAY_MAX_S` (default 900, the SQS maximum): tasks due within this go
+    /// straight to SQS with `DelaySeconds`; later ones through Scheduler.
+    pub sqs_delay_max_s: u64,
+    /// `COURIER_SCHEDULE_EARLY_S` (default 60): how long before the due time a one-time
+    /// schedule fires; the rest is an SQS delay, so the request leaves on time.
+    pub schedule_early_s: u64,
+    /// `COURIER_ADMIN_KEY` (optional, at least 32 characters): the bearer key of the admin
+    /// API (tenants and keys). Unset: the admin API answers 403.
+    pub admin_key: Option<String>,
     /// `COURIER_SENDER_CONCURRENCY` (default 16): messages of one SQS batch sent at once.
     pub sender_concurrency: usize,
     /// `COURIER_RESPONSE_BODY_LIMIT` (default 4096, at most 65536): bytes of a response body kept per attempt.
@@ -21,8 +36,6 @@ pub struct Config {
     pub lease_margin_ms: u64,
     /// `COURIER_RETENTION_DAYS` (default 90): days finished tasks and attempts are kept before TTL deletes them.
     pub retention_days: u64,
-    /// `COURIER_DEFAULT_TENANT` (default `default`): the tenant of unauthenticated local calls.
-    pub default_tenant: String,
 }
 
 /// A configuration variable is missing or malformed.
@@ -60,7 +73,17 @@ impl Config {
                 as usize,
             lease_margin_ms: number("COURIER_LEASE_MARGIN_MS", 30_000, 900_000, "an integer in 1..=900000")?,
             retention_days: number("COURIER_RETENTION_DAYS", 90, 3650, "an integer in 1..=3650")?,
-            default_tenant: get("COURIER_DEFAULT_TENANT").unwrap_or_else(|| "default".to_owned()),
+            queue_arn: required("COURIER_QUEUE_ARN")?,
+            schedule_group: required("COURIER_SCHEDULE_GROUP")?,
+            scheduler_role_arn: required("COURIER_SCHEDULER_ROLE_ARN")?,
+            sqs_delay_max_s: number("COURIER_SQS_DELAY_MAX_S", 900, 900, "an integer in 1..=900")?,
+            schedule_early_s: number("COURIER_SCHEDULE_EARLY_S", 60, 900, "an integer in 1..=900")?,
+            admin_key: match get("COURIER_ADMIN_KEY").filter(|k| !k.is_empty()) {
+                Some(k) if k.len() < 32 => {
+                    return Err(ConfigError::Invalid { name: "COURIER_ADMIN_KEY", rule: "at least 32 characters" });
+                }
+                k => k,
+            },
         })
     }
 }
@@ -76,8 +99,14 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
-    const BASE: [(&str, &str); 3] =
-        [("COURIER_TABLE", "t"), ("COURIER_QUEUE_URL", "http://q"), ("COURIER_DLQ_URL", "http://d")];
+    const BASE: [(&str, &str); 6] = [
+        ("COURIER_TABLE", "t"),
+        ("COURIER_QUEUE_URL", "http://q"),
+        ("COURIER_DLQ_URL", "http://d"),
+        ("COURIER_QUEUE_ARN", "arn:aws:sqs:us-east-1:1:q"),
+        ("COURIER_SCHEDULE_GROUP", "g"),
+        ("COURIER_SCHEDULER_ROLE_ARN", "arn:aws:iam::1:role/r"),
+    ];
 
     #[test]
     fn reads_required_values_and_defaults() {
@@ -89,11 +118,16 @@ mod tests {
 
     #[test]
     fn names_the_missing_or_invalid_variable() {
+        assert_eq!(Config::from_lookup(lookup(&BASE)).expect("valid").admin_key, None);
         let e = Config::from_lookup(lookup(&BASE[1..])).expect_err("missing table");
         assert!(e.to_string().contains("COURIER_TABLE"));
         let mut pairs = BASE.to_vec();
         pairs.push(("COURIER_RESPONSE_BODY_LIMIT", "100000"));
         let e = Config::from_lookup(lookup(&pairs)).expect_err("too large");
         assert!(e.to_string().contains("COURIER_RESPONSE_BODY_LIMIT"));
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_ADMIN_KEY", "short"));
+        let e = Config::from_lookup(lookup(&pairs)).expect_err("short admin key");
+        assert!(e.to_string().contains("COURIER_ADMIN_KEY"));
     }
 }

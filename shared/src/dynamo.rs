@@ -1,65 +1,62 @@
-//! The DynamoDB adapter of [`TaskStore`]. The only module that knows
-//! `AttributeValue`s.
+//! The DynamoDB adapter of [`TaskStore`] and [`TenantStore`]. The only module
+//! that knows `AttributeValue`s.
 //!
-//! Layout (one table, generic keys): a task's items share `pk = TASK#<id>`.
-//! `sk = STATE` is the small mutable item every status change rewrites;
-//! `sk = SPEC` holds the request (written once); `sk = ATTEMPT#<n>` one per
-//! attempt, zero-padded so they sort.
+//! Layout (one table, generic keys `pk`/`sk`):
+//!
+//! | pk | sk | what |
+//! | --- | --- | --- |
+//! | `TASK#<id>` | `STATE` | the small mutable state every status change rewrites; indexed by tenant |
+//! | `TASK#<id>` | `SPEC` | request, retry policy and schedule (rewritten only by PATCH) |
+//! | `TASK#<id>` | `RUN#<ms>` | the state of one cron run, named by its scheduled time |
+//! | `TASK#<id>` | `ATTEMPT#[R<ms>#]<n>` | one per attempt |
+//! | `UNIQUE#<tenant>#B#<business id>` / `…#I#<key>` | `UNIQUE` | which task holds a business id or idempotency key |
+//! | `TENANT#<id>` | `TENANT` / `KEY#<key id>` | a tenant (quotas, active count) and its keys |
+//! | `APIKEY#<sha256>` | `APIKEY` | key lookup by hash |
+//! | `RATE#<tenant>#<second>` | `RATE` | creations in one second |
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
-use crate::domain::{Attempt, EpochMillis, NewTask, RequestSpec, RetryPolicy, TaskId, TaskState, TaskStatus};
-use crate::ports::{Claim, StoreError, StoredTask, TaskStore, Transition};
-use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL};
+use crate::domain::{
+    Attempt, EpochMillis, NewTask, Quotas, RequestSpec, RetryPolicy, Schedule, TaskId, TaskKind, TaskState, TaskStatus,
+    Tenant,
+};
+use crate::ports::{
+    Cancelled, Claim, Created, ListFilter, Page, StoreError, StoredTask, TaskStore, TenantStore, Transition, UniqueKey,
+    Unit,
+};
+use crate::resources::{
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK,
+    TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
 const STATE: &str = "STATE";
 const SPEC: &str = "SPEC";
 const ATTEMPT_PREFIX: &str = "ATTEMPT#";
+const RUN_PREFIX: &str = "RUN#";
 const DAY_MS: i64 = 86_400_000;
+/// Idempotency keys are remembered this long.
+const IDEMPOTENCY_TTL_MS: i64 = DAY_MS;
+/// A unit due within this much is claimable (clock skew between functions).
+const DUE_SLACK_MS: i64 = 1_000;
+/// A listing examines at most this many tasks per call before returning a partial page.
+const MAX_EXAMINED: usize = 1_000;
 
-/// Tasks in one DynamoDB table.
+/// Tasks and tenants in one DynamoDB table.
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
     client: Client,
     table: String,
     retention_ms: i64,
-}
-
-impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
-        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS }
-    }
-
-    fn key(id: &TaskId, sk: &str) -> Item {
-        HashMap::from([(PK.to_owned(), s(pk(id))), (SK.to_owned(), s(sk))])
-    }
-
-    async fn read_state(&self, id: &TaskId) -> Result<Option<TaskState>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(id, STATE)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item.map(|i| state_from_item(id, &i)).transpose()
-    }
-}
-
-fn pk(id: &TaskId) -> String {
-    format!("TASK#{id}")
-}
-
-fn attempt_sk(n: u32) -> String {
-    format!("{ATTEMPT_PREFIX}{n:010}")
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -74,6 +71,35 @@ fn ttl_secs(at_ms: EpochMillis) -> AttributeValue {
     n(at_ms / 1000)
 }
 
+fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+fn task_pk(id: &TaskId) -> String {
+    format!("TASK#{id}")
+}
+
+fn state_sk(run: Option<EpochMillis>) -> String {
+    match run {
+        None => STATE.to_owned(),
+        Some(ms) => format!("{RUN_PREFIX}{ms:015}"),
+    }
+}
+
+fn attempt_sk(run: Option<EpochMillis>, n: u32) -> String {
+    match run {
+        None => format!("{ATTEMPT_PREFIX}{n:010}"),
+        Some(ms) => format!("{ATTEMPT_PREFIX}R{ms:015}#{n:010}"),
+    }
+}
+
+fn unique_pk(tenant: &str, k: &UniqueKey) -> String {
+    match k {
+        UniqueKey::BusinessId(b) => format!("UNIQUE#{tenant}#B#{b}"),
+        UniqueKey::IdempotencyKey(i) => format!("UNIQUE#{tenant}#I#{i}"),
+    }
+}
+
 fn unavailable<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
     StoreError::Unavailable(Box::new(e))
 }
@@ -85,14 +111,26 @@ where
     e.as_service_error().and_then(|se| se.code()) == Some("ConditionalCheckFailedException")
 }
 
-fn get_s<'a>(id: &TaskId, item: &'a Item, k: &str) -> Result<&'a str, StoreError> {
-    item.get(k)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
-        .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("missing string `{k}`") })
+fn is_transaction_cancelled<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error().and_then(|se| se.code()) == Some("TransactionCanceledException")
 }
 
-fn get_n<T: std::str::FromStr>(id: &TaskId, item: &Item, k: &str) -> Result<Option<T>, StoreError> {
+fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { id: id.to_owned(), what: what.into() }
+}
+
+fn get_s<'a>(id: &str, item: &'a Item, k: &str) -> Result<&'a str, StoreError> {
+    opt_s(item, k).ok_or_else(|| corrupt(id, format!("missing string `{k}`")))
+}
+
+fn opt_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn get_n<T: std::str::FromStr>(id: &str, item: &Item, k: &str) -> Result<Option<T>, StoreError> {
     match item.get(k) {
         None => Ok(None),
         Some(v) => v
@@ -100,84 +138,232 @@ fn get_n<T: std::str::FromStr>(id: &TaskId, item: &Item, k: &str) -> Result<Opti
             .ok()
             .and_then(|x| x.parse().ok())
             .map(Some)
-            .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("`{k}` is not a number") }),
+            .ok_or_else(|| corrupt(id, format!("`{k}` is not a number"))),
     }
 }
 
-fn req_n<T: std::str::FromStr>(id: &TaskId, item: &Item, k: &str) -> Result<T, StoreError> {
-    get_n(id, item, k)?.ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("missing number `{k}`") })
+fn req_n<T: std::str::FromStr>(id: &str, item: &Item, k: &str) -> Result<T, StoreError> {
+    get_n(id, item, k)?.ok_or_else(|| corrupt(id, format!("missing number `{k}`")))
 }
 
-fn json<T: serde::de::DeserializeOwned>(id: &TaskId, item: &Item, k: &str) -> Result<T, StoreError> {
-    serde_json::from_str(get_s(id, item, k)?)
-        .map_err(|e| StoreError::Corrupt { id: id.to_string(), what: format!("`{k}`: {e}") })
+fn json<T: serde::de::DeserializeOwned>(id: &str, item: &Item, k: &str) -> Result<T, StoreError> {
+    serde_json::from_str(get_s(id, item, k)?).map_err(|e| corrupt(id, format!("`{k}`: {e}")))
 }
 
-fn state_from_item(id: &TaskId, i: &Item) -> Result<TaskState, StoreError> {
-    let status = get_s(id, i, "status")?;
+/// The JSON string a domain value is stored as (domain types serialise infallibly).
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -> Result<TaskState, StoreError> {
+    let sid = id.as_str();
+    let status = get_s(sid, i, "status")?;
     Ok(TaskState {
         id: id.clone(),
-        tenant: get_s(id, i, "tenant")?.to_owned(),
-        status: TaskStatus::parse(status)
-            .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), what: format!("unknown status `{status}`") })?,
-        attempts: req_n(id, i, "attempts")?,
-        max_attempts: req_n(id, i, "max_attempts")?,
-        created_at: req_n(id, i, "created_at")?,
-        updated_at: req_n(id, i, "updated_at")?,
-        due_at: get_n(id, i, "due_at")?,
-        lease_until: get_n(id, i, "lease_until")?,
-        host: get_s(id, i, "host")?.to_owned(),
-        failure_reason: i.get("failure_reason").and_then(|v| v.as_s().ok()).cloned(),
+        run,
+        kind: if opt_s(i, "kind") == Some("cron") { TaskKind::Cron } else { TaskKind::Once },
+        tenant: get_s(sid, i, "tenant")?.to_owned(),
+        business_id: opt_s(i, "business_id").map(str::to_owned),
+        status: TaskStatus::parse(status).ok_or_else(|| corrupt(sid, format!("unknown status `{status}`")))?,
+        attempts: req_n(sid, i, "attempts")?,
+        max_attempts: req_n(sid, i, "max_attempts")?,
+        created_at: req_n(sid, i, "created_at")?,
+        updated_at: req_n(sid, i, "updated_at")?,
+        due_at: get_n(sid, i, "due_at")?,
+        lease_until: get_n(sid, i, "lease_until")?,
+        host: get_s(sid, i, "host")?.to_owned(),
+        failure_reason: opt_s(i, "failure_reason").map(str::to_owned),
     })
 }
 
-impl TaskStore for DynamoStore {
-    async fn create(&self, task: &NewTask) -> Result<(), StoreError> {
-        let mut spec = Self::key(&task.id, SPEC);
+/// Reads the task id back from a `pk`.
+fn id_of(item: &Item) -> Option<TaskId> {
+    opt_s(item, PK).and_then(|pk| pk.strip_prefix("TASK#")).and_then(|id| TaskId::parse(id).ok())
+}
+
+fn encode_cursor(v: &str) -> String {
+    B64.encode(v)
+}
+
+fn decode_cursor(c: &str) -> Option<String> {
+    B64.decode(c).ok().and_then(|b| String::from_utf8(b).ok())
+}
+
+/// The smallest and largest task id created in the millisecond `ms` (UUIDv7
+/// ids start with the creation time), for time-bounded listings.
+fn id_bound(ms: EpochMillis, upper: bool) -> String {
+    let fill = if upper { "f" } else { "0" };
+    format!("tsk_{:012x}{}", ms.max(0), fill.repeat(20))
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
+        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS }
+    }
+
+    fn put(&self, item: Item) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+        self.client.put_item().table_name(&self.table).set_item(Some(item))
+    }
+
+    fn new_items(&self, task: &NewTask) -> (Item, Item) {
+        let mut spec = key(task_pk(&task.id), SPEC);
         spec.insert("spec".into(), s(to_json(&task.spec)));
         spec.insert("retry".into(), s(to_json(&task.retry)));
-        // The spec outlives any retry schedule; finished state items get their own TTL.
-        spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
-        self.client.put_item().table_name(&self.table).set_item(Some(spec)).send().await.map_err(unavailable)?;
-
-        let mut state = Self::key(&task.id, STATE);
+        spec.insert("schedule".into(), s(to_json(&task.schedule)));
+        if task.kind() == TaskKind::Once {
+            // The spec outlives any retry schedule; finished state items get their own TTL.
+            spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
+        }
+        let mut state = key(task_pk(&task.id), STATE);
         state.extend([
             ("tenant".into(), s(&task.tenant)),
-            ("status".into(), s(TaskStatus::Pending.as_str())),
+            ("kind".into(), s(task.kind().as_str())),
+            ("status".into(), s(task.initial_status().as_str())),
             ("attempts".into(), n(0)),
-            ("max_attempts".into(), n(task.retry.max_attempts)),
+            ("max_attempts".into(), n(task.retry.max_attempts())),
             ("created_at".into(), n(task.created_at)),
             ("updated_at".into(), n(task.created_at)),
             ("due_at".into(), n(task.due_at)),
             ("host".into(), s(task.spec.url.host())),
+            (GPK.into(), s(format!("TENANT#{}", task.tenant))),
+            (GSK.into(), s(task.id.as_str())),
         ]);
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(state))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        if let Some(b) = &task.business_id {
+            state.insert("business_id".into(), s(b));
+        }
+        (spec, state)
     }
 
-    async fn discard(&self, id: &TaskId) -> Result<(), StoreError> {
-        for sk in [STATE, SPEC] {
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .set_key(Some(Self::key(id, sk)))
+    fn unique_item(&self, task: &NewTask, k: &UniqueKey) -> Item {
+        let mut item = key(unique_pk(&task.tenant, k), "UNIQUE");
+        item.insert("task_id".into(), s(task.id.as_str()));
+        let expires = match k {
+            UniqueKey::IdempotencyKey(_) => task.created_at + IDEMPOTENCY_TTL_MS,
+            UniqueKey::BusinessId(_) if task.kind() == TaskKind::Cron => i64::MAX / 2,
+            UniqueKey::BusinessId(_) => task.due_at + self.retention_ms,
+        };
+        if expires < i64::MAX / 2 {
+            item.insert(TTL.into(), ttl_secs(expires));
+        }
+        item
+    }
+
+    async fn batch_get_states(&self, ids: &[TaskId]) -> Result<HashMap<String, Item>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let mut keys: Vec<Item> = chunk.iter().map(|id| key(task_pk(id), STATE)).collect();
+            for _ in 0..5 {
+                if keys.is_empty() {
+                    break;
+                }
+                let ka = KeysAndAttributes::builder().set_keys(Some(keys.clone())).build().map_err(unavailable)?;
+                let out =
+                    self.client.batch_get_item().request_items(&self.table, ka).send().await.map_err(unavailable)?;
+                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
+                    if let Some(pk) = opt_s(&item, PK) {
+                        found.insert(pk.to_owned(), item);
+                    }
+                }
+                keys =
+                    out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|ka| ka.keys).unwrap_or_default();
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl TaskStore for DynamoStore {
+    async fn create(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<Created, StoreError> {
+        let (spec, state) = self.new_items(task);
+        let Some(unique) = unique else {
+            // No uniqueness to guard: two plain puts, the state last (it makes the task exist).
+            self.put(spec).send().await.map_err(unavailable)?;
+            self.put(state)
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
                 .send()
                 .await
                 .map_err(unavailable)?;
+            return Ok(Created::New);
+        };
+        let put = |item: Item, guard: bool| -> Result<TransactWriteItem, StoreError> {
+            let mut p = Put::builder().table_name(&self.table).set_item(Some(item));
+            if guard {
+                p = p.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PK);
+            }
+            Ok(TransactWriteItem::builder().put(p.build().map_err(unavailable)?).build())
+        };
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(put(self.unique_item(task, unique), true)?)
+            .transact_items(put(spec, false)?)
+            .transact_items(put(state, true)?)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Created::New),
+            Err(e) if is_transaction_cancelled(&e) => match self.find_by_key(&task.tenant, unique).await? {
+                Some(existing) => Ok(Created::Existing(existing)),
+                // Cancelled for another reason (a conflicting transaction): the caller may retry.
+                None => Err(unavailable(e)),
+            },
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
+        // BatchWriteItem takes 25 items: 12 tasks (spec + state) per call. A task
+        // whose items stay unprocessed after retries is reported as not stored.
+        let mut stored = vec![true; tasks.len()];
+        for (chunk_no, chunk) in tasks.chunks(12).enumerate() {
+            let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len() * 2);
+            for task in chunk {
+                let (spec, state) = self.new_items(task);
+                for item in [spec, state] {
+                    let put = PutRequest::builder().set_item(Some(item)).build().map_err(unavailable)?;
+                    requests.push(WriteRequest::builder().put_request(put).build());
+                }
+            }
+            for attempt in 0..6 {
+                if requests.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests.clone())
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                requests = out.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+            }
+            for left in &requests {
+                let pk = left.put_request().and_then(|p| opt_s(&p.item, PK)).unwrap_or_default();
+                if let Some(i) = chunk.iter().position(|t| task_pk(&t.id) == pk) {
+                    stored[chunk_no * 12 + i] = false;
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn discard(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<(), StoreError> {
+        let mut keys = vec![key(task_pk(&task.id), STATE), key(task_pk(&task.id), SPEC)];
+        if let Some(u) = unique {
+            keys.push(key(unique_pk(&task.tenant, u), "UNIQUE"));
+        }
+        for k in keys {
+            self.client.delete_item().table_name(&self.table).set_key(Some(k)).send().await.map_err(unavailable)?;
         }
         Ok(())
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<StoredTask>, StoreError> {
-        // SPEC and STATE sort after every ATTEMPT#: one query reads both.
+        // SPEC and STATE sort after every ATTEMPT# and RUN#: one query reads both.
         let out = self
             .client
             .query()
@@ -185,22 +371,116 @@ impl TaskStore for DynamoStore {
             .key_condition_expression("#pk = :pk AND #sk >= :spec")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(pk(id)))
+            .expression_attribute_values(":pk", s(task_pk(id)))
             .expression_attribute_values(":spec", s(SPEC))
             .consistent_read(true)
             .send()
             .await
             .map_err(unavailable)?;
         let items = out.items.unwrap_or_default();
-        let find = |sk: &str| items.iter().find(|i| i.get(SK).and_then(|v| v.as_s().ok()).is_some_and(|v| v == sk));
-        let (Some(state), Some(spec)) = (find(STATE), find(SPEC)) else {
-            return Ok(None);
-        };
+        let find = |sk: &str| items.iter().find(|i| opt_s(i, SK) == Some(sk));
+        let (Some(state), Some(spec)) = (find(STATE), find(SPEC)) else { return Ok(None) };
+        let sid = id.as_str();
         Ok(Some(StoredTask {
-            state: state_from_item(id, state)?,
-            spec: json(id, spec, "spec")?,
-            retry: json(id, spec, "retry")?,
+            state: state_from_item(id, None, state)?,
+            spec: json(sid, spec, "spec")?,
+            retry: json(sid, spec, "retry")?,
+            schedule: json(sid, spec, "schedule")?,
         }))
+    }
+
+    async fn find_by_key(&self, tenant: &str, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(unique_pk(tenant, k), "UNIQUE")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item.as_ref().and_then(|i| opt_s(i, "task_id")).and_then(|id| TaskId::parse(id).ok()))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        limit: usize,
+        cursor: Option<&str>,
+        now: EpochMillis,
+    ) -> Result<Page<TaskState>, StoreError> {
+        let lo = id_bound(filter.created_after.unwrap_or(0), false);
+        let hi = id_bound(filter.created_before.unwrap_or(0xffff_ffff_ffff), true);
+        let mut start = cursor.and_then(decode_cursor).and_then(|id| TaskId::parse(&id).ok());
+        let mut items = Vec::new();
+        let mut examined = 0;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(TASKS_BY_TENANT_INDEX)
+                .key_condition_expression("#g = :g AND #gs BETWEEN :lo AND :hi")
+                .expression_attribute_names("#g", GPK)
+                .expression_attribute_names("#gs", GSK)
+                .expression_attribute_values(":g", s(format!("TENANT#{tenant}")))
+                .expression_attribute_values(":lo", s(&lo))
+                .expression_attribute_values(":hi", s(&hi))
+                .scan_index_forward(false)
+                .limit(100);
+            if let Some(after) = &start {
+                let mut k = key(task_pk(after), STATE);
+                k.insert(GPK.into(), s(format!("TENANT#{tenant}")));
+                k.insert(GSK.into(), s(after.as_str()));
+                q = q.set_exclusive_start_key(Some(k));
+            }
+            let out = q.send().await.map_err(unavailable)?;
+            let ids: Vec<TaskId> = out.items.unwrap_or_default().iter().filter_map(id_of).collect();
+            let states = self.batch_get_states(&ids).await?;
+            for id in &ids {
+                examined += 1;
+                start = Some(id.clone());
+                let Some(item) = states.get(&task_pk(id)) else { continue };
+                let st = state_from_item(id, None, item)?;
+                let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
+                let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
+                if status_ok && host_ok {
+                    items.push(st);
+                    if items.len() == limit {
+                        return Ok(Page { items, cursor: Some(encode_cursor(id.as_str())) });
+                    }
+                }
+            }
+            if out.last_evaluated_key.is_none() {
+                return Ok(Page { items, cursor: None });
+            }
+            if examined >= MAX_EXAMINED {
+                // A partial page: the cursor resumes where this call stopped.
+                return Ok(Page { items, cursor: start.map(|id| encode_cursor(id.as_str())) });
+            }
+        }
+    }
+
+    async fn attempts(&self, id: &TaskId, limit: usize, cursor: Option<&str>) -> Result<Page<Attempt>, StoreError> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :a)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(task_pk(id)))
+            .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+            .limit(limit as i32);
+        if let Some(sk) = cursor.and_then(decode_cursor).filter(|sk| sk.starts_with(ATTEMPT_PREFIX)) {
+            q = q.set_exclusive_start_key(Some(key(task_pk(id), sk)));
+        }
+        let out = q.send().await.map_err(unavailable)?;
+        let items = out.items.unwrap_or_default();
+        let attempts = items.iter().map(|i| json(id.as_str(), i, "attempt")).collect::<Result<Vec<Attempt>, _>>()?;
+        let cursor = out.last_evaluated_key.as_ref().and_then(|k| opt_s(k, SK)).map(encode_cursor);
+        Ok(Page { items: attempts, cursor })
     }
 
     async fn last_attempt(&self, id: &TaskId) -> Result<Option<Attempt>, StoreError> {
@@ -211,7 +491,7 @@ impl TaskStore for DynamoStore {
             .key_condition_expression("#pk = :pk AND begins_with(#sk, :a)")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(pk(id)))
+            .expression_attribute_values(":pk", s(task_pk(id)))
             .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
             .scan_index_forward(false)
             .limit(1)
@@ -219,18 +499,177 @@ impl TaskStore for DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        out.items.unwrap_or_default().first().map(|i| json(id, i, "attempt")).transpose()
+        out.items.unwrap_or_default().first().map(|i| json(id.as_str(), i, "attempt")).transpose()
     }
 
-    async fn claim(&self, id: &TaskId, now: EpochMillis, lease_until: EpochMillis) -> Result<Claim, StoreError> {
+    async fn runs(&self, id: &TaskId, limit: usize) -> Result<Vec<TaskState>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :r)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(task_pk(id)))
+            .expression_attribute_values(":r", s(RUN_PREFIX))
+            .scan_index_forward(false)
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.items
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                let run = opt_s(i, SK).and_then(|sk| sk.strip_prefix(RUN_PREFIX)).and_then(|ms| ms.parse().ok());
+                state_from_item(id, run, i)
+            })
+            .collect()
+    }
+
+    async fn cancel(&self, id: &TaskId, now: EpochMillis) -> Result<Cancelled, StoreError> {
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(id, STATE)))
+            .set_key(Some(key(task_pk(id), STATE)))
+            .update_expression("SET #s = :c, updated_at = :now, #ttl = :ttl REMOVE lease_until, due_at")
+            .condition_expression("attribute_exists(#pk) AND NOT #s IN (:succ, :fail, :c)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":c", s(TaskStatus::Cancelled.as_str()))
+            .expression_attribute_values(":succ", s(TaskStatus::Succeeded.as_str()))
+            .expression_attribute_values(":fail", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Cancelled::Done(state_from_item(id, None, &out.attributes.unwrap_or_default())?)),
+            Err(e) if is_conditional_failure(&e) => {
+                Ok(match self.read_state(&Unit { task: id.clone(), run: None }).await? {
+                    Some(st) => Cancelled::AlreadyFinal(st.status),
+                    None => Cancelled::Missing,
+                })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn update_spec(
+        &self,
+        id: &TaskId,
+        spec: &RequestSpec,
+        retry: &RetryPolicy,
+        schedule: &Schedule,
+        now: EpochMillis,
+    ) -> Result<bool, StoreError> {
+        let mut spec_item = key(task_pk(id), SPEC);
+        spec_item.insert("spec".into(), s(to_json(spec)));
+        spec_item.insert("retry".into(), s(to_json(retry)));
+        spec_item.insert("schedule".into(), s(to_json(schedule)));
+        if let Some(due) = match schedule {
+            Schedule::At { at } => Some(*at),
+            Schedule::Now => Some(now),
+            Schedule::Cron(_) => None,
+        } {
+            spec_item.insert(TTL.into(), ttl_secs(due.max(now) + self.retention_ms));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), STATE)))
+            .update_expression("SET max_attempts = :m, host = :h, updated_at = :now")
+            .condition_expression("attribute_exists(#pk) AND NOT #s IN (:succ, :fail, :canc)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":m", n(retry.max_attempts()))
+            .expression_attribute_values(":h", s(spec.url.host()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":succ", s(TaskStatus::Succeeded.as_str()))
+            .expression_attribute_values(":fail", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":canc", s(TaskStatus::Cancelled.as_str()))
+            .build()
+            .map_err(unavailable)?;
+        let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(unavailable)?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_transaction_cancelled(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn set_cron_status(&self, id: &TaskId, to: TaskStatus, now: EpochMillis) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), STATE)))
+            .update_expression("SET #s = :to, updated_at = :now")
+            .condition_expression("kind = :cron AND #s IN (:active, :paused)")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":cron", s(TaskKind::Cron.as_str()))
+            .expression_attribute_values(":active", s(TaskStatus::Active.as_str()))
+            .expression_attribute_values(":paused", s(TaskStatus::Paused.as_str()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn start_run(&self, parent: &TaskState, run: EpochMillis) -> Result<(), StoreError> {
+        let mut item = key(task_pk(&parent.id), state_sk(Some(run)));
+        item.extend([
+            ("tenant".into(), s(&parent.tenant)),
+            ("kind".into(), s(TaskKind::Cron.as_str())),
+            ("status".into(), s(TaskStatus::Pending.as_str())),
+            ("attempts".into(), n(0)),
+            ("max_attempts".into(), n(parent.max_attempts)),
+            ("created_at".into(), n(run)),
+            ("updated_at".into(), n(run)),
+            ("due_at".into(), n(run)),
+            ("host".into(), s(&parent.host)),
+            (TTL.into(), ttl_secs(run + self.retention_ms)),
+        ]);
+        if let Some(b) = &parent.business_id {
+            item.insert("business_id".into(), s(b));
+        }
+        match self
+            .put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn claim(&self, unit: &Unit, now: EpochMillis, lease_until: EpochMillis) -> Result<Claim, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
             .update_expression("SET #s = :sending, attempts = attempts + :one, lease_until = :lease, updated_at = :now")
             .condition_expression(
-                "attribute_exists(#pk) AND (#s IN (:pending, :retrying, :scheduled) OR (#s = :sending AND lease_until < :now))",
+                "attribute_exists(#pk) AND (attribute_not_exists(due_at) OR due_at <= :due) \
+                 AND (#s IN (:pending, :retrying, :scheduled) OR (#s = :sending AND lease_until < :now))",
             )
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#s", "status")
@@ -241,21 +680,39 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":lease", n(lease_until))
             .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":due", n(now + DUE_SLACK_MS))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match res {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                Ok(Claim::Claimed(state_from_item(id, &item)?))
-            }
-            // Rare path (duplicate delivery, finished task): read why.
-            Err(e) if is_conditional_failure(&e) => Ok(match self.read_state(id).await? {
-                Some(st) => Claim::NotClaimable(st.status),
+            Ok(out) => Ok(Claim::Claimed(state_from_item(&unit.task, unit.run, &out.attributes.unwrap_or_default())?)),
+            // Rare path (early or duplicate delivery, finished task): read why.
+            Err(e) if is_conditional_failure(&e) => Ok(match self.read_state(unit).await? {
                 None => Claim::Missing,
+                Some(st) => match (st.status, st.due_at) {
+                    (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
+                        if due > now + DUE_SLACK_MS =>
+                    {
+                        Claim::NotDue(due)
+                    }
+                    (status, _) => Claim::NotClaimable(status),
+                },
             }),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn read_state(&self, unit: &Unit) -> Result<Option<TaskState>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.map(|i| state_from_item(&unit.task, unit.run, &i)).transpose()
     }
 
     async fn get_spec(&self, id: &TaskId) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
@@ -263,27 +720,28 @@ impl TaskStore for DynamoStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(id, SPEC)))
+            .set_key(Some(key(task_pk(id), SPEC)))
+            .projection_expression("spec, retry")
             .send()
             .await
             .map_err(unavailable)?;
-        out.item.map(|i| Ok((json(id, &i, "spec")?, json(id, &i, "retry")?))).transpose()
+        out.item.map(|i| Ok((json(id.as_str(), &i, "spec")?, json(id.as_str(), &i, "retry")?))).transpose()
     }
 
-    async fn record_attempt(&self, id: &TaskId, attempt: &Attempt) -> Result<(), StoreError> {
-        let mut item = Self::key(id, &attempt_sk(attempt.number));
+    async fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
+        let mut item = key(task_pk(&unit.task), attempt_sk(unit.run, attempt.number));
         item.insert("attempt".into(), s(to_json(attempt)));
         item.insert(TTL.into(), ttl_secs(attempt.started_at + self.retention_ms));
-        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(unavailable)?;
+        self.put(item).send().await.map_err(unavailable)?;
         Ok(())
     }
 
-    async fn finish(&self, id: &TaskId, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {
+    async fn finish(&self, unit: &Unit, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {
         let req = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(id, STATE)))
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
             .condition_expression("#s = :sending AND attempts = :n")
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
@@ -316,7 +774,259 @@ impl TaskStore for DynamoStore {
     }
 }
 
-/// The JSON string a domain value is stored as (domain types serialise infallibly).
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+fn tenant_pk(id: &str) -> String {
+    format!("TENANT#{id}")
+}
+
+fn tenant_from_item(i: &Item) -> Result<Tenant, StoreError> {
+    let id = opt_s(i, PK).and_then(|p| p.strip_prefix("TENANT#")).unwrap_or_default().to_owned();
+    Ok(Tenant {
+        name: get_s(&id, i, "name")?.to_owned(),
+        enabled: i.get("enabled").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        quotas: Quotas {
+            max_active_tasks: req_n(&id, i, "max_active")?,
+            create_rate_per_second: req_n(&id, i, "create_rate")?,
+        },
+        active: get_n(&id, i, "active")?.unwrap_or(0),
+        created_at: req_n(&id, i, "created_at")?,
+        id,
+    })
+}
+
+impl TenantStore for DynamoStore {
+    async fn create_tenant(&self, t: &Tenant) -> Result<(), StoreError> {
+        let mut item = key(tenant_pk(&t.id), "TENANT");
+        item.extend([
+            ("name".into(), s(&t.name)),
+            ("enabled".into(), AttributeValue::Bool(t.enabled)),
+            ("max_active".into(), n(t.quotas.max_active_tasks)),
+            ("create_rate".into(), n(t.quotas.create_rate_per_second)),
+            ("active".into(), n(0)),
+            ("created_at".into(), n(t.created_at)),
+        ]);
+        self.put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(id), "TENANT")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.as_ref().map(tenant_from_item).transpose()
+    }
+
+    async fn update_tenant(&self, id: &str, enabled: Option<bool>, quotas: Option<Quotas>) -> Result<bool, StoreError> {
+        let mut sets = Vec::new();
+        let mut req = self.client.update_item().table_name(&self.table).set_key(Some(key(tenant_pk(id), "TENANT")));
+        if let Some(e) = enabled {
+            sets.push("enabled = :e");
+            req = req.expression_attribute_values(":e", AttributeValue::Bool(e));
+        }
+        if let Some(q) = quotas {
+            sets.push("max_active = :m, create_rate = :r");
+            req = req
+                .expression_attribute_values(":m", n(q.max_active_tasks))
+                .expression_attribute_values(":r", n(q.create_rate_per_second));
+        }
+        if sets.is_empty() {
+            return Ok(self.get_tenant(id).await?.is_some());
+        }
+        let res = req
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn put_key(&self, tenant: &str, key_id: &str, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
+        let mut lookup = key(format!("APIKEY#{hash}"), "APIKEY");
+        lookup.extend([("tenant".into(), s(tenant)), ("key_id".into(), s(key_id)), ("created_at".into(), n(now))]);
+        let mut listed = key(tenant_pk(tenant), format!("KEY#{key_id}"));
+        listed.extend([("hash".into(), s(hash)), ("created_at".into(), n(now))]);
+        let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
+            let p = Put::builder().table_name(&self.table).set_item(Some(item)).build().map_err(unavailable)?;
+            Ok(TransactWriteItem::builder().put(p).build())
+        };
+        self.client
+            .transact_write_items()
+            .transact_items(put(lookup)?)
+            .transact_items(put(listed)?)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn tenant_of_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("APIKEY#{hash}"), "APIKEY")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned)))
+    }
+
+    async fn revoke_key(&self, tenant: &str, key_id: &str, now: EpochMillis) -> Result<bool, StoreError> {
+        let listed = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(tenant), format!("KEY#{key_id}"))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let Some(hash) = listed.item.as_ref().and_then(|i| opt_s(i, "hash")).map(str::to_owned) else {
+            return Ok(false);
+        };
+        for k in [key(format!("APIKEY#{hash}"), "APIKEY"), key(tenant_pk(tenant), format!("KEY#{key_id}"))] {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(k))
+                .update_expression("SET revoked_at = if_not_exists(revoked_at, :now)")
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(true)
+    }
+
+    async fn list_keys(&self, tenant: &str) -> Result<Vec<(String, EpochMillis, Option<EpochMillis>)>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :k)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":k", s("KEY#"))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.items
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                let id = opt_s(i, SK).and_then(|k| k.strip_prefix("KEY#")).unwrap_or_default().to_owned();
+                Ok((id.clone(), req_n(&id, i, "created_at")?, get_n(&id, i, "revoked_at")?))
+            })
+            .collect()
+    }
+
+    async fn reserve_active(&self, t: &Tenant, count: u64) -> Result<bool, StoreError> {
+        let Some(limit) = t.quotas.max_active_tasks.checked_sub(count) else { return Ok(false) };
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(&t.id), "TENANT")))
+            .update_expression("ADD active :k")
+            .condition_expression("attribute_exists(#pk) AND (attribute_not_exists(active) OR active <= :lim)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":k", n(count))
+            .expression_attribute_values(":lim", n(limit))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn release_active(&self, tenant: &str, count: u64) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(tenant), "TENANT")))
+            .update_expression("ADD active :k")
+            .condition_expression("active >= :n")
+            .expression_attribute_values(":k", AttributeValue::N(format!("-{count}")))
+            .expression_attribute_values(":n", n(count))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Never below zero (a tenant created before counting, or a double release).
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn take_rate(&self, t: &Tenant, count: u64, now: EpochMillis) -> Result<bool, StoreError> {
+        let Some(limit) = t.quotas.create_rate_per_second.checked_sub(count) else { return Ok(false) };
+        let second = now / 1000;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("RATE#{}#{second}", t.id), "RATE")))
+            .update_expression("ADD #n :k SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#n) OR #n <= :lim")
+            .expression_attribute_names("#n", "n")
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":k", n(count))
+            .expression_attribute_values(":lim", n(limit))
+            .expression_attribute_values(":ttl", n(second + 120))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_bounds_bracket_every_id_created_in_that_millisecond() {
+        let id = TaskId::generate();
+        let ms = i64::from_str_radix(&id.as_str()[4..16], 16).expect("hex time");
+        assert!(id_bound(ms, false).as_str() <= id.as_str());
+        assert!(id.as_str() <= id_bound(ms, true).as_str());
+        assert!(id_bound(ms + 1, false).as_str() > id.as_str());
+    }
+
+    #[test]
+    fn attempts_and_runs_sort_by_number_and_time() {
+        assert!(attempt_sk(None, 2) < attempt_sk(None, 10));
+        assert!(attempt_sk(Some(5), 1) < attempt_sk(Some(10), 1));
+        assert!(state_sk(Some(999)) < state_sk(Some(1000)));
+        assert!(attempt_sk(None, 1).as_str() < SPEC && state_sk(Some(1)).as_str() < SPEC);
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(decode_cursor(&encode_cursor("tsk_abc")), Some("tsk_abc".into()));
+        assert_eq!(decode_cursor("%%%"), None);
+    }
 }

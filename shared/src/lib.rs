@@ -12,6 +12,7 @@ pub mod domain;
 pub mod dynamo;
 pub mod ports;
 pub mod resources;
+pub mod schedules;
 pub mod sender;
 pub mod sqs;
 pub mod telemetry;

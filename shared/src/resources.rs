@@ -33,6 +33,12 @@ pub const SCHEDULE_GROUP_SUFFIX: &str = "-schedules";
 /// `pk = TASK#<id>`; `sk` is `STATE`, `SPEC` or `ATTEMPT#<n>`.
 pub const TABLE_HASH_KEY: &str = "pk";
 pub const TABLE_RANGE_KEY: &str = "sk";
+/// The index listing a tenant's tasks newest first: `gsi1pk = TENANT#<id>`,
+/// `gsi1sk = <task id>` (ids are time-ordered). Keys only, so status changes
+/// never write to it.
+pub const TASKS_BY_TENANT_INDEX: &str = "by-tenant";
+pub const INDEX_HASH_KEY: &str = "gsi1pk";
+pub const INDEX_RANGE_KEY: &str = "gsi1sk";
 /// Epoch seconds after which DynamoDB deletes an item.
 pub const TABLE_TTL_ATTRIBUTE: &str = "expires_at";
 

@@ -11,10 +11,13 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use futures_util::StreamExt;
 use serde_json::json;
 
+use std::collections::HashMap;
+
 use crate::domain::{
-    Attempt, Body, Outcome, QueueMessage, RequestSpec, RetryPolicy, TaskId, classify_status, now_millis,
+    Attempt, Outcome, QueueMessage, RequestSpec, RetryPolicy, TaskId, TaskState, TaskStatus, classify_status,
+    format_millis, now_millis,
 };
-use crate::ports::{Claim, DeliveryQueue, StoreError, TaskStore, Transition};
+use crate::ports::{Claim, DeliveryQueue, StoreError, TaskStore, TenantStore, Transition, Unit};
 
 /// Courier's version, sent in `User-Agent`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,6 +31,8 @@ pub enum DeliveryOutcome {
     RetryScheduled { attempt: u32, delay: Duration },
     /// The task failed for good (stopped or exhausted).
     Failed { attempt: u32, reason: String },
+    /// Not due yet (an early or duplicate delivery): look again after `delay`.
+    Deferred { delay: Duration },
     /// Nothing was sent: the task is final, leased by another sender, or the lease was lost.
     Skipped { reason: &'static str },
     /// The message names no task: park it on the DLQ.
@@ -62,68 +67,112 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
+/// One record's result: keep it on the queue or not, and whether a one-off
+/// task of some tenant finished (its active-task slot is released per batch).
+struct Handled {
+    keep: bool,
+    finished_tenant: Option<String>,
+}
+
+impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
     pub fn new(store: S, queue: Q, http: reqwest::Client, settings: SenderSettings) -> Self {
         Self { store, queue, http, settings }
     }
 
     /// Handles one SQS batch: every record concurrently, failures reported by id.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let failures: Vec<BatchItemFailure> = futures_util::stream::iter(event.records)
-            .map(|record| async move {
-                let id = record.message_id.clone().unwrap_or_default();
-                match self.process(&record).await {
-                    Ok(()) => None,
-                    Err(()) => {
-                        let mut f = BatchItemFailure::default();
-                        f.item_identifier = id;
-                        Some(f)
-                    }
-                }
-            })
+        let handled: Vec<(String, Handled)> = futures_util::stream::iter(event.records)
+            .map(|record| async move { (record.message_id.clone().unwrap_or_default(), self.process(&record).await) })
             .buffer_unordered(self.settings.concurrency.max(1))
-            .filter_map(|f| async move { f })
             .collect()
             .await;
+        let mut finished: HashMap<String, u64> = HashMap::new();
         let mut resp = SqsBatchResponse::default();
-        resp.batch_item_failures = failures;
+        for (message_id, h) in handled {
+            if let Some(t) = h.finished_tenant {
+                *finished.entry(t).or_default() += 1;
+            }
+            if h.keep {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = message_id;
+                resp.batch_item_failures.push(f);
+            }
+        }
+        // One counter write per tenant per batch, not per task.
+        for (tenant, n) in finished {
+            if let Err(e) = self.store.release_active(&tenant, n).await {
+                tracing::error!(tenant = %tenant, error = %e, "could not release active-task slots");
+            }
+        }
         resp
     }
 
-    /// `Err(())` leaves the message on the queue for redelivery.
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
-    async fn process(&self, record: &SqsMessage) -> Result<(), ()> {
+    async fn process(&self, record: &SqsMessage) -> Handled {
         let body = record.body.as_deref().unwrap_or_default();
-        let outcome = match QueueMessage::from_body(body) {
-            None => Ok(DeliveryOutcome::Poison { reason: "unreadable message body".into() }),
-            Some(QueueMessage::DeliverV1 { task_id }) => match TaskId::parse(&task_id) {
-                Err(e) => Ok(DeliveryOutcome::Poison { reason: e.to_string() }),
-                Ok(id) => self.deliver(&id).await,
-            },
+        let (unit, outcome) = match self.unit_of(body).await {
+            Err(e) => (None, Err(e)),
+            Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
+            Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
+            Ok(Ok(Some((unit, tenant)))) => {
+                let outcome = self.deliver(&unit).await;
+                (Some((unit, tenant)), outcome)
+            }
         };
+        let keep = |keep: bool| Handled { keep, finished_tenant: None };
         match outcome {
-            Ok(DeliveryOutcome::Delivered { .. } | DeliveryOutcome::Skipped { .. }) => Ok(()),
-            Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
+            Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
+            Ok(DeliveryOutcome::Delivered { .. }) => Handled { keep: false, finished_tenant: one_off_tenant(&unit) },
+            Ok(DeliveryOutcome::RetryScheduled { delay, .. } | DeliveryOutcome::Deferred { delay }) => {
                 let receipt = record.receipt_handle.as_deref().unwrap_or_default();
                 if let Err(e) = self.queue.retry_later(receipt, delay).await {
                     // The queue's visibility timeout brings the message back anyway.
                     tracing::warn!(error = %e, "could not set the retry delay");
                 }
-                Err(())
+                keep(true)
             }
             Ok(DeliveryOutcome::Failed { reason, .. }) => {
-                let task_id = QueueMessage::from_body(body).map(|QueueMessage::DeliverV1 { task_id }| task_id);
-                self.park(json!({"type": "task.failed.v1", "task_id": task_id, "reason": reason})).await
+                let (task_id, run, tenant) = match &unit {
+                    Some((u, t)) => (Some(u.task.to_string()), u.run.map(format_millis), Some(t.clone())),
+                    None => (None, None, None),
+                };
+                let doc = json!({"type": "task.failed.v1", "task_id": task_id, "run": run, "tenant": tenant, "reason": reason});
+                Handled { keep: self.park(doc).await.is_err(), finished_tenant: one_off_tenant(&unit) }
             }
             Ok(DeliveryOutcome::Poison { reason }) => {
                 tracing::error!(reason = %reason, "poison message");
-                self.park(json!({"type": "poison.v1", "reason": reason, "body": body})).await
+                keep(self.park(json!({"type": "poison.v1", "reason": reason, "body": body})).await.is_err())
             }
             Err(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
-                Err(())
+                keep(true)
             }
         }
+    }
+
+    /// Reads a message: the unit to deliver with its tenant, `None` for a firing
+    /// of a cron task that is not active, or the reason it is poison.
+    async fn unit_of(&self, body: &str) -> Result<Result<Option<(Unit, String)>, String>, StoreError> {
+        let Some(msg) = QueueMessage::from_body(body) else { return Ok(Err("unreadable message body".into())) };
+        let task = match TaskId::parse(msg.task_id()) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let run = match msg.run() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(parent) = self.store.read_state(&Unit { task: task.clone(), run: None }).await? else {
+            return Ok(Err(format!("no task {task}")));
+        };
+        if let Some(run) = run {
+            if parent.status != TaskStatus::Active {
+                tracing::info!(task_id = %task, status = parent.status.as_str(), "cron firing ignored");
+                return Ok(Ok(None));
+            }
+            self.store.start_run(&parent, run).await?;
+        }
+        Ok(Ok(Some((Unit { task, run }, parent.tenant))))
     }
 
     async fn park(&self, doc: serde_json::Value) -> Result<(), ()> {
@@ -132,26 +181,27 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
         })
     }
 
-    /// Delivers one task: claim, send, record, transition.
-    #[tracing::instrument(skip_all, fields(task_id = %id))]
-    pub async fn deliver(&self, id: &TaskId) -> Result<DeliveryOutcome, StoreError> {
+    /// Delivers one unit: claim, send, record, transition.
+    #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
+    pub async fn deliver(&self, unit: &Unit) -> Result<DeliveryOutcome, StoreError> {
         let now = now_millis();
         let lease_until = now + (RequestSpec::MAX_TIMEOUT_MS + self.settings.lease_margin_ms) as i64;
-        let state = match self.store.claim(id, now, lease_until).await? {
+        let state = match self.store.claim(unit, now, lease_until).await? {
             Claim::Claimed(state) => state,
+            Claim::NotDue(due) => {
+                return Ok(DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) });
+            }
             Claim::NotClaimable(status) => {
                 tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
                 return Ok(DeliveryOutcome::Skipped { reason: "not claimable" });
             }
-            Claim::Missing => {
-                return Ok(DeliveryOutcome::Poison { reason: format!("no task {id}") });
-            }
+            Claim::Missing => return Ok(DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }),
         };
-        let Some((spec, retry)) = self.store.get_spec(id).await? else {
-            return Ok(DeliveryOutcome::Poison { reason: format!("task {id} has no request spec") });
+        let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
+            return Ok(DeliveryOutcome::Poison { reason: format!("task {} has no request spec", unit.task) });
         };
         let number = state.attempts;
-        let mut attempt = self.send(id, number, &spec).await;
+        let mut attempt = self.send(&state, &spec).await;
         let decision = decide(&retry, &attempt, fastrand::f64());
         if let Decision::Retry(delay) = decision {
             attempt.next_delay_ms = Some(delay.as_millis() as u64);
@@ -165,7 +215,7 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
             error = attempt.error.as_deref(),
             "attempt"
         );
-        self.store.record_attempt(id, &attempt).await?;
+        self.store.record_attempt(unit, &attempt).await?;
         let at = now_millis();
         let (transition, result) = match decision {
             Decision::Succeed => (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }),
@@ -177,35 +227,41 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
                 (Transition::Failed { reason: reason.clone() }, DeliveryOutcome::Failed { attempt: number, reason })
             }
         };
-        if !self.store.finish(id, number, &transition, at).await? {
+        if !self.store.finish(unit, number, &transition, at).await? {
             return Ok(DeliveryOutcome::Skipped { reason: "lease lost" });
         }
         Ok(result)
     }
 
-    async fn send(&self, id: &TaskId, number: u32, spec: &RequestSpec) -> Attempt {
+    async fn send(&self, state: &TaskState, spec: &RequestSpec) -> Attempt {
         let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
         let mut req = self
             .http
             .request(method, spec.url.as_str())
             .timeout(Duration::from_millis(spec.timeout_ms))
-            .header("Courier-Task-Id", id.as_str())
-            .header("Courier-Attempt", number.to_string());
+            .header("Courier-Task-Id", state.id.as_str())
+            .header("Courier-Attempt", state.attempts.to_string());
+        if let Some(b) = &state.business_id {
+            req = req.header("Courier-Business-Id", b);
+        }
+        if let Some(run) = state.run {
+            req = req.header("Courier-Scheduled-Time", format_millis(run));
+        }
         for (k, v) in &spec.headers {
             req = req.header(k, v);
         }
-        if let Some(Body::Text(t)) = &spec.body {
-            req = req.body(t.clone());
+        if let Some(auth) = &spec.auth {
+            req = req.header("Authorization", auth.header_value());
+        }
+        if let Some(body) = &spec.body {
+            req = req.body(body.to_bytes());
         }
         let started_at = now_millis();
         let clock = Instant::now();
         let result = match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                match read_truncated(resp, self.settings.response_body_limit).await {
-                    Ok(body) => Ok((status, body)),
-                    Err(e) => Err(e),
-                }
+                read_truncated(resp, self.settings.response_body_limit).await.map(|body| (status, body))
             }
             Err(e) => Err(e),
         };
@@ -214,8 +270,24 @@ impl<S: TaskStore, Q: DeliveryQueue> Sender<S, Q> {
             Ok((status, body)) => (Some(status), classify_status(status), Some(body), None),
             Err(e) => (None, classify_error(&e), None, Some(error_text(&e))),
         };
-        Attempt { number, started_at, duration_ms, status_code, outcome, response_body, error, next_delay_ms: None }
+        Attempt {
+            run: state.run,
+            number: state.attempts,
+            started_at,
+            duration_ms,
+            status_code,
+            outcome,
+            response_body,
+            error,
+            next_delay_ms: None,
+        }
     }
+}
+
+/// The tenant whose active-task slot a finished unit frees: one-off tasks
+/// only (a cron task holds its slot until cancelled).
+fn one_off_tenant(unit: &Option<(Unit, String)>) -> Option<String> {
+    unit.as_ref().filter(|(u, _)| u.run.is_none()).map(|(_, t)| t.clone())
 }
 
 /// What to do after an attempt.
@@ -322,6 +394,7 @@ mod tests {
 
     fn attempt(number: u32, outcome: Outcome, status: Option<u16>) -> Attempt {
         Attempt {
+            run: None,
             number,
             started_at: 0,
             duration_ms: 1,
@@ -340,7 +413,13 @@ mod tests {
 
     #[test]
     fn a_server_error_retries_until_attempts_run_out() {
-        let p = RetryPolicy { jitter: false, ..RetryPolicy::default() };
+        let p = RetryPolicy::Backoff {
+            max_attempts: 4,
+            initial_ms: 1_000,
+            multiplier: 2.0,
+            max_ms: 3_600_000,
+            jitter: false,
+        };
         let d = decide(&p, &attempt(1, Outcome::ServerError, Some(500)), 0.5);
         assert_eq!(d, Decision::Retry(Duration::from_secs(1)));
         let d = decide(&p, &attempt(4, Outcome::ServerError, Some(500)), 0.5);

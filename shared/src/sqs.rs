@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use crate::domain::QueueMessage;
 use crate::ports::{DeliveryQueue, QueueError};
@@ -41,6 +42,34 @@ impl DeliveryQueue for SqsQueue {
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    async fn enqueue_many(&self, msgs: &[(QueueMessage, Duration)]) -> Result<Vec<usize>, QueueError> {
+        let mut failed = Vec::new();
+        for (chunk_no, chunk) in msgs.chunks(10).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (msg, delay))| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(msg.to_body())
+                        .delay_seconds(delay.min(&MAX_DELAY).as_secs() as i32)
+                        .build()
+                        .map_err(err)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(err)?;
+            failed.extend(out.failed.iter().filter_map(|f| f.id.parse::<usize>().ok()).map(|i| chunk_no * 10 + i));
+        }
+        Ok(failed)
     }
 
     async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {

@@ -51,6 +51,12 @@ fn template_table_has_the_bootstrap_keys_and_ttl() {
         })
         .collect();
     assert_eq!(keys, vec![(TABLE_HASH_KEY.into(), "HASH".into()), (TABLE_RANGE_KEY.into(), "RANGE".into())]);
+    let gsi = &table["GlobalSecondaryIndexes"][0];
+    assert_eq!(gsi["IndexName"], TASKS_BY_TENANT_INDEX);
+    assert_eq!(gsi["KeySchema"][0]["AttributeName"], INDEX_HASH_KEY);
+    assert_eq!(gsi["KeySchema"][1]["AttributeName"], INDEX_RANGE_KEY);
+    assert_eq!(gsi["Projection"]["ProjectionType"], "KEYS_ONLY");
+    assert!(table["GlobalSecondaryIndexes"][1].is_null(), "one index");
     assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], TABLE_TTL_ATTRIBUTE);
     assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
 }
@@ -91,7 +97,10 @@ fn template_functions_run_on_al2023_arm64_with_partial_batch_responses() {
 #[test]
 fn template_sets_every_variable_the_config_requires() {
     let t = template();
-    let vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().expect("variables");
+    let mut vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().expect("variables").clone();
+    // The API function adds its own (the admin key).
+    let api = resource(&t, "ApiFunction")["Environment"]["Variables"].as_mapping().expect("API variables");
+    vars.extend(api.clone());
     // Parameters resolve to their defaults; resource references to a placeholder.
     let resolve = |v: &Value| match v {
         Value::Tagged(tag) if tag.tag == "!Ref" => {
@@ -109,4 +118,5 @@ fn template_sets_every_variable_the_config_requires() {
     let lookup = |k: &str| vars.get(k).map(resolve);
     let config = courier::Config::from_lookup(lookup).expect("the template sets every required variable, validly");
     assert_eq!(config.retention_days, 90);
+    assert_eq!(config.admin_key, None, "the admin API is off unless a key is given");
 }

@@ -3,13 +3,17 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use courier::resources::{
-    MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S, StackNames, TABLE_HASH_KEY, TABLE_RANGE_KEY,
-    TABLE_TTL_ATTRIBUTE,
+    INDEX_HASH_KEY, INDEX_RANGE_KEY, MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S, StackNames,
+    TABLE_HASH_KEY, TABLE_RANGE_KEY, TABLE_TTL_ATTRIBUTE, TASKS_BY_TENANT_INDEX,
 };
+
+/// The role ARN the local stack hands to Scheduler (the emulator does not check it).
+pub const LOCAL_SCHEDULER_ROLE: &str = "arn:aws:iam::123456789012:role/courier-local-scheduler";
 
 /// What a stack's resources are called once they exist.
 #[derive(Clone, Debug)]
@@ -31,6 +35,7 @@ impl Outputs {
             ("COURIER_DLQ_URL".into(), self.dlq_url.clone()),
             ("COURIER_QUEUE_ARN".into(), self.queue_arn.clone()),
             ("COURIER_SCHEDULE_GROUP".into(), self.names.schedule_group.clone()),
+            ("COURIER_SCHEDULER_ROLE_ARN".into(), LOCAL_SCHEDULER_ROLE.into()),
         ]
     }
 }
@@ -78,8 +83,18 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Re
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attr(TABLE_HASH_KEY)?)
         .attribute_definitions(attr(TABLE_RANGE_KEY)?)
+        .attribute_definitions(attr(INDEX_HASH_KEY)?)
+        .attribute_definitions(attr(INDEX_RANGE_KEY)?)
         .key_schema(key(TABLE_HASH_KEY, KeyType::Hash)?)
         .key_schema(key(TABLE_RANGE_KEY, KeyType::Range)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(TASKS_BY_TENANT_INDEX)
+                .key_schema(key(INDEX_HASH_KEY, KeyType::Hash)?)
+                .key_schema(key(INDEX_RANGE_KEY, KeyType::Range)?)
+                .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+                .build()?,
+        )
         .send()
         .await;
     match res {

@@ -33,6 +33,22 @@ enum Cmd {
         #[arg(long, default_value = "courier", env = "COURIER_STACK")]
         stack: String,
     },
+    /// Create a tenant directly in the stack's table and print its first API key.
+    Tenant {
+        #[arg(long, default_value = "courier", env = "COURIER_STACK")]
+        stack: String,
+        /// The tenant's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Creates a tenant with default quotas; returns (tenant id, API key).
+async fn create_tenant(sdk: &aws_config::SdkConfig, stack: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let names = courier::resources::StackNames::for_stack(stack);
+    let store = courier::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), names.table, 90);
+    let (tenant, key) = courier::api::create_tenant_with_key(&store, name, courier::domain::Quotas::default()).await?;
+    Ok((tenant.id, key.secret))
 }
 
 #[tokio::main]
@@ -46,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{k}={v}");
             }
         }
+        Cmd::Tenant { stack, name } => {
+            let (id, key) = create_tenant(&sdk, &stack, &name).await?;
+            println!("tenant {id} ({name})\nAPI key (shown once): {key}");
+        }
         Cmd::Up { stack, api, echo, bin_dir } => {
             let bin_dir = match bin_dir {
                 Some(d) => d,
@@ -54,20 +74,33 @@ async fn main() -> anyhow::Result<()> {
             let echo_listener = tokio::net::TcpListener::bind(echo).await?;
             let echo_addr = echo_listener.local_addr()?;
             tokio::spawn(courier_local::echo::serve(echo_listener));
-            let mut opts = StackOptions::new(stack, bin_dir);
+            let admin_key = std::env::var("COURIER_ADMIN_KEY")
+                .ok()
+                .filter(|k| k.len() >= 32)
+                .unwrap_or_else(|| format!("adm_{}", uuid::Uuid::new_v4().simple()));
+            let mut opts = StackOptions::new(&stack, bin_dir);
             opts.api_addr = api;
+            opts.extra_env.push(("COURIER_ADMIN_KEY".into(), admin_key.clone()));
             let local = LocalStack::start(&sdk, opts).await?;
+            let (tenant, key) = create_tenant(&sdk, &stack, "demo").await?;
             println!("\nCourier is running.");
             println!("  API:          {}", local.api_url);
             println!("  echo target:  http://{echo_addr}/  (logs what it receives below)");
             println!("  table:        {}", local.outputs.names.table);
             println!("  queue:        {}", local.outputs.queue_url);
+            println!("  tenant:       {tenant} (demo)");
+            println!("  API key:      {key}");
+            println!("  admin key:    {admin_key}");
             println!("\nCreate a task:\n");
+            println!("  export COURIER_API_KEY={key}");
             println!(
-                "  curl -s -X POST {}/v1/tasks -H 'content-type: application/json' \\\n    -d '{{\"request\":{{\"method\":\"POST\",\"url\":\"http://{echo_addr}/hello\",\"headers\":{{\"content-type\":\"application/json\"}},\"body\":\"{{\\\"hi\\\":1}}\"}}}}'",
+                "  curl -s -X POST {}/v1/tasks -H \"authorization: Bearer $COURIER_API_KEY\" -H 'content-type: application/json' \\\n    -d '{{\"request\":{{\"method\":\"POST\",\"url\":\"http://{echo_addr}/hello\",\"json\":{{\"hi\":1}}}}}}'",
                 local.api_url
             );
-            println!("\nThen look at it:  curl -s {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n", local.api_url);
+            println!(
+                "\nThen look at it:  curl -s -H \"authorization: Bearer $COURIER_API_KEY\" {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n",
+                local.api_url
+            );
             tokio::signal::ctrl_c().await?;
             println!("stopping");
             drop(local);

@@ -7,7 +7,10 @@
 //! message body) and the universal target
 //! `arn:aws:scheduler:::aws-sdk:sqs:sendMessage` (the input is a SendMessage
 //! request: `QueueUrl`, `MessageBody`, optional `DelaySeconds`).
-//! Expressions understood: `at(yyyy-mm-ddThh:mm:ss)` in UTC.
+//! Expressions understood: `at(yyyy-mm-ddThh:mm:ss)` in UTC, and the
+//! `cron(...)` expressions Courier writes, in their `ScheduleExpressionTimezone`
+//! (a recurring schedule fires for each occurrence after the bridge first saw
+//! it, at most once per occurrence).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,8 +19,7 @@ use aws_sdk_scheduler::types::{ActionAfterCompletion, ScheduleState};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-/// The universal target that sends an SQS message.
-pub const SQS_SEND_MESSAGE_TARGET: &str = "arn:aws:scheduler:::aws-sdk:sqs:sendMessage";
+pub use courier::schedules::SQS_SEND_MESSAGE_TARGET;
 
 /// Fires due schedules of `group` every `tick` until aborted.
 pub async fn run(scheduler: aws_sdk_scheduler::Client, sqs: aws_sdk_sqs::Client, group: String, tick: Duration) {
@@ -35,11 +37,33 @@ pub struct Bridge {
     scheduler: aws_sdk_scheduler::Client,
     sqs: aws_sdk_sqs::Client,
     group: String,
+    /// Per schedule: the last occurrence fired (or, for a recurring schedule
+    /// just seen, the moment it was first seen).
     fired: HashMap<String, OffsetDateTime>,
 }
 
-/// When a schedule expression is next due at or before `now`, if it is.
-pub fn due_firing(expression: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
+/// The occurrence of a schedule due at or before `now` and after `since`, if any.
+pub fn due_firing(
+    expression: &str,
+    timezone: Option<&str>,
+    since: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    if expression.starts_with("cron(") {
+        let cron = courier::domain::CronSchedule::from_aws(expression, timezone)?;
+        let since = since?;
+        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        let next = cron.next_after(ms(since))?;
+        if next > ms(now) {
+            return None;
+        }
+        // The latest occurrence not after now (missed ones collapse into one).
+        let mut latest = next;
+        while let Some(n) = cron.next_after(latest).filter(|n| *n <= ms(now)) {
+            latest = n;
+        }
+        return OffsetDateTime::from_unix_timestamp_nanos(i128::from(latest) * 1_000_000).ok();
+    }
     let at = expression.strip_prefix("at(")?.strip_suffix(')')?;
     let t = time::PrimitiveDateTime::parse(at, format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"))
         .ok()?
@@ -68,10 +92,15 @@ impl Bridge {
         let mut fired = Vec::new();
         for name in names {
             let s = self.scheduler.get_schedule().group_name(&self.group).name(&name).send().await?;
-            let Some(when) = s.schedule_expression().and_then(|e| due_firing(e, now)) else {
+            let expression = s.schedule_expression().unwrap_or_default();
+            if expression.starts_with("cron(") && !self.fired.contains_key(&name) {
+                // First sight of a recurring schedule: its occurrences from now on fire.
+                self.fired.insert(name.clone(), now);
                 continue;
-            };
-            if self.fired.get(&name) == Some(&when) {
+            }
+            let since = self.fired.get(&name).copied();
+            let Some(when) = due_firing(expression, s.schedule_expression_timezone(), since, now) else { continue };
+            if since == Some(when) {
                 continue;
             }
             let Some(target) = s.target() else { continue };
@@ -126,9 +155,28 @@ mod tests {
     #[test]
     fn an_at_expression_is_due_from_its_time_on() {
         let e = "at(2026-01-02T03:04:05)";
-        assert_eq!(due_firing(e, datetime!(2026-01-02 03:04:04 UTC)), None);
-        assert_eq!(due_firing(e, datetime!(2026-01-02 03:04:05 UTC)), Some(datetime!(2026-01-02 03:04:05 UTC)));
-        assert_eq!(due_firing("rate(5 minutes)", datetime!(2026-01-02 03:04:05 UTC)), None);
+        assert_eq!(due_firing(e, None, None, datetime!(2026-01-02 03:04:04 UTC)), None);
+        assert_eq!(
+            due_firing(e, None, None, datetime!(2026-01-02 03:04:05 UTC)),
+            Some(datetime!(2026-01-02 03:04:05 UTC))
+        );
+        assert_eq!(due_firing("rate(5 minutes)", None, None, datetime!(2026-01-02 03:04:05 UTC)), None);
+    }
+
+    #[test]
+    fn a_cron_expression_fires_each_occurrence_after_it_was_seen_in_its_zone() {
+        // 10:00 in Shanghai is 02:00 UTC.
+        let e = "cron(0 10 * * ? *)";
+        let seen = datetime!(2026-01-02 01:00:00 UTC);
+        assert_eq!(due_firing(e, Some("Asia/Shanghai"), Some(seen), datetime!(2026-01-02 01:59:59 UTC)), None);
+        assert_eq!(
+            due_firing(e, Some("Asia/Shanghai"), Some(seen), datetime!(2026-01-02 02:00:03 UTC)),
+            Some(datetime!(2026-01-02 02:00:00 UTC))
+        );
+        // Once fired, the same occurrence is not due again.
+        let fired = datetime!(2026-01-02 02:00:00 UTC);
+        assert_eq!(due_firing(e, Some("Asia/Shanghai"), Some(fired), datetime!(2026-01-02 02:00:30 UTC)), None);
+        assert_eq!(due_firing(e, Some("Asia/Shanghai"), None, datetime!(2026-01-02 02:00:30 UTC)), None);
     }
 
     #[test]

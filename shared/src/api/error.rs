@@ -1,12 +1,12 @@
 //! The API's one error type, rendered as `{"error": {"code", "message", "field"}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::domain::FieldError;
-use crate::ports::{QueueError, StoreError};
+use crate::ports::{QueueError, ScheduleError, StoreError};
 
 /// Every way a request can fail, by what the caller should do next.
 #[derive(Debug, thiserror::Error)]
@@ -14,10 +14,24 @@ pub enum ApiError {
     /// Fix the input: 400 naming the field and rule.
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// Send a valid key: 401.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The key is valid but may not do this: 403.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The task's state does not allow it: 409.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// A quota is exhausted: 429 with `Retry-After`.
+    #[error("{message}")]
+    TooMany { code: &'static str, message: String, retry_after_s: u64 },
     /// Try again later: a dependency is down; nothing was stored.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -41,8 +55,19 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        Self::Unavailable(Box::new(e))
+    }
+}
+
+/// The JSON error document.
+pub fn error_body(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
+    json!({"error": {"code": code, "message": message, "field": field}})
+}
+
 fn body(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message, "field": field}}))).into_response()
+    (status, Json(error_body(code, message, field))).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -50,14 +75,31 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Invalid(f) => {
                 let field = (!f.field.is_empty()).then_some(f.field.as_str());
-                body(StatusCode::BAD_REQUEST, f.code, &f.message, field)
+                let status =
+                    if f.code == "too_large" { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+                body(status, f.code, &f.message, field)
             }
+            Self::Unauthorized(m) => {
+                let mut r = body(StatusCode::UNAUTHORIZED, "unauthorized", m, Some("Authorization"));
+                r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+                r
+            }
+            Self::Forbidden(m) => body(StatusCode::FORBIDDEN, "forbidden", m, None),
             Self::NotFound(m) => body(StatusCode::NOT_FOUND, "not_found", m, None),
             Self::MethodNotAllowed(m) => body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m, None),
+            Self::Conflict(m) => body(StatusCode::CONFLICT, "conflict", m, None),
+            Self::TooLarge(m) => body(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None),
+            Self::TooMany { code, message, retry_after_s } => {
+                let mut r = body(StatusCode::TOO_MANY_REQUESTS, code, message, None);
+                if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                r
+            }
             Self::Unavailable(source) => {
                 tracing::error!(error = %self, source = %source, "dependency unavailable");
                 let mut r = body(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly", None);
-                r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
                 r
             }
             Self::Internal(source) => {

@@ -1,42 +1,106 @@
 //! The HTTP API: one axum [`Router`] behind `lambda_http`.
+//!
+//! Every `/v1` route but health and the OpenAPI document needs
+//! `Authorization: Bearer <key>`: a tenant's API key for tasks, the admin key
+//! for tenants and keys. A tenant only ever sees its own tasks: another
+//! tenant's task is answered 404, like a missing one.
 
+mod auth;
 mod error;
+mod tasks;
+mod tenants;
 mod views;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
 
-pub use error::ApiError;
+pub use error::{ApiError, error_body};
+pub use tenants::create_tenant_with_key;
 
-use crate::domain::{NewTask, QueueMessage, RetryPolicy, TaskId, now_millis, parse_create_task};
-use crate::ports::{DeliveryQueue, TaskStore};
+use crate::ports::{DeliveryQueue, Scheduler, TaskStore, TenantStore};
 
-/// The largest request body the API accepts (the task's own body included).
-pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+/// The largest request body the API accepts (a task's body is at most 256 KiB
+/// of that, more after JSON escaping; a batch of 100 small tasks fits).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Every route: (method, path). The router is built from the same handlers;
+/// a test checks this list against the router and the OpenAPI document.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/health"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/tasks"),
+    ("GET", "/v1/tasks"),
+    ("POST", "/v1/tasks/batch"),
+    ("GET", "/v1/tasks/{id}"),
+    ("PATCH", "/v1/tasks/{id}"),
+    ("DELETE", "/v1/tasks/{id}"),
+    ("GET", "/v1/tasks/{id}/attempts"),
+    ("POST", "/v1/tasks/{id}/pause"),
+    ("POST", "/v1/tasks/{id}/resume"),
+    ("GET", "/v1/tasks/by-business-id/{business_id}"),
+    ("DELETE", "/v1/tasks/by-business-id/{business_id}"),
+    ("POST", "/v1/tenants"),
+    ("GET", "/v1/tenants/{id}"),
+    ("PATCH", "/v1/tenants/{id}"),
+    ("POST", "/v1/tenants/{id}/keys"),
+    ("DELETE", "/v1/tenants/{id}/keys/{key_id}"),
+];
+
+/// Routing settings the handlers need.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Tasks due within this many seconds go to SQS with `DelaySeconds`.
+    pub sqs_delay_max_s: u64,
+    /// A one-time schedule fires this long before the due time.
+    pub schedule_early_s: u64,
+    pub admin_key: Option<String>,
+}
 
 /// What every handler needs.
-pub struct AppState<S, Q> {
+pub struct AppState<S, Q, C> {
     pub store: S,
     pub queue: Q,
-    /// The tenant tasks are created under.
-    pub tenant: String,
+    pub scheduler: C,
+    pub settings: ApiSettings,
 }
 
 /// The whole API.
-pub fn router<S: TaskStore, Q: DeliveryQueue>(state: Arc<AppState<S, Q>>) -> Router {
+pub fn router<S, Q, C>(state: Arc<AppState<S, Q, C>>) -> Router
+where
+    S: TaskStore + TenantStore,
+    Q: DeliveryQueue,
+    C: Scheduler,
+{
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/tasks", post(create_task::<S, Q>))
-        .route("/v1/tasks/{id}", get(get_task::<S, Q>))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/tasks", post(tasks::create::<S, Q, C>).get(tasks::list::<S, Q, C>))
+        .route("/v1/tasks/batch", post(tasks::create_batch::<S, Q, C>))
+        .route(
+            "/v1/tasks/{id}",
+            get(tasks::get_one::<S, Q, C>).patch(tasks::update::<S, Q, C>).delete(tasks::cancel::<S, Q, C>),
+        )
+        .route("/v1/tasks/{id}/attempts", get(tasks::attempts::<S, Q, C>))
+        .route("/v1/tasks/{id}/pause", post(tasks::pause::<S, Q, C>))
+        .route("/v1/tasks/{id}/resume", post(tasks::resume::<S, Q, C>))
+        .route(
+            "/v1/tasks/by-business-id/{business_id}",
+            get(tasks::get_by_business_id::<S, Q, C>).delete(tasks::cancel_by_business_id::<S, Q, C>),
+        )
+        .route("/v1/tenants", post(tenants::create::<S, Q, C>))
+        .route("/v1/tenants/{id}", get(tenants::get_one::<S, Q, C>).patch(tenants::update::<S, Q, C>))
+        .route("/v1/tenants/{id}/keys", post(tenants::create_key::<S, Q, C>))
+        .route("/v1/tenants/{id}/keys/{key_id}", axum::routing::delete(tenants::revoke_key::<S, Q, C>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -47,52 +111,16 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
+async fn openapi() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("method not allowed on this route".into())
-}
-
-#[tracing::instrument(skip_all)]
-async fn create_task<S: TaskStore, Q: DeliveryQueue>(
-    State(app): State<Arc<AppState<S, Q>>>,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
-    let input = parse_create_task(&body)?;
-    let now = now_millis();
-    let task = NewTask {
-        id: TaskId::generate(),
-        tenant: app.tenant.clone(),
-        spec: input.spec,
-        retry: RetryPolicy::default(),
-        created_at: now,
-        due_at: now,
-    };
-    tracing::Span::current().record("task_id", task.id.as_str());
-    app.store.create(&task).await?;
-    if let Err(e) = app.queue.enqueue(&QueueMessage::deliver(&task.id), Duration::ZERO).await {
-        // Not accepted: undo the write so nothing half-made stays behind.
-        if let Err(undo) = app.store.discard(&task.id).await {
-            tracing::error!(task_id = %task.id, error = %undo, "could not discard an unqueued task");
-        }
-        return Err(e.into());
-    }
-    tracing::info!(task_id = %task.id, host = task.spec.url.host(), "task created");
-    let stored = app.store.get(&task.id).await?.ok_or_else(|| ApiError::NotFound("task vanished".into()))?;
-    Ok((StatusCode::CREATED, Json(views::task(&stored, None))))
-}
-
-async fn get_task<S: TaskStore, Q: DeliveryQueue>(
-    State(app): State<Arc<AppState<S, Q>>>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let missing = || ApiError::NotFound(format!("no task {id}"));
-    let task_id = TaskId::parse(&id).map_err(|_| missing())?;
-    let stored = app.store.get(&task_id).await?.filter(|t| t.state.tenant == app.tenant).ok_or_else(missing)?;
-    let last = if stored.state.attempts > 0 { app.store.last_attempt(&task_id).await? } else { None };
-    Ok(Json(views::task(&stored, last.as_ref())))
 }
 
 /// Runs the API function: builds its clients and serves the router through
@@ -105,7 +133,114 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
             config.retention_days,
         ),
         queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
-        tenant: config.default_tenant.clone(),
+        scheduler: crate::schedules::EventBridgeScheduler::new(
+            aws_sdk_scheduler::Client::new(sdk),
+            &config.schedule_group,
+            &config.scheduler_role_arn,
+            &config.queue_url,
+            &config.queue_arn,
+        ),
+        settings: ApiSettings {
+            sqs_delay_max_s: config.sqs_delay_max_s,
+            schedule_early_s: config.schedule_early_s,
+            admin_key: config.admin_key.clone(),
+        },
     });
     lambda_http::run(router(state)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A router whose clients point nowhere: fine, because every request here
+    /// is answered before any AWS call (routing, or 401 without a key).
+    fn offline_router() -> Router {
+        let region = aws_config::Region::new("us-east-1");
+        let ddb = aws_sdk_dynamodb::Config::builder().behavior_version_latest().region(region.clone()).build();
+        let sqs = aws_sdk_sqs::Config::builder().behavior_version_latest().region(region.clone()).build();
+        let sch = aws_sdk_scheduler::Config::builder().behavior_version_latest().region(region).build();
+        router(Arc::new(AppState {
+            store: crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), "t", 90),
+            queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), "q", "d"),
+            scheduler: crate::schedules::EventBridgeScheduler::new(
+                aws_sdk_scheduler::Client::from_conf(sch),
+                "g",
+                "r",
+                "q",
+                "arn",
+            ),
+            settings: ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None },
+        }))
+    }
+
+    fn spec_routes() -> BTreeSet<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut out = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("operations").keys() {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let routes: BTreeSet<(String, String)> =
+            ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+        assert_eq!(spec_routes(), routes);
+    }
+
+    #[tokio::test]
+    async fn every_listed_route_is_served_and_other_methods_are_not() {
+        let app = offline_router();
+        let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+        for path in paths {
+            let concrete = path
+                .replace("{id}", "tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3")
+                .replace("{business_id}", "order-1")
+                .replace("{key_id}", "k1");
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                let req = Request::builder()
+                    .method(Method::from_bytes(method.as_bytes()).expect("method"))
+                    .uri(&concrete)
+                    .body(Body::empty())
+                    .expect("request");
+                let status = app.clone().oneshot(req).await.expect("response").status();
+                let listed = ROUTES.contains(&(method, path));
+                if listed {
+                    assert!(
+                        status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                        "{method} {path} is listed but answered {status}"
+                    );
+                } else {
+                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is not listed");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn task_routes_need_a_bearer_key() {
+        let app = offline_router();
+        for (method, path) in ROUTES.iter().filter(|(_, p)| !p.ends_with("health") && !p.ends_with("openapi.json")) {
+            let uri = path.replace("{id}", "x").replace("{business_id}", "y").replace("{key_id}", "z");
+            let req = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).expect("method"))
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request");
+            let resp = app.clone().oneshot(req).await.expect("response");
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        }
+    }
 }

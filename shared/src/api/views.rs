@@ -2,19 +2,28 @@
 
 use serde_json::{Value, json};
 
-use crate::domain::{Attempt, format_millis, mask_headers};
+use crate::domain::{Attempt, EpochMillis, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers};
 use crate::ports::StoredTask;
 
-pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>) -> Value {
+/// The full task: state, request (masked), schedule, retry, last attempt and,
+/// for cron tasks, recent runs.
+pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>, runs: &[TaskState], now: EpochMillis) -> Value {
     let s = &t.state;
     let headers: serde_json::Map<String, Value> =
         mask_headers(&t.spec.headers).into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-    json!({
+    let next_run_at = match &t.schedule {
+        Schedule::Cron(c) if s.status == crate::domain::TaskStatus::Active => c.next_after(now),
+        Schedule::Cron(_) => None,
+        _ => s.due_at,
+    };
+    let mut v = json!({
         "id": s.id.as_str(),
-        "status": s.status.as_str(),
+        "kind": s.kind.as_str(),
+        "status": s.effective_status(now).as_str(),
+        "business_id": s.business_id,
         "created_at": format_millis(s.created_at),
         "updated_at": format_millis(s.updated_at),
-        "next_run_at": s.due_at.map(format_millis),
+        "next_run_at": next_run_at.map(format_millis),
         "attempts": s.attempts,
         "max_attempts": s.max_attempts,
         "failure_reason": s.failure_reason,
@@ -22,17 +31,72 @@ pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>) -> Value {
             "method": t.spec.method.as_str(),
             "url": t.spec.url.as_str(),
             "headers": headers,
+            "auth": t.spec.auth.as_ref().map(|a| a.masked()),
             "body_size": t.spec.body.as_ref().map_or(0, |b| b.len()),
             "timeout_ms": t.spec.timeout_ms,
         },
-        "retry": t.retry,
+        "schedule": schedule(&t.schedule),
+        "retry": retry(&t.retry),
         "last_attempt": last_attempt.map(attempt),
+    });
+    if matches!(t.schedule, Schedule::Cron(_)) {
+        v["runs"] = Value::Array(runs.iter().map(|r| run(r, now)).collect());
+    }
+    v
+}
+
+/// A task in a listing: state only.
+pub fn summary(s: &TaskState, now: EpochMillis) -> Value {
+    json!({
+        "id": s.id.as_str(),
+        "kind": s.kind.as_str(),
+        "status": s.effective_status(now).as_str(),
+        "business_id": s.business_id,
+        "host": s.host,
+        "created_at": format_millis(s.created_at),
+        "updated_at": format_millis(s.updated_at),
+        "next_run_at": s.due_at.map(format_millis),
+        "attempts": s.attempts,
+        "max_attempts": s.max_attempts,
+        "failure_reason": s.failure_reason,
     })
+}
+
+fn run(r: &TaskState, now: EpochMillis) -> Value {
+    json!({
+        "scheduled_time": r.run.map(format_millis),
+        "status": r.effective_status(now).as_str(),
+        "attempts": r.attempts,
+        "next_attempt_at": r.due_at.filter(|_| !r.status.is_final()).map(format_millis),
+        "failure_reason": r.failure_reason,
+    })
+}
+
+fn schedule(s: &Schedule) -> Value {
+    match s {
+        Schedule::Now => json!({"kind": "now"}),
+        Schedule::At { at } => json!({"kind": "at", "at": format_millis(*at)}),
+        Schedule::Cron(c) => json!({"kind": "cron", "cron": c.expression, "timezone": c.timezone}),
+    }
+}
+
+fn retry(r: &RetryPolicy) -> Value {
+    match r {
+        RetryPolicy::Backoff { max_attempts, initial_ms, multiplier, max_ms, jitter } => json!({
+            "max_attempts": max_attempts,
+            "backoff": {"initial_ms": initial_ms, "multiplier": multiplier, "max_ms": max_ms,
+                        "jitter": if *jitter { "full" } else { "none" }},
+        }),
+        RetryPolicy::Intervals { intervals_ms } => {
+            json!({"max_attempts": r.max_attempts(), "intervals_ms": intervals_ms})
+        }
+    }
 }
 
 pub fn attempt(a: &Attempt) -> Value {
     json!({
         "number": a.number,
+        "run": a.run.map(format_millis),
         "started_at": format_millis(a.started_at),
         "duration_ms": a.duration_ms,
         "status_code": a.status_code,
@@ -40,5 +104,24 @@ pub fn attempt(a: &Attempt) -> Value {
         "response_body": a.response_body,
         "error": a.error,
         "next_delay_ms": a.next_delay_ms,
+    })
+}
+
+pub fn tenant(t: &Tenant, keys: &[(String, EpochMillis, Option<EpochMillis>)]) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "enabled": t.enabled,
+        "active_tasks": t.active,
+        "quotas": {
+            "max_active_tasks": t.quotas.max_active_tasks,
+            "create_rate_per_second": t.quotas.create_rate_per_second,
+        },
+        "created_at": format_millis(t.created_at),
+        "keys": keys.iter().map(|(id, created, revoked)| json!({
+            "id": id,
+            "created_at": format_millis(*created),
+            "revoked_at": revoked.map(format_millis),
+        })).collect::<Vec<_>>(),
     })
 }

@@ -3,20 +3,51 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::TaskId;
+use super::{EpochMillis, TaskId};
 
 /// One message on the delivery queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum QueueMessage {
-    /// Deliver the task now (its state says which attempt this is).
+    /// Deliver the task (or, with `run`, one run of a cron task) now.
     #[serde(rename = "deliver.v1")]
-    DeliverV1 { task_id: String },
+    DeliverV1 {
+        task_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<EpochMillis>,
+    },
+    /// A cron firing from EventBridge Scheduler: `scheduled_time` is
+    /// Scheduler's `<aws.scheduler.scheduled-time>` (RFC 3339), the run's identity.
+    #[serde(rename = "cron.v1")]
+    CronV1 { task_id: String, scheduled_time: String },
 }
 
 impl QueueMessage {
     pub fn deliver(id: &TaskId) -> Self {
-        Self::DeliverV1 { task_id: id.as_str().to_owned() }
+        Self::DeliverV1 { task_id: id.as_str().to_owned(), run: None }
+    }
+
+    /// The input of a cron task's Scheduler schedule (placeholder filled in by Scheduler).
+    pub fn cron_template(id: &TaskId) -> Self {
+        Self::CronV1 { task_id: id.as_str().to_owned(), scheduled_time: "<aws.scheduler.scheduled-time>".to_owned() }
+    }
+
+    pub fn task_id(&self) -> &str {
+        match self {
+            Self::DeliverV1 { task_id, .. } | Self::CronV1 { task_id, .. } => task_id,
+        }
+    }
+
+    /// The cron run this message is about, if any.
+    pub fn run(&self) -> Result<Option<EpochMillis>, String> {
+        match self {
+            Self::DeliverV1 { run, .. } => Ok(*run),
+            Self::CronV1 { scheduled_time, .. } => {
+                time::OffsetDateTime::parse(scheduled_time, &time::format_description::well_known::Rfc3339)
+                    .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as EpochMillis))
+                    .map_err(|_| format!("scheduled_time `{scheduled_time}` is not RFC 3339"))
+            }
+        }
     }
 
     pub fn to_body(&self) -> String {
@@ -37,8 +68,17 @@ mod tests {
         let id = TaskId::generate();
         let body = QueueMessage::deliver(&id).to_body();
         assert!(body.contains(r#""type":"deliver.v1""#));
+        assert!(!body.contains("run"));
         assert_eq!(QueueMessage::from_body(&body), Some(QueueMessage::deliver(&id)));
         assert_eq!(QueueMessage::from_body("not json"), None);
         assert_eq!(QueueMessage::from_body(r#"{"type":"deliver.v9","task_id":"x"}"#), None);
+    }
+
+    #[test]
+    fn a_cron_firing_names_its_run_by_the_scheduled_time() {
+        let m = QueueMessage::from_body(r#"{"type":"cron.v1","task_id":"t","scheduled_time":"2026-11-22T02:00:00Z"}"#)
+            .expect("parses");
+        assert_eq!(m.run(), Ok(Some(1_795_312_800_000)));
+        assert!(QueueMessage::cron_template(&TaskId::generate()).to_body().contains("<aws.scheduler.scheduled-time>"));
     }
 }

@@ -7,16 +7,23 @@ mod message;
 mod outcome;
 mod request;
 mod retry;
+mod schedule;
 mod task;
+mod tenant;
 mod validate;
 
 pub use ids::{InvalidId, TaskId};
 pub use message::QueueMessage;
 pub use outcome::{Outcome, classify_status};
-pub use request::{Body, HttpMethod, RequestSpec, TargetUrl, is_sensitive_header, mask_headers};
+pub use request::{Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_sensitive_header, mask_headers};
 pub use retry::RetryPolicy;
-pub use task::{Attempt, NewTask, TaskState, TaskStatus};
-pub use validate::{CreateTask, FieldError, parse_create_task};
+pub use schedule::{CronSchedule, Schedule, parse_duration};
+pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
+pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, new_tenant_id, same_secret};
+pub use validate::{
+    CreateTask, FieldError, PatchTask, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key,
+    parse_patch,
+};
 
 /// Milliseconds since the Unix epoch: the one time representation stored and
 /// compared by Courier (formatted as RFC 3339 only at the API edge).

@@ -95,18 +95,81 @@ impl From<TargetUrl> for String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Body {
+    /// UTF-8 text (also what `json` and `form` bodies become).
     Text(String),
+    /// Arbitrary bytes, stored as base64.
+    Bytes(#[serde(with = "b64")] Vec<u8>),
 }
 
 impl Body {
     pub fn len(&self) -> usize {
         match self {
             Self::Text(t) => t.len(),
+            Self::Bytes(b) => b.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Text(t) => t.as_bytes().to_vec(),
+            Self::Bytes(b) => b.clone(),
+        }
+    }
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Credentials Courier adds to the request (never shown back in full).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Auth {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked().to_string())
+    }
+}
+
+impl Auth {
+    /// The `Authorization` header value.
+    pub fn header_value(&self) -> String {
+        use base64::Engine;
+        match self {
+            Self::Basic { username, password } => {
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+            }
+            Self::Bearer { token } => format!("Bearer {token}"),
+        }
+    }
+
+    /// A view with the secret masked.
+    pub fn masked(&self) -> serde_json::Value {
+        match self {
+            Self::Basic { username, .. } => {
+                serde_json::json!({"type": "basic", "username": username, "password": "***"})
+            }
+            Self::Bearer { .. } => serde_json::json!({"type": "bearer", "token": "***"}),
+        }
     }
 }
 
@@ -118,12 +181,16 @@ pub struct RequestSpec {
     /// Header names lowercased, in the caller's order.
     pub headers: Vec<(String, String)>,
     pub body: Option<Body>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
     pub timeout_ms: u64,
 }
 
 impl RequestSpec {
     pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
     pub const MAX_TIMEOUT_MS: u64 = 30_000;
+    /// The largest body a task may carry (after base64 decoding).
+    pub const MAX_BODY_BYTES: usize = 256 * 1024;
 }
 
 /// Headers whose values are secrets: never shown in full by a read endpoint or

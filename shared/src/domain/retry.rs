@@ -5,37 +5,61 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Exponential backoff with full jitter: the wait before attempt `n + 1` is a
-/// random duration in `[0, min(max, initial * multiplier^(n-1))]`.
+/// A task's retry policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    pub initial_ms: u64,
-    pub multiplier: f64,
-    pub max_ms: u64,
-    /// Full jitter when true; the exact exponential value otherwise.
-    pub jitter: bool,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RetryPolicy {
+    /// Exponential backoff: the wait after attempt `n` is
+    /// `min(max, initial * multiplier^(n-1))`, or a uniform draw below it with
+    /// full jitter.
+    Backoff {
+        /// Attempts in all, the first included.
+        max_attempts: u32,
+        initial_ms: u64,
+        multiplier: f64,
+        max_ms: u64,
+        jitter: bool,
+    },
+    /// Explicit waits: attempt `n + 1` follows attempt `n` after `intervals_ms[n - 1]`.
+    /// An empty list means one attempt.
+    Intervals { intervals_ms: Vec<u64> },
 }
 
 impl Default for RetryPolicy {
     /// Three retries after the first attempt: 1 s, ×2, capped at 1 h, full jitter.
     fn default() -> Self {
-        Self { max_attempts: 4, initial_ms: 1_000, multiplier: 2.0, max_ms: 3_600_000, jitter: true }
+        Self::Backoff { max_attempts: 4, initial_ms: 1_000, multiplier: 2.0, max_ms: 3_600_000, jitter: true }
     }
 }
 
 impl RetryPolicy {
+    /// The most attempts a task may ask for.
+    pub const MAX_ATTEMPTS: u32 = 20;
+
+    pub fn max_attempts(&self) -> u32 {
+        match self {
+            Self::Backoff { max_attempts, .. } => *max_attempts,
+            Self::Intervals { intervals_ms } => intervals_ms.len() as u32 + 1,
+        }
+    }
+
     /// The wait after failed attempt `attempt` (1-based), or `None` when no
     /// attempt is left. `unit` is a uniform draw in `[0, 1)`.
     pub fn delay_after(&self, attempt: u32, unit: f64) -> Option<Duration> {
-        if attempt >= self.max_attempts {
+        if attempt >= self.max_attempts() {
             return None;
         }
-        let exp = self.initial_ms as f64 * self.multiplier.powi(attempt.saturating_sub(1) as i32);
-        let capped = exp.min(self.max_ms as f64);
-        let ms = if self.jitter { capped * unit.clamp(0.0, 1.0) } else { capped };
-        Some(Duration::from_millis(ms as u64))
+        match self {
+            Self::Backoff { initial_ms, multiplier, max_ms, jitter, .. } => {
+                let exp = *initial_ms as f64 * multiplier.powi(attempt.saturating_sub(1) as i32);
+                let capped = exp.min(*max_ms as f64);
+                let ms = if *jitter { capped * unit.clamp(0.0, 1.0) } else { capped };
+                Some(Duration::from_millis(ms as u64))
+            }
+            Self::Intervals { intervals_ms } => {
+                intervals_ms.get(attempt as usize - 1).map(|ms| Duration::from_millis(*ms))
+            }
+        }
     }
 }
 
@@ -43,13 +67,18 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
+    fn exact() -> RetryPolicy {
+        RetryPolicy::Backoff { max_attempts: 4, initial_ms: 1_000, multiplier: 2.0, max_ms: 3_600_000, jitter: false }
+    }
+
     #[test]
-    fn default_policy_allows_three_retries_with_doubling_caps() {
-        let p = RetryPolicy { jitter: false, ..RetryPolicy::default() };
+    fn default_policy_allows_three_retries_with_doubling_waits() {
+        let p = exact();
         assert_eq!(p.delay_after(1, 0.5), Some(Duration::from_secs(1)));
         assert_eq!(p.delay_after(2, 0.5), Some(Duration::from_secs(2)));
         assert_eq!(p.delay_after(3, 0.5), Some(Duration::from_secs(4)));
         assert_eq!(p.delay_after(4, 0.5), None);
+        assert_eq!(RetryPolicy::default().max_attempts(), 4);
     }
 
     #[test]
@@ -62,7 +91,25 @@ mod tests {
 
     #[test]
     fn the_cap_bounds_late_attempts() {
-        let p = RetryPolicy { max_attempts: 20, jitter: false, ..RetryPolicy::default() };
+        let p = RetryPolicy::Backoff {
+            max_attempts: 20,
+            initial_ms: 1_000,
+            multiplier: 2.0,
+            max_ms: 3_600_000,
+            jitter: false,
+        };
         assert_eq!(p.delay_after(19, 0.0), Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn intervals_give_each_wait_and_an_empty_list_one_attempt() {
+        let p = RetryPolicy::Intervals { intervals_ms: vec![60_000, 300_000] };
+        assert_eq!(p.max_attempts(), 3);
+        assert_eq!(p.delay_after(1, 0.9), Some(Duration::from_secs(60)));
+        assert_eq!(p.delay_after(2, 0.9), Some(Duration::from_secs(300)));
+        assert_eq!(p.delay_after(3, 0.9), None);
+        let once = RetryPolicy::Intervals { intervals_ms: vec![] };
+        assert_eq!(once.max_attempts(), 1);
+        assert_eq!(once.delay_after(1, 0.5), None);
     }
 }

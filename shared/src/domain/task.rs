@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, TaskId};
+use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, Schedule, TaskId};
 
 /// Where a task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,9 +16,25 @@ pub enum TaskStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// A cron task that fires on schedule.
+    Active,
+    /// A cron task whose schedule is disabled.
+    Paused,
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 9] = [
+        Self::Scheduled,
+        Self::Pending,
+        Self::Sending,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Active,
+        Self::Paused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Scheduled => "scheduled",
@@ -28,6 +44,8 @@ impl TaskStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Active => "active",
+            Self::Paused => "paused",
         }
     }
 
@@ -40,6 +58,23 @@ impl TaskStatus {
     }
 }
 
+/// Whether a task sends once or recurs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Once,
+    Cron,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Cron => "cron",
+        }
+    }
+}
+
 /// A validated task about to be stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTask {
@@ -47,15 +82,57 @@ pub struct NewTask {
     pub tenant: String,
     pub spec: RequestSpec,
     pub retry: RetryPolicy,
+    pub schedule: Schedule,
+    pub business_id: Option<String>,
     pub created_at: EpochMillis,
+    /// The first run (for cron: the first firing).
     pub due_at: EpochMillis,
 }
 
-/// The mutable part of a task.
+impl NewTask {
+    pub fn kind(&self) -> TaskKind {
+        if matches!(self.schedule, Schedule::Cron(_)) { TaskKind::Cron } else { TaskKind::Once }
+    }
+
+    /// The state a new task starts with.
+    pub fn initial_state(&self) -> TaskState {
+        TaskState {
+            id: self.id.clone(),
+            run: None,
+            kind: self.kind(),
+            tenant: self.tenant.clone(),
+            business_id: self.business_id.clone(),
+            status: self.initial_status(),
+            attempts: 0,
+            max_attempts: self.retry.max_attempts(),
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            due_at: Some(self.due_at),
+            lease_until: None,
+            host: self.spec.url.host().to_owned(),
+            failure_reason: None,
+        }
+    }
+
+    /// The status a new task starts in.
+    pub fn initial_status(&self) -> TaskStatus {
+        match self.schedule {
+            Schedule::Cron(_) => TaskStatus::Active,
+            Schedule::At { .. } => TaskStatus::Scheduled,
+            Schedule::Now => TaskStatus::Pending,
+        }
+    }
+}
+
+/// The mutable part of a task, or of one run of a cron task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskState {
     pub id: TaskId,
+    /// For a cron run: its scheduled time (the run's identity).
+    pub run: Option<EpochMillis>,
+    pub kind: TaskKind,
     pub tenant: String,
+    pub business_id: Option<String>,
     pub status: TaskStatus,
     /// Attempts started so far (the one in flight included).
     pub attempts: u32,
@@ -71,9 +148,22 @@ pub struct TaskState {
     pub failure_reason: Option<String>,
 }
 
+impl TaskState {
+    /// The status as shown: a scheduled task whose time has come is pending.
+    pub fn effective_status(&self, now: EpochMillis) -> TaskStatus {
+        match (self.status, self.due_at) {
+            (TaskStatus::Scheduled, Some(due)) if due <= now => TaskStatus::Pending,
+            (s, _) => s,
+        }
+    }
+}
+
 /// One attempt to send a task's request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
+    /// For a cron run: its scheduled time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<EpochMillis>,
     pub number: u32,
     pub started_at: EpochMillis,
     pub duration_ms: u64,

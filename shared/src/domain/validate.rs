@@ -1,24 +1,70 @@
-//! Parsing a create-task request: bytes in, a valid [`CreateTask`] or a
-//! [`FieldError`] naming the field and the rule out. Unknown fields are
-//! rejected so that a typo never silently changes what is sent.
+//! Parsing API input: bytes in, a valid domain value or a [`FieldError`]
+//! naming the field and the rule out. Unknown fields are rejected so that a
+//! typo never silently changes what is sent.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use base64::Engine;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use super::{Body, HttpMethod, RequestSpec, TargetUrl};
+use super::schedule::parse_duration;
+use super::{Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, RetryPolicy, Schedule, TargetUrl};
 
 /// A validated create request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CreateTask {
     pub spec: RequestSpec,
+    pub schedule: Schedule,
+    pub retry: RetryPolicy,
+    pub business_id: Option<String>,
+}
+
+/// A validated change to a task that has not finished: each `Some` replaces.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PatchTask {
+    pub url: Option<TargetUrl>,
+    pub headers: Option<Vec<(String, String)>>,
+    pub body: Option<Body>,
+    pub auth: Option<Auth>,
+    pub timeout_ms: Option<u64>,
+    pub retry: Option<RetryPolicy>,
+}
+
+impl PatchTask {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Applies the change to a stored request and policy.
+    pub fn apply(self, spec: &mut RequestSpec, retry: &mut RetryPolicy) {
+        if let Some(u) = self.url {
+            spec.url = u;
+        }
+        if let Some(h) = self.headers {
+            spec.headers = h;
+        }
+        if let Some(b) = self.body {
+            spec.body = Some(b);
+        }
+        if let Some(a) = self.auth {
+            spec.auth = Some(a);
+        }
+        if let Some(t) = self.timeout_ms {
+            spec.timeout_ms = t;
+        }
+        if let Some(r) = self.retry {
+            *retry = r;
+        }
+    }
 }
 
 /// A rejected input: which field, which rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
-    /// Machine-readable rule: `invalid_json`, `required`, `invalid`, `unknown_field`, `too_large`…
+    /// Machine-readable rule: `invalid_json`, `required`, `invalid`, `unknown_field`, `too_large`, `conflict`…
     pub code: &'static str,
     /// Dotted path of the offending field (empty for the document itself).
     pub field: String,
@@ -29,11 +75,28 @@ impl FieldError {
     pub fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { code, field: field.into(), message: message.into() }
     }
+
+    fn invalid(field: &str, rule: impl std::fmt::Display) -> Self {
+        Self::new("invalid", field, format!("{field} {rule}"))
+    }
+
+    /// The same error for a field nested under `prefix` (e.g. `tasks[3]`).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.field = if self.field.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", self.field) };
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
 }
 
-/// Header limits.
 const MAX_HEADERS: usize = 50;
-const MAX_HEADER_VALUE: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_BUSINESS_ID: usize = 128;
+/// How far ahead a task may be scheduled.
+pub const MAX_AHEAD: Duration = Duration::from_secs(366 * 86_400);
+/// How far in the past an `at` may lie and still mean "now" (clock skew).
+pub const PAST_GRACE: Duration = Duration::from_secs(60);
+/// The longest wait a retry policy may ask for between two attempts.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(7 * 86_400);
 /// Headers that describe one hop, not the message: the sender's HTTP client sets them.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -49,65 +112,255 @@ const HOP_BY_HOP: [&str; 9] = [
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateTaskDto {
+struct CreateDto {
     request: RequestDto,
+    schedule: Option<ScheduleDto>,
+    retry: Option<RetryDto>,
+    business_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RequestDto {
     method: Option<String>,
     url: Option<String>,
-    #[serde(default)]
-    headers: Option<serde_json::Map<String, serde_json::Value>>,
+    headers: Option<Map<String, Value>>,
     body: Option<String>,
+    body_base64: Option<String>,
+    json: Option<Value>,
+    form: Option<Map<String, Value>>,
+    auth: Option<AuthDto>,
     timeout_ms: Option<u64>,
 }
 
-/// Parses and validates a create-task request body.
-pub fn parse_create_task(bytes: &[u8]) -> Result<CreateTask, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let dto: CreateTaskDto = serde_path_to_error::deserialize(de).map_err(|e| serde_error(&e))?;
-    let r = dto.request;
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum AuthDto {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleDto {
+    delay: Option<Value>,
+    at: Option<String>,
+    cron: Option<String>,
+    timezone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryDto {
+    max_attempts: Option<u32>,
+    backoff: Option<BackoffDto>,
+    intervals: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffDto {
+    initial: Option<Value>,
+    multiplier: Option<f64>,
+    max: Option<Value>,
+    jitter: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchDto {
+    request: Option<PatchRequestDto>,
+    retry: Option<RetryDto>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchRequestDto {
+    url: Option<String>,
+    headers: Option<Map<String, Value>>,
+    body: Option<String>,
+    body_base64: Option<String>,
+    json: Option<Value>,
+    form: Option<Map<String, Value>>,
+    auth: Option<AuthDto>,
+    timeout_ms: Option<u64>,
+}
+
+/// Decodes JSON into `T`, naming the field of any type error.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| serde_error(&e))
+}
+
+fn decode_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(v).map_err(|e| serde_error(&e))
+}
+
+/// Parses and validates a create-task request body at time `now`.
+pub fn parse_create_task(bytes: &[u8], now: EpochMillis) -> Result<CreateTask, FieldError> {
+    create_from(decode(bytes)?, now)
+}
+
+/// Parses one task of a batch (already JSON).
+pub fn parse_create_value(v: Value, now: EpochMillis) -> Result<CreateTask, FieldError> {
+    create_from(decode_value(v)?, now)
+}
+
+fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldError> {
+    let r = dto.request;
     let method = match r.method.as_deref() {
         None => return Err(FieldError::new("required", "request.method", "request.method is required")),
         Some(m) => HttpMethod::parse(m).ok_or_else(|| {
-            FieldError::new(
-                "invalid",
+            FieldError::invalid(
                 "request.method",
-                format!("request.method must be one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS (got `{m}`)"),
+                format!("must be one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS (got `{m}`)"),
             )
         })?,
     };
     let url = match r.url.as_deref() {
-        None => {
-            return Err(FieldError::new("required", "request.url", "request.url is required"));
-        }
-        Some(u) => TargetUrl::parse(u)
-            .map_err(|rule| FieldError::new("invalid", "request.url", format!("request.url {rule}")))?,
+        None => return Err(FieldError::new("required", "request.url", "request.url is required")),
+        Some(u) => parse_url(u)?,
     };
-    let headers = parse_headers(r.headers.unwrap_or_default())?;
-    let timeout_ms = match r.timeout_ms {
-        None => RequestSpec::DEFAULT_TIMEOUT_MS,
-        Some(t) if (1..=RequestSpec::MAX_TIMEOUT_MS).contains(&t) => t,
-        Some(_) => {
-            return Err(FieldError::new(
-                "invalid",
-                "request.timeout_ms",
-                "request.timeout_ms must be between 1 and 30000",
-            ));
-        }
+    let mut headers = parse_headers(r.headers.unwrap_or_default())?;
+    let body = parse_body(r.body, r.body_base64, r.json, r.form, &mut headers)?;
+    let spec = RequestSpec {
+        method,
+        url,
+        headers,
+        body,
+        auth: r.auth.map(auth_from),
+        timeout_ms: parse_timeout(r.timeout_ms)?.unwrap_or(RequestSpec::DEFAULT_TIMEOUT_MS),
     };
-    Ok(CreateTask { spec: RequestSpec { method, url, headers, body: r.body.map(Body::Text), timeout_ms } })
+    let business_id = dto.business_id.map(|b| parse_business_id(&b)).transpose()?;
+    Ok(CreateTask {
+        spec,
+        schedule: dto.schedule.map(|s| parse_schedule(s, now)).transpose()?.unwrap_or(Schedule::Now),
+        retry: dto.retry.map(parse_retry).transpose()?.unwrap_or_default(),
+        business_id,
+    })
 }
 
-fn parse_headers(map: serde_json::Map<String, serde_json::Value>) -> Result<Vec<(String, String)>, FieldError> {
+/// Parses a PATCH body.
+pub fn parse_patch(bytes: &[u8]) -> Result<PatchTask, FieldError> {
+    let dto: PatchDto = decode(bytes)?;
+    let mut patch = PatchTask::default();
+    if let Some(r) = dto.request {
+        patch.url = r.url.as_deref().map(parse_url).transpose()?;
+        let mut headers = r.headers.map(parse_headers).transpose()?;
+        let mut scratch = Vec::new();
+        patch.body = parse_body(r.body, r.body_base64, r.json, r.form, headers.as_mut().unwrap_or(&mut scratch))?;
+        patch.headers = headers;
+        patch.auth = r.auth.map(auth_from);
+        patch.timeout_ms = parse_timeout(r.timeout_ms)?;
+    }
+    patch.retry = dto.retry.map(parse_retry).transpose()?;
+    if patch.is_empty() {
+        return Err(FieldError::new("required", "", "nothing to change: give request fields or retry"));
+    }
+    Ok(patch)
+}
+
+fn auth_from(a: AuthDto) -> Auth {
+    match a {
+        AuthDto::Basic { username, password } => Auth::Basic { username, password },
+        AuthDto::Bearer { token } => Auth::Bearer { token },
+    }
+}
+
+fn parse_url(u: &str) -> Result<TargetUrl, FieldError> {
+    TargetUrl::parse(u).map_err(|rule| FieldError::invalid("request.url", rule))
+}
+
+fn parse_timeout(t: Option<u64>) -> Result<Option<u64>, FieldError> {
+    match t {
+        Some(t) if !(1..=RequestSpec::MAX_TIMEOUT_MS).contains(&t) => {
+            Err(FieldError::invalid("request.timeout_ms", "must be between 1 and 30000"))
+        }
+        t => Ok(t),
+    }
+}
+
+/// Validates a business id: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
+pub fn parse_business_id(b: &str) -> Result<String, FieldError> {
+    let ok = !b.is_empty()
+        && b.len() <= MAX_BUSINESS_ID
+        && b.bytes().all(|c| c.is_ascii_alphanumeric() || b"._:@-".contains(&c));
+    if ok {
+        Ok(b.to_owned())
+    } else {
+        Err(FieldError::invalid("business_id", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -"))
+    }
+}
+
+/// Validates an `Idempotency-Key` header value: 1 to 255 visible ASCII characters.
+pub fn parse_idempotency_key(k: &str) -> Result<String, FieldError> {
+    if !k.is_empty() && k.len() <= 255 && k.bytes().all(|c| c.is_ascii_graphic()) {
+        Ok(k.to_owned())
+    } else {
+        Err(FieldError::new(
+            "invalid",
+            "Idempotency-Key",
+            "Idempotency-Key header must be 1 to 255 visible ASCII characters",
+        ))
+    }
+}
+
+fn parse_body(
+    text: Option<String>,
+    b64: Option<String>,
+    json: Option<Value>,
+    form: Option<Map<String, Value>>,
+    headers: &mut Vec<(String, String)>,
+) -> Result<Option<Body>, FieldError> {
+    let given = [text.is_some(), b64.is_some(), json.is_some(), form.is_some()].iter().filter(|g| **g).count();
+    if given > 1 {
+        return Err(FieldError::invalid("request.body", "give only one of body, body_base64, json, form"));
+    }
+    let mut default_type = |ct: &str| {
+        if !headers.iter().any(|(k, _)| k == "content-type") {
+            headers.push(("content-type".to_owned(), ct.to_owned()));
+        }
+    };
+    let body = if let Some(t) = text {
+        Some(Body::Text(t))
+    } else if let Some(b) = b64 {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b.as_bytes())
+            .map_err(|_| FieldError::invalid("request.body_base64", "must be standard base64"))?;
+        Some(Body::Bytes(bytes))
+    } else if let Some(j) = json {
+        default_type("application/json");
+        Some(Body::Text(j.to_string()))
+    } else if let Some(f) = form {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &f {
+            let Value::String(v) = v else {
+                return Err(FieldError::invalid(&format!("request.form.{k}"), "must be a string"));
+            };
+            ser.append_pair(k, v);
+        }
+        default_type("application/x-www-form-urlencoded");
+        Some(Body::Text(ser.finish()))
+    } else {
+        None
+    };
+    if body.as_ref().is_some_and(|b| b.len() > RequestSpec::MAX_BODY_BYTES) {
+        return Err(FieldError::new(
+            "too_large",
+            "request.body",
+            "request body must be at most 262144 bytes (256 KiB)",
+        ));
+    }
+    Ok(body)
+}
+
+fn parse_headers(map: Map<String, Value>) -> Result<Vec<(String, String)>, FieldError> {
     if map.len() > MAX_HEADERS {
-        return Err(FieldError::new("invalid", "request.headers", "request.headers may hold at most 50 headers"));
+        return Err(FieldError::invalid("request.headers", "may hold at most 50 headers"));
     }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(map.len());
+    let mut total = 0;
     for (name, value) in map {
         let field = format!("request.headers.{name}");
         let lower = name.to_ascii_lowercase();
@@ -121,22 +374,118 @@ fn parse_headers(map: serde_json::Map<String, serde_json::Value>) -> Result<Vec<
                 format!("`{name}` is a hop-by-hop header that Courier sets itself"),
             ));
         }
+        if lower.starts_with("courier-") {
+            return Err(FieldError::new("invalid", field, "Courier-* headers are set by Courier"));
+        }
         if !seen.insert(lower.clone()) {
             return Err(FieldError::new("invalid", field, "header given twice (names are case-insensitive)"));
         }
-        let serde_json::Value::String(value) = value else {
+        let Value::String(value) = value else {
             return Err(FieldError::new("invalid", field, "header value must be a string"));
         };
-        if value.len() > MAX_HEADER_VALUE || http::HeaderValue::from_str(&value).is_err() {
-            return Err(FieldError::new(
-                "invalid",
-                field,
-                "header value must be visible ASCII or spaces, at most 8192 bytes",
-            ));
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(FieldError::new("invalid", field, "header value must be visible ASCII or spaces"));
         }
+        total += lower.len() + value.len();
         out.push((lower, value));
     }
+    if total > MAX_HEADER_BYTES {
+        return Err(FieldError::invalid("request.headers", "must total at most 16384 bytes"));
+    }
     Ok(out)
+}
+
+fn parse_schedule(s: ScheduleDto, now: EpochMillis) -> Result<Schedule, FieldError> {
+    let given = [s.delay.is_some(), s.at.is_some(), s.cron.is_some()].iter().filter(|g| **g).count();
+    if given != 1 {
+        return Err(FieldError::invalid("schedule", "needs exactly one of delay, at, cron"));
+    }
+    if s.timezone.is_some() && s.cron.is_none() {
+        return Err(FieldError::invalid("schedule.timezone", "is only used with cron (at takes an RFC 3339 offset)"));
+    }
+    let max_ahead = MAX_AHEAD.as_millis() as i64;
+    if let Some(d) = s.delay {
+        let d = parse_duration(&d).map_err(|rule| FieldError::invalid("schedule.delay", rule))?;
+        if d.as_millis() as i64 > max_ahead {
+            return Err(FieldError::invalid("schedule.delay", "must be at most one year"));
+        }
+        return Ok(if d.is_zero() { Schedule::Now } else { Schedule::At { at: now + d.as_millis() as i64 } });
+    }
+    if let Some(at) = s.at {
+        let t = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| FieldError::invalid("schedule.at", "must be an RFC 3339 time such as 2026-01-02T10:00:00Z"))?;
+        let at = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        if at > now + max_ahead {
+            return Err(FieldError::invalid("schedule.at", "must be at most one year ahead"));
+        }
+        if at < now - PAST_GRACE.as_millis() as i64 {
+            return Err(FieldError::invalid("schedule.at", "is in the past"));
+        }
+        return Ok(if at <= now { Schedule::Now } else { Schedule::At { at } });
+    }
+    let cron = s.cron.unwrap_or_default();
+    let tz = s.timezone.unwrap_or_else(|| "UTC".to_owned());
+    CronSchedule::parse(&cron, &tz).map(Schedule::Cron).map_err(|rule| {
+        let field = if rule.contains("time zone") { "schedule.timezone" } else { "schedule.cron" };
+        FieldError::invalid(field, rule)
+    })
+}
+
+fn parse_retry(r: RetryDto) -> Result<RetryPolicy, FieldError> {
+    let wait = |field: &str, v: &Value| -> Result<u64, FieldError> {
+        let d = parse_duration(v).map_err(|rule| FieldError::invalid(field, rule))?;
+        if d > MAX_RETRY_WAIT {
+            return Err(FieldError::invalid(field, "must be at most 7 days"));
+        }
+        Ok(d.as_millis() as u64)
+    };
+    if let Some(intervals) = r.intervals {
+        if r.backoff.is_some() || r.max_attempts.is_some() {
+            return Err(FieldError::invalid(
+                "retry.intervals",
+                "cannot be combined with backoff or max_attempts (the list sets the attempts)",
+            ));
+        }
+        if intervals.len() >= RetryPolicy::MAX_ATTEMPTS as usize {
+            return Err(FieldError::invalid("retry.intervals", "may hold at most 19 waits (20 attempts)"));
+        }
+        let intervals_ms = intervals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| wait(&format!("retry.intervals[{i}]"), v))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(RetryPolicy::Intervals { intervals_ms });
+    }
+    let RetryPolicy::Backoff { max_attempts, initial_ms, multiplier, max_ms, jitter } = RetryPolicy::default() else {
+        unreachable!("the default policy is a backoff")
+    };
+    let max_attempts = r.max_attempts.unwrap_or(max_attempts);
+    if !(1..=RetryPolicy::MAX_ATTEMPTS).contains(&max_attempts) {
+        return Err(FieldError::invalid("retry.max_attempts", "must be between 1 and 20"));
+    }
+    let Some(b) = r.backoff else {
+        return Ok(RetryPolicy::Backoff { max_attempts, initial_ms, multiplier, max_ms, jitter });
+    };
+    let initial_ms = b.initial.as_ref().map(|v| wait("retry.backoff.initial", v)).transpose()?.unwrap_or(initial_ms);
+    let max_ms = b.max.as_ref().map(|v| wait("retry.backoff.max", v)).transpose()?.unwrap_or(max_ms);
+    let multiplier = b.multiplier.unwrap_or(multiplier);
+    if !(1.0..=10.0).contains(&multiplier) {
+        return Err(FieldError::invalid("retry.backoff.multiplier", "must be between 1 and 10"));
+    }
+    if initial_ms == 0 || max_ms < initial_ms {
+        return Err(FieldError::invalid(
+            "retry.backoff.max",
+            "must be at least backoff.initial, which must be above 0",
+        ));
+    }
+    let jitter = match b.jitter {
+        None => jitter,
+        Some(Value::Bool(j)) => j,
+        Some(Value::String(s)) if s == "full" => true,
+        Some(Value::String(s)) if s == "none" => false,
+        Some(_) => return Err(FieldError::invalid("retry.backoff.jitter", "must be \"full\", \"none\" or a boolean")),
+    };
+    Ok(RetryPolicy::Backoff { max_attempts, initial_ms, multiplier, max_ms, jitter })
 }
 
 /// Turns a serde error into a field error: the path serde reached, plus the
@@ -170,76 +519,125 @@ fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> FieldError 
         return FieldError::new("unknown_field", f.clone(), format!("{f} is not a known field"));
     }
     let clean = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-    let field = if path.is_empty() { String::new() } else { path };
-    let message = if field.is_empty() { clean } else { format!("{field}: {clean}") };
-    FieldError::new("invalid", field, message)
+    let message = if path.is_empty() { clean } else { format!("{path}: {clean}") };
+    FieldError::new("invalid", path, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NOW: EpochMillis = 1_800_000_000_000;
+
+    fn ok(body: &str) -> CreateTask {
+        parse_create_task(body.as_bytes(), NOW).expect("valid")
+    }
+
     fn err(body: &str) -> FieldError {
-        parse_create_task(body.as_bytes()).expect_err("should be rejected")
+        parse_create_task(body.as_bytes(), NOW).expect_err("should be rejected")
     }
 
     #[test]
     fn accepts_a_minimal_request_with_defaults() {
-        let t = parse_create_task(br#"{"request":{"method":"post","url":"https://example.com/h"}}"#).expect("valid");
+        let t = ok(r#"{"request":{"method":"post","url":"https://example.com/h"}}"#);
         assert_eq!(t.spec.method, HttpMethod::Post);
         assert_eq!(t.spec.timeout_ms, 10_000);
         assert!(t.spec.headers.is_empty());
         assert_eq!(t.spec.body, None);
+        assert_eq!(t.schedule, Schedule::Now);
+        assert_eq!(t.retry, RetryPolicy::default());
     }
 
     #[test]
-    fn keeps_headers_lowercased_and_the_body() {
-        let t = parse_create_task(
-            br#"{"request":{"method":"PUT","url":"http://h/x","headers":{"X-Id":"1"},"body":"hi","timeout_ms":500}}"#,
-        )
-        .expect("valid");
-        assert_eq!(t.spec.headers, vec![("x-id".to_owned(), "1".to_owned())]);
-        assert_eq!(t.spec.body, Some(Body::Text("hi".into())));
-        assert_eq!(t.spec.timeout_ms, 500);
+    fn json_and_form_bodies_set_their_content_type_unless_given() {
+        let t = ok(r#"{"request":{"method":"POST","url":"http://h/x","json":{"a":[1,2]}}}"#);
+        assert_eq!(t.spec.body, Some(Body::Text(r#"{"a":[1,2]}"#.into())));
+        assert_eq!(t.spec.headers, vec![("content-type".to_owned(), "application/json".to_owned())]);
+        let t = ok(r#"{"request":{"method":"POST","url":"http://h/x","form":{"a":"1 2","b":"&"}}}"#);
+        assert_eq!(t.spec.body, Some(Body::Text("a=1+2&b=%26".into())));
+        assert_eq!(t.spec.headers[0].1, "application/x-www-form-urlencoded");
+        let t = ok(
+            r#"{"request":{"method":"POST","url":"http://h/x","headers":{"Content-Type":"application/vnd+json"},"json":1}}"#,
+        );
+        assert_eq!(t.spec.headers, vec![("content-type".to_owned(), "application/vnd+json".to_owned())]);
+        let t = ok(r#"{"request":{"method":"POST","url":"http://h/x","body_base64":"AAEC/w=="}}"#);
+        assert_eq!(t.spec.body, Some(Body::Bytes(vec![0, 1, 2, 255])));
+    }
+
+    #[test]
+    fn auth_is_parsed_and_masked() {
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/","auth":{"type":"basic","username":"u","password":"p"}}}"#,
+        );
+        let auth = t.spec.auth.expect("auth");
+        assert_eq!(auth.header_value(), "Basic dTpw");
+        assert_eq!(auth.masked()["password"], "***");
+        assert!(!format!("{auth:?}").contains("\"p\""));
+    }
+
+    #[test]
+    fn schedules_resolve_delays_and_times() {
+        let t = ok(r#"{"request":{"method":"GET","url":"http://h/"},"schedule":{"delay":"90s"}}"#);
+        assert_eq!(t.schedule, Schedule::At { at: NOW + 90_000 });
+        // NOW is 2027-01-15T08:00:00Z; 18:00 at +08:00 is two hours later.
+        let t = ok(r#"{"request":{"method":"GET","url":"http://h/"},"schedule":{"at":"2027-01-15T18:00:00+08:00"}}"#);
+        assert_eq!(t.schedule, Schedule::At { at: NOW + 7_200_000 });
+        // Within the grace, a time just past means now.
+        let t = ok(r#"{"request":{"method":"GET","url":"http://h/"},"schedule":{"at":"2027-01-15T07:59:30Z"}}"#);
+        assert_eq!(t.schedule, Schedule::Now);
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/"},"schedule":{"cron":"0 10 * * *","timezone":"Asia/Shanghai"}}"#,
+        );
+        assert!(matches!(t.schedule, Schedule::Cron(c) if c.timezone == "Asia/Shanghai"));
     }
 
     #[test]
     fn names_the_field_and_rule_of_each_rejection() {
-        let cases: &[(&str, &str, &str)] = &[
-            ("{", "invalid_json", ""),
-            ("[]", "invalid", ""),
-            ("{}", "required", "request"),
-            (r#"{"request":{"url":"https://e.com"}}"#, "required", "request.method"),
-            (r#"{"request":{"method":"GET"}}"#, "required", "request.url"),
-            (r#"{"request":{"method":"FETCH","url":"https://e.com"}}"#, "invalid", "request.method"),
-            (r#"{"request":{"method":"GET","url":"ftp://e.com"}}"#, "invalid", "request.url"),
-            (r#"{"request":{"method":"GET","url":42}}"#, "invalid", "request.url"),
-            (r#"{"request":{"method":"GET","url":"https://e.com","verb":1}}"#, "unknown_field", "request.verb"),
-            (r#"{"request":{"method":"GET","url":"https://e.com"},"extra":1}"#, "unknown_field", "extra"),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","headers":{"Host":"x"}}}"#,
-                "invalid",
-                "request.headers.Host",
-            ),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","headers":{"bad name":"x"}}}"#,
-                "invalid",
-                "request.headers.bad name",
-            ),
-            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":1}}}"#, "invalid", "request.headers.a"),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":"x\ny"}}}"#,
-                "invalid",
-                "request.headers.a",
-            ),
-            (r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":0}}"#, "invalid", "request.timeout_ms"),
-            (
-                r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":30001}}"#,
-                "invalid",
-                "request.timeout_ms",
-            ),
+        let past = "2020-01-01T00:00:00Z";
+        let far = "2099-01-01T00:00:00Z";
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("{".into(), "invalid_json", ""),
+            ("[]".into(), "invalid", ""),
+            ("{}".into(), "required", "request"),
+            (r#"{"request":{"url":"https://e.com"}}"#.into(), "required", "request.method"),
+            (r#"{"request":{"method":"GET"}}"#.into(), "required", "request.url"),
+            (r#"{"request":{"method":"FETCH","url":"https://e.com"}}"#.into(), "invalid", "request.method"),
+            (r#"{"request":{"method":"GET","url":"ftp://e.com"}}"#.into(), "invalid", "request.url"),
+            (r#"{"request":{"method":"GET","url":42}}"#.into(), "invalid", "request.url"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","verb":1}}"#.into(), "unknown_field", "request.verb"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"extra":1}"#.into(), "unknown_field", "extra"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"Host":"x"}}}"#.into(), "invalid", "request.headers.Host"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"bad name":"x"}}}"#.into(), "invalid", "request.headers.bad name"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":1}}}"#.into(), "invalid", "request.headers.a"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"a":"x\ny"}}}"#.into(), "invalid", "request.headers.a"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"Courier-Attempt":"9"}}}"#.into(), "invalid", "request.headers.Courier-Attempt"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":0}}"#.into(), "invalid", "request.timeout_ms"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","timeout_ms":30001}}"#.into(), "invalid", "request.timeout_ms"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","body":"a","json":{}}}"#.into(), "invalid", "request.body"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","body_base64":"@@"}}"#.into(), "invalid", "request.body_base64"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","form":{"a":1}}}"#.into(), "invalid", "request.form.a"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"digest"}}}"#.into(), "invalid", "request.auth.type"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer"}}}"#.into(), "required", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{}}"#.into(), "invalid", "schedule"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"delay":"5y"}}"#.into(), "invalid", "schedule.delay"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"delay":"400d"}}"#.into(), "invalid", "schedule.delay"),
+            (format!(r#"{{"request":{{"method":"GET","url":"https://e.com"}},"schedule":{{"at":"{past}"}}}}"#), "invalid", "schedule.at"),
+            (format!(r#"{{"request":{{"method":"GET","url":"https://e.com"}},"schedule":{{"at":"{far}"}}}}"#), "invalid", "schedule.at"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"at":"tomorrow"}}"#.into(), "invalid", "schedule.at"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"delay":"5s","at":"2027-01-01T00:00:00Z"}}"#.into(), "invalid", "schedule"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"cron":"* * *"}}"#.into(), "invalid", "schedule.cron"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"cron":"0 1 * * *","timezone":"Nowhere/City"}}"#.into(), "invalid", "schedule.timezone"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"schedule":{"delay":"5s","timezone":"UTC"}}"#.into(), "invalid", "schedule.timezone"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"max_attempts":21}}"#.into(), "invalid", "retry.max_attempts"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"max_attempts":0}}"#.into(), "invalid", "retry.max_attempts"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"intervals":["1m"],"max_attempts":3}}"#.into(), "invalid", "retry.intervals"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"intervals":["1m","8d"]}}"#.into(), "invalid", "retry.intervals[1]"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"backoff":{"multiplier":0.5}}}"#.into(), "invalid", "retry.backoff.multiplier"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"backoff":{"jitter":"some"}}}"#.into(), "invalid", "retry.backoff.jitter"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"business_id":""}"#.into(), "invalid", "business_id"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"business_id":"a/b"}"#.into(), "invalid", "business_id"),
         ];
-        for (body, code, field) in cases {
+        for (body, code, field) in &cases {
             let e = err(body);
             assert_eq!((e.code, e.field.as_str()), (*code, *field), "for {body}: {e:?}");
             assert!(!e.message.is_empty());
@@ -247,11 +645,45 @@ mod tests {
     }
 
     #[test]
-    fn rejects_more_than_fifty_headers() {
-        let headers: serde_json::Map<_, _> =
-            (0..51).map(|i| (format!("x-h{i}"), serde_json::Value::String("v".into()))).collect();
-        let body = serde_json::json!({"request": {"method": "GET", "url": "https://e.com", "headers": headers}});
-        let e = err(&body.to_string());
+    fn rejects_oversized_bodies_and_too_many_headers() {
+        let big = "a".repeat(RequestSpec::MAX_BODY_BYTES + 1);
+        let e =
+            err(&serde_json::json!({"request": {"method": "POST", "url": "https://e.com", "body": big}}).to_string());
+        assert_eq!((e.code, e.field.as_str()), ("too_large", "request.body"));
+        let headers: Map<_, _> = (0..51).map(|i| (format!("x-h{i}"), Value::String("v".into()))).collect();
+        let e =
+            err(&serde_json::json!({"request": {"method": "GET", "url": "https://e.com", "headers": headers}})
+                .to_string());
         assert_eq!(e.field, "request.headers");
+    }
+
+    #[test]
+    fn retry_policies_parse_with_defaults() {
+        let t = ok(r#"{"request":{"method":"GET","url":"http://h/"},"retry":{"intervals":["1m","5m","30m","2h"]}}"#);
+        assert_eq!(t.retry, RetryPolicy::Intervals { intervals_ms: vec![60_000, 300_000, 1_800_000, 7_200_000] });
+        let t = ok(r#"{"request":{"method":"GET","url":"http://h/"},"retry":{"intervals":[]}}"#);
+        assert_eq!(t.retry.max_attempts(), 1);
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/"},"retry":{"max_attempts":6,"backoff":{"initial":"2s","multiplier":3,"max":"10m","jitter":"none"}}}"#,
+        );
+        assert_eq!(
+            t.retry,
+            RetryPolicy::Backoff {
+                max_attempts: 6,
+                initial_ms: 2_000,
+                multiplier: 3.0,
+                max_ms: 600_000,
+                jitter: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_patch_needs_something_to_change() {
+        assert_eq!(parse_patch(b"{}").expect_err("empty").code, "required");
+        let p = parse_patch(br#"{"request":{"url":"https://new.example.com/x","timeout_ms":500}}"#).expect("valid");
+        assert_eq!(p.url.map(|u| u.as_str().to_owned()), Some("https://new.example.com/x".into()));
+        assert_eq!(p.timeout_ms, Some(500));
+        assert_eq!(parse_patch(br#"{"request":{"method":"GET"}}"#).expect_err("no method").field, "request.method");
     }
 }

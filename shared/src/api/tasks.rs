@@ -1,0 +1,584 @@
+//! Task endpoints: create (one or a batch), read, list, attempts, change,
+//! cancel, pause and resume.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiSettings, AppState, auth, views};
+use crate::domain::{
+    CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Schedule, TaskId, TaskKind, TaskStatus, Tenant,
+    now_millis, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
+};
+use crate::ports::{
+    Cancelled, Created, DeliveryQueue, ListFilter, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
+};
+
+/// The most tasks one batch may create.
+pub const MAX_BATCH: usize = 100;
+/// Page sizes of listings.
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+/// How long a client should wait after hitting the active-task quota.
+const ACTIVE_QUOTA_RETRY_S: u64 = 30;
+
+/// Where a new task goes.
+#[derive(Clone, Debug, PartialEq)]
+enum Route {
+    /// The delivery queue, invisible for `delay`.
+    Queue { delay: Duration },
+    /// A one-time schedule firing at `fire_at`, whose message waits `delay` more.
+    ScheduleAt { fire_at: EpochMillis, delay: Duration },
+    /// A recurring schedule.
+    Cron,
+}
+
+fn route(settings: &ApiSettings, task: &NewTask, now: EpochMillis) -> Route {
+    match &task.schedule {
+        Schedule::Cron(_) => Route::Cron,
+        Schedule::Now => Route::Queue { delay: Duration::ZERO },
+        Schedule::At { at } => {
+            let wait_ms = (*at - now).max(0) as u64;
+            if wait_ms <= settings.sqs_delay_max_s * 1000 {
+                // Whole seconds, rounded up: never early (the sender defers any remainder).
+                Route::Queue { delay: Duration::from_secs(wait_ms.div_ceil(1000)) }
+            } else {
+                let early = settings.schedule_early_s;
+                Route::ScheduleAt { fire_at: *at - early as i64 * 1000, delay: Duration::from_secs(early) }
+            }
+        }
+    }
+}
+
+fn new_task(tenant: &Tenant, input: CreateTask, now: EpochMillis) -> NewTask {
+    let due_at = match &input.schedule {
+        Schedule::Now => now,
+        Schedule::At { at } => *at,
+        Schedule::Cron(c) => c.next_after(now).unwrap_or(now),
+    };
+    NewTask {
+        id: TaskId::generate(),
+        tenant: tenant.id.clone(),
+        spec: input.spec,
+        retry: input.retry,
+        schedule: input.schedule,
+        business_id: input.business_id,
+        created_at: now,
+        due_at,
+    }
+}
+
+fn unique_key(input: &CreateTask, headers: &HeaderMap) -> Result<Option<UniqueKey>, ApiError> {
+    if let Some(b) = &input.business_id {
+        return Ok(Some(UniqueKey::BusinessId(b.clone())));
+    }
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v.to_str().unwrap_or("\u{0}");
+            Ok(Some(UniqueKey::IdempotencyKey(parse_idempotency_key(k)?)))
+        }
+    }
+}
+
+async fn check_rate<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, t: &Tenant, n: u64) -> Result<(), ApiError> {
+    if app.store.take_rate(t, n, now_millis()).await? {
+        Ok(())
+    } else {
+        Err(ApiError::TooMany {
+            code: "rate_limited",
+            message: format!("create rate quota of {} tasks per second exceeded", t.quotas.create_rate_per_second),
+            retry_after_s: 1,
+        })
+    }
+}
+
+async fn reserve<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, t: &Tenant, n: u64) -> Result<(), ApiError> {
+    if app.store.reserve_active(t, n).await? {
+        Ok(())
+    } else {
+        Err(ApiError::TooMany {
+            code: "quota_exceeded",
+            message: format!("active task quota of {} exceeded", t.quotas.max_active_tasks),
+            retry_after_s: ACTIVE_QUOTA_RETRY_S,
+        })
+    }
+}
+
+/// Sends a stored task on its way (queue or schedule).
+async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    task: &NewTask,
+    now: EpochMillis,
+) -> Result<(), ApiError> {
+    match route(&app.settings, task, now) {
+        Route::Queue { delay } => app.queue.enqueue(&QueueMessage::deliver(&task.id), delay).await?,
+        Route::ScheduleAt { fire_at, delay } => {
+            app.scheduler.create_at(task.id.as_str(), fire_at, &QueueMessage::deliver(&task.id), delay).await?
+        }
+        Route::Cron => {
+            let Schedule::Cron(c) = &task.schedule else { unreachable!("routed as cron") };
+            app.scheduler.create_cron(task.id.as_str(), c, &QueueMessage::cron_template(&task.id)).await?
+        }
+    }
+    Ok(())
+}
+
+/// Undoes a stored task that could not be dispatched: nothing half-made stays.
+async fn roll_back<S: TaskStore + TenantStore, Q, C>(app: &AppState<S, Q, C>, task: &NewTask, key: Option<&UniqueKey>) {
+    if let Err(e) = app.store.discard(task, key).await {
+        tracing::error!(task_id = %task.id, error = %e, "could not discard an undispatched task");
+    }
+    if let Err(e) = app.store.release_active(&task.tenant, 1).await {
+        tracing::error!(task_id = %task.id, error = %e, "could not release an active-task slot");
+    }
+}
+
+async fn full_view<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, t: &StoredTask) -> Result<Value, ApiError> {
+    let last = if t.state.attempts > 0 || t.state.kind == TaskKind::Cron {
+        app.store.last_attempt(&t.state.id).await?
+    } else {
+        None
+    };
+    let runs = if t.state.kind == TaskKind::Cron { app.store.runs(&t.state.id, 10).await? } else { Vec::new() };
+    Ok(views::task(t, last.as_ref(), &runs, now_millis()))
+}
+
+/// The task, if it exists and belongs to `tenant` (404 otherwise, either way).
+async fn owned<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, tenant: &Tenant, id: &str) -> Result<StoredTask, ApiError> {
+    let missing = || ApiError::NotFound(format!("no task {id}"));
+    let task_id = TaskId::parse(id).map_err(|_| missing())?;
+    app.store.get(&task_id).await?.filter(|t| t.state.tenant == tenant.id).ok_or_else(missing)
+}
+
+async fn owned_by_business_id<S: TaskStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    tenant: &Tenant,
+    business_id: &str,
+) -> Result<StoredTask, ApiError> {
+    let missing = || ApiError::NotFound(format!("no task with business id {business_id}"));
+    let bid = parse_business_id(business_id).map_err(|_| missing())?;
+    let id = app.store.find_by_key(&tenant.id, &UniqueKey::BusinessId(bid)).await?.ok_or_else(missing)?;
+    owned(app, tenant, id.as_str()).await
+}
+
+fn replay_response(mut view: Value) -> Response {
+    view["created"] = Value::Bool(false);
+    let mut r = (StatusCode::OK, Json(view)).into_response();
+    r.headers_mut().insert("courier-idempotent-replay", HeaderValue::from_static("true"));
+    r
+}
+
+#[tracing::instrument(skip_all, fields(tenant, task_id))]
+pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    tracing::Span::current().record("tenant", tenant.id.as_str());
+    let now = now_millis();
+    let input = parse_create_task(&body, now)?;
+    let key = unique_key(&input, &headers)?;
+    if let Some(k) = &key
+        && let Some(existing) = app.store.find_by_key(&tenant.id, k).await?
+    {
+        return Ok(replay_response(full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?));
+    }
+    check_rate(&app, &tenant, 1).await?;
+    reserve(&app, &tenant, 1).await?;
+    let task = new_task(&tenant, input, now);
+    tracing::Span::current().record("task_id", task.id.as_str());
+    match app.store.create(&task, key.as_ref()).await {
+        Ok(Created::New) => {}
+        Ok(Created::Existing(existing)) => {
+            app.store.release_active(&tenant.id, 1).await?;
+            return Ok(replay_response(full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?));
+        }
+        Err(e) => {
+            app.store.release_active(&tenant.id, 1).await.ok();
+            return Err(e.into());
+        }
+    }
+    if let Err(e) = dispatch(&app, &task, now).await {
+        roll_back(&app, &task, key.as_ref()).await;
+        return Err(e);
+    }
+    tracing::info!(task_id = %task.id, host = task.spec.url.host(), kind = task.kind().as_str(), "task created");
+    let stored = owned(&app, &tenant, task.id.as_str()).await?;
+    let mut view = views::task(&stored, None, &[], now_millis());
+    view["created"] = Value::Bool(true);
+    let mut r = (StatusCode::CREATED, Json(view)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.id)) {
+        r.headers_mut().insert("location", loc);
+    }
+    Ok(r)
+}
+
+#[tracing::instrument(skip_all, fields(tenant))]
+pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    tracing::Span::current().record("tenant", tenant.id.as_str());
+    let now = now_millis();
+    let doc: Value = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("invalid_json", "", format!("body is not valid JSON: {e}")))?;
+    let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
+    else {
+        return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(FieldError::new("invalid", "tasks", "tasks must hold 1 to 100 tasks").into());
+    }
+    // Validate every item; per-item results keep their index.
+    let mut results: Vec<Value> = vec![Value::Null; items.len()];
+    let mut valid: Vec<(usize, CreateTask)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse_create_value(item.clone(), now) {
+            Ok(t) => valid.push((i, t)),
+            Err(e) => {
+                let e = e.prefixed(&format!("tasks[{i}]"));
+                results[i] = json!({"index": i, "status": 400, "error": {"code": e.code, "message": e.message, "field": e.field}});
+            }
+        }
+    }
+    if !valid.is_empty() {
+        check_rate(&app, &tenant, valid.len() as u64).await?;
+        reserve(&app, &tenant, valid.len() as u64).await?;
+    }
+    let mut plain: Vec<(usize, NewTask)> = Vec::new();
+    let mut created: Vec<(usize, NewTask, Option<UniqueKey>)> = Vec::new();
+    let mut unused_slots = 0u64;
+    for (i, input) in valid {
+        let key = input.business_id.clone().map(UniqueKey::BusinessId);
+        let task = new_task(&tenant, input, now);
+        match key {
+            None => plain.push((i, task)),
+            Some(k) => match app.store.create(&task, Some(&k)).await {
+                Ok(Created::New) => created.push((i, task, Some(k))),
+                Ok(Created::Existing(existing)) => {
+                    unused_slots += 1;
+                    let view = full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?;
+                    results[i] = json!({"index": i, "status": 200, "created": false, "task": view});
+                }
+                Err(e) => {
+                    unused_slots += 1;
+                    tracing::error!(error = %e, index = i, "batch item not stored");
+                    results[i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+                }
+            },
+        }
+    }
+    let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| t.clone()).collect();
+    let stored = app.store.create_many(&tasks).await?;
+    for ((i, task), ok) in plain.into_iter().zip(stored) {
+        if ok {
+            created.push((i, task, None));
+        } else {
+            unused_slots += 1;
+            results[i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+        }
+    }
+    // Queue-bound tasks go out in SendMessageBatch calls; scheduled ones one by one.
+    let mut queued: Vec<(usize, usize)> = Vec::new(); // (created index, message index)
+    let mut messages = Vec::new();
+    let mut failed: Vec<usize> = Vec::new();
+    for (ci, (_, task, _)) in created.iter().enumerate() {
+        match route(&app.settings, task, now) {
+            Route::Queue { delay } => {
+                queued.push((ci, messages.len()));
+                messages.push((QueueMessage::deliver(&task.id), delay));
+            }
+            _ => {
+                if dispatch(&app, task, now).await.is_err() {
+                    failed.push(ci);
+                }
+            }
+        }
+    }
+    let not_sent = match app.queue.enqueue_many(&messages).await {
+        Ok(idx) => idx,
+        Err(e) => {
+            tracing::error!(error = %e, "batch enqueue failed");
+            (0..messages.len()).collect()
+        }
+    };
+    failed.extend(queued.iter().filter(|(_, mi)| not_sent.contains(mi)).map(|(ci, _)| *ci));
+    for (ci, (i, task, key)) in created.iter().enumerate() {
+        if failed.contains(&ci) {
+            roll_back(&app, task, key.as_ref()).await;
+            results[*i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+        } else {
+            let stored = StoredTask {
+                state: task.initial_state(),
+                spec: task.spec.clone(),
+                retry: task.retry.clone(),
+                schedule: task.schedule.clone(),
+            };
+            results[*i] =
+                json!({"index": i, "status": 201, "created": true, "task": views::task(&stored, None, &[], now)});
+        }
+    }
+    if unused_slots > 0 {
+        app.store.release_active(&tenant.id, unused_slots).await.ok();
+    }
+    let created_n = results.iter().filter(|r| r["status"] == 201).count();
+    tracing::info!(created = created_n, total = items.len(), "batch created");
+    Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
+}
+
+pub async fn get_one<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned(&app, &tenant, &id).await?;
+    Ok(Json(full_view(&app, &task).await?))
+}
+
+pub async fn get_by_business_id<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(business_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned_by_business_id(&app, &tenant, &business_id).await?;
+    Ok(Json(full_view(&app, &task).await?))
+}
+
+/// Parses `limit` and `cursor` plus the extra parameters `allowed`; anything else is a 400.
+fn query_params(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect();
+    for (k, _) in &pairs {
+        if !allowed.contains(&k.as_str()) && k != "limit" && k != "cursor" {
+            return Err(
+                FieldError::new("unknown_field", k.clone(), format!("`{k}` is not a query parameter here")).into()
+            );
+        }
+    }
+    Ok(pairs)
+}
+
+fn limit_of(pairs: &[(String, String)]) -> Result<usize, ApiError> {
+    match pairs.iter().find(|(k, _)| k == "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some((_, v)) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| FieldError::new("invalid", "limit", "limit must be an integer from 1 to 100").into()),
+    }
+}
+
+fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<EpochMillis>, ApiError> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
+                .map_err(|_| FieldError::new("invalid", name, format!("{name} must be an RFC 3339 time")).into())
+        })
+        .transpose()
+}
+
+pub async fn list<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let pairs = query_params(raw.as_deref(), &["status", "host", "created_after", "created_before"])?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let status = get("status")
+        .map(|s| {
+            TaskStatus::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+                FieldError::new("invalid", "status", format!("status must be one of {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
+    let filter = ListFilter {
+        status,
+        host: get("host").map(str::to_owned),
+        created_after: time_param(&pairs, "created_after")?,
+        created_before: time_param(&pairs, "created_before")?,
+    };
+    let now = now_millis();
+    let page = app.store.list(&tenant.id, &filter, limit_of(&pairs)?, get("cursor"), now).await?;
+    let tasks: Vec<Value> = page.items.iter().map(|s| views::summary(s, now)).collect();
+    Ok(Json(json!({"tasks": tasks, "next_cursor": page.cursor})))
+}
+
+pub async fn attempts<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned(&app, &tenant, &id).await?;
+    let pairs = query_params(raw.as_deref(), &[])?;
+    let cursor = pairs.iter().find(|(k, _)| k == "cursor").map(|(_, v)| v.as_str());
+    let page = app.store.attempts(&task.state.id, limit_of(&pairs)?, cursor).await?;
+    let items: Vec<Value> = page.items.iter().map(views::attempt).collect();
+    Ok(Json(json!({"attempts": items, "next_cursor": page.cursor})))
+}
+
+async fn cancel_task<S: TaskStore + TenantStore, Q, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    task: StoredTask,
+) -> Result<Json<Value>, ApiError> {
+    let id = task.state.id.clone();
+    match app.store.cancel(&id, now_millis()).await? {
+        Cancelled::Done(before) => {
+            let scheduled = match &task.schedule {
+                Schedule::Cron(_) => true,
+                Schedule::At { at } => *at - before.created_at > app.settings.sqs_delay_max_s as i64 * 1000,
+                Schedule::Now => false,
+            };
+            if scheduled && let Err(e) = app.scheduler.delete(id.as_str()).await {
+                // The task is cancelled either way: a firing finds it so and sends nothing.
+                tracing::warn!(task_id = %id, error = %e, "could not delete the schedule of a cancelled task");
+            }
+            app.store.release_active(&before.tenant, 1).await?;
+            tracing::info!(task_id = %id, "task cancelled");
+        }
+        Cancelled::AlreadyFinal(status) => {
+            return Err(ApiError::Conflict(format!("task {id} is already {}", status.as_str())));
+        }
+        Cancelled::Missing => return Err(ApiError::NotFound(format!("no task {id}"))),
+    }
+    let now_task = app.store.get(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
+    Ok(Json(full_view(app, &now_task).await?))
+}
+
+pub async fn cancel<S: TaskStore + TenantStore, Q, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned(&app, &tenant, &id).await?;
+    cancel_task(&app, task).await
+}
+
+pub async fn cancel_by_business_id<S: TaskStore + TenantStore, Q, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(business_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned_by_business_id(&app, &tenant, &business_id).await?;
+    cancel_task(&app, task).await
+}
+
+pub async fn update<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned(&app, &tenant, &id).await?;
+    let finished =
+        |s: TaskStatus| ApiError::Conflict(format!("task {id} is already {}; it can no longer change", s.as_str()));
+    if task.state.status.is_final() {
+        return Err(finished(task.state.status));
+    }
+    let patch = parse_patch(&body)?;
+    let (mut spec, mut retry) = (task.spec.clone(), task.retry.clone());
+    patch.apply(&mut spec, &mut retry);
+    if !app.store.update_spec(&task.state.id, &spec, &retry, &task.schedule, now_millis()).await? {
+        let now_status = app.store.get(&task.state.id).await?.map_or(TaskStatus::Cancelled, |t| t.state.status);
+        return Err(finished(now_status));
+    }
+    tracing::info!(task_id = %task.state.id, "task updated");
+    let updated = owned(&app, &tenant, &id).await?;
+    Ok(Json(full_view(&app, &updated).await?))
+}
+
+async fn set_paused<S: TaskStore + TenantStore, Q, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    headers: &HeaderMap,
+    id: &str,
+    pause: bool,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(app, headers).await?;
+    let task = owned(app, &tenant, id).await?;
+    let Schedule::Cron(cron) = &task.schedule else {
+        return Err(ApiError::Conflict(format!("task {id} is not a cron task; only cron tasks pause")));
+    };
+    let to = if pause { TaskStatus::Paused } else { TaskStatus::Active };
+    if !app.store.set_cron_status(&task.state.id, to, now_millis()).await? {
+        return Err(ApiError::Conflict(format!("task {id} is {}", task.state.status.as_str())));
+    }
+    app.scheduler.set_enabled(id, cron, &QueueMessage::cron_template(&task.state.id), !pause).await?;
+    let updated = owned(app, &tenant, id).await?;
+    Ok(Json(full_view(app, &updated).await?))
+}
+
+pub async fn pause<S: TaskStore + TenantStore, Q, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&app, &headers, &id, true).await
+}
+
+pub async fn resume<S: TaskStore + TenantStore, Q, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&app, &headers, &id, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{HttpMethod, RequestSpec, RetryPolicy, TargetUrl};
+
+    fn task(schedule: Schedule) -> NewTask {
+        NewTask {
+            id: TaskId::generate(),
+            tenant: "t".into(),
+            spec: RequestSpec {
+                method: HttpMethod::Get,
+                url: TargetUrl::parse("https://e.com").expect("url"),
+                headers: vec![],
+                body: None,
+                auth: None,
+                timeout_ms: 1000,
+            },
+            retry: RetryPolicy::default(),
+            schedule,
+            business_id: None,
+            created_at: 0,
+            due_at: 0,
+        }
+    }
+
+    #[test]
+    fn tasks_due_within_fifteen_minutes_go_to_sqs_and_later_ones_to_the_scheduler() {
+        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None };
+        assert_eq!(route(&s, &task(Schedule::Now), 0), Route::Queue { delay: Duration::ZERO });
+        assert_eq!(route(&s, &task(Schedule::At { at: 90_500 }), 0), Route::Queue { delay: Duration::from_secs(91) });
+        assert_eq!(route(&s, &task(Schedule::At { at: 900_000 }), 0), Route::Queue { delay: Duration::from_secs(900) });
+        assert_eq!(
+            route(&s, &task(Schedule::At { at: 3_600_000 }), 0),
+            Route::ScheduleAt { fire_at: 3_540_000, delay: Duration::from_secs(60) }
+        );
+    }
+}

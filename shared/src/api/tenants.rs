@@ -1,0 +1,151 @@
+//! Admin endpoints: tenants, their quotas and their API keys. Keys are shown
+//! once, when created; rotation is creating a new key and revoking the old one
+//! when its users have moved (both work in between).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, auth, views};
+use crate::domain::{FieldError, NewApiKey, Quotas, Tenant, new_tenant_id, now_millis};
+use crate::ports::TenantStore;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantDto {
+    name: Option<String>,
+    enabled: Option<bool>,
+    max_active_tasks: Option<u64>,
+    create_rate_per_second: Option<u64>,
+}
+
+fn parse(body: &[u8]) -> Result<TenantDto, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        FieldError::new("invalid", if field == "." { String::new() } else { field }, e.inner().to_string()).into()
+    })
+}
+
+fn quotas(dto: &TenantDto, base: Quotas) -> Result<Quotas, ApiError> {
+    let q = Quotas {
+        max_active_tasks: dto.max_active_tasks.unwrap_or(base.max_active_tasks),
+        create_rate_per_second: dto.create_rate_per_second.unwrap_or(base.create_rate_per_second),
+    };
+    if !(1..=10_000_000).contains(&q.max_active_tasks) {
+        return Err(FieldError::new("invalid", "max_active_tasks", "max_active_tasks must be 1 to 10000000").into());
+    }
+    if !(1..=100_000).contains(&q.create_rate_per_second) {
+        return Err(
+            FieldError::new("invalid", "create_rate_per_second", "create_rate_per_second must be 1 to 100000").into()
+        );
+    }
+    Ok(q)
+}
+
+/// Creates a tenant and its first key; the one place besides key creation a key is shown.
+pub async fn create_tenant_with_key<S: TenantStore>(
+    store: &S,
+    name: &str,
+    quotas: Quotas,
+) -> Result<(Tenant, NewApiKey), ApiError> {
+    let now = now_millis();
+    let tenant =
+        Tenant { id: new_tenant_id(), name: name.to_owned(), enabled: true, quotas, active: 0, created_at: now };
+    store.create_tenant(&tenant).await?;
+    let key = NewApiKey::generate();
+    store.put_key(&tenant.id, &key.key_id, &key.hash, now).await?;
+    Ok((tenant, key))
+}
+
+pub async fn create<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    auth::admin(&app, &headers)?;
+    let dto = parse(&body)?;
+    let name = dto.name.clone().unwrap_or_default();
+    if name.is_empty() || name.len() > 100 {
+        return Err(FieldError::new("invalid", "name", "name must be 1 to 100 characters").into());
+    }
+    if dto.enabled.is_some() {
+        return Err(
+            FieldError::new("unknown_field", "enabled", "a new tenant is enabled; disable it with PATCH").into()
+        );
+    }
+    let (tenant, key) = create_tenant_with_key(&app.store, &name, quotas(&dto, Quotas::default())?).await?;
+    tracing::info!(tenant = %tenant.id, key_id = %key.key_id, "tenant created");
+    let mut view = views::tenant(&tenant, &[(key.key_id.clone(), tenant.created_at, None)]);
+    view["api_key"] = json!({"id": key.key_id, "key": key.secret});
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn tenant_view<S: TenantStore>(store: &S, id: &str) -> Result<Value, ApiError> {
+    let t = store.get_tenant(id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
+    Ok(views::tenant(&t, &store.list_keys(id).await?))
+}
+
+pub async fn get_one<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&app, &headers)?;
+    Ok(Json(tenant_view(&app.store, &id).await?))
+}
+
+pub async fn update<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&app, &headers)?;
+    let dto = parse(&body)?;
+    if dto.name.is_some() {
+        return Err(FieldError::new("unknown_field", "name", "a tenant's name does not change").into());
+    }
+    let current = app.store.get_tenant(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
+    let q = (dto.max_active_tasks.is_some() || dto.create_rate_per_second.is_some())
+        .then(|| quotas(&dto, current.quotas))
+        .transpose()?;
+    if !app.store.update_tenant(&id, dto.enabled, q).await? {
+        return Err(ApiError::NotFound(format!("no tenant {id}")));
+    }
+    tracing::info!(tenant = %id, enabled = ?dto.enabled, "tenant updated");
+    Ok(Json(tenant_view(&app.store, &id).await?))
+}
+
+pub async fn create_key<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth::admin(&app, &headers)?;
+    app.store.get_tenant(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
+    let key = NewApiKey::generate();
+    app.store.put_key(&id, &key.key_id, &key.hash, now_millis()).await?;
+    tracing::info!(tenant = %id, key_id = %key.key_id, "API key created");
+    Ok((StatusCode::CREATED, Json(json!({"id": key.key_id, "key": key.secret}))).into_response())
+}
+
+pub async fn revoke_key<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&app, &headers)?;
+    if !app.store.revoke_key(&id, &key_id, now_millis()).await? {
+        return Err(ApiError::NotFound(format!("tenant {id} has no key {key_id}")));
+    }
+    tracing::info!(tenant = %id, key_id = %key_id, "API key revoked");
+    Ok(Json(tenant_view(&app.store, &id).await?))
+}
