@@ -10,6 +10,11 @@ use crate::ports::{DeliveryQueue, QueueError};
 
 /// The longest `DelaySeconds` SQS accepts.
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
+/// Whole seconds, rounded up: a delay never ends early.
+fn secs_up(d: Duration) -> i32 {
+    d.as_millis().div_ceil(1000) as i32
+}
+
 /// The longest visibility timeout SQS accepts.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
@@ -37,7 +42,7 @@ impl DeliveryQueue for SqsQueue {
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(msg.to_body())
-            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .delay_seconds(secs_up(delay.min(MAX_DELAY)))
             .send()
             .await
             .map_err(err)?;
@@ -54,7 +59,7 @@ impl DeliveryQueue for SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(msg.to_body())
-                        .delay_seconds(delay.min(&MAX_DELAY).as_secs() as i32)
+                        .delay_seconds(secs_up(*delay.min(&MAX_DELAY)))
                         .build()
                         .map_err(err)
                 })
@@ -77,7 +82,7 @@ impl DeliveryQueue for SqsQueue {
             .change_message_visibility()
             .queue_url(&self.queue_url)
             .receipt_handle(receipt_handle)
-            .visibility_timeout(delay.min(MAX_VISIBILITY).as_secs() as i32)
+            .visibility_timeout(secs_up(delay.min(MAX_VISIBILITY)))
             .send()
             .await
             .map_err(err)?;

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::Message;
 
-use crate::helpers::{Api, Target, sdk, stack_options, start_stack};
+use crate::helpers::{Target, TestStack, sdk, stack_options};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn a_created_task_is_delivered_once_and_shows_succeeded() {
     let target = Target::start(&[]).await;
-    let stack = start_stack(stack_options("deliver")).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(stack_options("deliver")).await;
+    let api = &stack.api;
     let body = serde_json::json!({"request": {
         "method": "POST",
         "url": target.url("/hook?a=1"),
@@ -49,8 +49,8 @@ async fn a_created_task_is_delivered_once_and_shows_succeeded() {
 #[tokio::test]
 async fn a_failing_target_gets_the_message_redelivered_until_it_succeeds() {
     let target = Target::start(&[500, 503]).await;
-    let stack = start_stack(stack_options("retry")).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(stack_options("retry")).await;
+    let api = &stack.api;
     let id = api.create("POST", &target.url("/flaky")).await;
 
     let task = api.wait_for_status(&id, "succeeded", WAIT).await;
@@ -64,8 +64,8 @@ async fn a_failing_target_gets_the_message_redelivered_until_it_succeeds() {
 #[tokio::test]
 async fn a_client_error_fails_the_task_and_parks_it_on_the_dlq() {
     let target = Target::start(&[404]).await;
-    let stack = start_stack(stack_options("stop")).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(stack_options("stop")).await;
+    let api = &stack.api;
     let id = api.create("DELETE", &target.url("/gone")).await;
 
     let task = api.wait_for_status(&id, "failed", WAIT).await;
@@ -74,7 +74,7 @@ async fn a_client_error_fails_the_task_and_parks_it_on_the_dlq() {
     assert_eq!(task["last_attempt"]["outcome"], "client_error");
     assert_eq!(target.received().len(), 1, "no retry after a 404");
 
-    let dlq = receive_all(&stack.outputs.dlq_url, 1).await;
+    let dlq = receive_all(&stack.outputs().dlq_url, 1).await;
     let doc: serde_json::Value = serde_json::from_str(dlq[0].body().unwrap_or_default()).expect("JSON");
     assert_eq!(doc["task_id"], id.as_str());
     assert_eq!(doc["reason"], "stopped after attempt 1: client_error (HTTP 404)");
@@ -85,24 +85,24 @@ async fn a_duplicate_sqs_delivery_sends_the_request_once() {
     let target = Target::start(&[]).await;
     let mut opts = stack_options("dupe");
     opts.pollers = 0; // this test plays the event source itself
-    let stack = start_stack(opts).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(opts).await;
+    let api = &stack.api;
     let id = api.create("POST", &target.url("/once")).await;
 
     // SQS delivers at least once: put a second copy of the message on the queue.
     let sqs = aws_sdk_sqs::Client::new(&sdk().await);
     let copy = serde_json::json!({"type": "deliver.v1", "task_id": id}).to_string();
-    sqs.send_message().queue_url(&stack.outputs.queue_url).message_body(copy).send().await.expect("send copy");
-    let both = receive_all(&stack.outputs.queue_url, 2).await;
+    sqs.send_message().queue_url(&stack.outputs().queue_url).message_body(copy).send().await.expect("send copy");
+    let both = receive_all(&stack.outputs().queue_url, 2).await;
 
     // Both copies in one batch, handled concurrently by the sender.
-    let event = courier_local::event_source::sqs_event(&both, &stack.outputs.queue_arn);
-    let resp = stack.sender.invoke(&event).await.expect("sender answers");
+    let event = courier_local::event_source::sqs_event(&both, &stack.outputs().queue_arn);
+    let resp = stack.local.sender.invoke(&event).await.expect("sender answers");
     assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
     assert_eq!(target.received().len(), 1, "one request for two deliveries");
 
     // A late redelivery after success is acknowledged without sending.
-    let resp = stack.sender.invoke(&event).await.expect("sender answers");
+    let resp = stack.local.sender.invoke(&event).await.expect("sender answers");
     assert_eq!(resp["batchItemFailures"], serde_json::json!([]));
     assert_eq!(target.received().len(), 1);
     let task = api.wait_for_status(&id, "succeeded", WAIT).await;

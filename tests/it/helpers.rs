@@ -62,6 +62,8 @@ pub async fn start_stack(opts: StackOptions) -> LocalStack {
 /// One request a [`Target`] received.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// When it arrived, epoch ms.
+    pub at_ms: i64,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -121,6 +123,7 @@ async fn answer(State(state): State<Arc<Mutex<TargetState>>>, req: Request) -> i
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     let mut s = state.lock().expect("lock");
     s.received.push(Received {
+        at_ms: courier::domain::now_millis(),
         method: parts.method.to_string(),
         path: parts.uri.to_string(),
         headers: parts
@@ -152,41 +155,113 @@ where
     }
 }
 
+/// The admin key of test stacks.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789";
+
+/// A started stack with one tenant: `api` speaks as the tenant, `admin` as the admin.
+pub struct TestStack {
+    pub local: LocalStack,
+    pub api: Api,
+    pub admin: Api,
+    pub tenant: String,
+}
+
+impl TestStack {
+    pub async fn start(mut opts: StackOptions) -> Self {
+        opts.extra_env.push(("COURIER_ADMIN_KEY".into(), ADMIN_KEY.into()));
+        let local = start_stack(opts).await;
+        let admin = Api::new(&local.api_url, Some(ADMIN_KEY));
+        let (tenant, key) = admin.new_tenant("it", serde_json::json!({})).await;
+        Self { api: Api::new(&local.api_url, Some(&key)), admin, tenant, local }
+    }
+
+    pub fn outputs(&self) -> &courier_local::bootstrap::Outputs {
+        &self.local.outputs
+    }
+}
+
 /// A JSON client for the local API.
 pub struct Api {
     pub base: String,
+    pub key: Option<String>,
     pub http: reqwest::Client,
 }
 
 impl Api {
-    pub fn new(base: &str) -> Self {
-        Self { base: base.to_owned(), http: reqwest::Client::new() }
+    pub fn new(base: &str, key: Option<&str>) -> Self {
+        Self { base: base.to_owned(), key: key.map(str::to_owned), http: reqwest::Client::new() }
+    }
+
+    pub fn with_key(&self, key: Option<&str>) -> Self {
+        Self::new(&self.base, key)
+    }
+
+    /// Any request; returns status, headers and the JSON body (Null if none).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_owned());
+        }
+        let r = req.send().await.expect("API reachable");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("API reachable");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+        let (s, _, v) = self.call("POST", path, Some(body), &[]).await;
+        (s, v)
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("API reachable");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+        let (s, _, v) = self.call("GET", path, None, &[]).await;
+        (s, v)
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, _, v) = self.call("DELETE", path, None, &[]).await;
+        (s, v)
+    }
+
+    pub async fn patch(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (s, _, v) = self.call("PATCH", path, Some(body), &[]).await;
+        (s, v)
+    }
+
+    /// Creates a tenant (as admin); returns its id and API key.
+    pub async fn new_tenant(&self, name: &str, quotas: serde_json::Value) -> (String, String) {
+        let mut body = quotas;
+        body["name"] = serde_json::Value::String(name.to_owned());
+        let (status, t) = self.post("/v1/tenants", &body.to_string()).await;
+        assert_eq!(status, 201, "tenant create answered {t}");
+        (t["id"].as_str().expect("id").to_owned(), t["api_key"]["key"].as_str().expect("key").to_owned())
+    }
+
+    /// Creates a task from a full create body; returns the task.
+    pub async fn create_task(&self, body: serde_json::Value) -> serde_json::Value {
+        let (status, task) = self.post("/v1/tasks", &body.to_string()).await;
+        assert_eq!(status, 201, "create answered {task}");
+        task
     }
 
     /// Creates a task sending `method url`; returns its id.
     pub async fn create(&self, method: &str, url: &str) -> String {
-        let body = serde_json::json!({"request": {"method": method, "url": url, "body": "payload"}});
-        let (status, task) = self.post("/v1/tasks", &body.to_string()).await;
-        assert_eq!(status, 201, "create answered {task}");
+        let task =
+            self.create_task(serde_json::json!({"request": {"method": method, "url": url, "body": "payload"}})).await;
         task["id"].as_str().expect("id").to_owned()
     }
 

@@ -1,14 +1,14 @@
 //! The HTTP API through the local API Gateway front and the real `api`
 //! binary: creation, lookup, and a 4xx naming the field for bad input.
 
-use crate::helpers::{Api, stack_options, start_stack};
+use crate::helpers::{TestStack, stack_options};
 
 #[tokio::test]
 async fn bad_input_gets_a_400_naming_the_field_and_rule() {
     let mut opts = stack_options("badin");
     opts.pollers = 0;
-    let stack = start_stack(opts).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(opts).await;
+    let api = &stack.api;
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("not json", "invalid_json", None),
         ("", "invalid_json", None),
@@ -32,18 +32,31 @@ async fn bad_input_gets_a_400_naming_the_field_and_rule() {
         assert_eq!(resp["error"]["field"].as_str(), *field, "{body} → {resp}");
         assert!(resp["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // A body over the limit is refused whole, never half-stored.
+    let big =
+        serde_json::json!({"request": {"method": "POST", "url": "https://e.com", "body": "x".repeat(300 * 1024)}});
+    let (status, resp) = api.post("/v1/tasks", &big.to_string()).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (413, Some("too_large")), "{resp}");
     // Nothing was stored for any of them: the table holds no item.
     let ddb = aws_sdk_dynamodb::Client::new(&crate::helpers::sdk().await);
-    let scan = ddb.scan().table_name(&stack.outputs.names.table).send().await.expect("scan");
-    assert_eq!(scan.count(), 0);
+    let scan = ddb
+        .scan()
+        .table_name(&stack.outputs().names.table)
+        .filter_expression("begins_with(pk, :t) OR begins_with(pk, :u)")
+        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::S("TASK#".into()))
+        .expression_attribute_values(":u", aws_sdk_dynamodb::types::AttributeValue::S("UNIQUE#".into()))
+        .send()
+        .await
+        .expect("scan");
+    assert_eq!(scan.count(), 0, "no task or unique key was stored");
 }
 
 #[tokio::test]
 async fn unknown_tasks_and_routes_are_404_and_wrong_methods_405() {
     let mut opts = stack_options("404");
     opts.pollers = 0;
-    let stack = start_stack(opts).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(opts).await;
+    let api = &stack.api;
     let (status, resp) = api.get("/v1/tasks/tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3").await;
     assert_eq!((status, resp["error"]["code"].as_str()), (404, Some("not_found")));
     let (status, _) = api.get("/v1/tasks/not-an-id").await;
@@ -60,8 +73,8 @@ async fn unknown_tasks_and_routes_are_404_and_wrong_methods_405() {
 async fn a_created_task_is_stored_enqueued_and_readable_with_secrets_masked() {
     let mut opts = stack_options("create");
     opts.pollers = 0; // keep the message on the queue to look at it
-    let stack = start_stack(opts).await;
-    let api = Api::new(&stack.api_url);
+    let stack = TestStack::start(opts).await;
+    let api = &stack.api;
     let body = serde_json::json!({"request": {
         "method": "PUT",
         "url": "https://example.com/hook?x=1",
@@ -87,7 +100,7 @@ async fn a_created_task_is_stored_enqueued_and_readable_with_secrets_masked() {
     let sqs = aws_sdk_sqs::Client::new(&crate::helpers::sdk().await);
     let msgs = sqs
         .receive_message()
-        .queue_url(&stack.outputs.queue_url)
+        .queue_url(&stack.outputs().queue_url)
         .max_number_of_messages(10)
         .wait_time_seconds(1)
         .send()

@@ -8,4 +8,7 @@ mod helpers;
 mod http_api;
 mod runtime;
 mod scheduler;
+mod schedules;
+mod task_api;
 mod template;
+mod tenants;

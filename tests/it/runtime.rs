@@ -37,8 +37,10 @@ async fn the_api_binary_answers_an_http_api_v2_event() {
     assert_eq!(body["status"], "ok");
     assert!(api.init_duration().is_some(), "the binary polled /next");
 
-    let resp = api.invoke(&fixture("apigw-v2-create-invalid.json")).await.expect("invocation");
-    assert_eq!(resp["statusCode"], 400, "{resp}");
+    let resp = api.invoke(&fixture("apigw-v2-create-unauthenticated.json")).await.expect("invocation");
+    assert_eq!(resp["statusCode"], 401, "{resp}");
+    let body: serde_json::Value = serde_json::from_str(resp["body"].as_str().expect("body")).expect("JSON body");
+    assert_eq!(body["error"]["code"], "unauthorized");
 }
 
 #[tokio::test]

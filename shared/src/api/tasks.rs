@@ -49,8 +49,11 @@ fn route(settings: &ApiSettings, task: &NewTask, now: EpochMillis) -> Route {
                 // Whole seconds, rounded up: never early (the sender defers any remainder).
                 Route::Queue { delay: Duration::from_secs(wait_ms.div_ceil(1000)) }
             } else {
-                let early = settings.schedule_early_s;
-                Route::ScheduleAt { fire_at: *at - early as i64 * 1000, delay: Duration::from_secs(early) }
+                // at() has whole seconds: fire on a second boundary and let the
+                // delay end on the first second boundary not before the due time.
+                let fire_s = (*at - settings.schedule_early_s as i64 * 1000).div_euclid(1000);
+                let arrive_s = (*at + 999).div_euclid(1000);
+                Route::ScheduleAt { fire_at: fire_s * 1000, delay: Duration::from_secs((arrive_s - fire_s) as u64) }
             }
         }
     }
@@ -579,6 +582,10 @@ mod tests {
         assert_eq!(
             route(&s, &task(Schedule::At { at: 3_600_000 }), 0),
             Route::ScheduleAt { fire_at: 3_540_000, delay: Duration::from_secs(60) }
+        );
+        assert_eq!(
+            route(&s, &task(Schedule::At { at: 3_600_500 }), 0),
+            Route::ScheduleAt { fire_at: 3_540_000, delay: Duration::from_secs(61) }
         );
     }
 }

@@ -1,0 +1,143 @@
+//! Tenants and keys: authentication, isolation between tenants, key rotation
+//! and revocation, disabled tenants, and quotas.
+
+use serde_json::json;
+
+use crate::helpers::{Api, TestStack, stack_options};
+
+fn create_body(url: &str) -> String {
+    json!({"request": {"method": "GET", "url": url}, "schedule": {"delay": "1h"}}).to_string()
+}
+
+#[tokio::test]
+async fn calls_need_a_valid_key_and_admin_calls_the_admin_key() {
+    let mut opts = stack_options("auth");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let anonymous = stack.api.with_key(None);
+    let (status, e) = anonymous.get("/v1/tasks").await;
+    assert_eq!((status, e["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (status, _) = stack.api.with_key(Some("ck_nope_nope")).get("/v1/tasks").await;
+    assert_eq!(status, 401);
+    let (status, _, _) = anonymous.call("GET", "/v1/tasks", None, &[("authorization", "Basic abc")]).await;
+    assert_eq!(status, 401);
+    // Health and the API description are public.
+    assert_eq!(anonymous.get("/v1/health").await.0, 200);
+    let (status, spec) = anonymous.get("/v1/openapi.json").await;
+    assert_eq!((status, spec["openapi"].as_str()), (200, Some("3.1.0")));
+    // A tenant key is not an admin key, and the admin key is not a tenant key.
+    assert_eq!(stack.api.post("/v1/tenants", r#"{"name":"x"}"#).await.0, 403);
+    assert_eq!(stack.admin.get("/v1/tasks").await.0, 401);
+    let (status, e) = stack.admin.post("/v1/tenants", r#"{"name":""}"#).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("name")));
+    let (status, e) = stack.admin.post("/v1/tenants", r#"{"name":"x","max_active_tasks":0}"#).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("max_active_tasks")));
+    assert_eq!(stack.admin.get("/v1/tenants/tnt_missing").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_tenant_never_sees_or_touches_another_tenants_tasks() {
+    let mut opts = stack_options("iso");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let (_, other_key) = stack.admin.new_tenant("other", json!({})).await;
+    let other = stack.api.with_key(Some(&other_key));
+    let mine = stack
+        .api
+        .create_task(json!({"request": {"method": "GET", "url": "https://e.com/a"}, "schedule": {"delay": "1h"}, "business_id": "shared-id"}))
+        .await;
+    let id = mine["id"].as_str().expect("id");
+    for (method, path) in [
+        ("GET", format!("/v1/tasks/{id}")),
+        ("GET", format!("/v1/tasks/{id}/attempts")),
+        ("DELETE", format!("/v1/tasks/{id}")),
+        ("POST", format!("/v1/tasks/{id}/pause")),
+        ("GET", "/v1/tasks/by-business-id/shared-id".to_owned()),
+        ("DELETE", "/v1/tasks/by-business-id/shared-id".to_owned()),
+    ] {
+        let (status, _, e) = other.call(method, &path, None, &[]).await;
+        assert_eq!((status, e["error"]["code"].as_str()), (404, Some("not_found")), "{method} {path}");
+    }
+    let (status, _) = other.patch(&format!("/v1/tasks/{id}"), r#"{"request":{"timeout_ms":5}}"#).await;
+    assert_eq!(status, 404);
+    let (_, list) = other.get("/v1/tasks").await;
+    assert_eq!(list["tasks"], json!([]));
+    // The same business id is free for another tenant.
+    let theirs = other
+        .create_task(json!({"request": {"method": "GET", "url": "https://e.com/b"}, "schedule": {"delay": "1h"}, "business_id": "shared-id"}))
+        .await;
+    assert_ne!(theirs["id"], mine["id"]);
+    let (_, still) = stack.api.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(still["status"], "scheduled");
+}
+
+#[tokio::test]
+async fn keys_rotate_with_overlap_and_disabled_tenants_are_refused() {
+    let mut opts = stack_options("keys");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let old = stack.api.key.clone().expect("key");
+    let (status, new_key) = stack.admin.post(&format!("/v1/tenants/{}/keys", stack.tenant), "").await;
+    assert_eq!(status, 201);
+    let new = stack.api.with_key(new_key["key"].as_str());
+    // Both keys work during the overlap.
+    assert_eq!(stack.api.get("/v1/tasks").await.0, 200);
+    assert_eq!(new.get("/v1/tasks").await.0, 200);
+    let (_, tenant) = stack.admin.get(&format!("/v1/tenants/{}", stack.tenant)).await;
+    let old_id = tenant["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| old.contains(k["id"].as_str().unwrap_or("-")))
+        .and_then(|k| k["id"].as_str())
+        .expect("old key listed")
+        .to_owned();
+    assert!(tenant.to_string().find(&old).is_none(), "keys are never shown again");
+    let (status, _) = stack.admin.delete(&format!("/v1/tenants/{}/keys/{old_id}", stack.tenant)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.api.get("/v1/tasks").await.0, 401, "revoked");
+    assert_eq!(new.get("/v1/tasks").await.0, 200);
+
+    let (status, _) = stack.admin.patch(&format!("/v1/tenants/{}", stack.tenant), r#"{"enabled":false}"#).await;
+    assert_eq!(status, 200);
+    let (status, e) = new.get("/v1/tasks").await;
+    assert_eq!((status, e["error"]["code"].as_str()), (403, Some("forbidden")));
+    stack.admin.patch(&format!("/v1/tenants/{}", stack.tenant), r#"{"enabled":true}"#).await;
+    assert_eq!(new.get("/v1/tasks").await.0, 200);
+}
+
+#[tokio::test]
+async fn quotas_answer_429_with_retry_after_and_free_up() {
+    let mut opts = stack_options("quota");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let (_, key) =
+        stack.admin.new_tenant("small", json!({"max_active_tasks": 2, "create_rate_per_second": 1000})).await;
+    let small = Api::new(&stack.local.api_url, Some(&key));
+    let a = small.post("/v1/tasks", &create_body("https://e.com/1")).await;
+    let b = small.post("/v1/tasks", &create_body("https://e.com/2")).await;
+    assert_eq!((a.0, b.0), (201, 201));
+    let (status, headers, e) = small.call("POST", "/v1/tasks", Some(&create_body("https://e.com/3")), &[]).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{e}");
+    assert!(headers.get("retry-after").is_some());
+    // A cancelled task frees its slot.
+    let (status, _) = small.delete(&format!("/v1/tasks/{}", a.1["id"].as_str().expect("id"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(small.post("/v1/tasks", &create_body("https://e.com/4")).await.0, 201);
+
+    let (_, key) = stack.admin.new_tenant("slow", json!({"create_rate_per_second": 2})).await;
+    let slow = Api::new(&stack.local.api_url, Some(&key));
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..6 {
+        let (status, headers, _) =
+            slow.call("POST", "/v1/tasks", Some(&create_body(&format!("https://e.com/{i}"))), &[]).await;
+        if status == 429 {
+            retry_after = headers.get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&429), "a burst of 6 at 2/s is limited: {statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 201).count() >= 2);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+}
