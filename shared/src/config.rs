@@ -25,6 +25,9 @@ pub struct Config {
     /// `COURIER_SCHEDULE_EARLY_S` (default 60): how long before the due time a one-time
     /// schedule fires; the rest is an SQS delay, so the request leaves on time.
     pub schedule_early_s: u64,
+    /// `COURIER_RECONCILE_GRACE_S` (default 120): how long after its due time (or lease) a task
+    /// that has not moved is re-enqueued by the reconciler.
+    pub reconcile_grace_s: u64,
     /// `COURIER_ADMIN_KEY` (optional, at least 32 characters): the bearer key of the admin
     /// API (tenants and keys). Unset: the admin API answers 403.
     pub admin_key: Option<String>,
@@ -78,6 +81,7 @@ impl Config {
             scheduler_role_arn: required("COURIER_SCHEDULER_ROLE_ARN")?,
             sqs_delay_max_s: number("COURIER_SQS_DELAY_MAX_S", 900, 900, "an integer in 1..=900")?,
             schedule_early_s: number("COURIER_SCHEDULE_EARLY_S", 60, 900, "an integer in 1..=900")?,
+            reconcile_grace_s: number("COURIER_RECONCILE_GRACE_S", 120, 86_400, "an integer in 1..=86400")?,
             admin_key: match get("COURIER_ADMIN_KEY").filter(|k| !k.is_empty()) {
                 Some(k) if k.len() < 32 => {
                     return Err(ConfigError::Invalid { name: "COURIER_ADMIN_KEY", rule: "at least 32 characters" });

@@ -29,11 +29,12 @@ use crate::domain::{
     Tenant,
 };
 use crate::ports::{
-    Cancelled, Claim, Created, ListFilter, Page, StoreError, StoredTask, TaskStore, TenantStore, Transition, UniqueKey,
-    Unit,
+    Cancelled, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, TenantStore, Transition,
+    UniqueKey, Unit,
 };
 use crate::resources::{
-    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK,
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_INDEX,
+    RECONCILE_RANGE_KEY as RSK, RECONCILE_SHARDS, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK,
     TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
 };
 
@@ -57,6 +58,12 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retention_ms: i64,
+    reconcile_grace_ms: i64,
+}
+
+/// The reconcile shard of a task: spreads the index's writes.
+fn shard(id: &TaskId) -> u32 {
+    id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % RECONCILE_SHARDS
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -167,6 +174,8 @@ fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -> Result<Ta
         status: TaskStatus::parse(status).ok_or_else(|| corrupt(sid, format!("unknown status `{status}`")))?,
         attempts: req_n(sid, i, "attempts")?,
         max_attempts: req_n(sid, i, "max_attempts")?,
+        retry_base: get_n(sid, i, "retry_base")?.unwrap_or(0),
+        timeout_ms: get_n(sid, i, "timeout_ms")?.unwrap_or(RequestSpec::MAX_TIMEOUT_MS),
         created_at: req_n(sid, i, "created_at")?,
         updated_at: req_n(sid, i, "updated_at")?,
         due_at: get_n(sid, i, "due_at")?,
@@ -198,7 +207,13 @@ fn id_bound(ms: EpochMillis, upper: bool) -> String {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
-        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS }
+        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS, reconcile_grace_ms: 120_000 }
+    }
+
+    /// How long after its due time the reconciler checks on a task.
+    pub fn with_reconcile_grace(mut self, grace_ms: i64) -> Self {
+        self.reconcile_grace_ms = grace_ms;
+        self
     }
 
     fn put(&self, item: Item) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
@@ -221,6 +236,8 @@ impl DynamoStore {
             ("status".into(), s(task.initial_status().as_str())),
             ("attempts".into(), n(0)),
             ("max_attempts".into(), n(task.retry.max_attempts())),
+            ("retry_base".into(), n(0)),
+            ("timeout_ms".into(), n(task.spec.timeout_ms)),
             ("created_at".into(), n(task.created_at)),
             ("updated_at".into(), n(task.created_at)),
             ("due_at".into(), n(task.due_at)),
@@ -228,6 +245,10 @@ impl DynamoStore {
             (GPK.into(), s(format!("TENANT#{}", task.tenant))),
             (GSK.into(), s(task.id.as_str())),
         ]);
+        if task.kind() == TaskKind::Once {
+            state.insert(RPK.into(), s(format!("RECON#{}", shard(&task.id))));
+            state.insert(RSK.into(), n(task.due_at + self.reconcile_grace_ms));
+        }
         if let Some(b) = &task.business_id {
             state.insert("business_id".into(), s(b));
         }
@@ -547,7 +568,7 @@ impl TaskStore for DynamoStore {
             .send()
             .await;
         match res {
-            Ok(out) => Ok(Cancelled::Done(state_from_item(id, None, &out.attributes.unwrap_or_default())?)),
+            Ok(out) => Ok(Cancelled::Done(Box::new(state_from_item(id, None, &out.attributes.unwrap_or_default())?))),
             Err(e) if is_conditional_failure(&e) => {
                 Ok(match self.read_state(&Unit { task: id.clone(), run: None }).await? {
                     Some(st) => Cancelled::AlreadyFinal(st.status),
@@ -580,12 +601,13 @@ impl TaskStore for DynamoStore {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(id), STATE)))
-            .update_expression("SET max_attempts = :m, host = :h, updated_at = :now")
+            .update_expression("SET max_attempts = retry_base + :m, host = :h, timeout_ms = :t, updated_at = :now")
             .condition_expression("attribute_exists(#pk) AND NOT #s IN (:succ, :fail, :canc)")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":m", n(retry.max_attempts()))
             .expression_attribute_values(":h", s(spec.url.host()))
+            .expression_attribute_values(":t", n(spec.timeout_ms))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":succ", s(TaskStatus::Succeeded.as_str()))
             .expression_attribute_values(":fail", s(TaskStatus::Failed.as_str()))
@@ -605,6 +627,100 @@ impl TaskStore for DynamoStore {
             Err(e) if is_transaction_cancelled(&e) => Ok(false),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn retry_failed(&self, id: &TaskId, more: u32, now: EpochMillis) -> Result<Retried, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), STATE)))
+            .update_expression(
+                "SET #s = :pending, due_at = :now, updated_at = :now, retry_base = attempts, \
+                 max_attempts = attempts + :more, #rsk = :recon REMOVE failure_reason, #ttl",
+            )
+            .condition_expression("#s = :failed AND kind = :once")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#rsk", RSK)
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":once", s(TaskKind::Once.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":more", n(more))
+            .expression_attribute_values(":recon", n(now + self.reconcile_grace_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Retried::Done),
+            Err(e) if is_conditional_failure(&e) => {
+                Ok(match self.read_state(&Unit { task: id.clone(), run: None }).await? {
+                    Some(st) => Retried::NotFailed(st.status),
+                    None => Retried::Missing,
+                })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn reconcile_candidates(&self, from: EpochMillis, to: EpochMillis) -> Result<Vec<TaskState>, StoreError> {
+        let mut ids = Vec::new();
+        for shard in 0..RECONCILE_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(RECONCILE_INDEX)
+                .key_condition_expression("#r = :r AND #ra BETWEEN :from AND :to")
+                .expression_attribute_names("#r", RPK)
+                .expression_attribute_names("#ra", RSK)
+                .expression_attribute_values(":r", s(format!("RECON#{shard}")))
+                .expression_attribute_values(":from", n(from))
+                .expression_attribute_values(":to", n(to))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                ids.extend(page.map_err(unavailable)?.items.unwrap_or_default().iter().filter_map(id_of));
+            }
+        }
+        let states = self.batch_get_states(&ids).await?;
+        ids.iter().filter_map(|id| states.get(&task_pk(id)).map(|i| state_from_item(id, None, i))).collect()
+    }
+
+    async fn push_reconcile(&self, id: &TaskId, at: EpochMillis) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), STATE)))
+            .update_expression("SET #rsk = :at")
+            .condition_expression("attribute_exists(#rpk)")
+            .expression_attribute_names("#rsk", RSK)
+            .expression_attribute_names("#rpk", RPK)
+            .expression_attribute_values(":at", n(at))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn watermark(&self) -> Result<Option<EpochMillis>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key("RECONCILER", "WATERMARK")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.map(|i| req_n("RECONCILER", &i, "at")).transpose()
+    }
+
+    async fn set_watermark(&self, at: EpochMillis) -> Result<(), StoreError> {
+        let mut item = key("RECONCILER", "WATERMARK");
+        item.insert("at".into(), n(at));
+        self.put(item).send().await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn set_cron_status(&self, id: &TaskId, to: TaskStatus, now: EpochMillis) -> Result<bool, StoreError> {
@@ -638,6 +754,8 @@ impl TaskStore for DynamoStore {
             ("status".into(), s(TaskStatus::Pending.as_str())),
             ("attempts".into(), n(0)),
             ("max_attempts".into(), n(parent.max_attempts)),
+            ("retry_base".into(), n(0)),
+            ("timeout_ms".into(), n(parent.timeout_ms)),
             ("created_at".into(), n(run)),
             ("updated_at".into(), n(run)),
             ("due_at".into(), n(run)),
@@ -660,13 +778,16 @@ impl TaskStore for DynamoStore {
         }
     }
 
-    async fn claim(&self, unit: &Unit, now: EpochMillis, lease_until: EpochMillis) -> Result<Claim, StoreError> {
+    async fn claim(&self, unit: &Unit, now: EpochMillis, lease_margin: EpochMillis) -> Result<Claim, StoreError> {
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
-            .update_expression("SET #s = :sending, attempts = attempts + :one, lease_until = :lease, updated_at = :now")
+            // The lease covers the request's own timeout plus the margin.
+            .update_expression(
+                "SET #s = :sending, attempts = attempts + :one, lease_until = timeout_ms + :lease, updated_at = :now",
+            )
             .condition_expression(
                 "attribute_exists(#pk) AND (attribute_not_exists(due_at) OR due_at <= :due) \
                  AND (#s IN (:pending, :retrying, :scheduled) OR (#s = :sending AND lease_until < :now))",
@@ -678,7 +799,7 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":retrying", s(TaskStatus::Retrying.as_str()))
             .expression_attribute_values(":scheduled", s(TaskStatus::Scheduled.as_str()))
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":lease", n(lease_until))
+            .expression_attribute_values(":lease", n(now + lease_margin))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":due", n(now + DUE_SLACK_MS))
             .return_values(ReturnValue::AllNew)
@@ -753,6 +874,12 @@ impl TaskStore for DynamoStore {
                 .expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
                 .expression_attribute_names("#ttl", TTL)
                 .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+            Transition::Retry { due_at } if unit.run.is_none() => req
+                .update_expression("SET #s = :to, updated_at = :now, due_at = :due, #rsk = :recon REMOVE lease_until")
+                .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
+                .expression_attribute_values(":due", n(due_at))
+                .expression_attribute_names("#rsk", RSK)
+                .expression_attribute_values(":recon", n(due_at + self.reconcile_grace_ms)),
             Transition::Retry { due_at } => req
                 .update_expression("SET #s = :to, updated_at = :now, due_at = :due REMOVE lease_until")
                 .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))

@@ -105,8 +105,17 @@ pub struct Page<T> {
 /// A cancel's result.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cancelled {
-    Done(TaskState),
+    /// Cancelled; the state as it was before.
+    Done(Box<TaskState>),
     AlreadyFinal(TaskStatus),
+    Missing,
+}
+
+/// A manual retry's result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Retried {
+    Done,
+    NotFailed(TaskStatus),
     Missing,
 }
 
@@ -159,6 +168,24 @@ pub trait TaskStore: Send + Sync + 'static {
         schedule: &Schedule,
         now: EpochMillis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Moves a failed task back to pending with `more` attempts (numbering continues).
+    fn retry_failed(
+        &self,
+        id: &TaskId,
+        more: u32,
+        now: EpochMillis,
+    ) -> impl Future<Output = Result<Retried, StoreError>> + Send;
+    /// One-off tasks whose check time (due + grace) lies in `[from, to]`.
+    fn reconcile_candidates(
+        &self,
+        from: EpochMillis,
+        to: EpochMillis,
+    ) -> impl Future<Output = Result<Vec<TaskState>, StoreError>> + Send;
+    /// Moves a task's check time to `at`.
+    fn push_reconcile(&self, id: &TaskId, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The reconciler's watermark: the check time up to which it has looked.
+    fn watermark(&self) -> impl Future<Output = Result<Option<EpochMillis>, StoreError>> + Send;
+    fn set_watermark(&self, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Moves a cron task between active and paused; `Ok(false)` if it is in neither.
     fn set_cron_status(
         &self,
@@ -168,12 +195,13 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Creates the state of a cron run on its first firing (idempotent).
     fn start_run(&self, parent: &TaskState, run: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Moves a due, claimable unit to `sending` with a lease; see [`Claim`].
+    /// Moves a due, claimable unit to `sending` with a lease of its request
+    /// timeout plus `lease_margin` ms; see [`Claim`].
     fn claim(
         &self,
         unit: &Unit,
         now: EpochMillis,
-        lease_until: EpochMillis,
+        lease_margin: EpochMillis,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
     fn read_state(&self, unit: &Unit) -> impl Future<Output = Result<Option<TaskState>, StoreError>> + Send;
     fn get_spec(

@@ -39,6 +39,15 @@ pub const TABLE_RANGE_KEY: &str = "sk";
 pub const TASKS_BY_TENANT_INDEX: &str = "by-tenant";
 pub const INDEX_HASH_KEY: &str = "gsi1pk";
 pub const INDEX_RANGE_KEY: &str = "gsi1sk";
+/// The index the reconciler reads: one-off tasks by when to check on them
+/// (`recon_pk = RECON#<shard>`, `recon_at` = due time + grace, epoch ms).
+/// Keys only, set at creation and moved only on retries, so a first-try
+/// delivery never writes to it.
+pub const RECONCILE_INDEX: &str = "by-recon";
+pub const RECONCILE_HASH_KEY: &str = "recon_pk";
+pub const RECONCILE_RANGE_KEY: &str = "recon_at";
+/// Shards of the reconcile index's partition key (spreads writes).
+pub const RECONCILE_SHARDS: u32 = 8;
 /// Epoch seconds after which DynamoDB deletes an item.
 pub const TABLE_TTL_ATTRIBUTE: &str = "expires_at";
 

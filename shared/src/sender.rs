@@ -3,24 +3,34 @@
 //!
 //! One delivery is [`Sender::deliver`]: claim (conditional write with a
 //! lease), send, record the attempt, move the task on. It returns a
-//! [`DeliveryOutcome`], so tests drive it without sleeping.
+//! [`DeliveryOutcome`], so tests drive it without sleeping. Retries wait on
+//! the message's visibility timeout; waits SQS cannot hold (over 12 hours, or
+//! past the message's retention) become a one-time Scheduler schedule.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::StreamExt;
-use serde_json::json;
-
-use std::collections::HashMap;
+use serde_json::{Map, Value, json};
 
 use crate::domain::{
-    Attempt, Outcome, QueueMessage, RequestSpec, RetryPolicy, TaskId, TaskState, TaskStatus, classify_status,
-    format_millis, now_millis,
+    Attempt, EpochMillis, Outcome, QueueMessage, ReceiverHints, RequestSpec, RetryPolicy, TaskId, TaskState,
+    TaskStatus, format_millis, mask_headers, now_millis,
 };
-use crate::ports::{Claim, DeliveryQueue, StoreError, TaskStore, TenantStore, Transition, Unit};
+use crate::metrics;
+use crate::ports::{Claim, DeliveryQueue, Scheduler, StoreError, TaskStore, TenantStore, Transition, Unit};
+use crate::resources::QUEUE_RETENTION_S;
 
 /// Courier's version, sent in `User-Agent`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The longest retry wait left to the message's visibility timeout (SQS allows
+/// 12 hours; a minute is kept in hand).
+pub const MAX_VISIBILITY_WAIT: Duration = Duration::from_secs(43_200 - 60);
+/// How close to its retention a message may come before its retry moves to Scheduler.
+const RETENTION_MARGIN_MS: i64 = 3_600_000;
+/// Response headers kept per attempt.
+const MAX_RESPONSE_HEADERS: usize = 50;
 
 /// What one delivery did.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,26 +55,49 @@ pub struct SenderSettings {
     pub concurrency: usize,
     pub response_body_limit: usize,
     pub lease_margin_ms: u64,
+    /// A one-time schedule for a long retry fires this long before its time.
+    pub schedule_early_s: u64,
+}
+
+/// The HTTP clients, built once: connection reuse, HTTP/2 when offered
+/// (ALPN), rustls. Redirects are not followed unless a task asks.
+#[derive(Clone, Debug)]
+pub struct HttpClients {
+    pub direct: reqwest::Client,
+    pub following: reqwest::Client,
+}
+
+impl HttpClients {
+    pub fn new() -> Self {
+        let build = |policy| {
+            reqwest::Client::builder()
+                .user_agent(format!("Courier/{VERSION}"))
+                .redirect(policy)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default()
+        };
+        Self {
+            direct: build(reqwest::redirect::Policy::none()),
+            following: build(reqwest::redirect::Policy::limited(5)),
+        }
+    }
+}
+
+impl Default for HttpClients {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The sender with its clients, built once per cold start.
-pub struct Sender<S, Q> {
+pub struct Sender<S, Q, C> {
     store: S,
     queue: Q,
-    http: reqwest::Client,
+    scheduler: C,
+    http: HttpClients,
     settings: SenderSettings,
-}
-
-/// The one HTTP client: connection reuse, HTTP/2 when offered (ALPN), rustls,
-/// no redirects followed.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .user_agent(format!("Courier/{VERSION}"))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default()
 }
 
 /// One record's result: keep it on the queue or not, and whether a one-off
@@ -74,9 +107,9 @@ struct Handled {
     finished_tenant: Option<String>,
 }
 
-impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
-    pub fn new(store: S, queue: Q, http: reqwest::Client, settings: SenderSettings) -> Self {
-        Self { store, queue, http, settings }
+impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+    pub fn new(store: S, queue: Q, scheduler: C, http: HttpClients, settings: SenderSettings) -> Self {
+        Self { store, queue, scheduler, http, settings }
     }
 
     /// Handles one SQS batch: every record concurrently, failures reported by id.
@@ -123,13 +156,16 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
         match outcome {
             Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
             Ok(DeliveryOutcome::Delivered { .. }) => Handled { keep: false, finished_tenant: one_off_tenant(&unit) },
-            Ok(DeliveryOutcome::RetryScheduled { delay, .. } | DeliveryOutcome::Deferred { delay }) => {
-                let receipt = record.receipt_handle.as_deref().unwrap_or_default();
-                if let Err(e) = self.queue.retry_later(receipt, delay).await {
-                    // The queue's visibility timeout brings the message back anyway.
-                    tracing::warn!(error = %e, "could not set the retry delay");
+            Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
+                let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+                match (&unit, wait_needs_scheduler(delay, sent_at, now_millis())) {
+                    (Some((u, _)), true) => keep(self.schedule_retry(u, delay).await.is_err()),
+                    _ => keep(self.retry_later(record, delay).await),
                 }
-                keep(true)
+            }
+            Ok(DeliveryOutcome::Deferred { delay }) => {
+                emit(metrics::DEFERRED, unit.as_ref().map(|(u, _)| &u.task), None);
+                keep(self.retry_later(record, delay).await)
             }
             Ok(DeliveryOutcome::Failed { reason, .. }) => {
                 let (task_id, run, tenant) = match &unit {
@@ -146,6 +182,40 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
             Err(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
                 keep(true)
+            }
+        }
+    }
+
+    /// Leaves the message for redelivery after `delay`; always true (keep it).
+    async fn retry_later(&self, record: &SqsMessage, delay: Duration) -> bool {
+        let receipt = record.receipt_handle.as_deref().unwrap_or_default();
+        if let Err(e) = self.queue.retry_later(receipt, delay).await {
+            // The queue's visibility timeout brings the message back anyway.
+            tracing::warn!(error = %e, "could not set the retry delay");
+        }
+        true
+    }
+
+    /// A retry SQS cannot wait for: a one-time schedule, then the message goes.
+    async fn schedule_retry(&self, unit: &Unit, delay: Duration) -> Result<(), ()> {
+        let due = now_millis() + delay.as_millis() as i64;
+        let early = self.settings.schedule_early_s as i64 * 1000;
+        let fire_s = (due - early).div_euclid(1000);
+        let arrive_s = (due + 999).div_euclid(1000);
+        let msg = QueueMessage::DeliverV1 { task_id: unit.task.to_string(), run: unit.run };
+        let name = format!("{}-r{}", unit.task, now_millis());
+        match self
+            .scheduler
+            .create_at(&name, fire_s * 1000, &msg, Duration::from_secs((arrive_s - fire_s) as u64))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(task_id = %unit.task, schedule = %name, due = %format_millis(due), "long retry wait handed to Scheduler");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(task_id = %unit.task, error = %e, "could not schedule a long retry; the message stays");
+                Err(())
             }
         }
     }
@@ -175,7 +245,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
         Ok(Ok(Some((Unit { task, run }, parent.tenant))))
     }
 
-    async fn park(&self, doc: serde_json::Value) -> Result<(), ()> {
+    async fn park(&self, doc: Value) -> Result<(), ()> {
         self.queue.dead_letter(doc.to_string()).await.map_err(|e| {
             tracing::error!(error = %e, "could not write to the DLQ; message will be redelivered");
         })
@@ -185,8 +255,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
     #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
     pub async fn deliver(&self, unit: &Unit) -> Result<DeliveryOutcome, StoreError> {
         let now = now_millis();
-        let lease_until = now + (RequestSpec::MAX_TIMEOUT_MS + self.settings.lease_margin_ms) as i64;
-        let state = match self.store.claim(unit, now, lease_until).await? {
+        let state = match self.store.claim(unit, now, self.settings.lease_margin_ms as i64).await? {
             Claim::Claimed(state) => state,
             Claim::NotDue(due) => {
                 return Ok(DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) });
@@ -201,8 +270,8 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
             return Ok(DeliveryOutcome::Poison { reason: format!("task {} has no request spec", unit.task) });
         };
         let number = state.attempts;
-        let mut attempt = self.send(&state, &spec).await;
-        let decision = decide(&retry, &attempt, fastrand::f64());
+        let (mut attempt, hints) = self.send(&state, &spec).await;
+        let decision = decide(&retry, &spec, &attempt, hints, number - state.retry_base, fastrand::f64());
         if let Decision::Retry(delay) = decision {
             attempt.next_delay_ms = Some(delay.as_millis() as u64);
         }
@@ -217,71 +286,131 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue> Sender<S, Q> {
         );
         self.store.record_attempt(unit, &attempt).await?;
         let at = now_millis();
-        let (transition, result) = match decision {
-            Decision::Succeed => (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }),
+        let (transition, result, metric) = match decision {
+            Decision::Succeed => {
+                (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }, metrics::DELIVERED)
+            }
             Decision::Retry(delay) => (
                 Transition::Retry { due_at: at + delay.as_millis() as i64 },
                 DeliveryOutcome::RetryScheduled { attempt: number, delay },
+                metrics::RETRIED,
             ),
-            Decision::Fail(reason) => {
-                (Transition::Failed { reason: reason.clone() }, DeliveryOutcome::Failed { attempt: number, reason })
-            }
+            Decision::Fail(reason) => (
+                Transition::Failed { reason: reason.clone() },
+                DeliveryOutcome::Failed { attempt: number, reason },
+                metrics::FAILED,
+            ),
         };
         if !self.store.finish(unit, number, &transition, at).await? {
             return Ok(DeliveryOutcome::Skipped { reason: "lease lost" });
         }
+        let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);
+        emit(metric, Some(&unit.task), Some((&attempt, lag)));
         Ok(result)
     }
 
-    async fn send(&self, state: &TaskState, spec: &RequestSpec) -> Attempt {
+    async fn send(&self, state: &TaskState, spec: &RequestSpec) -> (Attempt, ReceiverHints) {
         let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut req = self
-            .http
-            .request(method, spec.url.as_str())
-            .timeout(Duration::from_millis(spec.timeout_ms))
-            .header("Courier-Task-Id", state.id.as_str())
-            .header("Courier-Attempt", state.attempts.to_string());
+        let client = if spec.follow_redirects { &self.http.following } else { &self.http.direct };
+        let mut headers: Vec<(String, String)> = vec![
+            ("user-agent".into(), format!("Courier/{VERSION}")),
+            ("courier-task-id".into(), state.id.to_string()),
+            ("courier-attempt".into(), state.attempts.to_string()),
+        ];
         if let Some(b) = &state.business_id {
-            req = req.header("Courier-Business-Id", b);
+            headers.push(("courier-business-id".into(), b.clone()));
         }
         if let Some(run) = state.run {
-            req = req.header("Courier-Scheduled-Time", format_millis(run));
+            headers.push(("courier-scheduled-time".into(), format_millis(run)));
         }
-        for (k, v) in &spec.headers {
+        headers.extend(spec.headers.iter().cloned());
+        if let Some(auth) = &spec.auth {
+            headers.push(("authorization".into(), auth.header_value()));
+        }
+        let mut req = client.request(method, spec.url.as_str()).timeout(Duration::from_millis(spec.timeout_ms));
+        for (k, v) in &headers {
             req = req.header(k, v);
         }
-        if let Some(auth) = &spec.auth {
-            req = req.header("Authorization", auth.header_value());
-        }
+        let body_size = spec.body.as_ref().map_or(0, |b| b.len());
         if let Some(body) = &spec.body {
             req = req.body(body.to_bytes());
         }
         let started_at = now_millis();
         let clock = Instant::now();
+        let mut hints = ReceiverHints::default();
+        let mut response_headers = Vec::new();
         let result = match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let raw: Vec<(String, String)> = resp
+                    .headers()
+                    .iter()
+                    .take(MAX_RESPONSE_HEADERS)
+                    .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                hints = ReceiverHints::from_response(status, now_millis(), |name| {
+                    raw.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+                });
+                response_headers = mask_headers(&raw);
                 read_truncated(resp, self.settings.response_body_limit).await.map(|body| (status, body))
             }
             Err(e) => Err(e),
         };
         let duration_ms = clock.elapsed().as_millis() as u64;
         let (status_code, outcome, response_body, error) = match result {
-            Ok((status, body)) => (Some(status), classify_status(status), Some(body), None),
+            Ok((status, body)) => {
+                let outcome = if hints.stop && !spec.rules.classify(status).eq(&Outcome::Success) {
+                    Outcome::StoppedByReceiver
+                } else {
+                    spec.rules.classify(status)
+                };
+                (Some(status), outcome, Some(body), None)
+            }
             Err(e) => (None, classify_error(&e), None, Some(error_text(&e))),
         };
-        Attempt {
+        let attempt = Attempt {
             run: state.run,
             number: state.attempts,
             started_at,
+            method: spec.method.as_str().to_owned(),
+            url: spec.url.as_str().to_owned(),
+            request_headers: mask_headers(&headers),
+            request_body_size: body_size,
+            response_headers,
             duration_ms,
             status_code,
             outcome,
             response_body,
             error,
             next_delay_ms: None,
-        }
+        };
+        (attempt, hints)
     }
+}
+
+/// Prints one EMF line for an attempt (or a deferral).
+fn emit(metric: &str, task: Option<&TaskId>, attempt: Option<(&Attempt, Option<EpochMillis>)>) {
+    let mut values: Vec<(&str, f64)> = vec![(metric, 1.0)];
+    let mut props = Map::new();
+    if let Some(t) = task {
+        props.insert("task_id".into(), Value::String(t.to_string()));
+    }
+    if let Some((a, lag)) = attempt {
+        values.push((metrics::ATTEMPT_DURATION_MS, a.duration_ms as f64));
+        if let Some(lag) = lag {
+            values.push((metrics::SCHEDULE_LAG_MS, lag.max(0) as f64));
+        }
+        props.insert("outcome".into(), Value::String(a.outcome.as_str().to_owned()));
+        props.insert("attempt".into(), json!(a.number));
+    }
+    println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), &values, props));
+}
+
+/// Whether a retry wait is too long for the message's visibility timeout or
+/// would outlive the message (SQS counts retention from the first send).
+pub fn wait_needs_scheduler(delay: Duration, sent_at: Option<EpochMillis>, now: EpochMillis) -> bool {
+    let retention_end = sent_at.map(|s| s + i64::from(QUEUE_RETENTION_S) * 1000 - RETENTION_MARGIN_MS);
+    delay > MAX_VISIBILITY_WAIT || retention_end.is_some_and(|end| now + delay.as_millis() as i64 > end)
 }
 
 /// The tenant whose active-task slot a finished unit frees: one-off tasks
@@ -299,23 +428,37 @@ pub enum Decision {
 }
 
 /// Chooses the task's next step from the attempt: pure, so it is unit-tested.
-/// `unit` is a uniform draw in `[0, 1)` for jitter.
-pub fn decide(retry: &RetryPolicy, attempt: &Attempt, unit: f64) -> Decision {
-    let n = attempt.number;
+/// `index` is the attempt's number within the current retry round (1-based);
+/// `unit` is a uniform draw in `[0, 1)` for jitter. A receiver's wait
+/// (`Courier-Retry-After`, or `Retry-After` on 429/503) replaces the backoff;
+/// `Courier-Retry-After` also makes an otherwise final 4xx retry (not 410).
+pub fn decide(
+    retry: &RetryPolicy,
+    spec: &RequestSpec,
+    attempt: &Attempt,
+    hints: ReceiverHints,
+    index: u32,
+    unit: f64,
+) -> Decision {
     if attempt.outcome == Outcome::Success {
         return Decision::Succeed;
     }
+    let n = attempt.number;
     let what = match (attempt.status_code, &attempt.error) {
         (Some(code), _) => format!("HTTP {code}"),
         (None, Some(e)) => e.clone(),
         (None, None) => "no response".to_owned(),
     };
     let class = attempt.outcome.as_str();
-    if !attempt.outcome.is_retryable() {
+    if attempt.outcome == Outcome::StoppedByReceiver {
+        return Decision::Fail(format!("stopped by the receiver after attempt {n} ({what}, Courier-Retry: stop)"));
+    }
+    let asked = hints.retry_after.is_some() && attempt.status_code != Some(410);
+    if !spec.rules.retryable(attempt.outcome, attempt.status_code) && !asked {
         return Decision::Fail(format!("stopped after attempt {n}: {class} ({what})"));
     }
-    match retry.delay_after(n, unit) {
-        Some(delay) => Decision::Retry(delay),
+    match retry.delay_after(index, unit) {
+        Some(backoff) => Decision::Retry(hints.retry_after.unwrap_or(backoff)),
         None => Decision::Fail(format!("exhausted after {n} attempts: {class} ({what})")),
     }
 }
@@ -372,13 +515,22 @@ fn error_text(e: &reqwest::Error) -> String {
 /// until the runtime stops.
 pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_runtime::Error> {
     let sender = Sender::new(
-        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days),
+        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days)
+            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000),
         crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
-        http_client(),
+        crate::schedules::EventBridgeScheduler::new(
+            aws_sdk_scheduler::Client::new(sdk),
+            &config.schedule_group,
+            &config.scheduler_role_arn,
+            &config.queue_url,
+            &config.queue_arn,
+        ),
+        HttpClients::new(),
         SenderSettings {
             concurrency: config.sender_concurrency,
             response_body_limit: config.response_body_limit,
             lease_margin_ms: config.lease_margin_ms,
+            schedule_early_s: config.schedule_early_s,
         },
     );
     let sender = &sender;
@@ -391,12 +543,31 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{HttpMethod, ResponseRules, TargetUrl};
+
+    fn spec(rules: ResponseRules) -> RequestSpec {
+        RequestSpec {
+            method: HttpMethod::Post,
+            url: TargetUrl::parse("https://e.com").expect("url"),
+            headers: vec![],
+            body: None,
+            auth: None,
+            timeout_ms: 1000,
+            follow_redirects: false,
+            rules,
+        }
+    }
 
     fn attempt(number: u32, outcome: Outcome, status: Option<u16>) -> Attempt {
         Attempt {
             run: None,
             number,
             started_at: 0,
+            method: "POST".into(),
+            url: "https://e.com".into(),
+            request_headers: vec![],
+            request_body_size: 0,
+            response_headers: vec![],
             duration_ms: 1,
             status_code: status,
             outcome,
@@ -406,29 +577,69 @@ mod tests {
         }
     }
 
+    fn exact() -> RetryPolicy {
+        RetryPolicy::Backoff { max_attempts: 4, initial_ms: 1_000, multiplier: 2.0, max_ms: 3_600_000, jitter: false }
+    }
+
+    fn d(a: &Attempt, hints: ReceiverHints) -> Decision {
+        decide(&exact(), &spec(ResponseRules::default()), a, hints, a.number, 0.5)
+    }
+
     #[test]
     fn success_ends_the_task() {
-        assert_eq!(decide(&RetryPolicy::default(), &attempt(1, Outcome::Success, Some(200)), 0.5), Decision::Succeed);
+        assert_eq!(d(&attempt(1, Outcome::Success, Some(200)), ReceiverHints::default()), Decision::Succeed);
     }
 
     #[test]
     fn a_server_error_retries_until_attempts_run_out() {
-        let p = RetryPolicy::Backoff {
-            max_attempts: 4,
-            initial_ms: 1_000,
-            multiplier: 2.0,
-            max_ms: 3_600_000,
-            jitter: false,
-        };
-        let d = decide(&p, &attempt(1, Outcome::ServerError, Some(500)), 0.5);
-        assert_eq!(d, Decision::Retry(Duration::from_secs(1)));
-        let d = decide(&p, &attempt(4, Outcome::ServerError, Some(500)), 0.5);
-        assert_eq!(d, Decision::Fail("exhausted after 4 attempts: server_error (HTTP 500)".into()));
+        assert_eq!(
+            d(&attempt(1, Outcome::ServerError, Some(500)), ReceiverHints::default()),
+            Decision::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            d(&attempt(4, Outcome::ServerError, Some(500)), ReceiverHints::default()),
+            Decision::Fail("exhausted after 4 attempts: server_error (HTTP 500)".into())
+        );
     }
 
     #[test]
-    fn a_client_error_stops_at_once() {
-        let d = decide(&RetryPolicy::default(), &attempt(1, Outcome::ClientError, Some(404)), 0.5);
-        assert_eq!(d, Decision::Fail("stopped after attempt 1: client_error (HTTP 404)".into()));
+    fn a_client_error_stops_at_once_and_410_even_when_asked_to_retry() {
+        assert_eq!(
+            d(&attempt(1, Outcome::ClientError, Some(404)), ReceiverHints::default()),
+            Decision::Fail("stopped after attempt 1: client_error (HTTP 404)".into())
+        );
+        let asked = ReceiverHints { stop: false, retry_after: Some(Duration::from_secs(9)) };
+        assert_eq!(d(&attempt(1, Outcome::ClientError, Some(404)), asked), Decision::Retry(Duration::from_secs(9)));
+        assert!(matches!(d(&attempt(1, Outcome::ClientError, Some(410)), asked), Decision::Fail(_)));
+    }
+
+    #[test]
+    fn the_receiver_can_set_the_wait_or_stop() {
+        let wait = ReceiverHints { stop: false, retry_after: Some(Duration::from_secs(30)) };
+        assert_eq!(d(&attempt(2, Outcome::RateLimited, Some(429)), wait), Decision::Retry(Duration::from_secs(30)));
+        assert_eq!(
+            d(&attempt(1, Outcome::StoppedByReceiver, Some(503)), ReceiverHints { stop: true, retry_after: None }),
+            Decision::Fail("stopped by the receiver after attempt 1 (HTTP 503, Courier-Retry: stop)".into())
+        );
+    }
+
+    #[test]
+    fn a_manual_retry_round_restarts_the_policy() {
+        // Attempt 6 is the 2nd of a new round (retry_base 4): the policy's 2nd wait.
+        let a = attempt(6, Outcome::ServerError, Some(500));
+        assert_eq!(
+            decide(&exact(), &spec(ResponseRules::default()), &a, ReceiverHints::default(), 2, 0.5),
+            Decision::Retry(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn long_waits_and_old_messages_go_to_the_scheduler() {
+        let now = 1_000_000_000_000;
+        assert!(!wait_needs_scheduler(Duration::from_secs(3600), Some(now), now));
+        assert!(wait_needs_scheduler(Duration::from_secs(13 * 3600), Some(now), now));
+        let old = now - 13 * 86_400_000;
+        assert!(wait_needs_scheduler(Duration::from_secs(86_400), Some(old), now));
+        assert!(!wait_needs_scheduler(Duration::from_secs(60), None, now));
     }
 }

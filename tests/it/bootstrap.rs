@@ -18,11 +18,16 @@ async fn bootstrap_creates_the_declared_resources_and_is_idempotent() {
     let keys: Vec<(String, String)> =
         table.key_schema().iter().map(|k| (k.attribute_name().to_owned(), k.key_type().as_str().to_owned())).collect();
     assert_eq!(keys, vec![(TABLE_HASH_KEY.into(), "HASH".into()), (TABLE_RANGE_KEY.into(), "RANGE".into())]);
-    let gsi = &table.global_secondary_indexes()[0];
-    assert_eq!(gsi.index_name(), Some(TASKS_BY_TENANT_INDEX));
-    let gsi_keys: Vec<&str> = gsi.key_schema().iter().map(|k| k.attribute_name()).collect();
-    assert_eq!(gsi_keys, [INDEX_HASH_KEY, INDEX_RANGE_KEY]);
-    assert_eq!(gsi.projection().and_then(|p| p.projection_type()).map(|p| p.as_str()), Some("KEYS_ONLY"));
+    for (name, keys) in [
+        (TASKS_BY_TENANT_INDEX, [INDEX_HASH_KEY, INDEX_RANGE_KEY]),
+        (RECONCILE_INDEX, [RECONCILE_HASH_KEY, RECONCILE_RANGE_KEY]),
+    ] {
+        let gsi = table.global_secondary_indexes().iter().find(|g| g.index_name() == Some(name)).expect("index");
+        let gsi_keys: Vec<&str> = gsi.key_schema().iter().map(|k| k.attribute_name()).collect();
+        assert_eq!(gsi_keys, keys);
+        assert_eq!(gsi.projection().and_then(|p| p.projection_type()).map(|p| p.as_str()), Some("KEYS_ONLY"));
+    }
+    assert_eq!(table.global_secondary_indexes().len(), 2);
     let ttl = ddb.describe_time_to_live().table_name(&first.names.table).send().await.expect("ttl");
     assert_eq!(ttl.time_to_live_description().and_then(|d| d.attribute_name()), Some(TABLE_TTL_ATTRIBUTE));
 

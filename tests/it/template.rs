@@ -56,7 +56,20 @@ fn template_table_has_the_bootstrap_keys_and_ttl() {
     assert_eq!(gsi["KeySchema"][0]["AttributeName"], INDEX_HASH_KEY);
     assert_eq!(gsi["KeySchema"][1]["AttributeName"], INDEX_RANGE_KEY);
     assert_eq!(gsi["Projection"]["ProjectionType"], "KEYS_ONLY");
-    assert!(table["GlobalSecondaryIndexes"][1].is_null(), "one index");
+    let recon = &table["GlobalSecondaryIndexes"][1];
+    assert_eq!(recon["IndexName"], RECONCILE_INDEX);
+    assert_eq!(recon["KeySchema"][0]["AttributeName"], RECONCILE_HASH_KEY);
+    assert_eq!(recon["KeySchema"][1]["AttributeName"], RECONCILE_RANGE_KEY);
+    assert_eq!(recon["Projection"]["ProjectionType"], "KEYS_ONLY");
+    assert!(table["GlobalSecondaryIndexes"][2].is_null(), "two indexes");
+    let attr_type = |name: &str| {
+        table["AttributeDefinitions"]
+            .as_sequence()
+            .and_then(|a| a.iter().find(|d| d["AttributeName"] == name))
+            .map(|d| d["AttributeType"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(attr_type(RECONCILE_RANGE_KEY).as_deref(), Some("N"));
+    assert_eq!(attr_type(INDEX_RANGE_KEY).as_deref(), Some("S"));
     assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], TABLE_TTL_ATTRIBUTE);
     assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
 }
@@ -85,7 +98,11 @@ fn template_functions_run_on_al2023_arm64_with_partial_batch_responses() {
     let event = &sender["Events"]["Delivery"];
     assert_eq!(event["Type"], "SQS");
     assert_eq!(event["Properties"]["FunctionResponseTypes"][0], "ReportBatchItemFailures");
-    for (logical, binary) in [("ApiFunction", "api"), ("SenderFunction", "sender")] {
+    let reconciler = resource(&t, "ReconcilerFunction");
+    assert_eq!(reconciler["Events"]["EveryMinute"]["Properties"]["Schedule"], "rate(1 minute)");
+    for (logical, binary) in
+        [("ApiFunction", "api"), ("SenderFunction", "sender"), ("ReconcilerFunction", "reconciler")]
+    {
         assert_eq!(t["Resources"][logical]["Metadata"]["BuildProperties"]["Binary"], binary);
         assert_eq!(t["Resources"][logical]["Metadata"]["BuildMethod"], "rust-cargolambda");
     }

@@ -8,8 +8,9 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use courier::resources::{
-    INDEX_HASH_KEY, INDEX_RANGE_KEY, MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S, StackNames,
-    TABLE_HASH_KEY, TABLE_RANGE_KEY, TABLE_TTL_ATTRIBUTE, TASKS_BY_TENANT_INDEX,
+    INDEX_HASH_KEY, INDEX_RANGE_KEY, MAX_RECEIVE_COUNT, QUEUE_RETENTION_S, QUEUE_VISIBILITY_TIMEOUT_S,
+    RECONCILE_HASH_KEY, RECONCILE_INDEX, RECONCILE_RANGE_KEY, StackNames, TABLE_HASH_KEY, TABLE_RANGE_KEY,
+    TABLE_TTL_ATTRIBUTE, TASKS_BY_TENANT_INDEX,
 };
 
 /// The role ARN the local stack hands to Scheduler (the emulator does not check it).
@@ -74,9 +75,19 @@ pub async fn bootstrap(sdk: &SdkConfig, stack: &str) -> anyhow::Result<Outputs> 
 }
 
 async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
-    let attr =
-        |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+    let typed = |name: &str, t: ScalarAttributeType| {
+        AttributeDefinition::builder().attribute_name(name).attribute_type(t).build()
+    };
+    let attr = |name: &str| typed(name, ScalarAttributeType::S);
     let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+    let keys_only = |index: &str, hash: &str, range: &str| -> anyhow::Result<GlobalSecondaryIndex> {
+        Ok(GlobalSecondaryIndex::builder()
+            .index_name(index)
+            .key_schema(key(hash, KeyType::Hash)?)
+            .key_schema(key(range, KeyType::Range)?)
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            .build()?)
+    };
     let res = ddb
         .create_table()
         .table_name(table)
@@ -87,14 +98,10 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Re
         .attribute_definitions(attr(INDEX_RANGE_KEY)?)
         .key_schema(key(TABLE_HASH_KEY, KeyType::Hash)?)
         .key_schema(key(TABLE_RANGE_KEY, KeyType::Range)?)
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(TASKS_BY_TENANT_INDEX)
-                .key_schema(key(INDEX_HASH_KEY, KeyType::Hash)?)
-                .key_schema(key(INDEX_RANGE_KEY, KeyType::Range)?)
-                .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
-                .build()?,
-        )
+        .attribute_definitions(attr(RECONCILE_HASH_KEY)?)
+        .attribute_definitions(typed(RECONCILE_RANGE_KEY, ScalarAttributeType::N)?)
+        .global_secondary_indexes(keys_only(TASKS_BY_TENANT_INDEX, INDEX_HASH_KEY, INDEX_RANGE_KEY)?)
+        .global_secondary_indexes(keys_only(RECONCILE_INDEX, RECONCILE_HASH_KEY, RECONCILE_RANGE_KEY)?)
         .send()
         .await;
     match res {

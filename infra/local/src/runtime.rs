@@ -67,7 +67,8 @@ struct Shared {
 pub struct FunctionHost {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Invocation>,
-    children: Vec<Child>,
+    spec: FunctionSpec,
+    children: std::sync::Mutex<Vec<Child>>,
     server: tokio::task::JoinHandle<()>,
     pub runtime_api: String,
 }
@@ -96,11 +97,18 @@ impl FunctionHost {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let mut host = Self { shared, tx, children: Vec::new(), server, runtime_api };
-        for i in 0..spec.instances.max(1) {
-            host.children.push(host.spawn(&spec, i)?);
-        }
+        let host = Self { shared, tx, spec, children: std::sync::Mutex::new(Vec::new()), server, runtime_api };
+        host.respawn()?;
         Ok(host)
+    }
+
+    /// Starts the function's processes (again, after [`Self::kill`]).
+    pub fn respawn(&self) -> std::io::Result<()> {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..self.spec.instances.max(1) {
+            children.push(self.spawn(&self.spec, i)?);
+        }
+        Ok(())
     }
 
     fn spawn(&self, spec: &FunctionSpec, instance: usize) -> std::io::Result<Child> {
@@ -150,24 +158,24 @@ impl FunctionHost {
         self.shared.init_errors.lock().await.clone()
     }
 
-    /// Kills every process of the function (as a crash would).
-    pub async fn kill(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill().await;
+    /// Kills every process of the function with SIGKILL (as a crash would).
+    pub fn kill(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for c in children.iter_mut() {
+            let _ = c.start_kill();
         }
+        children.clear();
     }
 
-    /// Process ids, for callers that manage processes themselves.
+    /// Process ids, for callers that measure or manage processes themselves.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().filter_map(Child::id).collect()
+        self.children.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Child::id).collect()
     }
 }
 
 impl Drop for FunctionHost {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.start_kill();
-        }
+        self.kill();
         self.server.abort();
     }
 }

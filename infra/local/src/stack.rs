@@ -36,6 +36,8 @@ pub struct StackOptions {
     pub extra_env: Vec<(String, String)>,
     /// Scheduler bridge period (`None`: no bridge).
     pub scheduler_tick: Option<Duration>,
+    /// How often the reconciler runs, as EventBridge would (`None`: only when invoked).
+    pub reconcile_every: Option<Duration>,
 }
 
 impl StackOptions {
@@ -51,6 +53,7 @@ impl StackOptions {
             log_file: None,
             extra_env: Vec::new(),
             scheduler_tick: Some(Duration::from_secs(1)),
+            reconcile_every: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -61,7 +64,24 @@ pub struct LocalStack {
     pub outputs: Outputs,
     pub api: Arc<FunctionHost>,
     pub sender: Arc<FunctionHost>,
+    pub reconciler: Arc<FunctionHost>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The event EventBridge sends a scheduled function.
+pub fn scheduled_event(rule: &str) -> serde_json::Value {
+    let now = time::OffsetDateTime::now_utc();
+    serde_json::json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": now.replace_nanosecond(0).unwrap_or(now).format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:events:us-east-1:123456789012:rule/{rule}")],
+        "detail": {},
+    })
 }
 
 impl LocalStack {
@@ -82,6 +102,8 @@ impl LocalStack {
             FunctionHost::start(function("sender", courier::resources::SENDER_TIMEOUT_S as u64, opts.sender_instances))
                 .await?,
         );
+
+        let reconciler = Arc::new(FunctionHost::start(function("reconciler", 60, 1)).await?);
 
         let listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
         let api_url = format!("http://{}", listener.local_addr()?);
@@ -111,7 +133,19 @@ impl LocalStack {
                 tick,
             )));
         }
-        Ok(Self { api_url, outputs, api, sender, tasks })
+        if let Some(every) = opts.reconcile_every {
+            let reconciler = reconciler.clone();
+            let rule = format!("{}-reconcile", opts.stack);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = reconciler.invoke(&scheduled_event(&rule)).await {
+                        tracing::warn!(error = %e, "reconciler run failed");
+                    }
+                }
+            }));
+        }
+        Ok(Self { api_url, outputs, api, sender, reconciler, tasks })
     }
 }
 

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/tasks/{id}"),
     ("DELETE", "/v1/tasks/{id}"),
     ("GET", "/v1/tasks/{id}/attempts"),
+    ("POST", "/v1/tasks/{id}/retry"),
     ("POST", "/v1/tasks/{id}/pause"),
     ("POST", "/v1/tasks/{id}/resume"),
     ("GET", "/v1/tasks/by-business-id/{business_id}"),
@@ -91,6 +92,7 @@ where
             get(tasks::get_one::<S, Q, C>).patch(tasks::update::<S, Q, C>).delete(tasks::cancel::<S, Q, C>),
         )
         .route("/v1/tasks/{id}/attempts", get(tasks::attempts::<S, Q, C>))
+        .route("/v1/tasks/{id}/retry", post(tasks::retry::<S, Q, C>))
         .route("/v1/tasks/{id}/pause", post(tasks::pause::<S, Q, C>))
         .route("/v1/tasks/{id}/resume", post(tasks::resume::<S, Q, C>))
         .route(

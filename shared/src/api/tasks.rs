@@ -17,7 +17,7 @@ use crate::domain::{
     now_millis, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
 };
 use crate::ports::{
-    Cancelled, Created, DeliveryQueue, ListFilter, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
+    Cancelled, Created, DeliveryQueue, ListFilter, Retried, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
 };
 
 /// The most tasks one batch may create.
@@ -512,6 +512,43 @@ pub async fn update<S: TaskStore + TenantStore, Q, C>(
     Ok(Json(full_view(&app, &updated).await?))
 }
 
+/// Retries a failed task now: history kept, attempt numbering continues, the
+/// retry policy starts a new round.
+pub async fn retry<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let task = owned(&app, &tenant, &id).await?;
+    if task.state.kind == TaskKind::Cron {
+        return Err(ApiError::Conflict(format!("task {id} is a cron task; its runs are retried by their policy")));
+    }
+    reserve(&app, &tenant, 1).await?;
+    match app.store.retry_failed(&task.state.id, task.retry.max_attempts(), now_millis()).await {
+        Ok(Retried::Done) => {}
+        Ok(Retried::NotFailed(status)) => {
+            app.store.release_active(&tenant.id, 1).await?;
+            return Err(ApiError::Conflict(format!("task {id} is {}; only failed tasks are retried", status.as_str())));
+        }
+        Ok(Retried::Missing) => {
+            app.store.release_active(&tenant.id, 1).await?;
+            return Err(ApiError::NotFound(format!("no task {id}")));
+        }
+        Err(e) => {
+            app.store.release_active(&tenant.id, 1).await.ok();
+            return Err(e.into());
+        }
+    }
+    // The task is pending now; if this send fails, the reconciler enqueues it.
+    if let Err(e) = app.queue.enqueue(&QueueMessage::deliver(&task.state.id), Duration::ZERO).await {
+        tracing::warn!(task_id = %task.state.id, error = %e, "retry not enqueued; the reconciler will");
+    }
+    tracing::info!(task_id = %task.state.id, "task retried");
+    let updated = owned(&app, &tenant, &id).await?;
+    Ok(Json(full_view(&app, &updated).await?))
+}
+
 async fn set_paused<S: TaskStore + TenantStore, Q, C: Scheduler>(
     app: &AppState<S, Q, C>,
     headers: &HeaderMap,
@@ -564,6 +601,8 @@ mod tests {
                 body: None,
                 auth: None,
                 timeout_ms: 1000,
+                follow_redirects: false,
+                rules: Default::default(),
             },
             retry: RetryPolicy::default(),
             schedule,

@@ -34,7 +34,10 @@ pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>, runs: &[TaskState], 
             "auth": t.spec.auth.as_ref().map(|a| a.masked()),
             "body_size": t.spec.body.as_ref().map_or(0, |b| b.len()),
             "timeout_ms": t.spec.timeout_ms,
+            "follow_redirects": t.spec.follow_redirects,
         },
+        "success_codes": t.spec.rules.success_codes,
+        "retry_codes": t.spec.rules.retry_codes,
         "schedule": schedule(&t.schedule),
         "retry": retry(&t.retry),
         "last_attempt": last_attempt.map(attempt),
@@ -93,11 +96,22 @@ fn retry(r: &RetryPolicy) -> Value {
     }
 }
 
+fn header_map(h: &[(String, String)]) -> Value {
+    Value::Object(h.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
 pub fn attempt(a: &Attempt) -> Value {
     json!({
         "number": a.number,
         "run": a.run.map(format_millis),
         "started_at": format_millis(a.started_at),
+        "request": {
+            "method": a.method,
+            "url": a.url,
+            "headers": header_map(&a.request_headers),
+            "body_size": a.request_body_size,
+        },
+        "response_headers": header_map(&a.response_headers),
         "duration_ms": a.duration_ms,
         "status_code": a.status_code,
         "outcome": a.outcome.as_str(),

@@ -14,7 +14,7 @@ mod validate;
 
 pub use ids::{InvalidId, TaskId};
 pub use message::QueueMessage;
-pub use outcome::{Outcome, classify_status};
+pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
 pub use request::{Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_sensitive_header, mask_headers};
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Schedule, parse_duration};

@@ -184,6 +184,12 @@ pub struct RequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
     pub timeout_ms: u64,
+    /// Follow up to 5 redirects (off by default: a redirect is an answer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_redirects: bool,
+    /// Which statuses succeed or retry, beyond the defaults.
+    #[serde(default, skip_serializing_if = "super::ResponseRules::is_empty")]
+    pub rules: super::ResponseRules,
 }
 
 impl RequestSpec {

@@ -105,6 +105,8 @@ impl NewTask {
             status: self.initial_status(),
             attempts: 0,
             max_attempts: self.retry.max_attempts(),
+            retry_base: 0,
+            timeout_ms: self.spec.timeout_ms,
             created_at: self.created_at,
             updated_at: self.created_at,
             due_at: Some(self.due_at),
@@ -137,6 +139,10 @@ pub struct TaskState {
     /// Attempts started so far (the one in flight included).
     pub attempts: u32,
     pub max_attempts: u32,
+    /// Attempts before the last manual retry: the retry policy counts from here.
+    pub retry_base: u32,
+    /// The request timeout, which bounds the claim's lease.
+    pub timeout_ms: u64,
     pub created_at: EpochMillis,
     pub updated_at: EpochMillis,
     /// When the next attempt is due (absent once final).
@@ -166,6 +172,18 @@ pub struct Attempt {
     pub run: Option<EpochMillis>,
     pub number: u32,
     pub started_at: EpochMillis,
+    /// The request as sent: method, URL, headers (secrets masked), body size.
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub request_headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub request_body_size: usize,
+    /// The response headers (secrets masked), when there was a response.
+    #[serde(default)]
+    pub response_headers: Vec<(String, String)>,
     pub duration_ms: u64,
     pub status_code: Option<u16>,
     pub outcome: Outcome,

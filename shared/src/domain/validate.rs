@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::schedule::parse_duration;
-use super::{Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, RetryPolicy, Schedule, TargetUrl};
+use super::{
+    Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetUrl,
+};
 
 /// A validated create request.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +119,8 @@ struct CreateDto {
     schedule: Option<ScheduleDto>,
     retry: Option<RetryDto>,
     business_id: Option<String>,
+    success_codes: Option<Vec<u16>>,
+    retry_codes: Option<Vec<u16>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -131,6 +135,7 @@ struct RequestDto {
     form: Option<Map<String, Value>>,
     auth: Option<AuthDto>,
     timeout_ms: Option<u64>,
+    follow_redirects: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +235,11 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
         body,
         auth: r.auth.map(auth_from),
         timeout_ms: parse_timeout(r.timeout_ms)?.unwrap_or(RequestSpec::DEFAULT_TIMEOUT_MS),
+        follow_redirects: r.follow_redirects.unwrap_or(false),
+        rules: ResponseRules {
+            success_codes: parse_codes("success_codes", dto.success_codes)?,
+            retry_codes: parse_codes("retry_codes", dto.retry_codes)?,
+        },
     };
     let business_id = dto.business_id.map(|b| parse_business_id(&b)).transpose()?;
     Ok(CreateTask {
@@ -258,6 +268,14 @@ pub fn parse_patch(bytes: &[u8]) -> Result<PatchTask, FieldError> {
         return Err(FieldError::new("required", "", "nothing to change: give request fields or retry"));
     }
     Ok(patch)
+}
+
+fn parse_codes(field: &str, codes: Option<Vec<u16>>) -> Result<Vec<u16>, FieldError> {
+    let codes = codes.unwrap_or_default();
+    if codes.len() > 50 || codes.iter().any(|c| !(100..=599).contains(c)) {
+        return Err(FieldError::invalid(field, "must list at most 50 HTTP statuses (100 to 599)"));
+    }
+    Ok(codes)
 }
 
 fn auth_from(a: AuthDto) -> Auth {
@@ -636,6 +654,9 @@ mod tests {
             (r#"{"request":{"method":"GET","url":"https://e.com"},"retry":{"backoff":{"jitter":"some"}}}"#.into(), "invalid", "retry.backoff.jitter"),
             (r#"{"request":{"method":"GET","url":"https://e.com"},"business_id":""}"#.into(), "invalid", "business_id"),
             (r#"{"request":{"method":"GET","url":"https://e.com"},"business_id":"a/b"}"#.into(), "invalid", "business_id"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"success_codes":[99]}"#.into(), "invalid", "success_codes"),
+            (r#"{"request":{"method":"GET","url":"https://e.com"},"retry_codes":["404"]}"#.into(), "invalid", "retry_codes[0]"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","follow_redirects":"yes"}}"#.into(), "invalid", "request.follow_redirects"),
         ];
         for (body, code, field) in &cases {
             let e = err(body);
