@@ -76,9 +76,34 @@ impl Received {
     }
 }
 
+/// One scripted answer of a [`Target`].
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, headers: Vec::new(), delay: Duration::ZERO }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
 #[derive(Default)]
 struct TargetState {
-    script: VecDeque<u16>,
+    script: VecDeque<Reply>,
     received: Vec<Received>,
 }
 
@@ -92,8 +117,12 @@ pub struct Target {
 
 impl Target {
     pub async fn start(script: &[u16]) -> Self {
-        let state =
-            Arc::new(Mutex::new(TargetState { script: script.iter().copied().collect(), ..Default::default() }));
+        Self::start_with(script.iter().map(|s| Reply::status(*s)).collect()).await
+    }
+
+    /// A target answering with `script` in order (then 200).
+    pub async fn start_with(script: Vec<Reply>) -> Self {
+        let state = Arc::new(Mutex::new(TargetState { script: script.into_iter().collect(), ..Default::default() }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind target");
         let addr = listener.local_addr().expect("addr");
         let app = Router::new().fallback(answer).with_state(state.clone());
@@ -118,23 +147,33 @@ impl Drop for Target {
     }
 }
 
-async fn answer(State(state): State<Arc<Mutex<TargetState>>>, req: Request) -> impl IntoResponse {
+async fn answer(State(state): State<Arc<Mutex<TargetState>>>, req: Request) -> axum::response::Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-    let mut s = state.lock().expect("lock");
-    s.received.push(Received {
-        at_ms: courier::domain::now_millis(),
-        method: parts.method.to_string(),
-        path: parts.uri.to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-            .collect(),
-        body,
-    });
-    let code = s.script.pop_front().unwrap_or(200);
-    (StatusCode::from_u16(code).expect("status"), format!("answer {code}"))
+    let reply = {
+        let mut s = state.lock().expect("lock");
+        s.received.push(Received {
+            at_ms: courier::domain::now_millis(),
+            method: parts.method.to_string(),
+            path: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                .collect(),
+            body,
+        });
+        s.script.pop_front().unwrap_or_else(|| Reply::status(200))
+    };
+    tokio::time::sleep(reply.delay).await;
+    let mut resp =
+        (StatusCode::from_u16(reply.status).expect("status"), format!("answer {}", reply.status)).into_response();
+    for (k, v) in reply.headers {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod delivery;
+mod engine;
 mod helpers;
 mod http_api;
 mod runtime;

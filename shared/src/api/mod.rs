@@ -133,7 +133,8 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
             aws_sdk_dynamodb::Client::new(sdk),
             &config.table,
             config.retention_days,
-        ),
+        )
+        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000),
         queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
         scheduler: crate::schedules::EventBridgeScheduler::new(
             aws_sdk_scheduler::Client::new(sdk),

@@ -1,0 +1,313 @@
+//! The delivery engine against local targets: the exact attempt sequence,
+//! waits, final status, DLQ contents and history for each kind of answer; a
+//! sender killed mid-request; the reconciler; manual retry; long waits.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::delivery::receive_all;
+use crate::helpers::{Reply, Target, TestStack, eventually, sdk, stack_options};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn history(stack: &TestStack, id: &str) -> Vec<Value> {
+    let (_, page) = stack.api.get(&format!("/v1/tasks/{id}/attempts?limit=100")).await;
+    page["attempts"].as_array().cloned().unwrap_or_default()
+}
+
+fn field<'a>(attempts: &'a [Value], name: &str) -> Vec<&'a Value> {
+    attempts.iter().map(|a| &a[name]).collect()
+}
+
+/// The DLQ message about `id`.
+async fn parked(stack: &TestStack, id: &str) -> Value {
+    let msgs = receive_all(&stack.outputs().dlq_url, 1).await;
+    msgs.iter()
+        .filter_map(|m| serde_json::from_str::<Value>(m.body().unwrap_or_default()).ok())
+        .find(|d| d["task_id"] == id)
+        .unwrap_or_else(|| panic!("no DLQ message for {id}"))
+}
+
+#[tokio::test]
+async fn a_server_error_then_success_retries_within_the_backoff_bounds() {
+    let target = Target::start(&[500]).await;
+    let stack = TestStack::start(stack_options("e-500")).await;
+    let id = stack.api.create("POST", &target.url("/flaky")).await;
+    let task = stack.api.wait_for_status(&id, "succeeded", WAIT).await;
+    assert_eq!(task["attempts"], 2);
+    let attempts = history(&stack, &id).await;
+    assert_eq!(field(&attempts, "status_code"), [&json!(500), &json!(200)]);
+    assert_eq!(field(&attempts, "outcome"), [&json!("server_error"), &json!("success")]);
+    // Default policy: first wait is full jitter below 1 s.
+    let wait = attempts[0]["next_delay_ms"].as_u64().expect("a wait was chosen");
+    assert!(wait <= 1_000, "{wait}");
+    let got = target.received();
+    let gap = got[1].at_ms - got[0].at_ms;
+    assert!(gap + 50 >= wait as i64, "second attempt {gap} ms after the first, wait was {wait}");
+    // The record of the request as sent.
+    let first = &attempts[0];
+    assert_eq!(first["request"]["method"], "POST");
+    assert_eq!(first["request"]["url"], target.url("/flaky"));
+    assert_eq!(first["request"]["headers"]["courier-attempt"], "1");
+    assert_eq!(first["request"]["body_size"], 7);
+    assert!(first["response_headers"]["content-length"].is_string());
+    assert_eq!(got[1].header("courier-attempt"), Some("2"));
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_waits_as_told() {
+    let target = Target::start_with(vec![Reply::status(429).header("retry-after", "2")]).await;
+    let stack = TestStack::start(stack_options("e-429")).await;
+    let id = stack.api.create("POST", &target.url("/limited")).await;
+    stack.api.wait_for_status(&id, "succeeded", WAIT).await;
+    let attempts = history(&stack, &id).await;
+    assert_eq!(field(&attempts, "outcome"), [&json!("rate_limited"), &json!("success")]);
+    assert_eq!(attempts[0]["next_delay_ms"], 2_000);
+    let got = target.received();
+    assert!(got[1].at_ms - got[0].at_ms >= 1_950, "waited {} ms", got[1].at_ms - got[0].at_ms);
+}
+
+#[tokio::test]
+async fn gone_and_receiver_stop_end_the_task_and_park_it_on_the_dlq() {
+    let gone = Target::start(&[410]).await;
+    let stop = Target::start_with(vec![Reply::status(503).header("courier-retry", "stop")]).await;
+    let stack = TestStack::start(stack_options("e-stop")).await;
+    let body = |url: String| json!({"request": {"method": "POST", "url": url}, "retry_codes": [410]});
+    let gone_id = stack.api.create_task(body(gone.url("/gone"))).await["id"].as_str().expect("id").to_owned();
+    let stop_id = stack.api.create("POST", &stop.url("/stop")).await;
+    let g = stack.api.wait_for_status(&gone_id, "failed", WAIT).await;
+    let s = stack.api.wait_for_status(&stop_id, "failed", WAIT).await;
+    assert_eq!(g["failure_reason"], "stopped after attempt 1: client_error (HTTP 410)", "410 stops even when listed");
+    assert_eq!(s["failure_reason"], "stopped by the receiver after attempt 1 (HTTP 503, Courier-Retry: stop)");
+    assert_eq!(history(&stack, &stop_id).await[0]["outcome"], "stopped_by_receiver");
+    assert_eq!((gone.received().len(), stop.received().len()), (1, 1));
+    let dlq = receive_all(&stack.outputs().dlq_url, 2).await;
+    let docs: Vec<Value> = dlq.iter().filter_map(|m| serde_json::from_str(m.body().unwrap_or_default()).ok()).collect();
+    for (id, reason) in [(&gone_id, &g["failure_reason"]), (&stop_id, &s["failure_reason"])] {
+        let d = docs.iter().find(|d| d["task_id"] == id.as_str()).expect("parked");
+        assert_eq!((&d["type"], &d["reason"], &d["tenant"]), (&json!("task.failed.v1"), reason, &json!(stack.tenant)));
+    }
+}
+
+#[tokio::test]
+async fn a_slow_target_times_out_and_the_next_attempt_succeeds() {
+    let target = Target::start_with(vec![Reply::status(200).after(Duration::from_millis(1500))]).await;
+    let stack = TestStack::start(stack_options("e-slow")).await;
+    let t = stack
+        .api
+        .create_task(json!({"request": {"method": "GET", "url": target.url("/slow"), "timeout_ms": 300}, "retry": {"intervals": ["1s"]}}))
+        .await;
+    let id = t["id"].as_str().expect("id");
+    stack.api.wait_for_status(id, "succeeded", WAIT).await;
+    let attempts = history(&stack, id).await;
+    assert_eq!(field(&attempts, "outcome"), [&json!("timeout"), &json!("success")]);
+    assert!(attempts[0]["status_code"].is_null());
+    assert!(
+        attempts[0]["error"].as_str().is_some_and(|e| e.contains("timed out") || e.contains("timeout")),
+        "{}",
+        attempts[0]
+    );
+    let ms = attempts[0]["duration_ms"].as_u64().expect("duration");
+    assert!((250..1_400).contains(&ms), "timed out after {ms} ms");
+    assert_eq!(attempts[0]["next_delay_ms"], 1_000);
+}
+
+#[tokio::test]
+async fn a_refused_connection_exhausts_the_intervals_and_is_parked() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr"); // dropped: nothing listens
+    let stack = TestStack::start(stack_options("e-refused")).await;
+    let t = stack
+        .api
+        .create_task(json!({"request": {"method": "POST", "url": format!("http://{closed}/x")}, "retry": {"intervals": ["1s", "1s"]}}))
+        .await;
+    let id = t["id"].as_str().expect("id");
+    assert_eq!(t["max_attempts"], 3);
+    let task = stack.api.wait_for_status(id, "failed", WAIT).await;
+    let reason = task["failure_reason"].as_str().expect("reason");
+    assert!(reason.starts_with("exhausted after 3 attempts: connect ("), "{reason}");
+    let attempts = history(&stack, id).await;
+    assert_eq!(field(&attempts, "outcome"), [&json!("connect"); 3]);
+    assert_eq!(field(&attempts, "next_delay_ms"), [&json!(1000), &json!(1000), &Value::Null]);
+    let doc = parked(&stack, id).await;
+    assert_eq!(doc["reason"], reason);
+}
+
+#[tokio::test]
+async fn redirects_are_answers_unless_the_task_follows_them() {
+    let target = Target::start_with(vec![
+        Reply::status(302).header("location", "/final"),
+        Reply::status(302).header("location", "/final"),
+    ])
+    .await;
+    let stack = TestStack::start(stack_options("e-redir")).await;
+    let plain = stack.api.create("GET", &target.url("/start")).await;
+    stack.api.wait_for_status(&plain, "failed", WAIT).await;
+    let follow = stack
+        .api
+        .create_task(json!({"request": {"method": "GET", "url": target.url("/start"), "follow_redirects": true}}))
+        .await;
+    stack.api.wait_for_status(follow["id"].as_str().expect("id"), "succeeded", WAIT).await;
+    let paths: Vec<String> = target.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/start", "/start", "/final"]);
+}
+
+#[tokio::test]
+async fn a_failed_task_retried_by_hand_continues_its_numbering() {
+    let target = Target::start(&[404]).await;
+    let stack = TestStack::start(stack_options("e-manual")).await;
+    let id = stack.api.create("PUT", &target.url("/later-exists")).await;
+    stack.api.wait_for_status(&id, "failed", WAIT).await;
+    let (status, retried) = stack.api.post(&format!("/v1/tasks/{id}/retry"), "").await;
+    assert_eq!(status, 200, "{retried}");
+    assert!(retried["failure_reason"].is_null());
+    let task = stack.api.wait_for_status(&id, "succeeded", WAIT).await;
+    assert_eq!(task["attempts"], 2);
+    let attempts = history(&stack, &id).await;
+    assert_eq!(field(&attempts, "number"), [&json!(1), &json!(2)]);
+    assert_eq!(field(&attempts, "status_code"), [&json!(404), &json!(200)]);
+    assert_eq!(target.received()[1].header("courier-attempt"), Some("2"));
+    let (status, e) = stack.api.post(&format!("/v1/tasks/{id}/retry"), "").await;
+    assert_eq!((status, e["error"]["code"].as_str()), (409, Some("conflict")));
+}
+
+#[tokio::test]
+async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
+    // The first answer takes 5 s; the task times out after 3 s; the lease
+    // (timeout + 1 s) expires; the reconciler (grace 1 s, every second)
+    // re-enqueues; a fresh sender delivers.
+    let target = Target::start_with(vec![Reply::status(200).after(Duration::from_secs(5))]).await;
+    let mut opts = stack_options("e-kill");
+    opts.extra_env.push(("COURIER_LEASE_MARGIN_MS".into(), "1000".into()));
+    opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
+    opts.reconcile_every = Some(Duration::from_secs(1));
+    let stack = TestStack::start(opts).await;
+    let t = stack
+        .api
+        .create_task(json!({"request": {"method": "POST", "url": target.url("/slow"), "timeout_ms": 3000}}))
+        .await;
+    let id = t["id"].as_str().expect("id");
+    let first = eventually(WAIT, || async { (!target.received().is_empty()).then_some(()) }).await;
+    assert!(first.is_some(), "the first request arrives");
+    stack.local.sender.kill();
+    stack.local.sender.respawn().expect("respawn");
+    let (_, mid) = stack.api.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(mid["status"], "sending", "the dead sender's claim holds until its lease ends");
+    let task = stack.api.wait_for_status(id, "succeeded", WAIT).await;
+    assert_eq!(task["attempts"], 2);
+    let attempts = history(&stack, id).await;
+    assert_eq!(field(&attempts, "number"), [&json!(2)], "one completed attempt; the killed one left no record");
+    let got = target.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got.iter().map(|r| r.header("courier-attempt").unwrap_or_default()).collect::<Vec<_>>(), ["1", "2"]);
+}
+
+#[tokio::test]
+async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
+    let target = Target::start(&[]).await;
+    let mut opts = stack_options("e-recon");
+    opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
+    opts.reconcile_every = None; // run it by hand
+    let stack = TestStack::start(opts).await;
+    // What the API does when SQS fails right after the DynamoDB write: the task exists, no message does.
+    let store = courier::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk().await),
+        &stack.outputs().names.table,
+        90,
+    )
+    .with_reconcile_grace(1_000);
+    let now = courier::domain::now_millis();
+    let input = courier::domain::parse_create_task(
+        json!({"request": {"method": "POST", "url": target.url("/lost")}}).to_string().as_bytes(),
+        now,
+    )
+    .expect("valid");
+    let task = courier::domain::NewTask {
+        id: courier::domain::TaskId::generate(),
+        tenant: stack.tenant.clone(),
+        spec: input.spec,
+        retry: input.retry,
+        schedule: input.schedule,
+        business_id: None,
+        created_at: now,
+        due_at: now,
+    };
+    use courier::ports::TaskStore;
+    store.create(&task, None).await.expect("stored");
+    let id = task.id.to_string();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(target.received().is_empty(), "nothing was sent yet");
+    let report =
+        stack.local.reconciler.invoke(&courier_local::stack::scheduled_event("it")).await.expect("reconciler runs");
+    assert_eq!(report["requeued"], json!([id]), "{report}");
+    stack.api.wait_for_status(&id, "succeeded", WAIT).await;
+    assert_eq!(target.received().len(), 1);
+    // A second run finds nothing new to do.
+    let again = stack.local.reconciler.invoke(&courier_local::stack::scheduled_event("it")).await.expect("runs");
+    assert_eq!(again["requeued"], json!([]), "{again}");
+}
+
+#[tokio::test]
+async fn a_retry_wait_beyond_what_sqs_holds_becomes_a_one_time_schedule() {
+    let target = Target::start(&[500]).await;
+    let stack = TestStack::start(stack_options("e-long")).await;
+    let t = stack
+        .api
+        .create_task(json!({"request": {"method": "POST", "url": target.url("/x")}, "retry": {"intervals": ["13h"]}}))
+        .await;
+    let id = t["id"].as_str().expect("id");
+    let task = stack.api.wait_for_status(id, "retrying", WAIT).await;
+    let due = task["next_run_at"].as_str().expect("next run").to_owned();
+    let scheduler = aws_sdk_scheduler::Client::new(&sdk().await);
+    let group = &stack.outputs().names.schedule_group;
+    let found = eventually(WAIT, || async {
+        let list = scheduler.list_schedules().group_name(group).send().await.ok()?;
+        list.schedules.iter().find_map(|s| s.name().filter(|n| n.starts_with(id)).map(str::to_owned))
+    })
+    .await
+    .expect("a retry schedule");
+    let s = scheduler.get_schedule().group_name(group).name(&found).send().await.expect("schedule");
+    let expr = s.schedule_expression().unwrap_or_default();
+    // Fires 60 s before the due time (minute precision is enough to check here).
+    let due_t = time::OffsetDateTime::parse(&due, &time::format_description::well_known::Rfc3339).expect("time");
+    let fire = due_t - time::Duration::seconds(60);
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    assert!(expr.starts_with(&format!("at({}", fire.format(&f).expect("fmt"))), "{expr} vs due {due}");
+    // The queue holds no message for it any more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&stack.outputs().queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("attrs")
+        .attributes
+        .unwrap_or_default();
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let count = |a: A| attrs.get(&a).and_then(|v| v.parse::<u32>().ok()).unwrap_or(99);
+    assert_eq!((count(A::ApproximateNumberOfMessages), count(A::ApproximateNumberOfMessagesNotVisible)), (0, 0));
+}
+
+#[tokio::test]
+async fn every_attempt_emits_an_emf_metric_line() {
+    let target = Target::start(&[500]).await;
+    let stack = TestStack::start(stack_options("e-emf")).await;
+    let id = stack.api.create("POST", &target.url("/m")).await;
+    stack.api.wait_for_status(&id, "succeeded", WAIT).await;
+    let log = crate::helpers::bin_dir().join("it-logs").join(format!("{}.log", stack.outputs().stack));
+    let lines: Vec<Value> = std::fs::read_to_string(log)
+        .expect("log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some() && v["task_id"] == id.as_str())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["Retried"], 1.0);
+    assert_eq!(lines[1]["Delivered"], 1.0);
+    assert_eq!(lines[1]["_aws"]["CloudWatchMetrics"][0]["Namespace"], courier::metrics::NAMESPACE);
+    assert!(lines[0]["AttemptDurationMs"].is_number());
+    assert!(lines[0]["ScheduleLagMs"].is_number(), "the first attempt reports its lag");
+    assert!(lines[1].get("ScheduleLagMs").is_none(), "retries do not");
+}
