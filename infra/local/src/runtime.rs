@@ -61,6 +61,9 @@ struct Shared {
     first_next: std::sync::OnceLock<Duration>,
     started: Instant,
     init_errors: Mutex<Vec<String>>,
+    /// Invocations answered and the wall time spent in them (what Lambda bills).
+    invocations: std::sync::atomic::AtomicU64,
+    busy_us: std::sync::atomic::AtomicU64,
 }
 
 /// A running function: its Runtime API server and its processes.
@@ -85,6 +88,8 @@ impl FunctionHost {
             first_next: std::sync::OnceLock::new(),
             started: Instant::now(),
             init_errors: Mutex::new(Vec::new()),
+            invocations: Default::default(),
+            busy_us: Default::default(),
         });
         let app = Router::new()
             .route(&format!("{API}/invocation/next"), get(next))
@@ -139,7 +144,12 @@ impl FunctionHost {
     pub async fn invoke_raw(&self, payload: Bytes) -> Result<Bytes, InvokeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Invocation { payload, reply }).await.map_err(|_| InvokeError::Stopped)?;
-        match tokio::time::timeout(self.shared.timeout, rx).await {
+        let clock = Instant::now();
+        let answer = tokio::time::timeout(self.shared.timeout, rx).await;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared.invocations.fetch_add(1, Relaxed);
+        self.shared.busy_us.fetch_add(clock.elapsed().as_micros() as u64, Relaxed);
+        match answer {
             Err(_) => Err(InvokeError::Timeout(self.shared.timeout)),
             Ok(Err(_)) => Err(InvokeError::Stopped),
             Ok(Ok(Ok(b))) => Ok(b),
@@ -151,6 +161,12 @@ impl FunctionHost {
     /// one-process host); `None` until a process has asked for work.
     pub fn init_duration(&self) -> Option<Duration> {
         self.shared.first_next.get().copied()
+    }
+
+    /// Invocations so far and the wall time they took (queueing for a free process included).
+    pub fn usage(&self) -> (u64, Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.shared.invocations.load(Relaxed), Duration::from_micros(self.shared.busy_us.load(Relaxed)))
     }
 
     /// Errors a process reported on `/init/error`.

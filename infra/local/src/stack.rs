@@ -34,6 +34,8 @@ pub struct StackOptions {
     pub log_file: Option<PathBuf>,
     /// Extra function environment (overrides).
     pub extra_env: Vec<(String, String)>,
+    /// Environment for one function only (by name: `api`, `sender`, `reconciler`), applied last.
+    pub function_env: std::collections::HashMap<String, Vec<(String, String)>>,
     /// Scheduler bridge period (`None`: no bridge).
     pub scheduler_tick: Option<Duration>,
     /// How often the reconciler runs, as EventBridge would (`None`: only when invoked).
@@ -52,6 +54,7 @@ impl StackOptions {
             batch_size: 10,
             log_file: None,
             extra_env: Vec::new(),
+            function_env: Default::default(),
             scheduler_tick: Some(Duration::from_secs(1)),
             reconcile_every: Some(Duration::from_secs(60)),
         }
@@ -92,7 +95,7 @@ impl LocalStack {
         let function = |name: &str, timeout_s: u64, instances: usize| FunctionSpec {
             name: format!("{}-{name}", opts.stack),
             binary: opts.bin_dir.join(name),
-            env: env.clone(),
+            env: env.iter().chain(opts.function_env.get(name).into_iter().flatten()).cloned().collect(),
             timeout: Duration::from_secs(timeout_s),
             instances,
             log_file: opts.log_file.clone(),

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `make bench`: release build, an emulator of its own, then courier-bench
+# (see infra/local/src/bin/courier-bench.rs). BENCH_ARGS passes options,
+# e.g. BENCH_ARGS="--tasks 500".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source infra/env.sh
+infra/tools.sh
+cargo build --release --bins -p api -p sender -p reconciler -p courier-local
+port=$(infra/emulator.sh free-port)
+export AWS_ENDPOINT_URL=$(infra/emulator.sh start "$port")
+trap 'infra/emulator.sh stop "$port"' EXIT
+target/release/courier-bench --bin-dir target/release ${BENCH_ARGS:-}
