@@ -59,16 +59,24 @@ pub struct SenderSettings {
     pub schedule_early_s: u64,
 }
 
-/// The HTTP clients, built once: connection reuse, HTTP/2 when offered
-/// (ALPN), rustls. Redirects are not followed unless a task asks.
-#[derive(Clone, Debug)]
+/// The HTTP clients: connection reuse, HTTP/2 when offered (ALPN), rustls.
+/// Redirects are not followed unless a task asks; the client that follows
+/// them is built on first use, so a cold start sets up TLS once.
+#[derive(Debug, Default)]
 pub struct HttpClients {
-    pub direct: reqwest::Client,
-    pub following: reqwest::Client,
+    direct: std::sync::OnceLock<reqwest::Client>,
+    following: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl HttpClients {
     pub fn new() -> Self {
+        let clients = Self::default();
+        // The common client is built at init, where Lambda does not bill the first invocation for it.
+        let _ = clients.get(false);
+        clients
+    }
+
+    fn get(&self, follow: bool) -> &reqwest::Client {
         let build = |policy| {
             reqwest::Client::builder()
                 .user_agent(format!("Courier/{VERSION}"))
@@ -78,16 +86,11 @@ impl HttpClients {
                 .build()
                 .unwrap_or_default()
         };
-        Self {
-            direct: build(reqwest::redirect::Policy::none()),
-            following: build(reqwest::redirect::Policy::limited(5)),
+        if follow {
+            self.following.get_or_init(|| build(reqwest::redirect::Policy::limited(5)))
+        } else {
+            self.direct.get_or_init(|| build(reqwest::redirect::Policy::none()))
         }
-    }
-}
-
-impl Default for HttpClients {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -147,10 +150,10 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
-            Ok(Ok(Some((unit, tenant)))) => {
-                let outcome = self.deliver(&unit).await;
-                (Some((unit, tenant)), outcome)
-            }
+            Ok(Ok(Some(unit))) => match self.deliver(&unit).await {
+                Ok((outcome, tenant)) => (tenant.map(|t| (unit, t)), Ok(outcome)),
+                Err(e) => (None, Err(e)),
+            },
         };
         let keep = |keep: bool| Handled { keep, finished_tenant: None };
         match outcome {
@@ -220,9 +223,10 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         }
     }
 
-    /// Reads a message: the unit to deliver with its tenant, `None` for a firing
-    /// of a cron task that is not active, or the reason it is poison.
-    async fn unit_of(&self, body: &str) -> Result<Result<Option<(Unit, String)>, String>, StoreError> {
+    /// Reads a message: the unit to deliver, `None` for a firing of a cron
+    /// task that is not active, or the reason it is poison. Only a cron firing
+    /// costs a read here (of its task); a one-off task is read by its claim.
+    async fn unit_of(&self, body: &str) -> Result<Result<Option<Unit>, String>, StoreError> {
         let Some(msg) = QueueMessage::from_body(body) else { return Ok(Err("unreadable message body".into())) };
         let task = match TaskId::parse(msg.task_id()) {
             Ok(t) => t,
@@ -232,17 +236,17 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let Some(parent) = self.store.read_state(&Unit { task: task.clone(), run: None }).await? else {
-            return Ok(Err(format!("no task {task}")));
-        };
         if let Some(run) = run {
+            let Some(parent) = self.store.read_state(&Unit { task: task.clone(), run: None }).await? else {
+                return Ok(Err(format!("no task {task}")));
+            };
             if parent.status != TaskStatus::Active {
                 tracing::info!(task_id = %task, status = parent.status.as_str(), "cron firing ignored");
                 return Ok(Ok(None));
             }
             self.store.start_run(&parent, run).await?;
         }
-        Ok(Ok(Some((Unit { task, run }, parent.tenant))))
+        Ok(Ok(Some(Unit { task, run })))
     }
 
     async fn park(&self, doc: Value) -> Result<(), ()> {
@@ -251,23 +255,29 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         })
     }
 
-    /// Delivers one unit: claim, send, record, transition.
+    /// Delivers one unit: claim, send, record, transition. Returns what
+    /// happened and, once claimed, the task's tenant.
     #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
-    pub async fn deliver(&self, unit: &Unit) -> Result<DeliveryOutcome, StoreError> {
+    pub async fn deliver(&self, unit: &Unit) -> Result<(DeliveryOutcome, Option<String>), StoreError> {
         let now = now_millis();
         let state = match self.store.claim(unit, now, self.settings.lease_margin_ms as i64).await? {
             Claim::Claimed(state) => state,
             Claim::NotDue(due) => {
-                return Ok(DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) });
+                return Ok((
+                    DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) },
+                    None,
+                ));
             }
             Claim::NotClaimable(status) => {
                 tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
-                return Ok(DeliveryOutcome::Skipped { reason: "not claimable" });
+                return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
             }
-            Claim::Missing => return Ok(DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }),
+            Claim::Missing => return Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None)),
         };
+        let tenant = Some(state.tenant.clone());
         let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
-            return Ok(DeliveryOutcome::Poison { reason: format!("task {} has no request spec", unit.task) });
+            let reason = format!("task {} has no request spec", unit.task);
+            return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
         let number = state.attempts;
         let (mut attempt, hints) = self.send(&state, &spec).await;
@@ -302,16 +312,16 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             ),
         };
         if !self.store.finish(unit, number, &transition, at).await? {
-            return Ok(DeliveryOutcome::Skipped { reason: "lease lost" });
+            return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
         }
         let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);
         emit(metric, Some(&unit.task), Some((&attempt, lag)));
-        Ok(result)
+        Ok((result, tenant))
     }
 
     async fn send(&self, state: &TaskState, spec: &RequestSpec) -> (Attempt, ReceiverHints) {
         let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-        let client = if spec.follow_redirects { &self.http.following } else { &self.http.direct };
+        let client = self.http.get(spec.follow_redirects);
         let mut headers: Vec<(String, String)> = vec![
             ("user-agent".into(), format!("Courier/{VERSION}")),
             ("courier-task-id".into(), state.id.to_string()),
