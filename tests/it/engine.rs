@@ -311,3 +311,20 @@ async fn every_attempt_emits_an_emf_metric_line() {
     assert!(lines[0]["ScheduleLagMs"].is_number(), "the first attempt reports its lag");
     assert!(lines[1].get("ScheduleLagMs").is_none(), "retries do not");
 }
+
+#[tokio::test]
+async fn a_task_cancelled_mid_send_finishes_that_attempt_and_is_not_retried() {
+    let target = Target::start_with(vec![Reply::status(500).after(Duration::from_secs(2))]).await;
+    let stack = TestStack::start(stack_options("e-cancel")).await;
+    let id = stack.api.create("POST", &target.url("/busy")).await;
+    let sending = eventually(WAIT, || async { (!target.received().is_empty()).then_some(()) }).await;
+    assert!(sending.is_some(), "the attempt is under way");
+    let (status, t) = stack.api.delete(&format!("/v1/tasks/{id}")).await;
+    assert_eq!((status, t["status"].as_str()), (200, Some("cancelled")), "{t}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, t) = stack.api.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["status"], "cancelled");
+    assert_eq!(target.received().len(), 1, "the 500 is not retried");
+    let attempts = history(&stack, &id).await;
+    assert_eq!(field(&attempts, "status_code"), [&json!(500)], "the attempt in flight is recorded");
+}

@@ -112,3 +112,19 @@ async fn a_created_task_is_stored_enqueued_and_readable_with_secrets_masked() {
     let msg: serde_json::Value = serde_json::from_str(msgs[0].body().unwrap_or_default()).expect("JSON body");
     assert_eq!(msg, serde_json::json!({"type": "deliver.v1", "task_id": id}));
 }
+
+#[tokio::test]
+async fn a_body_at_the_size_limit_is_stored_whole() {
+    let mut opts = stack_options("bigbody");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let body = serde_json::json!({"request": {"method": "PUT", "url": "https://example.com/blob", "body_base64": b64}});
+    let (status, task) = stack.api.post("/v1/tasks", &body.to_string()).await;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(task["request"]["body_size"], 256 * 1024);
+    let (_, read) = stack.api.get(&format!("/v1/tasks/{}", task["id"].as_str().expect("id"))).await;
+    assert_eq!(read["request"]["body_size"], 256 * 1024);
+}
