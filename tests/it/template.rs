@@ -137,3 +137,135 @@ fn template_sets_every_variable_the_config_requires() {
     assert_eq!(config.retention_days, 90);
     assert_eq!(config.admin_key, None, "the admin API is off unless a key is given");
 }
+
+/// `(namespace, metric, [(dimension, value)])` of one alarm metric; values of
+/// `!Ref X` / `!GetAtt X.Attr` are the logical id `X`.
+fn alarm_metrics(alarm: &Value) -> Vec<(String, String, Vec<(String, String)>)> {
+    let dims = |d: &Value| -> Vec<(String, String)> {
+        d.as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let value = match &d["Value"] {
+                    Value::Tagged(t) => {
+                        t.value.as_str().unwrap_or_default().split('.').next().unwrap_or_default().to_owned()
+                    }
+                    v => v.as_str().unwrap_or_default().to_owned(),
+                };
+                (d["Name"].as_str().unwrap_or_default().to_owned(), value)
+            })
+            .collect()
+    };
+    let p = &alarm["Properties"];
+    if let Some(ns) = p["Namespace"].as_str() {
+        return vec![(ns.to_owned(), p["MetricName"].as_str().unwrap_or_default().to_owned(), dims(&p["Dimensions"]))];
+    }
+    p["Metrics"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("MetricStat").map(|s| &s["Metric"]))
+        .map(|m| {
+            (
+                m["Namespace"].as_str().unwrap_or_default().to_owned(),
+                m["MetricName"].as_str().unwrap_or_default().to_owned(),
+                dims(&m["Dimensions"]),
+            )
+        })
+        .collect()
+}
+
+fn check_courier_metric(name: &str, dims: &[(String, String)], place: &str) {
+    use courier::metrics::{DIMENSIONS, METRICS, NAMESPACE, SENDER_SERVICE};
+    assert!(METRICS.iter().any(|(m, _)| *m == name), "{place}: {NAMESPACE}/{name} is not emitted by the code");
+    let names: Vec<&str> = dims.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, DIMENSIONS, "{place}: {name} has a dimension set the code does not emit");
+    assert_eq!(dims[0].1, SENDER_SERVICE, "{place}: {name} for a service that does not emit it");
+}
+
+#[test]
+fn alarms_name_metrics_namespaces_and_dimensions_the_code_emits() {
+    let t = template();
+    let resources = t["Resources"].as_mapping().expect("resources");
+    let type_of = |id: &str| resources.get(id).map(|r| r["Type"].as_str().unwrap_or_default().to_owned());
+    let mut seen = Vec::new();
+    for (id, r) in resources {
+        if r["Type"] != "AWS::CloudWatch::Alarm" {
+            continue;
+        }
+        let id = id.as_str().unwrap_or_default();
+        for (ns, metric, dims) in alarm_metrics(r) {
+            match ns.as_str() {
+                "Courier" => check_courier_metric(&metric, &dims, id),
+                "AWS/SQS" => {
+                    assert_eq!(dims.len(), 1, "{id}");
+                    assert_eq!(dims[0].0, "QueueName", "{id}");
+                    assert_eq!(
+                        type_of(&dims[0].1).as_deref(),
+                        Some("AWS::SQS::Queue"),
+                        "{id} names a queue of this stack"
+                    );
+                }
+                "AWS/Lambda" => {
+                    assert_eq!(dims[0].0, "FunctionName", "{id}");
+                    assert_eq!(type_of(&dims[0].1).as_deref(), Some("AWS::Serverless::Function"), "{id}");
+                    assert!(["Errors", "Throttles"].contains(&metric.as_str()), "{id}: {metric}");
+                }
+                other => panic!("{id}: unexpected namespace {other}"),
+            }
+            seen.push((ns, metric, dims.first().map(|d| d.1.clone()).unwrap_or_default()));
+        }
+    }
+    let has = |ns: &str, metric: &str, dim: &str| seen.iter().any(|(n, m, d)| n == ns && m == metric && d == dim);
+    assert!(has("AWS/SQS", "ApproximateNumberOfMessagesVisible", "DeadLetterQueue"), "DLQ depth alarm");
+    assert!(has("AWS/SQS", "ApproximateAgeOfOldestMessage", "DeliveryQueue"), "oldest message alarm");
+    for f in ["SenderFunction", "ApiFunction"] {
+        assert!(has("AWS/Lambda", "Errors", f) && has("AWS/Lambda", "Throttles", f), "{f} errors and throttles");
+    }
+    assert!(has("Courier", "Failed", "sender") && has("Courier", "Delivered", "sender"), "failed-delivery rate");
+}
+
+#[test]
+fn the_dashboard_shows_every_emitted_metric_and_the_queues() {
+    let t = template();
+    let body = match &resource(&t, "Dashboard")["DashboardBody"] {
+        Value::Tagged(tag) if tag.tag == "!Sub" => tag.value.as_str().expect("body").to_owned(),
+        other => panic!("DashboardBody must be a !Sub string, got {other:?}"),
+    };
+    // Resolve ${...} as CloudFormation would, to something JSON-safe.
+    let mut resolved = String::new();
+    let mut rest = body.as_str();
+    while let Some(start) = rest.find("${") {
+        resolved.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing brace") + start;
+        resolved.push_str(&rest[start + 2..end].replace(".QueueName", ""));
+        rest = &rest[end + 1..];
+    }
+    resolved.push_str(rest);
+    let doc: serde_json::Value = serde_json::from_str(&resolved).expect("the dashboard body is JSON");
+    let mut courier_metrics = std::collections::BTreeSet::new();
+    let mut queues = Vec::new();
+    for w in doc["widgets"].as_array().expect("widgets") {
+        for m in w["properties"]["metrics"].as_array().expect("metrics") {
+            let m: Vec<&str> = m.as_array().expect("row").iter().filter_map(|v| v.as_str()).collect();
+            let dims: Vec<(String, String)> = m[2..].chunks(2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect();
+            match m[0] {
+                "Courier" => {
+                    check_courier_metric(m[1], &dims, "dashboard");
+                    courier_metrics.insert(m[1].to_owned());
+                }
+                "AWS/SQS" => {
+                    assert_eq!(dims[0].0, "QueueName");
+                    queues.push((m[1].to_owned(), dims[0].1.clone()));
+                }
+                other => panic!("dashboard: unexpected namespace {other}"),
+            }
+        }
+    }
+    let emitted: std::collections::BTreeSet<String> =
+        courier::metrics::METRICS.iter().map(|(m, _)| (*m).to_owned()).collect();
+    assert_eq!(courier_metrics, emitted, "every emitted metric is on the dashboard");
+    assert!(queues.contains(&("ApproximateNumberOfMessagesVisible".into(), "DeadLetterQueue".into())));
+    assert!(queues.contains(&("ApproximateNumberOfMessagesVisible".into(), "DeliveryQueue".into())));
+    assert!(queues.contains(&("ApproximateNumberOfMessagesDelayed".into(), "DeliveryQueue".into())));
+}
