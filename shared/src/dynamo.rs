@@ -723,6 +723,66 @@ impl TaskStore for DynamoStore {
         Ok(())
     }
 
+    async fn apply_counts(&self, batch_id: &str, deltas: &crate::counter::Deltas) -> Result<bool, StoreError> {
+        let now = crate::domain::now_millis();
+        let mut marker = key(format!("COUNTBATCH#{batch_id}"), "COUNTBATCH");
+        marker.insert(TTL.into(), ttl_secs(now + 2 * DAY_MS));
+        let guard = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(marker))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .build()
+            .map_err(unavailable)?;
+        let mut req =
+            self.client.transact_write_items().transact_items(TransactWriteItem::builder().put(guard).build());
+        // A transaction holds 100 items: the guard and up to 99 tenants (a stream batch rarely spans more).
+        for (tenant, counts) in deltas.iter().take(99) {
+            let mut u = Update::builder().table_name(&self.table).set_key(Some(key(tenant_pk(tenant), "COUNTS")));
+            let mut adds = Vec::new();
+            for (i, (status, d)) in counts.iter().enumerate() {
+                adds.push(format!("#c{i} :d{i}"));
+                u = u.expression_attribute_names(format!("#c{i}"), format!("c_{}", status.as_str()));
+                u = u.expression_attribute_values(format!(":d{i}"), n(d));
+            }
+            let u = u.update_expression(format!("ADD {}", adds.join(", "))).build().map_err(unavailable)?;
+            req = req.transact_items(TransactWriteItem::builder().update(u).build());
+        }
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_transaction_cancelled(&e) => {
+                let seen = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(format!("COUNTBATCH#{batch_id}"), "COUNTBATCH")))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                if seen.item.is_some() { Ok(false) } else { Err(unavailable(e)) }
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn counts(&self, tenant: &str) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(tenant), "COUNTS")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let item = out.item.unwrap_or_default();
+        TaskStatus::ALL
+            .iter()
+            .map(|s| Ok((*s, get_n(tenant, &item, &format!("c_{}", s.as_str()))?.unwrap_or(0))))
+            .collect()
+    }
+
     async fn set_cron_status(&self, id: &TaskId, to: TaskStatus, now: EpochMillis) -> Result<bool, StoreError> {
         let res = self
             .client

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod aws;
 pub mod config;
+pub mod counter;
 pub mod domain;
 pub mod dynamo;
 pub mod metrics;

@@ -186,6 +186,15 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The reconciler's watermark: the check time up to which it has looked.
     fn watermark(&self) -> impl Future<Output = Result<Option<EpochMillis>, StoreError>> + Send;
     fn set_watermark(&self, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Adds one stream batch's status changes to the tenants' counts, once:
+    /// `Ok(false)` if this batch was applied before.
+    fn apply_counts(
+        &self,
+        batch_id: &str,
+        deltas: &crate::counter::Deltas,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A tenant's task counts by status.
+    fn counts(&self, tenant: &str) -> impl Future<Output = Result<Vec<(TaskStatus, i64)>, StoreError>> + Send;
     /// Moves a cron task between active and paused; `Ok(false)` if it is in neither.
     fn set_cron_status(
         &self,

@@ -10,6 +10,7 @@ mod http_api;
 mod runtime;
 mod scheduler;
 mod schedules;
+mod stats;
 mod task_api;
 mod template;
 mod tenants;

@@ -140,7 +140,10 @@ fn template_sets_every_variable_the_config_requires() {
 
 /// `(namespace, metric, [(dimension, value)])` of one alarm metric; values of
 /// `!Ref X` / `!GetAtt X.Attr` are the logical id `X`.
-fn alarm_metrics(alarm: &Value) -> Vec<(String, String, Vec<(String, String)>)> {
+/// Namespace, metric name and (dimension, value) pairs.
+type MetricRef = (String, String, Vec<(String, String)>);
+
+fn alarm_metrics(alarm: &Value) -> Vec<MetricRef> {
     let dims = |d: &Value| -> Vec<(String, String)> {
         d.as_sequence()
             .into_iter()

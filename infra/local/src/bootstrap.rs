@@ -4,7 +4,7 @@
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use courier::resources::{
@@ -102,6 +102,12 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Re
         .attribute_definitions(typed(RECONCILE_RANGE_KEY, ScalarAttributeType::N)?)
         .global_secondary_indexes(keys_only(TASKS_BY_TENANT_INDEX, INDEX_HASH_KEY, INDEX_RANGE_KEY)?)
         .global_secondary_indexes(keys_only(RECONCILE_INDEX, RECONCILE_HASH_KEY, RECONCILE_RANGE_KEY)?)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        )
         .send()
         .await;
     match res {

@@ -9,6 +9,7 @@
 //! - [`event_source`] is the SQS event-source mapping: long-poll, invoke the
 //!   sender with a real `SqsEvent`, delete all but `batchItemFailures`.
 //! - [`scheduler`] fires due EventBridge Scheduler schedules.
+//! - [`streams`] is the DynamoDB Streams mapping feeding the status counter.
 //! - [`echo`] is a target that answers and logs what it receives.
 //! - [`stack`] starts all of it together.
 
@@ -19,3 +20,4 @@ pub mod front;
 pub mod runtime;
 pub mod scheduler;
 pub mod stack;
+pub mod streams;

@@ -68,6 +68,7 @@ pub struct LocalStack {
     pub api: Arc<FunctionHost>,
     pub sender: Arc<FunctionHost>,
     pub reconciler: Arc<FunctionHost>,
+    pub counter: Arc<FunctionHost>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -107,6 +108,7 @@ impl LocalStack {
         );
 
         let reconciler = Arc::new(FunctionHost::start(function("reconciler", 60, 1)).await?);
+        let counter = Arc::new(FunctionHost::start(function("counter", 60, 1)).await?);
 
         let listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
         let api_url = format!("http://{}", listener.local_addr()?);
@@ -148,7 +150,13 @@ impl LocalStack {
                 }
             }));
         }
-        Ok(Self { api_url, outputs, api, sender, reconciler, tasks })
+        tasks.push(tokio::spawn(crate::streams::run(
+            aws_sdk_dynamodbstreams::Client::new(sdk),
+            aws_sdk_dynamodb::Client::new(sdk),
+            outputs.names.table.clone(),
+            counter.clone(),
+        )));
+        Ok(Self { api_url, outputs, api, sender, reconciler, counter, tasks })
     }
 }
 

@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/retry"),
     ("POST", "/v1/tasks/{id}/pause"),
     ("POST", "/v1/tasks/{id}/resume"),
+    ("GET", "/v1/stats"),
     ("GET", "/v1/tasks/by-business-id/{business_id}"),
     ("DELETE", "/v1/tasks/by-business-id/{business_id}"),
     ("POST", "/v1/tenants"),
@@ -99,6 +100,7 @@ where
             "/v1/tasks/by-business-id/{business_id}",
             get(tasks::get_by_business_id::<S, Q, C>).delete(tasks::cancel_by_business_id::<S, Q, C>),
         )
+        .route("/v1/stats", get(tasks::stats::<S, Q, C>))
         .route("/v1/tenants", post(tenants::create::<S, Q, C>))
         .route("/v1/tenants/{id}", get(tenants::get_one::<S, Q, C>).patch(tenants::update::<S, Q, C>))
         .route("/v1/tenants/{id}/keys", post(tenants::create_key::<S, Q, C>))

@@ -424,6 +424,22 @@ pub async fn list<S: TaskStore + TenantStore, Q, C>(
     Ok(Json(json!({"tasks": tasks, "next_cursor": page.cursor})))
 }
 
+/// The tenant's task counts by status (kept by the stream counter, so they
+/// lag changes by about a second) and its active-task quota use.
+pub async fn stats<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let counts: serde_json::Map<String, Value> =
+        app.store.counts(&tenant.id).await?.into_iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect();
+    Ok(Json(json!({
+        "counts": counts,
+        "active_tasks": tenant.active,
+        "max_active_tasks": tenant.quotas.max_active_tasks,
+    })))
+}
+
 pub async fn attempts<S: TaskStore + TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, Schedule, TaskId};
 
 /// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Scheduled,

@@ -1,0 +1,132 @@
+//! The DynamoDB Streams event-source mapping, locally: reads every shard of
+//! the table's stream from its start, keeps the records the deployed mapping's
+//! filter keeps (task `STATE` items), invokes the counter function with the
+//! real DynamoDB event shape, and moves on only when it succeeds (a failure
+//! retries the same batch, as Lambda does).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, ShardIteratorType};
+use serde_json::{Map, Value, json};
+
+use crate::runtime::FunctionHost;
+
+/// Polls the stream of `table` until aborted.
+pub async fn run(
+    streams: aws_sdk_dynamodbstreams::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    table: String,
+    counter: Arc<FunctionHost>,
+) {
+    let mut bridge = Bridge { streams, ddb, table, counter, iterators: HashMap::new() };
+    loop {
+        match bridge.poll().await {
+            Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "stream poll failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+struct Bridge {
+    streams: aws_sdk_dynamodbstreams::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    table: String,
+    counter: Arc<FunctionHost>,
+    /// Next iterator per shard (`None`: the shard is finished).
+    iterators: HashMap<String, Option<String>>,
+}
+
+impl Bridge {
+    /// One pass over every shard; returns how many records it delivered.
+    async fn poll(&mut self) -> anyhow::Result<usize> {
+        let desc = self.ddb.describe_table().table_name(&self.table).send().await?;
+        let arn = desc.table.and_then(|t| t.latest_stream_arn).ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        let shards = self.streams.describe_stream().stream_arn(&arn).send().await?;
+        for shard in shards.stream_description.map(|d| d.shards.unwrap_or_default()).unwrap_or_default() {
+            let Some(id) = shard.shard_id else { continue };
+            if !self.iterators.contains_key(&id) {
+                let it = self
+                    .streams
+                    .get_shard_iterator()
+                    .stream_arn(&arn)
+                    .shard_id(&id)
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await?;
+                self.iterators.insert(id, it.shard_iterator);
+            }
+        }
+        let mut delivered = 0;
+        let ids: Vec<String> = self.iterators.keys().cloned().collect();
+        for id in ids {
+            let Some(Some(iterator)) = self.iterators.get(&id).cloned() else { continue };
+            let out = self.streams.get_records().shard_iterator(iterator).limit(500).send().await?;
+            let records: Vec<Value> = out.records.unwrap_or_default().iter().map(|r| record_json(r, &arn)).collect();
+            let kept: Vec<Value> = records.into_iter().filter(is_task_state).collect();
+            if !kept.is_empty() {
+                // On failure keep the iterator: the same batch is retried.
+                self.counter.invoke(&json!({"Records": kept})).await?;
+                delivered += kept.len();
+            }
+            self.iterators.insert(id, out.next_shard_iterator);
+        }
+        Ok(delivered)
+    }
+}
+
+/// The deployed mapping's filter: task state items only.
+fn is_task_state(r: &Value) -> bool {
+    let keys = &r["dynamodb"]["Keys"];
+    keys["sk"]["S"] == "STATE" && keys["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#"))
+}
+
+/// A stream record in Lambda's DynamoDB event format.
+fn record_json(r: &Record, arn: &str) -> Value {
+    let image = |m: Option<&HashMap<String, AttributeValue>>| -> Value {
+        m.map_or(Value::Null, |m| Value::Object(m.iter().map(|(k, v)| (k.clone(), attr(v))).collect()))
+    };
+    let d = r.dynamodb();
+    json!({
+        "eventID": r.event_id(),
+        "eventName": r.event_name().map(|e| e.as_str()),
+        "eventVersion": r.event_version(),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": r.aws_region(),
+        "eventSourceARN": arn,
+        "dynamodb": {
+            "Keys": image(d.and_then(|d| d.keys())),
+            "NewImage": image(d.and_then(|d| d.new_image())),
+            "OldImage": image(d.and_then(|d| d.old_image())),
+            "SequenceNumber": d.and_then(|d| d.sequence_number()),
+            "SizeBytes": d.and_then(|d| d.size_bytes()),
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+    })
+}
+
+/// An attribute value in DynamoDB JSON.
+fn attr(v: &AttributeValue) -> Value {
+    use base64::Engine;
+    let b64 = |b: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
+    match v {
+        AttributeValue::S(s) => json!({"S": s}),
+        AttributeValue::N(n) => json!({"N": n}),
+        AttributeValue::Bool(b) => json!({"BOOL": b}),
+        AttributeValue::Null(n) => json!({"NULL": n}),
+        AttributeValue::B(b) => json!({"B": b64(b.as_ref())}),
+        AttributeValue::Ss(s) => json!({"SS": s}),
+        AttributeValue::Ns(n) => json!({"NS": n}),
+        AttributeValue::Bs(bs) => json!({"BS": bs.iter().map(|b| b64(b.as_ref())).collect::<Vec<_>>()}),
+        AttributeValue::L(l) => json!({"L": l.iter().map(attr).collect::<Vec<_>>()}),
+        AttributeValue::M(m) => {
+            json!({"M": Value::Object(m.iter().map(|(k, v)| (k.clone(), attr(v))).collect::<Map<String, Value>>())})
+        }
+        _ => Value::Null,
+    }
+}

@@ -1,0 +1,120 @@
+//! Per-tenant status counts that stay right without scans.
+//!
+//! The table's stream (new and old images) feeds this function with every
+//! change of a task's `STATE` item; each batch becomes one transaction that
+//! adds the batch's net change per tenant and status to the tenant's `COUNTS`
+//! item and records the batch's identity, so a retried batch is not counted
+//! twice. Nothing on the API's or the sender's path writes a counter: the
+//! counts cost one small transaction per stream batch.
+//!
+//! Known limit: a batch retried with more records than the first time (the
+//! function died after its transaction committed, and more changes arrived
+//! meanwhile) has another identity; its overlap would be counted twice. The
+//! window is the few milliseconds between commit and return.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::domain::TaskStatus;
+use crate::ports::{StoreError, TaskStore};
+
+/// Net change of each status, per tenant.
+pub type Deltas = HashMap<String, BTreeMap<TaskStatus, i64>>;
+
+/// The net status changes in a batch of stream records (Lambda's DynamoDB
+/// event format). Only task `STATE` items count; a TTL delete removes its status.
+pub fn deltas(records: &[Value]) -> Deltas {
+    let mut out: Deltas = HashMap::new();
+    for r in records {
+        let d = &r["dynamodb"];
+        if d["Keys"]["sk"]["S"] != "STATE" || !d["Keys"]["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#")) {
+            continue;
+        }
+        let status = |img: &Value| img["status"]["S"].as_str().and_then(TaskStatus::parse);
+        let (old, new) = (status(&d["OldImage"]), status(&d["NewImage"]));
+        if old == new {
+            continue;
+        }
+        let tenant = d["NewImage"]["tenant"]["S"].as_str().or_else(|| d["OldImage"]["tenant"]["S"].as_str());
+        let Some(tenant) = tenant else { continue };
+        let t = out.entry(tenant.to_owned()).or_default();
+        if let Some(o) = old {
+            *t.entry(o).or_default() -= 1;
+        }
+        if let Some(n) = new {
+            *t.entry(n).or_default() += 1;
+        }
+    }
+    for counts in out.values_mut() {
+        counts.retain(|_, d| *d != 0);
+    }
+    out.retain(|_, c| !c.is_empty());
+    out
+}
+
+/// A batch's identity: its first and last record ids.
+pub fn batch_id(records: &[Value]) -> String {
+    let id = |r: Option<&Value>| r.and_then(|r| r["eventID"].as_str()).unwrap_or("-").to_owned();
+    format!("{}..{}", id(records.first()), id(records.last()))
+}
+
+/// Applies one stream batch.
+pub async fn apply<S: TaskStore>(store: &S, records: &[Value]) -> Result<bool, StoreError> {
+    let d = deltas(records);
+    if d.is_empty() {
+        return Ok(true);
+    }
+    store.apply_counts(&batch_id(records), &d).await
+}
+
+/// Runs the counter function: each invocation is one DynamoDB Streams batch;
+/// an error makes Lambda retry the batch.
+pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_runtime::Error> {
+    let store =
+        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days);
+    let store = &store;
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
+        let records = event.payload["Records"].as_array().cloned().unwrap_or_default();
+        let applied = apply(store, &records).await?;
+        tracing::info!(records = records.len(), applied, "status counts updated");
+        Ok::<_, lambda_runtime::Error>(serde_json::json!({"batchItemFailures": []}))
+    }))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn rec(id: &str, old: Option<(&str, &str)>, new: Option<(&str, &str)>) -> Value {
+        let img =
+            |x: Option<(&str, &str)>| x.map_or(Value::Null, |(t, s)| json!({"tenant": {"S": t}, "status": {"S": s}}));
+        json!({"eventID": id, "dynamodb": {
+            "Keys": {"pk": {"S": "TASK#tsk_1"}, "sk": {"S": "STATE"}},
+            "OldImage": img(old), "NewImage": img(new)}})
+    }
+
+    #[test]
+    fn a_delivery_nets_out_to_one_succeeded() {
+        let d = deltas(&[
+            rec("1", None, Some(("a", "pending"))),
+            rec("2", Some(("a", "pending")), Some(("a", "sending"))),
+            rec("3", Some(("a", "sending")), Some(("a", "succeeded"))),
+            rec("4", None, Some(("b", "scheduled"))),
+            rec("5", Some(("b", "scheduled")), None),
+        ]);
+        assert_eq!(d.get("a"), Some(&BTreeMap::from([(TaskStatus::Succeeded, 1)])));
+        assert_eq!(d.get("b"), None, "created then deleted: no change");
+    }
+
+    #[test]
+    fn only_state_items_count_and_batches_are_named_by_their_ends() {
+        let mut attempt = rec("1", None, Some(("a", "pending")));
+        attempt["dynamodb"]["Keys"]["sk"] = json!({"S": "ATTEMPT#0000000001"});
+        assert!(deltas(&[attempt.clone()]).is_empty());
+        assert_eq!(batch_id(&[attempt.clone(), rec("9", None, None)]), "1..9");
+    }
+}
