@@ -182,6 +182,7 @@ fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -> Result<Ta
         lease_until: get_n(sid, i, "lease_until")?,
         host: get_s(sid, i, "host")?.to_owned(),
         failure_reason: opt_s(i, "failure_reason").map(str::to_owned),
+        last_status: get_n(sid, i, "last_status")?,
     })
 }
 
@@ -466,7 +467,8 @@ impl TaskStore for DynamoStore {
                 let st = state_from_item(id, None, item)?;
                 let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
                 let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
-                if status_ok && host_ok {
+                let code_ok = filter.code.is_none_or(|c| c.matches(st.last_status));
+                if status_ok && host_ok && code_ok {
                     items.push(st);
                     if items.len() == limit {
                         return Ok(Page { items, cursor: Some(encode_cursor(id.as_str())) });
@@ -783,6 +785,109 @@ impl TaskStore for DynamoStore {
             .collect()
     }
 
+    async fn put_replay(&self, r: &crate::domain::Replay) -> Result<(), StoreError> {
+        let mut item = key(format!("REPLAY#{}", r.id), "REPLAY");
+        item.insert("doc".into(), s(to_json(r)));
+        item.insert("version".into(), n(r.version));
+        item.insert(TTL.into(), ttl_secs(r.created_at + self.retention_ms));
+        self.put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_replay(&self, id: &str) -> Result<Option<crate::domain::Replay>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("REPLAY#{id}"), "REPLAY")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.map(|i| json(id, &i, "doc")).transpose()
+    }
+
+    async fn save_replay(&self, r: &crate::domain::Replay) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("REPLAY#{}", r.id), "REPLAY")))
+            .update_expression("SET doc = :doc, version = :v")
+            .condition_expression("version = :prev")
+            .expression_attribute_values(":doc", s(to_json(r)))
+            .expression_attribute_values(":v", n(r.version))
+            .expression_attribute_values(":prev", n(r.version.saturating_sub(1)))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn purge(&self, id: &TaskId) -> Result<bool, StoreError> {
+        let Some(state) = self.read_state(&Unit { task: id.clone(), run: None }).await? else { return Ok(false) };
+        if !state.status.is_final() {
+            return Ok(false);
+        }
+        let mut keys: Vec<Item> = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":pk", s(task_pk(id)))
+            .projection_expression("#pk, sk")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for i in page.map_err(unavailable)?.items.unwrap_or_default() {
+                if let Some(sk) = opt_s(&i, SK) {
+                    keys.push(key(task_pk(id), sk));
+                }
+            }
+        }
+        if let Some(b) = &state.business_id {
+            keys.push(key(unique_pk(&state.tenant, &UniqueKey::BusinessId(b.clone())), "UNIQUE"));
+        }
+        // The state goes last: a purge cut short leaves a task that can be purged again.
+        keys.sort_by_key(|k| opt_s(k, SK) == Some(STATE));
+        for chunk in keys.chunks(25) {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|k| {
+                    let d = aws_sdk_dynamodb::types::DeleteRequest::builder().set_key(Some(k.clone())).build();
+                    d.map(|d| WriteRequest::builder().delete_request(d).build()).map_err(unavailable)
+                })
+                .collect::<Result<_, _>>()?;
+            for _ in 0..6 {
+                if requests.is_empty() {
+                    break;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests.clone())
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                requests = out.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+            }
+            if !requests.is_empty() {
+                return Err(corrupt(id.as_str(), "purge left items behind; run it again"));
+            }
+        }
+        Ok(true)
+    }
+
     async fn set_cron_status(&self, id: &TaskId, to: TaskStatus, now: EpochMillis) -> Result<bool, StoreError> {
         let res = self
             .client
@@ -866,7 +971,11 @@ impl TaskStore for DynamoStore {
             .send()
             .await;
         match res {
-            Ok(out) => Ok(Claim::Claimed(state_from_item(&unit.task, unit.run, &out.attributes.unwrap_or_default())?)),
+            Ok(out) => Ok(Claim::Claimed(Box::new(state_from_item(
+                &unit.task,
+                unit.run,
+                &out.attributes.unwrap_or_default(),
+            )?))),
             // Rare path (early or duplicate delivery, finished task): read why.
             Err(e) if is_conditional_failure(&e) => Ok(match self.read_state(unit).await? {
                 None => Claim::Missing,
@@ -934,20 +1043,29 @@ impl TaskStore for DynamoStore {
                 .expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
                 .expression_attribute_names("#ttl", TTL)
                 .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
-            Transition::Retry { due_at } if unit.run.is_none() => req
-                .update_expression("SET #s = :to, updated_at = :now, due_at = :due, #rsk = :recon REMOVE lease_until")
+            Transition::Retry { due_at, status } if unit.run.is_none() => req
+                .update_expression(
+                    "SET #s = :to, updated_at = :now, due_at = :due, #rsk = :recon, last_status = :ls \
+                     REMOVE lease_until",
+                )
+                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
                 .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
                 .expression_attribute_values(":due", n(due_at))
                 .expression_attribute_names("#rsk", RSK)
                 .expression_attribute_values(":recon", n(due_at + self.reconcile_grace_ms)),
-            Transition::Retry { due_at } => req
-                .update_expression("SET #s = :to, updated_at = :now, due_at = :due REMOVE lease_until")
+            Transition::Retry { due_at, status } => req
+                .update_expression(
+                    "SET #s = :to, updated_at = :now, due_at = :due, last_status = :ls REMOVE lease_until",
+                )
+                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
                 .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
                 .expression_attribute_values(":due", n(due_at)),
-            Transition::Failed { reason } => req
+            Transition::Failed { reason, status } => req
                 .update_expression(
-                    "SET #s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl REMOVE lease_until, due_at",
+                    "SET #s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl, last_status = :ls \
+                     REMOVE lease_until, due_at",
                 )
+                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
                 .expression_attribute_values(":to", s(TaskStatus::Failed.as_str()))
                 .expression_attribute_values(":why", s(reason))
                 .expression_attribute_names("#ttl", TTL)

@@ -14,6 +14,7 @@ pub mod dynamo;
 pub mod metrics;
 pub mod ports;
 pub mod reconciler;
+pub mod replays;
 pub mod resources;
 pub mod schedules;
 pub mod sender;

@@ -45,7 +45,7 @@ pub struct Unit {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Claim {
     /// The caller owns the unit until the lease in the returned state.
-    Claimed(TaskState),
+    Claimed(Box<TaskState>),
     /// Claimable, but not due until then: try again later.
     NotDue(EpochMillis),
     /// Exists but is not claimable now (final, or leased by another sender).
@@ -58,8 +58,15 @@ pub enum Claim {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
     Succeeded,
-    Retry { due_at: EpochMillis },
-    Failed { reason: String },
+    /// `status`: the failed attempt's status code, if it got a response.
+    Retry {
+        due_at: EpochMillis,
+        status: Option<u16>,
+    },
+    Failed {
+        reason: String,
+        status: Option<u16>,
+    },
 }
 
 /// A task as read back for display.
@@ -93,6 +100,8 @@ pub struct ListFilter {
     pub host: Option<String>,
     pub created_after: Option<EpochMillis>,
     pub created_before: Option<EpochMillis>,
+    /// The last failed attempt's status code.
+    pub code: Option<crate::domain::CodeMatch>,
 }
 
 /// One page of results and the opaque cursor of the next.
@@ -195,6 +204,12 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// A tenant's task counts by status.
     fn counts(&self, tenant: &str) -> impl Future<Output = Result<Vec<(TaskStatus, i64)>, StoreError>> + Send;
+    fn put_replay(&self, r: &crate::domain::Replay) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_replay(&self, id: &str) -> impl Future<Output = Result<Option<crate::domain::Replay>, StoreError>> + Send;
+    /// Saves `r` if the stored version is `r.version - 1`; `Ok(false)` if it changed meanwhile.
+    fn save_replay(&self, r: &crate::domain::Replay) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Deletes every item of a finished task; `Ok(false)` if it is not finished (or gone).
+    fn purge(&self, id: &TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Moves a cron task between active and paused; `Ok(false)` if it is in neither.
     fn set_cron_status(
         &self,

@@ -146,6 +146,13 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
     async fn process(&self, record: &SqsMessage) -> Handled {
         let body = record.body.as_deref().unwrap_or_default();
+        if let Some(QueueMessage::ReplayV1 { replay_id }) = QueueMessage::from_body(body) {
+            let res = crate::replays::step(&self.store, &self.queue, &replay_id).await;
+            if let Err(e) = &res {
+                tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
+            }
+            return Handled { keep: res.is_err(), finished_tenant: None };
+        }
         let (unit, outcome) = match self.unit_of(body).await {
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
@@ -301,12 +308,12 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
                 (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }, metrics::DELIVERED)
             }
             Decision::Retry(delay) => (
-                Transition::Retry { due_at: at + delay.as_millis() as i64 },
+                Transition::Retry { due_at: at + delay.as_millis() as i64, status: attempt.status_code },
                 DeliveryOutcome::RetryScheduled { attempt: number, delay },
                 metrics::RETRIED,
             ),
             Decision::Fail(reason) => (
-                Transition::Failed { reason: reason.clone() },
+                Transition::Failed { reason: reason.clone(), status: attempt.status_code },
                 DeliveryOutcome::Failed { attempt: number, reason },
                 metrics::FAILED,
             ),

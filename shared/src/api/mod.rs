@@ -7,6 +7,7 @@
 
 mod auth;
 mod error;
+mod ops;
 mod tasks;
 mod tenants;
 mod views;
@@ -49,6 +50,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/pause"),
     ("POST", "/v1/tasks/{id}/resume"),
     ("GET", "/v1/stats"),
+    ("POST", "/v1/tasks/purge"),
+    ("POST", "/v1/replays"),
+    ("GET", "/v1/replays/{id}"),
+    ("DELETE", "/v1/replays/{id}"),
+    ("POST", "/v1/replays/{id}/resume"),
     ("GET", "/v1/tasks/by-business-id/{business_id}"),
     ("DELETE", "/v1/tasks/by-business-id/{business_id}"),
     ("POST", "/v1/tenants"),
@@ -101,6 +107,10 @@ where
             get(tasks::get_by_business_id::<S, Q, C>).delete(tasks::cancel_by_business_id::<S, Q, C>),
         )
         .route("/v1/stats", get(tasks::stats::<S, Q, C>))
+        .route("/v1/tasks/purge", post(ops::purge::<S, Q, C>))
+        .route("/v1/replays", post(ops::create_replay::<S, Q, C>))
+        .route("/v1/replays/{id}", get(ops::get_replay::<S, Q, C>).delete(ops::cancel_replay::<S, Q, C>))
+        .route("/v1/replays/{id}/resume", post(ops::resume_replay::<S, Q, C>))
         .route("/v1/tenants", post(tenants::create::<S, Q, C>))
         .route("/v1/tenants/{id}", get(tenants::get_one::<S, Q, C>).patch(tenants::update::<S, Q, C>))
         .route("/v1/tenants/{id}/keys", post(tenants::create_key::<S, Q, C>))

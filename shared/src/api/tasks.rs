@@ -417,6 +417,7 @@ pub async fn list<S: TaskStore + TenantStore, Q, C>(
         host: get("host").map(str::to_owned),
         created_after: time_param(&pairs, "created_after")?,
         created_before: time_param(&pairs, "created_before")?,
+        code: None,
     };
     let now = now_millis();
     let page = app.store.list(&tenant.id, &filter, limit_of(&pairs)?, get("cursor"), now).await?;

@@ -20,6 +20,9 @@ pub enum QueueMessage {
     /// Scheduler's `<aws.scheduler.scheduled-time>` (RFC 3339), the run's identity.
     #[serde(rename = "cron.v1")]
     CronV1 { task_id: String, scheduled_time: String },
+    /// Advance a replay by one page.
+    #[serde(rename = "replay.v1")]
+    ReplayV1 { replay_id: String },
 }
 
 impl QueueMessage {
@@ -35,6 +38,7 @@ impl QueueMessage {
     pub fn task_id(&self) -> &str {
         match self {
             Self::DeliverV1 { task_id, .. } | Self::CronV1 { task_id, .. } => task_id,
+            Self::ReplayV1 { .. } => "",
         }
     }
 
@@ -42,6 +46,7 @@ impl QueueMessage {
     pub fn run(&self) -> Result<Option<EpochMillis>, String> {
         match self {
             Self::DeliverV1 { run, .. } => Ok(*run),
+            Self::ReplayV1 { .. } => Ok(None),
             Self::CronV1 { scheduled_time, .. } => {
                 time::OffsetDateTime::parse(scheduled_time, &time::format_description::well_known::Rfc3339)
                     .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as EpochMillis))

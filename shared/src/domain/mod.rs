@@ -5,6 +5,7 @@
 mod ids;
 mod message;
 mod outcome;
+mod replay;
 mod request;
 mod retry;
 mod schedule;
@@ -15,6 +16,7 @@ mod validate;
 pub use ids::{InvalidId, TaskId};
 pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
+pub use replay::{CodeMatch, Replay, ReplayFilter, ReplayStatus};
 pub use request::{Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_sensitive_header, mask_headers};
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Schedule, parse_duration};

@@ -113,6 +113,7 @@ impl NewTask {
             lease_until: None,
             host: self.spec.url.host().to_owned(),
             failure_reason: None,
+            last_status: None,
         }
     }
 
@@ -152,6 +153,8 @@ pub struct TaskState {
     pub host: String,
     /// Why the task failed, once it has.
     pub failure_reason: Option<String>,
+    /// The status code of the last failed attempt, if it got a response.
+    pub last_status: Option<u16>,
 }
 
 impl TaskState {

@@ -1,0 +1,246 @@
+//! Operator endpoints: replay failed tasks by filter (asynchronous,
+//! resumable, cancellable) and purge finished tasks early.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, auth};
+use crate::domain::{
+    CodeMatch, EpochMillis, FieldError, Replay, ReplayFilter, ReplayStatus, TaskStatus, format_millis, now_millis,
+};
+use crate::ports::{DeliveryQueue, ListFilter, TaskStore, TenantStore};
+use crate::replays;
+
+/// How many tasks a dry run examines at most.
+const DRY_RUN_CAP: usize = 100_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayDto {
+    status: Option<String>,
+    host: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    code: Option<String>,
+    rate: Option<u32>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeDto {
+    status: String,
+    before: String,
+    #[serde(default)]
+    dry_run: bool,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        let field = if path == "." { msg.split('`').nth(1).unwrap_or_default().to_owned() } else { path };
+        FieldError::new("invalid", field, msg).into()
+    })
+}
+
+fn time(field: &str, v: Option<&str>) -> Result<Option<EpochMillis>, ApiError> {
+    v.map(|v| {
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
+            .map_err(|_| FieldError::new("invalid", field, format!("{field} must be an RFC 3339 time")).into())
+    })
+    .transpose()
+}
+
+pub fn replay_view(r: &Replay) -> Value {
+    json!({
+        "id": r.id,
+        "status": r.status,
+        "filter": {
+            "status": r.filter.status.as_str(),
+            "host": r.filter.host,
+            "since": r.filter.created_after.map(format_millis),
+            "until": r.filter.created_before.map(format_millis),
+            "code": r.filter.code.map(|c| match c {
+                CodeMatch::Exact(c) => c.to_string(),
+                CodeMatch::Class(c) => format!("{c}xx"),
+            }),
+        },
+        "rate": r.rate,
+        "replayed": r.replayed,
+        "skipped": r.skipped,
+        "errored": r.errored,
+        "done": r.status != ReplayStatus::Running,
+        "created_at": format_millis(r.created_at),
+        "updated_at": format_millis(r.updated_at),
+    })
+}
+
+pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let dto: ReplayDto = decode(&body)?;
+    if dto.status.as_deref().is_some_and(|s| s != "failed") {
+        return Err(
+            FieldError::new("invalid", "status", "only failed tasks are replayed (status must be failed)").into()
+        );
+    }
+    let code = dto
+        .code
+        .as_deref()
+        .map(|c| {
+            CodeMatch::parse(c).ok_or_else(|| {
+                FieldError::new("invalid", "code", "code must be a status such as 503 or a class such as 5xx")
+            })
+        })
+        .transpose()?;
+    let rate = dto.rate.unwrap_or(50);
+    if !(1..=1000).contains(&rate) {
+        return Err(FieldError::new("invalid", "rate", "rate must be 1 to 1000 tasks per second").into());
+    }
+    let now = now_millis();
+    let replay = Replay {
+        id: Replay::new_id(),
+        tenant: tenant.id.clone(),
+        filter: ReplayFilter {
+            status: TaskStatus::Failed,
+            host: dto.host,
+            created_after: time("since", dto.since.as_deref())?,
+            created_before: time("until", dto.until.as_deref())?,
+            code,
+        },
+        rate,
+        status: ReplayStatus::Running,
+        cursor: None,
+        replayed: 0,
+        skipped: 0,
+        errored: 0,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    if dto.dry_run {
+        let (matched, sample, complete) = replays::dry_run(&app.store, &replay, DRY_RUN_CAP).await?;
+        let sample: Vec<&str> = sample.iter().map(|s| s.as_str()).collect();
+        return Ok(
+            Json(json!({"dry_run": true, "matched": matched, "complete": complete, "sample": sample})).into_response()
+        );
+    }
+    app.store.put_replay(&replay).await?;
+    replays::kick(&app.queue, &replay.id).await?;
+    tracing::info!(replay_id = %replay.id, "replay started");
+    Ok((StatusCode::ACCEPTED, Json(replay_view(&replay))).into_response())
+}
+
+async fn owned_replay<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, tenant: &str, id: &str) -> Result<Replay, ApiError> {
+    app.store
+        .get_replay(id)
+        .await?
+        .filter(|r| r.tenant == tenant)
+        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))
+}
+
+pub async fn get_replay<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    Ok(Json(replay_view(&owned_replay(&app, &tenant.id, &id).await?)))
+}
+
+/// Moves a replay between running and cancelled (optimistic, retried on a race).
+async fn set_status<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    app: &AppState<S, Q, C>,
+    headers: &HeaderMap,
+    id: &str,
+    to: ReplayStatus,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(app, headers).await?;
+    loop {
+        let mut r = owned_replay(app, &tenant.id, id).await?;
+        match (r.status, to) {
+            (ReplayStatus::Done, _) => return Err(ApiError::Conflict(format!("replay {id} is done"))),
+            (from, to) if from == to => return Ok(Json(replay_view(&r))),
+            _ => {}
+        }
+        r.status = to;
+        r.version += 1;
+        r.updated_at = now_millis();
+        if app.store.save_replay(&r).await? {
+            if to == ReplayStatus::Running {
+                replays::kick(&app.queue, id).await?;
+            }
+            tracing::info!(replay_id = %id, status = ?to, "replay status changed");
+            return Ok(Json(replay_view(&r)));
+        }
+    }
+}
+
+pub async fn cancel_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_status(&app, &headers, &id, ReplayStatus::Cancelled).await
+}
+
+pub async fn resume_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_status(&app, &headers, &id, ReplayStatus::Running).await
+}
+
+/// Deletes (or, dry, counts) finished tasks of one status created before a
+/// time, one page per call; the caller repeats with `next_cursor`.
+pub async fn purge<S: TaskStore + TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    let dto: PurgeDto = decode(&body)?;
+    let status = TaskStatus::parse(&dto.status).filter(|s| s.is_final()).ok_or_else(|| {
+        FieldError::new("invalid", "status", "status must be succeeded, failed or cancelled (finished tasks only)")
+    })?;
+    let before = time("before", Some(&dto.before))?;
+    let limit = dto.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(FieldError::new("invalid", "limit", "limit must be 1 to 500").into());
+    }
+    let filter = ListFilter { status: Some(status), created_before: before, ..ListFilter::default() };
+    let page = app.store.list(&tenant.id, &filter, limit, dto.cursor.as_deref(), now_millis()).await?;
+    let mut purged = 0;
+    if !dto.dry_run {
+        for st in &page.items {
+            if app.store.purge(&st.id).await? {
+                purged += 1;
+            }
+        }
+        tracing::info!(tenant = %tenant.id, purged, "tasks purged");
+    }
+    Ok(Json(json!({
+        "dry_run": dto.dry_run,
+        "matched": page.items.len(),
+        "purged": purged,
+        "next_cursor": page.cursor,
+    })))
+}

@@ -1,0 +1,232 @@
+//! The `courier` binary against a real API and emulator: status, tasks,
+//! replay by filter (dry-run count, interruption and resume), DLQ redrive,
+//! purge.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, Target, TestStack, bin_dir, eventually, stack_options};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn courier_cmd(stack: &TestStack, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin_dir().join("courier"));
+    cmd.args(args)
+        .env("COURIER_URL", &stack.local.api_url)
+        .env("COURIER_API_KEY", stack.api.key.as_deref().unwrap_or_default())
+        .env("COURIER_QUEUE_URL", &stack.outputs().queue_url)
+        .env("COURIER_DLQ_URL", &stack.outputs().dlq_url)
+        .env("COURIER_CONFIG", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `courier args…`; returns exit code, stdout, stderr.
+async fn courier(stack: &TestStack, args: &[&str]) -> (i32, String, String) {
+    let out = courier_cmd(stack, args).output().await.expect("courier runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn courier_json(stack: &TestStack, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let (code, out, err) = courier(stack, &all).await;
+    assert_eq!(code, 0, "courier {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("courier {args:?} printed no JSON ({e}): {out}"))
+}
+
+#[tokio::test]
+async fn status_and_task_commands_work_against_the_api() {
+    let target = Target::start(&[]).await;
+    let stack = TestStack::start(stack_options("cli-tasks")).await;
+    let url = target.url("/hook");
+    let created =
+        courier_json(&stack, &["tasks", "create", "--target", &url, "--json", r#"{"a":1}"#, "--header", "X-Trace: t1"])
+            .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let file = std::env::temp_dir().join(format!("{}.json", stack.outputs().stack));
+    std::fs::write(&file, json!({"request": {"method": "GET", "url": url}, "schedule": {"delay": "1h"}}).to_string())
+        .expect("file");
+    let later = courier_json(&stack, &["tasks", "create", "--file", file.to_str().expect("path")]).await;
+    assert_eq!(later["status"], "scheduled");
+    stack.api.wait_for_status(&id, "succeeded", WAIT).await;
+    assert_eq!(target.received()[0].header("x-trace"), Some("t1"));
+
+    let listed = courier_json(&stack, &["tasks", "list", "--status", "succeeded"]).await;
+    assert_eq!(listed["tasks"].as_array().map(Vec::len), Some(1));
+    let (code, human, _) = courier(&stack, &["tasks", "show", &id]).await;
+    assert_eq!(code, 0);
+    assert!(human.contains(&id) && human.contains("succeeded") && human.contains("200"), "{human}");
+    let (code, human, _) = courier(&stack, &["tasks", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(human.starts_with("ID") && human.lines().count() == 3, "{human}");
+
+    let cancelled = courier_json(&stack, &["tasks", "cancel", later["id"].as_str().expect("id")]).await;
+    assert_eq!(cancelled["status"], "cancelled");
+    let (code, _, err) = courier(&stack, &["tasks", "cancel", later["id"].as_str().expect("id")]).await;
+    assert_ne!(code, 0);
+    assert!(err.starts_with("courier: conflict 409") && err.lines().count() == 1, "{err}");
+
+    let status = eventually(WAIT, || async {
+        let s = courier_json(&stack, &["status"]).await;
+        (s["counts"]["succeeded"] == 1 && s["counts"]["cancelled"] == 1).then_some(s)
+    })
+    .await
+    .expect("counts catch up");
+    assert_eq!(status["queue"]["visible"], 0);
+    assert_eq!(status["dlq"], 0);
+    let (code, human, _) = courier(&stack, &["status"]).await;
+    assert_eq!(code, 0);
+    assert!(human.contains("succeeded") && human.contains("queue: 0 visible"), "{human}");
+
+    let (code, _, err) = courier(&stack, &["--api-key", "ck_wrong", "tasks", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("courier: unauthorized 401"), "{err}");
+}
+
+#[tokio::test]
+async fn replay_of_hundreds_of_failed_tasks_counts_dry_runs_survives_interruption_and_resumes() {
+    const N: usize = 240;
+    let target = Target::start_with(vec![Reply::status(503); N]).await;
+    let stack = TestStack::start(stack_options("cli-replay")).await;
+    for chunk in 0..N / 80 {
+        let tasks: Vec<Value> = (0..80)
+            .map(|i| json!({"request": {"method": "POST", "url": target.url(&format!("/r/{}", chunk * 80 + i))}, "retry": {"intervals": []}}))
+            .collect();
+        let (status, resp) = stack.api.post("/v1/tasks/batch", &json!({"tasks": tasks}).to_string()).await;
+        assert_eq!((status, resp["created"].as_u64()), (200, Some(80)));
+    }
+    let failed = eventually(WAIT, || async {
+        let s = courier_json(&stack, &["status"]).await;
+        (s["counts"]["failed"] == N).then_some(())
+    })
+    .await;
+    assert!(failed.is_some(), "all {N} tasks fail first");
+
+    let dry = courier_json(&stack, &["replay", "--status", "failed", "--code", "5xx", "--dry-run"]).await;
+    assert_eq!(dry["matched"], N, "{dry}");
+    assert_eq!(dry["sample"].as_array().map(Vec::len), Some(5));
+    let none = courier_json(&stack, &["replay", "--code", "404", "--dry-run"]).await;
+    assert_eq!(none["matched"], 0);
+
+    // Start, interrupt with Ctrl-C (SIGINT), resume.
+    let child = courier_cmd(&stack, &["replay", "--status", "failed", "--rate", "40/s"]).spawn().expect("spawn");
+    let pid = child.id().expect("pid");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let kill = tokio::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().await.expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().await.expect("exit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err} {}", String::from_utf8_lossy(&out.stdout));
+    let replay_id = err.split("--resume ").nth(1).and_then(|s| s.split('`').next()).expect("resume hint").to_owned();
+    // The page in flight finishes; no page follows.
+    let paused = eventually(WAIT, || async {
+        let (_, r) = stack.api.get(&format!("/v1/replays/{replay_id}")).await;
+        (r["replayed"].as_u64().unwrap_or(0) > 0).then_some(r)
+    })
+    .await
+    .expect("the first pages land");
+    assert_eq!(paused["status"], "cancelled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, settled) = stack.api.get(&format!("/v1/replays/{replay_id}")).await;
+    let first = settled["replayed"].as_u64().expect("count");
+    assert!(first < N as u64, "interrupted part-way: {settled}");
+    let done = courier_json(&stack, &["replay", "--resume", &replay_id]).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(
+        done["replayed"].as_u64().expect("replayed") + done["skipped"].as_u64().expect("skipped"),
+        N as u64,
+        "{done}"
+    );
+    assert_eq!(done["errored"], 0);
+    let all_ok = eventually(WAIT, || async {
+        let s = courier_json(&stack, &["status"]).await;
+        (s["counts"]["succeeded"] == N).then_some(())
+    })
+    .await;
+    assert!(all_ok.is_some(), "every replayed task succeeds");
+    // History kept, numbering continued.
+    let (_, page) = stack.api.get("/v1/tasks?limit=1").await;
+    let id = page["tasks"][0]["id"].as_str().expect("id");
+    let (_, attempts) = stack.api.get(&format!("/v1/tasks/{id}/attempts")).await;
+    let codes: Vec<&Value> =
+        attempts["attempts"].as_array().expect("attempts").iter().map(|a| &a["status_code"]).collect();
+    assert_eq!(codes, [&json!(503), &json!(200)]);
+}
+
+#[tokio::test]
+async fn the_dlq_is_listed_with_reasons_and_redriven() {
+    let target = Target::start(&[404, 404, 404]).await;
+    let stack = TestStack::start(stack_options("cli-dlq")).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(stack.api.create("POST", &target.url(&format!("/d/{i}"))).await);
+    }
+    for id in &ids {
+        stack.api.wait_for_status(id, "failed", WAIT).await;
+    }
+    let sqs = aws_sdk_sqs::Client::new(&crate::helpers::sdk().await);
+    sqs.send_message().queue_url(&stack.outputs().dlq_url).message_body("not a task").send().await.expect("poison");
+    let listed = courier_json(&stack, &["dlq", "list"]).await;
+    let msgs = listed["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 4, "{listed}");
+    let mut parked: Vec<&str> = msgs.iter().filter_map(|m| m["task_id"].as_str()).collect();
+    parked.sort();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(parked, expected);
+    assert!(
+        msgs.iter()
+            .filter(|m| m["task_id"].is_string())
+            .all(|m| m["reason"] == "stopped after attempt 1: client_error (HTTP 404)")
+    );
+    let one = msgs[0]["message_id"].as_str().expect("id");
+    let shown = courier_json(&stack, &["dlq", "show", one]).await;
+    assert_eq!(shown["message_id"], one);
+
+    let redrive = courier_json(&stack, &["dlq", "redrive"]).await;
+    assert_eq!(redrive, json!({"redriven": 3, "stale_removed": 0, "kept": 1}));
+    for id in &ids {
+        stack.api.wait_for_status(id, "succeeded", WAIT).await;
+    }
+    let left = courier_json(&stack, &["dlq", "list"]).await;
+    assert_eq!(left["messages"].as_array().map(Vec::len), Some(1), "only the poison message stays");
+}
+
+#[tokio::test]
+async fn purge_deletes_finished_tasks_before_a_time_with_a_dry_run() {
+    let target = Target::start(&[]).await;
+    let stack = TestStack::start(stack_options("cli-purge")).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(stack.api.create("POST", &target.url(&format!("/p/{i}"))).await);
+    }
+    for id in &ids {
+        stack.api.wait_for_status(id, "succeeded", WAIT).await;
+    }
+    let keep = stack
+        .api
+        .create_task(json!({"request": {"method": "GET", "url": target.url("/k")}, "schedule": {"delay": "1h"}}))
+        .await;
+    let before = courier::domain::format_millis(courier::domain::now_millis() + 60_000);
+    let dry = courier_json(&stack, &["purge", "--status", "succeeded", "--before", &before, "--dry-run"]).await;
+    assert_eq!(dry, json!({"dry_run": true, "matched": 3, "purged": 0}));
+    assert_eq!(stack.api.get(&format!("/v1/tasks/{}", ids[0])).await.0, 200, "a dry run deletes nothing");
+    let done = courier_json(&stack, &["purge", "--status", "succeeded", "--before", &before]).await;
+    assert_eq!(done["purged"], 3);
+    for id in &ids {
+        assert_eq!(stack.api.get(&format!("/v1/tasks/{id}")).await.0, 404);
+        assert_eq!(stack.api.get(&format!("/v1/tasks/{id}/attempts")).await.0, 404);
+    }
+    assert_eq!(stack.api.get(&format!("/v1/tasks/{}", keep["id"].as_str().expect("id"))).await.0, 200);
+    let (code, _, err) = courier(&stack, &["purge", "--status", "scheduled", "--before", &before]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("(status)"), "{err}");
+}
