@@ -97,6 +97,13 @@ async fn main() -> anyhow::Result<()> {
                 "  curl -s -X POST {}/v1/tasks -H \"authorization: Bearer $COURIER_API_KEY\" -H 'content-type: application/json' \\\n    -d '{{\"request\":{{\"method\":\"POST\",\"url\":\"http://{echo_addr}/hello\",\"json\":{{\"hi\":1}}}}}}'",
                 local.api_url
             );
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+            println!("\nOperate it with the CLI (target/debug/courier, or `cargo install --path cli`):\n");
+            println!(
+                "  export COURIER_URL={} COURIER_API_KEY={key} \\\n    COURIER_QUEUE_URL={} COURIER_DLQ_URL={} \\\n    AWS_ENDPOINT_URL={endpoint} AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
+                local.api_url, local.outputs.queue_url, local.outputs.dlq_url
+            );
+            println!("  target/debug/courier status");
             println!(
                 "\nThen look at it:  curl -s -H \"authorization: Bearer $COURIER_API_KEY\" {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n",
                 local.api_url
