@@ -86,6 +86,16 @@ async fn status_and_task_commands_work_against_the_api() {
     assert_eq!(code, 0);
     assert!(human.contains("succeeded") && human.contains("queue: 0 visible"), "{human}");
 
+    // --watch refreshes until Ctrl-C, then exits cleanly.
+    let watch = courier_cmd(&stack, &["status", "--watch", "1", "--output", "json"]).spawn().expect("spawn");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pid = watch.id().expect("pid").to_string();
+    tokio::process::Command::new("kill").args(["-INT", &pid]).status().await.expect("kill");
+    let out = watch.wait_with_output().await.expect("exit");
+    assert_eq!(out.status.code(), Some(0));
+    let refreshes = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')).count();
+    assert!(refreshes >= 2, "refreshed {refreshes} times");
+
     let (code, _, err) = courier(&stack, &["--api-key", "ck_wrong", "tasks", "list"]).await;
     assert_eq!(code, 1);
     assert!(err.starts_with("courier: unauthorized 401"), "{err}");
