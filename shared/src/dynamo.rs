@@ -217,6 +217,36 @@ impl DynamoStore {
         self
     }
 
+    /// A strongly consistent read of one item.
+    async fn get_item(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item)
+    }
+
+    /// A query over one task's items whose sort key starts with `prefix`.
+    fn task_items(
+        &self,
+        id: &TaskId,
+        prefix: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(task_pk(id)))
+            .expression_attribute_values(":prefix", s(prefix))
+    }
+
     fn put(&self, item: Item) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
         self.client.put_item().table_name(&self.table).set_item(Some(item))
     }
@@ -412,16 +442,8 @@ impl TaskStore for DynamoStore {
     }
 
     async fn find_by_key(&self, tenant: &str, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(unique_pk(tenant, k), "UNIQUE")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(out.item.as_ref().and_then(|i| opt_s(i, "task_id")).and_then(|id| TaskId::parse(id).ok()))
+        let out = self.get_item(key(unique_pk(tenant, k), "UNIQUE")).await?;
+        Ok(out.as_ref().and_then(|i| opt_s(i, "task_id")).and_then(|id| TaskId::parse(id).ok()))
     }
 
     async fn list(
@@ -486,16 +508,7 @@ impl TaskStore for DynamoStore {
     }
 
     async fn attempts(&self, id: &TaskId, limit: usize, cursor: Option<&str>) -> Result<Page<Attempt>, StoreError> {
-        let mut q = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :a)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(task_pk(id)))
-            .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
-            .limit(limit as i32);
+        let mut q = self.task_items(id, ATTEMPT_PREFIX).limit(limit as i32);
         if let Some(sk) = cursor.and_then(decode_cursor).filter(|sk| sk.starts_with(ATTEMPT_PREFIX)) {
             q = q.set_exclusive_start_key(Some(key(task_pk(id), sk)));
         }
@@ -508,14 +521,7 @@ impl TaskStore for DynamoStore {
 
     async fn last_attempt(&self, id: &TaskId) -> Result<Option<Attempt>, StoreError> {
         let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :a)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(task_pk(id)))
-            .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+            .task_items(id, ATTEMPT_PREFIX)
             .scan_index_forward(false)
             .limit(1)
             .consistent_read(true)
@@ -527,14 +533,7 @@ impl TaskStore for DynamoStore {
 
     async fn runs(&self, id: &TaskId, limit: usize) -> Result<Vec<TaskState>, StoreError> {
         let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :r)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(task_pk(id)))
-            .expression_attribute_values(":r", s(RUN_PREFIX))
+            .task_items(id, RUN_PREFIX)
             .scan_index_forward(false)
             .limit(limit as i32)
             .send()
@@ -706,16 +705,8 @@ impl TaskStore for DynamoStore {
     }
 
     async fn watermark(&self) -> Result<Option<EpochMillis>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key("RECONCILER", "WATERMARK")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item.map(|i| req_n("RECONCILER", &i, "at")).transpose()
+        let out = self.get_item(key("RECONCILER", "WATERMARK")).await?;
+        out.map(|i| req_n("RECONCILER", &i, "at")).transpose()
     }
 
     async fn set_watermark(&self, at: EpochMillis) -> Result<(), StoreError> {
@@ -769,16 +760,8 @@ impl TaskStore for DynamoStore {
     }
 
     async fn counts(&self, tenant: &str) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(tenant), "COUNTS")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        let item = out.item.unwrap_or_default();
+        let out = self.get_item(key(tenant_pk(tenant), "COUNTS")).await?;
+        let item = out.unwrap_or_default();
         TaskStatus::ALL
             .iter()
             .map(|s| Ok((*s, get_n(tenant, &item, &format!("c_{}", s.as_str()))?.unwrap_or(0))))
@@ -800,16 +783,8 @@ impl TaskStore for DynamoStore {
     }
 
     async fn get_replay(&self, id: &str) -> Result<Option<crate::domain::Replay>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("REPLAY#{id}"), "REPLAY")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item.map(|i| json(id, &i, "doc")).transpose()
+        let out = self.get_item(key(format!("REPLAY#{id}"), "REPLAY")).await?;
+        out.map(|i| json(id, &i, "doc")).transpose()
     }
 
     async fn save_replay(&self, r: &crate::domain::Replay) -> Result<bool, StoreError> {
@@ -993,16 +968,8 @@ impl TaskStore for DynamoStore {
     }
 
     async fn read_state(&self, unit: &Unit) -> Result<Option<TaskState>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item.map(|i| state_from_item(&unit.task, unit.run, &i)).transpose()
+        let out = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await?;
+        out.map(|i| state_from_item(&unit.task, unit.run, &i)).transpose()
     }
 
     async fn get_spec(&self, id: &TaskId) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
@@ -1119,16 +1086,8 @@ impl TenantStore for DynamoStore {
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(id), "TENANT")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item.as_ref().map(tenant_from_item).transpose()
+        let out = self.get_item(key(tenant_pk(id), "TENANT")).await?;
+        out.as_ref().map(tenant_from_item).transpose()
     }
 
     async fn update_tenant(&self, id: &str, enabled: Option<bool>, quotas: Option<Quotas>) -> Result<bool, StoreError> {
@@ -1180,29 +1139,13 @@ impl TenantStore for DynamoStore {
     }
 
     async fn tenant_of_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("APIKEY#{hash}"), "APIKEY")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(out.item.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned)))
+        let out = self.get_item(key(format!("APIKEY#{hash}"), "APIKEY")).await?;
+        Ok(out.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned)))
     }
 
     async fn revoke_key(&self, tenant: &str, key_id: &str, now: EpochMillis) -> Result<bool, StoreError> {
-        let listed = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(tenant), format!("KEY#{key_id}"))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        let Some(hash) = listed.item.as_ref().and_then(|i| opt_s(i, "hash")).map(str::to_owned) else {
+        let listed = self.get_item(key(tenant_pk(tenant), format!("KEY#{key_id}"))).await?;
+        let Some(hash) = listed.as_ref().and_then(|i| opt_s(i, "hash")).map(str::to_owned) else {
             return Ok(false);
         };
         for k in [key(format!("APIKEY#{hash}"), "APIKEY"), key(tenant_pk(tenant), format!("KEY#{key_id}"))] {
