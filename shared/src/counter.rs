@@ -1,11 +1,15 @@
-//! Per-tenant status counts that stay right without scans.
+//! Per-tenant status counts that stay right without scans, and the release
+//! of active-task quota slots.
 //!
 //! The table's stream (new and old images) feeds this function with every
 //! change of a task's `STATE` item; each batch becomes one transaction that
 //! adds the batch's net change per tenant and status to the tenant's `COUNTS`
-//! item and records the batch's identity, so a retried batch is not counted
-//! twice. Nothing on the API's or the sender's path writes a counter: the
-//! counts cost one small transaction per stream batch.
+//! item, gives back the active-task slots of tasks that left the active set
+//! (finished, cancelled, deleted), and records the batch's identity, so a
+//! retried batch is not counted twice. Slots are taken by the API when it
+//! creates or retries a task (the quota check must be atomic); they are given
+//! back only here. Nothing on the sender's path writes a counter: a delivery
+//! costs its three writes, and the counts one small transaction per stream batch.
 //!
 //! Known limit: a batch retried with more records than the first time (the
 //! function died after its transaction committed, and more changes arrived
@@ -19,8 +23,21 @@ use serde_json::Value;
 use crate::domain::TaskStatus;
 use crate::ports::{StoreError, TaskStore};
 
-/// Net change of each status, per tenant.
-pub type Deltas = HashMap<String, BTreeMap<TaskStatus, i64>>;
+/// One tenant's net change in a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantDelta {
+    pub statuses: BTreeMap<TaskStatus, i64>,
+    /// Active-task slots to give back (negative) for tasks that left the active set.
+    pub active: i64,
+}
+
+/// Net changes, per tenant.
+pub type Deltas = HashMap<String, TenantDelta>;
+
+/// Whether a task in this status holds an active-task slot.
+fn holds_slot(s: TaskStatus) -> bool {
+    !s.is_final()
+}
 
 /// The net status changes in a batch of stream records (Lambda's DynamoDB
 /// event format). Only task `STATE` items count; a TTL delete removes its status.
@@ -40,16 +57,19 @@ pub fn deltas(records: &[Value]) -> Deltas {
         let Some(tenant) = tenant else { continue };
         let t = out.entry(tenant.to_owned()).or_default();
         if let Some(o) = old {
-            *t.entry(o).or_default() -= 1;
+            *t.statuses.entry(o).or_default() -= 1;
         }
         if let Some(n) = new {
-            *t.entry(n).or_default() += 1;
+            *t.statuses.entry(n).or_default() += 1;
+        }
+        if old.is_some_and(holds_slot) && !new.is_some_and(holds_slot) {
+            t.active -= 1;
         }
     }
-    for counts in out.values_mut() {
-        counts.retain(|_, d| *d != 0);
+    for t in out.values_mut() {
+        t.statuses.retain(|_, d| *d != 0);
     }
-    out.retain(|_, c| !c.is_empty());
+    out.retain(|_, t| !t.statuses.is_empty() || t.active != 0);
     out
 }
 
@@ -106,8 +126,21 @@ mod tests {
             rec("4", None, Some(("b", "scheduled"))),
             rec("5", Some(("b", "scheduled")), None),
         ]);
-        assert_eq!(d.get("a"), Some(&BTreeMap::from([(TaskStatus::Succeeded, 1)])));
-        assert_eq!(d.get("b"), None, "created then deleted: no change");
+        let a = d.get("a").expect("tenant a");
+        assert_eq!(a.statuses, BTreeMap::from([(TaskStatus::Succeeded, 1)]));
+        assert_eq!(a.active, -1, "the delivered task gives its slot back");
+        let b = d.get("b").expect("tenant b");
+        assert!(b.statuses.is_empty(), "created then deleted: no count changes");
+        assert_eq!(b.active, -1, "but the deleted task's slot comes back");
+    }
+
+    #[test]
+    fn a_retry_takes_no_slot_here_and_a_cancel_gives_one_back() {
+        let d = deltas(&[
+            rec("1", Some(("a", "failed")), Some(("a", "pending"))),
+            rec("2", Some(("a", "scheduled")), Some(("a", "cancelled"))),
+        ]);
+        assert_eq!(d["a"].active, -1);
     }
 
     #[test]

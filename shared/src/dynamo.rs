@@ -247,6 +247,47 @@ impl DynamoStore {
             .expression_attribute_values(":prefix", s(prefix))
     }
 
+    /// Takes `unique` for `task`, or returns the task that holds it.
+    async fn take_unique(&self, task: &NewTask, unique: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
+        // The unique key first, by a conditional put: exactly one of concurrent
+        // identical creates wins it. (No transaction: none is needed, and the
+        // local emulator's transactions restore a copy of the table on failure.)
+        let unique_key = key(unique_pk(&task.tenant, unique), "UNIQUE");
+        let mut orphan: Option<TaskId> = None;
+        loop {
+            let mut put = self.put(self.unique_item(task, unique)).expression_attribute_names("#pk", PK);
+            put = match &orphan {
+                None => put.condition_expression("attribute_not_exists(#pk)"),
+                Some(o) => {
+                    put.condition_expression("task_id = :orphan").expression_attribute_values(":orphan", s(o.as_str()))
+                }
+            };
+            match put.send().await {
+                Ok(_) => break,
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            let Some(holder) = self.find_by_key(&task.tenant, unique).await? else { continue };
+            let exists =
+                |id: TaskId| async move { self.read_state(&Unit { task: id, run: None }).await.map(|s| s.is_some()) };
+            if exists(holder.clone()).await? {
+                return Ok(Some(holder));
+            }
+            // Its creator may be between the key and the state: give it a moment.
+            tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+            if exists(holder.clone()).await? {
+                return Ok(Some(holder));
+            }
+            if orphan.as_ref() == Some(&holder) {
+                return Err(corrupt(unique_pk(&task.tenant, unique).as_str(), "unique key could not be taken over"));
+            }
+            // A creator that died after taking the key: take it over.
+            tracing::warn!(key = ?unique_key, orphan = %holder, "taking over an orphaned unique key");
+            orphan = Some(holder);
+        }
+        Ok(None)
+    }
+
     fn put(&self, item: Item) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
         self.client.put_item().table_name(&self.table).set_item(Some(item))
     }
@@ -326,42 +367,21 @@ impl DynamoStore {
 
 impl TaskStore for DynamoStore {
     async fn create(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<Created, StoreError> {
-        let (spec, state) = self.new_items(task);
-        let Some(unique) = unique else {
-            // No uniqueness to guard: two plain puts, the state last (it makes the task exist).
-            self.put(spec).send().await.map_err(unavailable)?;
-            self.put(state)
-                .condition_expression("attribute_not_exists(#pk)")
-                .expression_attribute_names("#pk", PK)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            return Ok(Created::New);
-        };
-        let put = |item: Item, guard: bool| -> Result<TransactWriteItem, StoreError> {
-            let mut p = Put::builder().table_name(&self.table).set_item(Some(item));
-            if guard {
-                p = p.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PK);
-            }
-            Ok(TransactWriteItem::builder().put(p.build().map_err(unavailable)?).build())
-        };
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(put(self.unique_item(task, unique), true)?)
-            .transact_items(put(spec, false)?)
-            .transact_items(put(state, true)?)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Created::New),
-            Err(e) if is_transaction_cancelled(&e) => match self.find_by_key(&task.tenant, unique).await? {
-                Some(existing) => Ok(Created::Existing(existing)),
-                // Cancelled for another reason (a conflicting transaction): the caller may retry.
-                None => Err(unavailable(e)),
-            },
-            Err(e) => Err(unavailable(e)),
+        if let Some(u) = unique
+            && let Some(holder) = self.take_unique(task, u).await?
+        {
+            return Ok(Created::Existing(holder));
         }
+        // The state last: it makes the task exist.
+        let (spec, state) = self.new_items(task);
+        self.put(spec).send().await.map_err(unavailable)?;
+        self.put(state)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(Created::New)
     }
 
     async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
@@ -404,12 +424,25 @@ impl TaskStore for DynamoStore {
     }
 
     async fn discard(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<(), StoreError> {
-        let mut keys = vec![key(task_pk(&task.id), STATE), key(task_pk(&task.id), SPEC)];
-        if let Some(u) = unique {
-            keys.push(key(unique_pk(&task.tenant, u), "UNIQUE"));
-        }
-        for k in keys {
+        for k in [key(task_pk(&task.id), STATE), key(task_pk(&task.id), SPEC)] {
             self.client.delete_item().table_name(&self.table).set_key(Some(k)).send().await.map_err(unavailable)?;
+        }
+        if let Some(u) = unique {
+            // Only if it is still ours.
+            let res = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(unique_pk(&task.tenant, u), "UNIQUE")))
+                .condition_expression("task_id = :mine")
+                .expression_attribute_values(":mine", s(task.id.as_str()))
+                .send()
+                .await;
+            match res {
+                Ok(_) => {}
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
         }
         Ok(())
     }
@@ -729,17 +762,31 @@ impl TaskStore for DynamoStore {
             .map_err(unavailable)?;
         let mut req =
             self.client.transact_write_items().transact_items(TransactWriteItem::builder().put(guard).build());
-        // A transaction holds 100 items: the guard and up to 99 tenants (a stream batch rarely spans more).
-        for (tenant, counts) in deltas.iter().take(99) {
-            let mut u = Update::builder().table_name(&self.table).set_key(Some(key(tenant_pk(tenant), "COUNTS")));
-            let mut adds = Vec::new();
-            for (i, (status, d)) in counts.iter().enumerate() {
-                adds.push(format!("#c{i} :d{i}"));
-                u = u.expression_attribute_names(format!("#c{i}"), format!("c_{}", status.as_str()));
-                u = u.expression_attribute_values(format!(":d{i}"), n(d));
+        // A transaction holds 100 items: the guard and two per tenant (a stream batch rarely spans 49).
+        for (tenant, delta) in deltas.iter().take(49) {
+            if !delta.statuses.is_empty() {
+                let mut u = Update::builder().table_name(&self.table).set_key(Some(key(tenant_pk(tenant), "COUNTS")));
+                let mut adds = Vec::new();
+                for (i, (status, d)) in delta.statuses.iter().enumerate() {
+                    adds.push(format!("#c{i} :d{i}"));
+                    u = u.expression_attribute_names(format!("#c{i}"), format!("c_{}", status.as_str()));
+                    u = u.expression_attribute_values(format!(":d{i}"), n(d));
+                }
+                let u = u.update_expression(format!("ADD {}", adds.join(", "))).build().map_err(unavailable)?;
+                req = req.transact_items(TransactWriteItem::builder().update(u).build());
             }
-            let u = u.update_expression(format!("ADD {}", adds.join(", "))).build().map_err(unavailable)?;
-            req = req.transact_items(TransactWriteItem::builder().update(u).build());
+            if delta.active != 0 {
+                let u = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key(tenant_pk(tenant), "TENANT")))
+                    .update_expression("ADD active :a")
+                    .condition_expression("attribute_exists(#pk)")
+                    .expression_attribute_names("#pk", PK)
+                    .expression_attribute_values(":a", n(delta.active))
+                    .build()
+                    .map_err(unavailable)?;
+                req = req.transact_items(TransactWriteItem::builder().update(u).build());
+            }
         }
         match req.send().await {
             Ok(_) => Ok(true),

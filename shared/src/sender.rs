@@ -7,7 +7,6 @@
 //! the message's visibility timeout; waits SQS cannot hold (over 12 hours, or
 //! past the message's retention) become a one-time Scheduler schedule.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
@@ -103,11 +102,9 @@ pub struct Sender<S, Q, C> {
     settings: SenderSettings,
 }
 
-/// One record's result: keep it on the queue or not, and whether a one-off
-/// task of some tenant finished (its active-task slot is released per batch).
+/// One record's result: keep it on the queue for redelivery or not.
 struct Handled {
     keep: bool,
-    finished_tenant: Option<String>,
 }
 
 impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
@@ -122,22 +119,12 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
             .await;
-        let mut finished: HashMap<String, u64> = HashMap::new();
         let mut resp = SqsBatchResponse::default();
         for (message_id, h) in handled {
-            if let Some(t) = h.finished_tenant {
-                *finished.entry(t).or_default() += 1;
-            }
             if h.keep {
                 let mut f = BatchItemFailure::default();
                 f.item_identifier = message_id;
                 resp.batch_item_failures.push(f);
-            }
-        }
-        // One counter write per tenant per batch, not per task.
-        for (tenant, n) in finished {
-            if let Err(e) = self.store.release_active(&tenant, n).await {
-                tracing::error!(tenant = %tenant, error = %e, "could not release active-task slots");
             }
         }
         resp
@@ -151,7 +138,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             if let Err(e) = &res {
                 tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
             }
-            return Handled { keep: res.is_err(), finished_tenant: None };
+            return Handled { keep: res.is_err() };
         }
         let (unit, outcome) = match self.unit_of(body).await {
             Err(e) => (None, Err(e)),
@@ -162,10 +149,10 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
                 Err(e) => (None, Err(e)),
             },
         };
-        let keep = |keep: bool| Handled { keep, finished_tenant: None };
+        let keep = |keep: bool| Handled { keep };
         match outcome {
             Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
-            Ok(DeliveryOutcome::Delivered { .. }) => Handled { keep: false, finished_tenant: one_off_tenant(&unit) },
+            Ok(DeliveryOutcome::Delivered { .. }) => keep(false),
             Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
                 let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
                 match (&unit, wait_needs_scheduler(delay, sent_at, now_millis())) {
@@ -183,7 +170,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
                     None => (None, None, None),
                 };
                 let doc = json!({"type": "task.failed.v1", "task_id": task_id, "run": run, "tenant": tenant, "reason": reason});
-                Handled { keep: self.park(doc).await.is_err(), finished_tenant: one_off_tenant(&unit) }
+                keep(self.park(doc).await.is_err())
             }
             Ok(DeliveryOutcome::Poison { reason }) => {
                 tracing::error!(reason = %reason, "poison message");
@@ -428,12 +415,6 @@ fn emit(metric: &str, task: Option<&TaskId>, attempt: Option<(&Attempt, Option<E
 pub fn wait_needs_scheduler(delay: Duration, sent_at: Option<EpochMillis>, now: EpochMillis) -> bool {
     let retention_end = sent_at.map(|s| s + i64::from(QUEUE_RETENTION_S) * 1000 - RETENTION_MARGIN_MS);
     delay > MAX_VISIBILITY_WAIT || retention_end.is_some_and(|end| now + delay.as_millis() as i64 > end)
-}
-
-/// The tenant whose active-task slot a finished unit frees: one-off tasks
-/// only (a cron task holds its slot until cancelled).
-fn one_off_tenant(unit: &Option<(Unit, String)>) -> Option<String> {
-    unit.as_ref().filter(|(u, _)| u.run.is_none()).map(|(_, t)| t.clone())
 }
 
 /// What to do after an attempt.

@@ -134,12 +134,10 @@ async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
 }
 
 /// Undoes a stored task that could not be dispatched: nothing half-made stays.
+/// (Its active-task slot comes back when the stream counter sees the delete.)
 async fn roll_back<S: TaskStore + TenantStore, Q, C>(app: &AppState<S, Q, C>, task: &NewTask, key: Option<&UniqueKey>) {
     if let Err(e) = app.store.discard(task, key).await {
         tracing::error!(task_id = %task.id, error = %e, "could not discard an undispatched task");
-    }
-    if let Err(e) = app.store.release_active(&task.tenant, 1).await {
-        tracing::error!(task_id = %task.id, error = %e, "could not release an active-task slot");
     }
 }
 
@@ -472,7 +470,7 @@ async fn cancel_task<S: TaskStore + TenantStore, Q, C: Scheduler>(
                 // The task is cancelled either way: a firing finds it so and sends nothing.
                 tracing::warn!(task_id = %id, error = %e, "could not delete the schedule of a cancelled task");
             }
-            app.store.release_active(&before.tenant, 1).await?;
+            // Its active-task slot comes back through the stream counter.
             tracing::info!(task_id = %id, "task cancelled");
         }
         Cancelled::AlreadyFinal(status) => {
