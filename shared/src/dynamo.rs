@@ -1106,7 +1106,8 @@ fn tenant_from_item(i: &Item) -> Result<Tenant, StoreError> {
             max_active_tasks: req_n(&id, i, "max_active")?,
             create_rate_per_second: req_n(&id, i, "create_rate")?,
         },
-        active: get_n(&id, i, "active")?.unwrap_or(0),
+        // Never below zero (slots given back for tasks created around the API, say).
+        active: get_n::<i64>(&id, i, "active")?.unwrap_or(0).max(0) as u64,
         created_at: req_n(&id, i, "created_at")?,
         id,
     })
