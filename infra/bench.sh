@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
 infra/tools.sh
-cargo build --release --bins -p api -p sender -p reconciler -p courier-local
+cargo build --release --bins -p api -p sender -p reconciler -p counter -p courier-local
 port=$(infra/emulator.sh free-port)
 export AWS_ENDPOINT_URL=$(infra/emulator.sh start "$port")
 trap 'infra/emulator.sh stop "$port"' EXIT

@@ -60,7 +60,6 @@ struct Shared {
     /// Time from start to the first `/next`: the init time of a one-process host.
     first_next: std::sync::OnceLock<Duration>,
     started: Instant,
-    init_errors: Mutex<Vec<String>>,
     /// Invocations answered and the wall time spent in them (what Lambda bills).
     invocations: std::sync::atomic::AtomicU64,
     busy_us: std::sync::atomic::AtomicU64,
@@ -87,7 +86,6 @@ impl FunctionHost {
             pending: Mutex::new(HashMap::new()),
             first_next: std::sync::OnceLock::new(),
             started: Instant::now(),
-            init_errors: Mutex::new(Vec::new()),
             invocations: Default::default(),
             busy_us: Default::default(),
         });
@@ -169,11 +167,6 @@ impl FunctionHost {
         (self.shared.invocations.load(Relaxed), Duration::from_micros(self.shared.busy_us.load(Relaxed)))
     }
 
-    /// Errors a process reported on `/init/error`.
-    pub async fn init_errors(&self) -> Vec<String> {
-        self.shared.init_errors.lock().await.clone()
-    }
-
     /// Kills every process of the function with SIGKILL (as a crash would).
     pub fn kill(&self) {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,6 +238,5 @@ async fn error(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes
 async fn init_error(State(s): State<Arc<Shared>>, body: Bytes) -> StatusCode {
     let text = String::from_utf8_lossy(&body).into_owned();
     tracing::error!(function = %s.name, error = %text, "function init failed");
-    s.init_errors.lock().await.push(text);
     StatusCode::ACCEPTED
 }
