@@ -18,7 +18,7 @@ tools:
 ## build-lambda: release arm64 Lambda zips via cargo-lambda (installed into ./.venv)
 build-lambda:
 	infra/tools.sh --lambda
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip --bin api --bin sender
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip --bin api --bin sender --bin reconciler --bin counter
 
 fmt:
 	cargo fmt --all

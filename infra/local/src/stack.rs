@@ -40,6 +40,8 @@ pub struct StackOptions {
     pub scheduler_tick: Option<Duration>,
     /// How often the reconciler runs, as EventBridge would (`None`: only when invoked).
     pub reconcile_every: Option<Duration>,
+    /// Feed the status counter from the table's stream (off: no counts, no slot release).
+    pub stream_counter: bool,
 }
 
 impl StackOptions {
@@ -57,6 +59,7 @@ impl StackOptions {
             function_env: Default::default(),
             scheduler_tick: Some(Duration::from_secs(1)),
             reconcile_every: Some(Duration::from_secs(60)),
+            stream_counter: true,
         }
     }
 }
@@ -150,12 +153,14 @@ impl LocalStack {
                 }
             }));
         }
-        tasks.push(tokio::spawn(crate::streams::run(
-            aws_sdk_dynamodbstreams::Client::new(sdk),
-            aws_sdk_dynamodb::Client::new(sdk),
-            outputs.names.table.clone(),
-            counter.clone(),
-        )));
+        if opts.stream_counter {
+            tasks.push(tokio::spawn(crate::streams::run(
+                aws_sdk_dynamodbstreams::Client::new(sdk),
+                aws_sdk_dynamodb::Client::new(sdk),
+                outputs.names.table.clone(),
+                counter.clone(),
+            )));
+        }
         Ok(Self { api_url, outputs, api, sender, reconciler, counter, tasks })
     }
 }
