@@ -28,23 +28,24 @@ pub fn list_filter(r: &Replay) -> ListFilter {
     }
 }
 
-/// Starts (or resumes) the chain of a replay.
-pub async fn kick<Q: DeliveryQueue>(queue: &Q, id: &str) -> Result<(), QueueError> {
-    queue.enqueue(&QueueMessage::ReplayV1 { replay_id: id.to_owned() }, Duration::ZERO).await
+/// Starts (or resumes) a replay's chain of page messages.
+pub async fn kick<Q: DeliveryQueue>(queue: &Q, r: &Replay) -> Result<(), QueueError> {
+    queue.enqueue(&QueueMessage::ReplayV1 { replay_id: r.id.clone(), chain: r.chain }, Duration::ZERO).await
 }
 
-/// Advances replay `id` by one page.
+/// Advances replay `id` by one page, if `chain` is its current chain.
 #[tracing::instrument(skip_all, fields(replay_id = id))]
 pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
     store: &S,
     queue: &Q,
     id: &str,
+    chain: u64,
 ) -> Result<(), ReplayError> {
     let Some(r) = store.get_replay(id).await? else {
         tracing::warn!("no such replay; message dropped");
         return Ok(());
     };
-    if r.status != ReplayStatus::Running {
+    if r.status != ReplayStatus::Running || r.chain != chain {
         return Ok(());
     }
     let now = now_millis();
@@ -87,7 +88,8 @@ pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
         doc.replayed += replayed;
         doc.skipped += skipped;
         doc.errored += errored;
-        if doc.status == ReplayStatus::Running {
+        // The cursor moves only for the current chain (a resumed replay's new chain owns it).
+        if doc.status == ReplayStatus::Running && doc.chain == chain {
             doc.cursor = page.cursor.clone();
             if doc.cursor.is_none() {
                 doc.status = ReplayStatus::Done;
@@ -104,8 +106,9 @@ pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
         }
     }
     tracing::info!(replayed, skipped, errored, status = ?doc.status, "replay page done");
-    if doc.status == ReplayStatus::Running {
-        queue.enqueue(&QueueMessage::ReplayV1 { replay_id: id.to_owned() }, Duration::from_secs(1)).await?;
+    if doc.status == ReplayStatus::Running && doc.chain == chain {
+        let next = QueueMessage::ReplayV1 { replay_id: id.to_owned(), chain: doc.chain };
+        queue.enqueue(&next, Duration::from_secs(1)).await?;
     }
     Ok(())
 }

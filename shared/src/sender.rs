@@ -133,8 +133,8 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
     async fn process(&self, record: &SqsMessage) -> Handled {
         let body = record.body.as_deref().unwrap_or_default();
-        if let Some(QueueMessage::ReplayV1 { replay_id }) = QueueMessage::from_body(body) {
-            let res = crate::replays::step(&self.store, &self.queue, &replay_id).await;
+        if let Some(QueueMessage::ReplayV1 { replay_id, chain }) = QueueMessage::from_body(body) {
+            let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain).await;
             if let Err(e) = &res {
                 tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
             }

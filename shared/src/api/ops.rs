@@ -134,6 +134,7 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
         created_at: now,
         updated_at: now,
         version: 1,
+        chain: 0,
     };
     if dto.dry_run {
         let (matched, sample, complete) = replays::dry_run(&app.store, &replay, DRY_RUN_CAP).await?;
@@ -143,7 +144,7 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
         );
     }
     app.store.put_replay(&replay).await?;
-    replays::kick(&app.queue, &replay.id).await?;
+    replays::kick(&app.queue, &replay).await?;
     tracing::info!(replay_id = %replay.id, "replay started");
     Ok((StatusCode::ACCEPTED, Json(replay_view(&replay))).into_response())
 }
@@ -182,10 +183,13 @@ async fn set_status<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
         }
         r.status = to;
         r.version += 1;
+        if to == ReplayStatus::Running {
+            r.chain += 1;
+        }
         r.updated_at = now_millis();
         if app.store.save_replay(&r).await? {
             if to == ReplayStatus::Running {
-                replays::kick(&app.queue, id).await?;
+                replays::kick(&app.queue, &r).await?;
             }
             tracing::info!(replay_id = %id, status = ?to, "replay status changed");
             return Ok(Json(replay_view(&r)));

@@ -22,7 +22,11 @@ pub enum QueueMessage {
     CronV1 { task_id: String, scheduled_time: String },
     /// Advance a replay by one page.
     #[serde(rename = "replay.v1")]
-    ReplayV1 { replay_id: String },
+    ReplayV1 {
+        replay_id: String,
+        #[serde(default)]
+        chain: u64,
+    },
 }
 
 impl QueueMessage {

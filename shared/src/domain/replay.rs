@@ -71,6 +71,10 @@ pub struct Replay {
     pub updated_at: EpochMillis,
     /// Optimistic-concurrency version of this document.
     pub version: u64,
+    /// Which chain of page messages is current: a resume starts a new one, so
+    /// a message of the old chain still in the queue does nothing.
+    #[serde(default)]
+    pub chain: u64,
 }
 
 impl Replay {
