@@ -129,6 +129,19 @@ fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
     StoreError::Corrupt { id: id.to_owned(), what: what.into() }
 }
 
+/// A conditional write's result: `Ok(false)` when its condition did not hold.
+fn applied<T, E, R>(res: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) if is_conditional_failure(&e) => Ok(false),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 fn get_s<'a>(id: &str, item: &'a Item, k: &str) -> Result<&'a str, StoreError> {
     opt_s(item, k).ok_or_else(|| corrupt(id, format!("missing string `{k}`")))
 }
@@ -847,11 +860,7 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":prev", n(r.version.saturating_sub(1)))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(res)
     }
 
     async fn purge(&self, id: &TaskId) -> Result<bool, StoreError> {
@@ -926,11 +935,7 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":paused", s(TaskStatus::Paused.as_str()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(res)
     }
 
     async fn start_run(&self, parent: &TaskState, run: EpochMillis) -> Result<(), StoreError> {
@@ -1085,11 +1090,7 @@ impl TaskStore for DynamoStore {
                 .expression_attribute_names("#ttl", TTL)
                 .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
         };
-        match req.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(req.send().await)
     }
 }
 
@@ -1160,11 +1161,7 @@ impl TenantStore for DynamoStore {
             .expression_attribute_names("#pk", PK)
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(res)
     }
 
     async fn put_key(&self, tenant: &str, key_id: &str, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
@@ -1247,11 +1244,7 @@ impl TenantStore for DynamoStore {
             .expression_attribute_values(":lim", n(limit))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(res)
     }
 
     async fn release_active(&self, tenant: &str, count: u64) -> Result<(), StoreError> {
@@ -1291,11 +1284,7 @@ impl TenantStore for DynamoStore {
             .expression_attribute_values(":ttl", n(second + 120))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(res)
     }
 }
 
