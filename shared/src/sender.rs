@@ -133,14 +133,21 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
     async fn process(&self, record: &SqsMessage) -> Handled {
         let body = record.body.as_deref().unwrap_or_default();
-        if let Some(QueueMessage::ReplayV1 { replay_id, chain }) = QueueMessage::from_body(body) {
-            let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain).await;
-            if let Err(e) = &res {
-                tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
+        let (task_id, run) = match QueueMessage::from_body(body) {
+            Some(QueueMessage::ReplayV1 { replay_id, chain }) => {
+                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain).await;
+                if let Err(e) = &res {
+                    tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
+                }
+                return Handled { keep: res.is_err() };
             }
-            return Handled { keep: res.is_err() };
-        }
-        let (unit, outcome) = match self.unit_of(body).await {
+            Some(QueueMessage::DeliverV1 { task_id, run }) => (task_id, Ok(run)),
+            Some(QueueMessage::CronV1 { task_id, scheduled_time }) => {
+                (task_id, QueueMessage::scheduled_run(&scheduled_time).map(Some))
+            }
+            None => (String::new(), Err("unreadable message body".to_owned())),
+        };
+        let (unit, outcome) = match self.unit_of(&task_id, run).await {
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
@@ -217,18 +224,21 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         }
     }
 
-    /// Reads a message: the unit to deliver, `None` for a firing of a cron
+    /// Resolves a message's task and run: the unit to deliver, `None` for a firing of a cron
     /// task that is not active, or the reason it is poison. Only a cron firing
     /// costs a read here (of its task); a one-off task is read by its claim.
-    async fn unit_of(&self, body: &str) -> Result<Result<Option<Unit>, String>, StoreError> {
-        let Some(msg) = QueueMessage::from_body(body) else { return Ok(Err("unreadable message body".into())) };
-        let task = match TaskId::parse(msg.task_id()) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let run = match msg.run() {
+    async fn unit_of(
+        &self,
+        task_id: &str,
+        run: Result<Option<EpochMillis>, String>,
+    ) -> Result<Result<Option<Unit>, String>, StoreError> {
+        let run = match run {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
+        };
+        let task = match TaskId::parse(task_id) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e.to_string())),
         };
         if let Some(run) = run {
             let Some(parent) = self.store.read_state(&Unit { task: task.clone(), run: None }).await? else {
@@ -541,19 +551,10 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{HttpMethod, ResponseRules, TargetUrl};
+    use crate::domain::ResponseRules;
 
     fn spec(rules: ResponseRules) -> RequestSpec {
-        RequestSpec {
-            method: HttpMethod::Post,
-            url: TargetUrl::parse("https://e.com").expect("url"),
-            headers: vec![],
-            body: None,
-            auth: None,
-            timeout_ms: 1000,
-            follow_redirects: false,
-            rules,
-        }
+        RequestSpec { rules, ..RequestSpec::example() }
     }
 
     fn attempt(number: u32, outcome: Outcome, status: Option<u16>) -> Attempt {

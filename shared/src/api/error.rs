@@ -62,7 +62,7 @@ impl From<ScheduleError> for ApiError {
 }
 
 /// The JSON error document.
-pub fn error_body(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
+fn error_body(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
     json!({"error": {"code": code, "message": message, "field": field}})
 }
 

@@ -22,7 +22,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
 
-pub use error::{ApiError, error_body};
+pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
 use crate::ports::{DeliveryQueue, Scheduler, TaskStore, TenantStore};

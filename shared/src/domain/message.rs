@@ -39,24 +39,11 @@ impl QueueMessage {
         Self::CronV1 { task_id: id.as_str().to_owned(), scheduled_time: "<aws.scheduler.scheduled-time>".to_owned() }
     }
 
-    pub fn task_id(&self) -> &str {
-        match self {
-            Self::DeliverV1 { task_id, .. } | Self::CronV1 { task_id, .. } => task_id,
-            Self::ReplayV1 { .. } => "",
-        }
-    }
-
-    /// The cron run this message is about, if any.
-    pub fn run(&self) -> Result<Option<EpochMillis>, String> {
-        match self {
-            Self::DeliverV1 { run, .. } => Ok(*run),
-            Self::ReplayV1 { .. } => Ok(None),
-            Self::CronV1 { scheduled_time, .. } => {
-                time::OffsetDateTime::parse(scheduled_time, &time::format_description::well_known::Rfc3339)
-                    .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as EpochMillis))
-                    .map_err(|_| format!("scheduled_time `{scheduled_time}` is not RFC 3339"))
-            }
-        }
+    /// A cron firing's run: its scheduled time (Scheduler's RFC 3339) in epoch ms.
+    pub fn scheduled_run(scheduled_time: &str) -> Result<EpochMillis, String> {
+        time::OffsetDateTime::parse(scheduled_time, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
+            .map_err(|_| format!("scheduled_time `{scheduled_time}` is not RFC 3339"))
     }
 
     pub fn to_body(&self) -> String {
@@ -87,7 +74,9 @@ mod tests {
     fn a_cron_firing_names_its_run_by_the_scheduled_time() {
         let m = QueueMessage::from_body(r#"{"type":"cron.v1","task_id":"t","scheduled_time":"2026-11-22T02:00:00Z"}"#)
             .expect("parses");
-        assert_eq!(m.run(), Ok(Some(1_795_312_800_000)));
+        let QueueMessage::CronV1 { scheduled_time, .. } = m else { panic!("a cron firing") };
+        assert_eq!(QueueMessage::scheduled_run(&scheduled_time), Ok(1_795_312_800_000));
+        assert!(QueueMessage::scheduled_run("yesterday").is_err());
         assert!(QueueMessage::cron_template(&TaskId::generate()).to_body().contains("<aws.scheduler.scheduled-time>"));
     }
 }

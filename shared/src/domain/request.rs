@@ -199,6 +199,23 @@ impl RequestSpec {
     pub const MAX_BODY_BYTES: usize = 256 * 1024;
 }
 
+#[cfg(test)]
+impl RequestSpec {
+    /// A minimal request for unit tests.
+    pub fn example() -> Self {
+        Self {
+            method: HttpMethod::Post,
+            url: TargetUrl::parse("https://e.com").unwrap_or_else(|e| panic!("{e}")),
+            headers: vec![],
+            body: None,
+            auth: None,
+            timeout_ms: 1000,
+            follow_redirects: false,
+            rules: super::ResponseRules::default(),
+        }
+    }
+}
+
 /// Headers whose values are secrets: never shown in full by a read endpoint or
 /// a log line.
 pub fn is_sensitive_header(name: &str) -> bool {
