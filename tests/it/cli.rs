@@ -150,11 +150,12 @@ async fn replay_of_hundreds_of_failed_tasks_counts_dry_runs_survives_interruptio
     assert!(first < N as u64, "interrupted part-way: {settled}");
     let done = courier_json(&stack, &["replay", "--resume", &replay_id]).await;
     assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(
-        done["replayed"].as_u64().expect("replayed") + done["skipped"].as_u64().expect("skipped"),
-        N as u64,
-        "{done}"
-    );
+    // Every failed task is replayed exactly once. A page of the cancelled chain
+    // still in flight when the replay resumed may overlap the new chain's
+    // first page: those tasks are counted as skipped (no longer failed), at
+    // most one page's worth.
+    assert_eq!(done["replayed"].as_u64(), Some(N as u64), "{done}");
+    assert!(done["skipped"].as_u64().is_some_and(|s| s <= 40), "{done}");
     assert_eq!(done["errored"], 0);
     let all_ok = eventually(WAIT, || async {
         let s = courier_json(&stack, &["status"]).await;

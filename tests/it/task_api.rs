@@ -22,7 +22,7 @@ async fn concurrent_identical_creates_with_a_business_id_make_one_task() {
     let created: Vec<_> = results.iter().filter(|(s, _, _)| *s == 201).collect();
     let replays: Vec<_> = results.iter().filter(|(s, _, _)| *s == 200).collect();
     assert_eq!(created.len(), 1, "exactly one create wins: {results:?}");
-    assert_eq!(replays.len(), 7);
+    assert_eq!(replays.len(), 7, "{:?}", results.iter().map(|(s, _, b)| (s, b.to_string())).collect::<Vec<_>>());
     let id = created[0].2["id"].as_str().expect("id");
     for (_, headers, task) in &replays {
         assert_eq!(task["id"], id);
