@@ -4,6 +4,8 @@
 
 use std::env;
 
+use crate::domain::{TargetGuard, TargetPolicy};
+
 /// Configuration shared by Courier's functions.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -39,6 +41,10 @@ pub struct Config {
     pub lease_margin_ms: u64,
     /// `COURIER_RETENTION_DAYS` (default 90): days finished tasks and attempts are kept before TTL deletes them.
     pub retention_days: u64,
+    /// `COURIER_TARGET_POLICY` (`public`, the default, or `local-only`) and
+    /// `COURIER_TARGET_ALLOWLIST` (comma list of CIDRs and host names, each
+    /// with an optional `:port`): which addresses tasks may reach.
+    pub target_guard: TargetGuard,
 }
 
 /// A configuration variable is missing or malformed.
@@ -48,6 +54,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {name} is invalid: {rule}")]
     Invalid { name: &'static str, rule: &'static str },
+    #[error("environment variable {name} is invalid: {detail}")]
+    Malformed { name: &'static str, detail: String },
 }
 
 impl Config {
@@ -88,6 +96,17 @@ impl Config {
                 }
                 k => k,
             },
+            target_guard: TargetGuard::new(
+                match get("COURIER_TARGET_POLICY").filter(|p| !p.is_empty()) {
+                    None => TargetPolicy::default(),
+                    Some(p) => TargetPolicy::parse(&p).ok_or(ConfigError::Invalid {
+                        name: "COURIER_TARGET_POLICY",
+                        rule: "`public` or `local-only`",
+                    })?,
+                },
+                TargetGuard::parse_allowlist(&get("COURIER_TARGET_ALLOWLIST").unwrap_or_default())
+                    .map_err(|e| ConfigError::Malformed { name: "COURIER_TARGET_ALLOWLIST", detail: e.to_string() })?,
+            ),
         })
     }
 }
@@ -133,5 +152,26 @@ mod tests {
         pairs.push(("COURIER_ADMIN_KEY", "short"));
         let e = Config::from_lookup(lookup(&pairs)).expect_err("short admin key");
         assert!(e.to_string().contains("COURIER_ADMIN_KEY"));
+    }
+
+    #[test]
+    fn the_target_guard_defaults_to_public_and_rejects_bad_settings_by_name() {
+        let c = Config::from_lookup(lookup(&BASE)).expect("valid");
+        assert_eq!(c.target_guard, TargetGuard::default());
+        assert_eq!(c.target_guard.policy, TargetPolicy::Public);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_TARGET_POLICY", "local-only"));
+        pairs.push(("COURIER_TARGET_ALLOWLIST", "10.0.0.0/8, hooks.internal:8443"));
+        let c = Config::from_lookup(lookup(&pairs)).expect("valid");
+        assert_eq!(c.target_guard.policy, TargetPolicy::LocalOnly);
+        assert_eq!(c.target_guard.allowlist().len(), 2);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_TARGET_POLICY", "off"));
+        let e = Config::from_lookup(lookup(&pairs)).expect_err("unknown policy");
+        assert!(e.to_string().contains("COURIER_TARGET_POLICY"), "{e}");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_TARGET_ALLOWLIST", "10.0.0.0/40"));
+        let e = Config::from_lookup(lookup(&pairs)).expect_err("bad block");
+        assert!(e.to_string().contains("COURIER_TARGET_ALLOWLIST") && e.to_string().contains("10.0.0.0/40"), "{e}");
     }
 }

@@ -72,6 +72,8 @@ pub struct ApiSettings {
     /// A one-time schedule fires this long before the due time.
     pub schedule_early_s: u64,
     pub admin_key: Option<String>,
+    /// Literal target addresses the guard blocks are refused at create and change.
+    pub guard: crate::domain::TargetGuard,
 }
 
 /// What every handler needs.
@@ -159,6 +161,7 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
             sqs_delay_max_s: config.sqs_delay_max_s,
             schedule_early_s: config.schedule_early_s,
             admin_key: config.admin_key.clone(),
+            guard: config.target_guard.clone(),
         },
     });
     lambda_http::run(router(state)).await
@@ -191,7 +194,12 @@ mod tests {
                 "q",
                 "arn",
             ),
-            settings: ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None },
+            settings: ApiSettings {
+                sqs_delay_max_s: 900,
+                schedule_early_s: 60,
+                admin_key: None,
+                guard: Default::default(),
+            },
         }))
     }
 

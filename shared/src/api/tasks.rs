@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
     CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Schedule, TaskId, TaskKind, TaskStatus, Tenant,
-    now_millis, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
+    check_target, now_millis, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
 };
 use crate::ports::{
     Cancelled, Created, DeliveryQueue, ListFilter, Retried, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
@@ -199,6 +199,7 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
     let input = parse_create_task(&body, now)?;
+    check_target(&input.spec.url, &app.settings.guard, "request.url")?;
     let key = unique_key(&input, &headers)?;
     // Fast path for a repeat: only when the holder is readable (its creator
     // may be between the key and the task; the store's create waits for it).
@@ -258,7 +259,9 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     let mut results: Vec<Value> = vec![Value::Null; items.len()];
     let mut valid: Vec<(usize, CreateTask)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match parse_create_value(item.clone(), now) {
+        let parsed = parse_create_value(item.clone(), now)
+            .and_then(|t| check_target(&t.spec.url, &app.settings.guard, "request.url").map(|()| t));
+        match parsed {
             Ok(t) => valid.push((i, t)),
             Err(e) => {
                 let e = e.prefixed(&format!("tasks[{i}]"));
@@ -523,6 +526,9 @@ pub async fn update<S: TaskStore + TenantStore, Q, C>(
         return Err(finished(task.state.status));
     }
     let patch = parse_patch(&body)?;
+    if let Some(url) = &patch.url {
+        check_target(url, &app.settings.guard, "request.url")?;
+    }
     let (mut spec, mut retry) = (task.spec.clone(), task.retry.clone());
     patch.apply(&mut spec, &mut retry);
     if !app.store.update_spec(&task.state.id, &spec, &retry, &task.schedule, now_millis()).await? {
@@ -627,7 +633,7 @@ mod tests {
 
     #[test]
     fn tasks_due_within_fifteen_minutes_go_to_sqs_and_later_ones_to_the_scheduler() {
-        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None };
+        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None, guard: Default::default() };
         assert_eq!(route(&s, &task(Schedule::Now), 0), Route::Queue { delay: Duration::ZERO });
         assert_eq!(route(&s, &task(Schedule::At { at: 90_500 }), 0), Route::Queue { delay: Duration::from_secs(91) });
         assert_eq!(route(&s, &task(Schedule::At { at: 900_000 }), 0), Route::Queue { delay: Duration::from_secs(900) });

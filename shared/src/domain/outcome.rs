@@ -16,6 +16,8 @@ pub enum Outcome {
     Tls,
     RateLimited,
     StoppedByReceiver,
+    /// The target guard refused the address: nothing was sent, and nothing will be.
+    Blocked,
 }
 
 impl Outcome {
@@ -30,6 +32,7 @@ impl Outcome {
             Self::Tls => "tls",
             Self::RateLimited => "rate_limited",
             Self::StoppedByReceiver => "stopped_by_receiver",
+            Self::Blocked => "blocked",
         }
     }
 
@@ -76,6 +79,8 @@ mod tests {
         assert!(!Outcome::ClientError.is_retryable());
         assert!(!Outcome::StoppedByReceiver.is_retryable());
         assert!(!Outcome::Success.is_retryable());
+        assert!(!Outcome::Blocked.is_retryable());
+        assert_eq!(serde_json::to_string(&Outcome::Blocked).expect("serializes"), "\"blocked\"");
         assert_eq!(Outcome::RateLimited.as_str(), "rate_limited");
     }
 }

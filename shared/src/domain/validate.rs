@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use super::schedule::parse_duration;
 use super::{
-    Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetUrl,
+    Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetGuard,
+    TargetUrl,
 };
 
 /// A validated create request.
@@ -66,7 +67,8 @@ impl PatchTask {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
-    /// Machine-readable rule: `invalid_json`, `required`, `invalid`, `unknown_field`, `too_large`, `conflict`…
+    /// Machine-readable rule: `invalid_json`, `required`, `invalid`, `unknown_field`, `too_large`, `conflict`,
+    /// `blocked_address`…
     pub code: &'static str,
     /// Dotted path of the offending field (empty for the document itself).
     pub field: String,
@@ -233,7 +235,7 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
         url,
         headers,
         body,
-        auth: r.auth.map(auth_from),
+        auth: r.auth.map(parse_auth).transpose()?,
         timeout_ms: parse_timeout(r.timeout_ms)?.unwrap_or(RequestSpec::DEFAULT_TIMEOUT_MS),
         follow_redirects: r.follow_redirects.unwrap_or(false),
         rules: ResponseRules {
@@ -260,7 +262,7 @@ pub fn parse_patch(bytes: &[u8]) -> Result<PatchTask, FieldError> {
         let mut scratch = Vec::new();
         patch.body = parse_body(r.body, r.body_base64, r.json, r.form, headers.as_mut().unwrap_or(&mut scratch))?;
         patch.headers = headers;
-        patch.auth = r.auth.map(auth_from);
+        patch.auth = r.auth.map(parse_auth).transpose()?;
         patch.timeout_ms = parse_timeout(r.timeout_ms)?;
     }
     patch.retry = dto.retry.map(parse_retry).transpose()?;
@@ -278,15 +280,51 @@ fn parse_codes(field: &str, codes: Option<Vec<u16>>) -> Result<Vec<u16>, FieldEr
     Ok(codes)
 }
 
-fn auth_from(a: AuthDto) -> Auth {
+/// The longest credential accepted (a JWT of a few KiB fits; headers total 16 KiB).
+const MAX_CREDENTIAL: usize = 8192;
+
+/// Credentials become an `Authorization` header: a bearer token must be a
+/// header-safe single word (visible ASCII, no spaces), basic credentials
+/// free of control characters, the user name without `:` (it ends the name).
+fn parse_auth(a: AuthDto) -> Result<Auth, FieldError> {
+    let control = |s: &str| s.chars().any(char::is_control);
     match a {
-        AuthDto::Basic { username, password } => Auth::Basic { username, password },
-        AuthDto::Bearer { token } => Auth::Bearer { token },
+        AuthDto::Bearer { token } => {
+            if token.is_empty() || token.len() > MAX_CREDENTIAL || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(FieldError::invalid(
+                    "request.auth.token",
+                    "must be 1 to 8192 visible ASCII characters (no spaces, tabs or line breaks)",
+                ));
+            }
+            Ok(Auth::Bearer { token })
+        }
+        AuthDto::Basic { username, password } => {
+            if username.len() > MAX_CREDENTIAL || username.contains(':') || control(&username) {
+                return Err(FieldError::invalid(
+                    "request.auth.username",
+                    "must be at most 8192 bytes without `:` or control characters",
+                ));
+            }
+            if password.len() > MAX_CREDENTIAL || control(&password) {
+                return Err(FieldError::invalid(
+                    "request.auth.password",
+                    "must be at most 8192 bytes without control characters",
+                ));
+            }
+            Ok(Auth::Basic { username, password })
+        }
     }
 }
 
 fn parse_url(u: &str) -> Result<TargetUrl, FieldError> {
     TargetUrl::parse(u).map_err(|rule| FieldError::invalid("request.url", rule))
+}
+
+/// Refuses a URL whose host is an address the guard blocks (`field` names
+/// it: `request.url`). Names pass: they are judged on what they resolve to
+/// when the request is sent.
+pub fn check_target(url: &TargetUrl, guard: &TargetGuard, field: &str) -> Result<(), FieldError> {
+    guard.check_url(url.url()).map_err(|b| FieldError::new("blocked_address", field, format!("{field} is {b}")))
 }
 
 fn parse_timeout(t: Option<u64>) -> Result<Option<u64>, FieldError> {
@@ -401,8 +439,16 @@ fn parse_headers(map: Map<String, Value>) -> Result<Vec<(String, String)>, Field
         let Value::String(value) = value else {
             return Err(FieldError::new("invalid", field, "header value must be a string"));
         };
-        if http::HeaderValue::from_str(&value).is_err() {
-            return Err(FieldError::new("invalid", field, "header value must be visible ASCII or spaces"));
+        // Visible ASCII, space and tab only: no line breaks, controls or bytes a receiver may read differently.
+        if !value.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b)) {
+            return Err(FieldError::new(
+                "invalid",
+                field,
+                "header value must be visible ASCII, spaces or tabs (no line breaks or control characters)",
+            ));
+        }
+        if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+            return Err(FieldError::new("invalid", field, "header value must not start or end with a space or tab"));
         }
         total += lower.len() + value.len();
         out.push((lower, value));
@@ -657,6 +703,19 @@ mod tests {
             (r#"{"request":{"method":"GET","url":"https://e.com"},"success_codes":[99]}"#.into(), "invalid", "success_codes"),
             (r#"{"request":{"method":"GET","url":"https://e.com"},"retry_codes":["404"]}"#.into(), "invalid", "retry_codes[0]"),
             (r#"{"request":{"method":"GET","url":"https://e.com","follow_redirects":"yes"}}"#.into(), "invalid", "request.follow_redirects"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"abc\ndef"}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"abc def"}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":""}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"tökén"}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"basic","username":"a:b","password":"p"}}}"#.into(), "invalid", "request.auth.username"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"basic","username":"a\r","password":"p"}}}"#.into(), "invalid", "request.auth.username"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"basic","username":"a","password":"p\u0000"}}}"#.into(), "invalid", "request.auth.password"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"a\u0000b"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"a\rb"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":" padded"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"padded\t"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"é"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X:Foo":"v"}}}"#.into(), "invalid", "request.headers.X:Foo"),
         ];
         for (body, code, field) in &cases {
             let e = err(body);
@@ -697,6 +756,48 @@ mod tests {
                 jitter: false
             }
         );
+    }
+
+    #[test]
+    fn header_safe_credentials_and_header_values_are_accepted() {
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/","headers":{"X-A":"a b\tc"},"auth":{"type":"bearer","token":"eyJ.a-b_c~d+e/f=="}}}"#,
+        );
+        assert_eq!(t.spec.auth.map(|a| a.header_value()), Some("Bearer eyJ.a-b_c~d+e/f==".into()));
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/","auth":{"type":"basic","username":"zoë","password":"p:w d"}}}"#,
+        );
+        assert!(t.spec.auth.is_some());
+        let e = parse_patch(br#"{"request":{"auth":{"type":"bearer","token":"a\nb"}}}"#).expect_err("newline");
+        assert_eq!((e.code, e.field.as_str()), ("invalid", "request.auth.token"));
+    }
+
+    #[test]
+    fn a_literal_address_the_guard_blocks_is_refused_naming_the_url() {
+        let guard = TargetGuard::default();
+        let url = |s: &str| TargetUrl::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        for blocked in [
+            "http://127.0.0.1:8080/",
+            "http://127.1:8080/",
+            "http://2130706433/",
+            "http://0x7f.0.0.1/",
+            "http://0177.0.0.1/",
+            "http://0.0.0.0/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/",
+        ] {
+            let e = check_target(&url(blocked), &guard, "request.url").expect_err(blocked);
+            assert_eq!((e.code, e.field.as_str()), ("blocked_address", "request.url"), "{blocked}");
+            assert!(e.message.contains("blocked: "), "{}", e.message);
+        }
+        for allowed in ["https://hooks.example.com/x", "http://localhost:8080/", "http://93.184.216.34/"] {
+            assert_eq!(check_target(&url(allowed), &guard, "request.url"), Ok(()), "{allowed}");
+        }
+        let local = TargetGuard::new(super::super::TargetPolicy::LocalOnly, vec![]);
+        assert_eq!(check_target(&url("http://127.0.0.1:9/"), &local, "request.url"), Ok(()));
+        assert!(check_target(&url("http://93.184.216.34/"), &local, "request.url").is_err());
     }
 
     #[test]
