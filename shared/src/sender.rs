@@ -131,7 +131,9 @@ impl HttpClients {
                 return attempt.error(format!("stopped after {MAX_REDIRECTS} redirects"));
             }
             match hop_guard.check_url(attempt.url()) {
-                Err(blocked) => attempt.error(blocked),
+                Err(Blocked(why)) => {
+                    attempt.error(Blocked(format!("redirect to {}: {why}", mask_url(attempt.url().as_str()))))
+                }
                 Ok(()) => {
                     let port = attempt.url().port_or_known_default();
                     let _ = HOP_PORT.try_with(|p| p.set(port));
@@ -139,11 +141,7 @@ impl HttpClients {
                 }
             }
         });
-        Ok(Self {
-            direct: build(reqwest::redirect::Policy::none())?,
-            following: build(follow)?,
-            guard,
-        })
+        Ok(Self { direct: build(reqwest::redirect::Policy::none())?, following: build(follow)?, guard })
     }
 
     fn get(&self, follow: bool) -> &reqwest::Client {

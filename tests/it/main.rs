@@ -6,6 +6,7 @@ mod bootstrap;
 mod cli;
 mod delivery;
 mod engine;
+mod guard;
 mod helpers;
 mod http_api;
 mod runtime;

@@ -95,6 +95,11 @@ impl LocalStack {
     pub async fn start(sdk: &SdkConfig, opts: StackOptions) -> anyhow::Result<Self> {
         let outputs = bootstrap(sdk, &opts.stack).await?;
         let mut env = outputs.function_env();
+        // Local stacks send nothing off the machine unless the caller's environment says otherwise.
+        for (name, default) in [("COURIER_TARGET_POLICY", "local-only"), ("COURIER_TARGET_ALLOWLIST", "")] {
+            let set = std::env::var(name).ok().filter(|v| !v.is_empty() || name.ends_with("ALLOWLIST"));
+            env.push((name.into(), set.unwrap_or_else(|| default.into())));
+        }
         env.extend(opts.extra_env.iter().cloned());
         let function = |name: &str, timeout_s: u64, instances: usize| FunctionSpec {
             name: format!("{}-{name}", opts.stack),

@@ -3,7 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::domain::{Attempt, EpochMillis, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url};
+use crate::domain::{
+    Attempt, EpochMillis, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
+};
 use crate::ports::StoredTask;
 
 /// The full task: state, request (masked), schedule, retry, last attempt and,

@@ -261,9 +261,8 @@ pub fn mask_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
 /// Words that make a query parameter's value a secret when they are a whole
 /// word of its name (`api_key`, `apiKey`, `x-sig`), but not a mere substring
 /// (`keyword`, `author`, `signal` stay visible).
-const SECRET_WORDS: &[&str] = &[
-    "key", "sig", "pwd", "pass", "auth", "otp", "sid", "hmac", "jwt", "code", "nonce", "cookie", "session",
-];
+const SECRET_WORDS: &[&str] =
+    &["key", "sig", "pwd", "pass", "auth", "otp", "sid", "hmac", "jwt", "code", "nonce", "cookie", "session"];
 /// Fragments that make a name secret wherever they appear (`access_token`,
 /// `X-Amz-Signature`, `client_secret`, `sessionid`).
 const SECRET_FRAGMENTS: &[&str] = &[
@@ -369,9 +368,28 @@ mod tests {
     #[test]
     fn secret_looking_parameter_names_are_recognised_by_word_or_fragment() {
         for name in [
-            "token", "KEY", "api_key", "apikey", "apiKey", "secret", "signature", "sig", "password", "passwd", "pwd",
-            "auth", "access_token", "refresh-token", "credential", "X-Amz-Credential", "session", "sessionid",
-            "PHPSESSID", "code", "private_key", "hmac",
+            "token",
+            "KEY",
+            "api_key",
+            "apikey",
+            "apiKey",
+            "secret",
+            "signature",
+            "sig",
+            "password",
+            "passwd",
+            "pwd",
+            "auth",
+            "access_token",
+            "refresh-token",
+            "credential",
+            "X-Amz-Credential",
+            "session",
+            "sessionid",
+            "PHPSESSID",
+            "code",
+            "private_key",
+            "hmac",
         ] {
             assert!(is_secret_param(name), "{name} should be masked");
         }

@@ -577,11 +577,12 @@ mod tests {
             g.filter_resolved("localhost", Some(80), [sa("127.0.0.1:0"), sa("[::1]:0")]),
             Err(Blocked("localhost resolves only to refused addresses (127.0.0.1 is loopback; policy public)".into()))
         );
-        let named = TargetGuard::new(
-            TargetPolicy::Public,
-            TargetGuard::parse_allowlist("hooks.internal:8443").expect("valid"),
+        let named =
+            TargetGuard::new(TargetPolicy::Public, TargetGuard::parse_allowlist("hooks.internal:8443").expect("valid"));
+        assert_eq!(
+            named.filter_resolved("HOOKS.internal.", Some(8443), [sa("10.0.0.5:0")]),
+            Ok(vec![sa("10.0.0.5:0")])
         );
-        assert_eq!(named.filter_resolved("HOOKS.internal.", Some(8443), [sa("10.0.0.5:0")]), Ok(vec![sa("10.0.0.5:0")]));
         assert!(named.filter_resolved("hooks.internal", Some(80), [sa("10.0.0.5:0")]).is_err());
         assert!(local().filter_resolved("example.com", Some(80), [sa("93.184.216.34:0")]).is_err());
         assert!(g.filter_resolved("empty.example", Some(80), []).is_err());
