@@ -132,7 +132,8 @@ impl HttpClients {
             }
             match hop_guard.check_url(attempt.url()) {
                 Err(Blocked(why)) => {
-                    attempt.error(Blocked(format!("redirect to {}: {why}", mask_url(attempt.url().as_str()))))
+                    let hop = mask_url(attempt.url().as_str());
+                    attempt.error(Blocked(format!("redirect to {hop}: {why}")))
                 }
                 Ok(()) => {
                     let port = attempt.url().port_or_known_default();
