@@ -8,6 +8,7 @@ mod delivery;
 mod engine;
 mod helpers;
 mod http_api;
+mod iam;
 mod runtime;
 mod scheduler;
 mod schedules;
