@@ -110,7 +110,11 @@ async fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     if let Cmd::IamCheck { template, log, unused } = &command {
         // Offline: no SDK configuration (no region lookup) needed.
-        return iam_check(template, log, *unused);
+        if let Err(e) = iam_check(template, log, *unused) {
+            eprintln!("iam-check: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let sdk = courier::aws::load().await;
     match command {
