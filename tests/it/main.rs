@@ -9,6 +9,7 @@ mod engine;
 mod guard;
 mod helpers;
 mod http_api;
+mod iam;
 mod runtime;
 mod scheduler;
 mod schedules;

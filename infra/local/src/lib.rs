@@ -10,6 +10,9 @@
 //!   sender with a real `SqsEvent`, delete all but `batchItemFailures`.
 //! - [`scheduler`] fires due EventBridge Scheduler schedules.
 //! - [`streams`] is the DynamoDB Streams mapping feeding the status counter.
+//! - [`proxy`] forwards a caller's AWS calls to the emulator and shows each
+//!   exchange to an observer; [`iam`] records what IAM authorizes for each
+//!   call of a function and checks it against `template.yaml`.
 //! - [`echo`] is a target that answers and logs what it receives.
 //! - [`stack`] starts all of it together.
 
@@ -17,6 +20,8 @@ pub mod bootstrap;
 pub mod echo;
 pub mod event_source;
 pub mod front;
+pub mod iam;
+pub mod proxy;
 pub mod runtime;
 pub mod scheduler;
 pub mod stack;

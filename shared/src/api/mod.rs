@@ -71,7 +71,8 @@ pub struct ApiSettings {
     pub sqs_delay_max_s: u64,
     /// A one-time schedule fires this long before the due time.
     pub schedule_early_s: u64,
-    pub admin_key: Option<String>,
+    /// The admin key's hash (`None`: the admin API is off).
+    pub admin_key: Option<crate::config::AdminKeyHash>,
     /// Literal target addresses the guard blocks are refused at create and change.
     pub guard: crate::domain::TargetGuard,
 }
