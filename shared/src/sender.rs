@@ -201,8 +201,8 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
     async fn process(&self, record: &SqsMessage) -> Handled {
         let body = record.body.as_deref().unwrap_or_default();
         let (task_id, run) = match QueueMessage::from_body(body) {
-            Some(QueueMessage::ReplayV1 { replay_id, chain }) => {
-                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain).await;
+            Some(QueueMessage::ReplayV1 { replay_id, chain, page }) => {
+                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain, page).await;
                 if let Err(e) = &res {
                     tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
                 }
@@ -347,7 +347,12 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         };
         let tenant = Some(state.tenant.clone());
         let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
+            // Nothing can ever be sent: end it (its slot comes back), then park the message.
             let reason = format!("task {} has no request spec", unit.task);
+            let failed = Transition::Failed { reason: reason.clone(), status: None };
+            if !self.store.finish(unit, state.attempts, &failed, now_millis()).await? {
+                return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
+            }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
         let number = state.attempts;

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cli;
+mod defects;
 mod delivery;
 mod engine;
 mod guard;

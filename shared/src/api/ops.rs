@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth};
 use crate::domain::{
-    CodeMatch, EpochMillis, FieldError, Replay, ReplayFilter, ReplayStatus, TaskStatus, format_millis, now_millis,
+    CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, format_millis,
+    now_millis,
 };
-use crate::ports::{DeliveryQueue, ListFilter, TaskStore, TenantStore};
+use crate::ports::{DeliveryQueue, ListFilter, Retried, StoredTask, TaskStore, TenantStore, Unit};
 use crate::replays;
 
 /// How many tasks a dry run examines at most.
@@ -135,6 +136,7 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
         updated_at: now,
         version: 1,
         chain: 0,
+        page: 0,
     };
     if dto.dry_run {
         let (matched, sample, complete) = replays::dry_run(&app.store, &replay, DRY_RUN_CAP).await?;
@@ -211,6 +213,62 @@ pub async fn resume_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     set_status(&app, &headers, &id, ReplayStatus::Running).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryDto {
+    run: Option<String>,
+}
+
+/// The run a retry names in its (optional) body: `{"run": "<RFC 3339 scheduled time>"}`.
+pub(super) fn retry_target(body: &[u8]) -> Result<Option<EpochMillis>, ApiError> {
+    let dto: RetryDto = decode(body)?;
+    time("run", dto.run.as_deref())
+}
+
+/// Retries a failed run of a cron task now (a DLQ redrive names the run):
+/// history kept, attempt numbering continues, the retry policy starts a new
+/// round. Runs hold no active-task slot, so none is reserved.
+pub(super) async fn retry_run<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    app: &AppState<S, Q, C>,
+    task: &StoredTask,
+    run: Option<EpochMillis>,
+) -> Result<StoredTask, ApiError> {
+    let id = &task.state.id;
+    let Some(run) = run else {
+        return Err(FieldError::new(
+            "required",
+            "run",
+            format!("task {id} is a cron task: name the failed run to retry (its scheduled time)"),
+        )
+        .into());
+    };
+    if task.state.status != TaskStatus::Active {
+        return Err(ApiError::Conflict(format!(
+            "task {id} is {}; its runs are retried while it is active",
+            task.state.status.as_str()
+        )));
+    }
+    let unit = Unit { task: id.clone(), run: Some(run) };
+    match app.store.retry_run(&unit, task.retry.max_attempts(), now_millis()).await? {
+        Retried::Done => {}
+        Retried::NotFailed(status) => {
+            return Err(ApiError::Conflict(format!(
+                "run {} of task {id} is {}; only failed runs are retried",
+                format_millis(run),
+                status.as_str()
+            )));
+        }
+        Retried::Missing => return Err(ApiError::NotFound(format!("task {id} has no run {}", format_millis(run)))),
+    }
+    // The run is pending now; if this send fails, the reconciler enqueues it.
+    let msg = QueueMessage::DeliverV1 { task_id: id.to_string(), run: Some(run) };
+    if let Err(e) = app.queue.enqueue(&msg, std::time::Duration::ZERO).await {
+        tracing::warn!(task_id = %id, run, error = %e, "run retry not enqueued; the reconciler will");
+    }
+    tracing::info!(task_id = %id, run, "cron run retried");
+    app.store.get(id).await?.ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
 }
 
 /// Deletes (or, dry, counts) finished tasks of one status created before a

@@ -137,12 +137,12 @@ async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
 /// Undoes a stored task that could not be dispatched: nothing half-made stays.
 /// (Its active-task slot comes back when the stream counter sees the delete.)
 async fn roll_back<S: TaskStore + TenantStore, Q, C>(app: &AppState<S, Q, C>, task: &NewTask, key: Option<&UniqueKey>) {
-    if let Err(e) = app.store.discard(task, key).await {
+    if let Err(e) = app.store.discard(task, key).await.map(|_| ()) {
         tracing::error!(task_id = %task.id, error = %e, "could not discard an undispatched task");
     }
 }
 
-async fn full_view<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, t: &StoredTask) -> Result<Value, ApiError> {
+pub(super) async fn full_view<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, t: &StoredTask) -> Result<Value, ApiError> {
     let last = if t.state.attempts > 0 || t.state.kind == TaskKind::Cron {
         app.store.last_attempt(&t.state.id).await?
     } else {
@@ -238,6 +238,130 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     Ok(r)
 }
 
+/// A batch item's error document.
+fn item_error(i: usize, e: &ApiError) -> Value {
+    let (status, code, message) = match e {
+        ApiError::NotFound(m) => (404, "not_found", m.clone()),
+        ApiError::Conflict(m) => (409, "conflict", m.clone()),
+        _ => (503, "unavailable", "try again shortly".to_owned()),
+    };
+    json!({"index": i, "status": status, "error": {"code": code, "message": message, "field": null}})
+}
+
+/// Removes a task whose creation did not complete; `true` if its state had
+/// been written (its slot then comes back through the counter).
+async fn discard_unstored<S: TaskStore + TenantStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    task: &NewTask,
+    key: Option<&UniqueKey>,
+) -> bool {
+    match app.store.discard(task, key).await {
+        Ok(existed) => existed,
+        Err(e) => {
+            tracing::error!(task_id = %task.id, error = %e, "could not discard a task whose creation failed");
+            false
+        }
+    }
+}
+
+/// Stores and dispatches the valid items of a batch (slots already reserved);
+/// `held` counts the tasks whose state was written.
+async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    tenant: &Tenant,
+    valid: Vec<(usize, CreateTask)>,
+    now: EpochMillis,
+    results: &mut [Value],
+    held: &mut u64,
+) -> Result<(), ApiError> {
+    let unavailable = |i: usize| json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+    let mut plain: Vec<(usize, NewTask)> = Vec::new();
+    let mut created: Vec<(usize, NewTask, Option<UniqueKey>)> = Vec::new();
+    for (i, input) in valid {
+        let key = input.business_id.clone().map(UniqueKey::BusinessId);
+        let task = new_task(tenant, input, now);
+        match key {
+            None => plain.push((i, task)),
+            Some(k) => match app.store.create(&task, Some(&k)).await {
+                Ok(Created::New) => {
+                    *held += 1;
+                    created.push((i, task, Some(k)));
+                }
+                Ok(Created::Existing(existing)) => {
+                    results[i] = match owned(app, tenant, existing.as_str()).await {
+                        Ok(found) => match full_view(app, &found).await {
+                            Ok(view) => json!({"index": i, "status": 200, "created": false, "task": view}),
+                            Err(e) => item_error(i, &e),
+                        },
+                        Err(e) => item_error(i, &e),
+                    };
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, index = i, "batch item not stored");
+                    if discard_unstored(app, &task, Some(&k)).await {
+                        *held += 1;
+                    }
+                    results[i] = unavailable(i);
+                }
+            },
+        }
+    }
+    let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| t.clone()).collect();
+    let stored = match app.store.create_many(&tasks).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "batch write failed");
+            vec![false; tasks.len()]
+        }
+    };
+    for ((i, task), ok) in plain.into_iter().zip(stored) {
+        if ok {
+            *held += 1;
+            created.push((i, task, None));
+        } else {
+            // Part of it may be written (a state without its spec): remove what is.
+            if discard_unstored(app, &task, None).await {
+                *held += 1;
+            }
+            results[i] = unavailable(i);
+        }
+    }
+    // Queue-bound tasks go out in SendMessageBatch calls; scheduled ones one by one.
+    let mut queued: Vec<(usize, usize)> = Vec::new(); // (created index, message index)
+    let mut messages = Vec::new();
+    let mut failed: Vec<usize> = Vec::new();
+    for (ci, (_, task, _)) in created.iter().enumerate() {
+        match route(&app.settings, task, now) {
+            Route::Queue { delay } => {
+                queued.push((ci, messages.len()));
+                messages.push((QueueMessage::deliver(&task.id), delay));
+            }
+            _ => {
+                if dispatch(app, task, now).await.is_err() {
+                    failed.push(ci);
+                }
+            }
+        }
+    }
+    let not_sent = match app.queue.enqueue_many(&messages).await {
+        Ok(idx) => idx,
+        Err(e) => {
+            tracing::error!(error = %e, "batch enqueue failed");
+            (0..messages.len()).collect()
+        }
+    };
+    failed.extend(queued.iter().filter(|(_, mi)| not_sent.contains(mi)).map(|(ci, _)| *ci));
+    for (ci, (i, task, key)) in created.iter().enumerate() {
+        if failed.contains(&ci) {
+            roll_back(app, task, key.as_ref()).await;
+            results[*i] = unavailable(*i);
+        } else {
+            results[*i] = json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
+        }
+    }
+    Ok(())
+}
+
 #[tracing::instrument(skip_all, fields(tenant))]
 pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     State(app): State<Arc<AppState<S, Q, C>>>,
@@ -274,75 +398,18 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
         check_rate(&app, &tenant, valid.len() as u64).await?;
         reserve(&app, &tenant, valid.len() as u64).await?;
     }
-    let mut plain: Vec<(usize, NewTask)> = Vec::new();
-    let mut created: Vec<(usize, NewTask, Option<UniqueKey>)> = Vec::new();
-    let mut unused_slots = 0u64;
-    for (i, input) in valid {
-        let key = input.business_id.clone().map(UniqueKey::BusinessId);
-        let task = new_task(&tenant, input, now);
-        match key {
-            None => plain.push((i, task)),
-            Some(k) => match app.store.create(&task, Some(&k)).await {
-                Ok(Created::New) => created.push((i, task, Some(k))),
-                Ok(Created::Existing(existing)) => {
-                    unused_slots += 1;
-                    let view = full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?;
-                    results[i] = json!({"index": i, "status": 200, "created": false, "task": view});
-                }
-                Err(e) => {
-                    unused_slots += 1;
-                    tracing::error!(error = %e, index = i, "batch item not stored");
-                    results[i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
-                }
-            },
-        }
+    // Every reserved slot is either held by a task whose state was written (the
+    // counter gives it back when the task ends or is discarded) or given back
+    // here, whatever path the creation took.
+    let reserved = valid.len() as u64;
+    let mut held = 0u64;
+    let outcome = create_reserved(&app, &tenant, valid, now, &mut results, &mut held).await;
+    if reserved > held
+        && let Err(e) = app.store.release_active(&tenant.id, reserved - held).await
+    {
+        tracing::error!(error = %e, slots = reserved - held, "could not give back unused active-task slots");
     }
-    let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| t.clone()).collect();
-    let stored = app.store.create_many(&tasks).await?;
-    for ((i, task), ok) in plain.into_iter().zip(stored) {
-        if ok {
-            created.push((i, task, None));
-        } else {
-            unused_slots += 1;
-            results[i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
-        }
-    }
-    // Queue-bound tasks go out in SendMessageBatch calls; scheduled ones one by one.
-    let mut queued: Vec<(usize, usize)> = Vec::new(); // (created index, message index)
-    let mut messages = Vec::new();
-    let mut failed: Vec<usize> = Vec::new();
-    for (ci, (_, task, _)) in created.iter().enumerate() {
-        match route(&app.settings, task, now) {
-            Route::Queue { delay } => {
-                queued.push((ci, messages.len()));
-                messages.push((QueueMessage::deliver(&task.id), delay));
-            }
-            _ => {
-                if dispatch(&app, task, now).await.is_err() {
-                    failed.push(ci);
-                }
-            }
-        }
-    }
-    let not_sent = match app.queue.enqueue_many(&messages).await {
-        Ok(idx) => idx,
-        Err(e) => {
-            tracing::error!(error = %e, "batch enqueue failed");
-            (0..messages.len()).collect()
-        }
-    };
-    failed.extend(queued.iter().filter(|(_, mi)| not_sent.contains(mi)).map(|(ci, _)| *ci));
-    for (ci, (i, task, key)) in created.iter().enumerate() {
-        if failed.contains(&ci) {
-            roll_back(&app, task, key.as_ref()).await;
-            results[*i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
-        } else {
-            results[*i] = json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
-        }
-    }
-    if unused_slots > 0 {
-        app.store.release_active(&tenant.id, unused_slots).await.ok();
-    }
+    outcome?;
     let created_n = results.iter().filter(|r| r["status"] == 201).count();
     tracing::info!(created = created_n, total = items.len(), "batch created");
     Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
@@ -547,11 +614,17 @@ pub async fn retry<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth::tenant(&app, &headers).await?;
+    let run = super::ops::retry_target(&body)?;
     let task = owned(&app, &tenant, &id).await?;
     if task.state.kind == TaskKind::Cron {
-        return Err(ApiError::Conflict(format!("task {id} is a cron task; its runs are retried by their policy")));
+        let updated = super::ops::retry_run(&app, &task, run).await?;
+        return Ok(Json(full_view(&app, &updated).await?));
+    }
+    if run.is_some() {
+        return Err(FieldError::new("invalid", "run", "only a cron task's runs are retried by run").into());
     }
     reserve(&app, &tenant, 1).await?;
     match app.store.retry_failed(&task.state.id, task.retry.max_attempts(), now_millis()).await {
