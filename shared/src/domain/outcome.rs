@@ -16,6 +16,9 @@ pub enum Outcome {
     Tls,
     RateLimited,
     StoppedByReceiver,
+    /// The sender stopped (crashed, killed, timed out) during the attempt:
+    /// whether the request arrived is unknown. Recorded by the claim that took over.
+    Interrupted,
 }
 
 impl Outcome {
@@ -30,12 +33,22 @@ impl Outcome {
             Self::Tls => "tls",
             Self::RateLimited => "rate_limited",
             Self::StoppedByReceiver => "stopped_by_receiver",
+            Self::Interrupted => "interrupted",
         }
     }
 
     /// Whether another attempt may succeed where this one did not.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::ServerError | Self::Timeout | Self::Connect | Self::Dns | Self::Tls | Self::RateLimited)
+        matches!(
+            self,
+            Self::ServerError
+                | Self::Timeout
+                | Self::Connect
+                | Self::Dns
+                | Self::Tls
+                | Self::RateLimited
+                | Self::Interrupted
+        )
     }
 }
 
