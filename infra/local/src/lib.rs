@@ -11,11 +11,13 @@
 //! - [`scheduler`] fires due EventBridge Scheduler schedules.
 //! - [`streams`] is the DynamoDB Streams mapping feeding the status counter.
 //! - [`echo`] is a target that answers and logs what it receives.
+//! - [`fault_proxy`] fails a chosen share of AWS calls, the ways AWS does.
 //! - [`stack`] starts all of it together.
 
 pub mod bootstrap;
 pub mod echo;
 pub mod event_source;
+pub mod fault_proxy;
 pub mod front;
 pub mod runtime;
 pub mod scheduler;
