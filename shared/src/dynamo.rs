@@ -1151,20 +1151,32 @@ impl TaskStore for DynamoStore {
         }
     }
 
-    async fn claim(&self, unit: &Unit, now: EpochMillis, lease_margin: EpochMillis) -> Result<Claim, StoreError> {
-        let res = self
+    async fn claim(
+        &self,
+        unit: &Unit,
+        now: EpochMillis,
+        lease_margin: EpochMillis,
+        max_timeout_ms: Option<u64>,
+    ) -> Result<Claim, StoreError> {
+        // A token of this claim: a retried request whose first try was applied
+        // finds its own claim instead of a live lease of someone else.
+        let token = format!("{:016x}", fastrand::u64(..));
+        let fits = if max_timeout_ms.is_some() { " AND timeout_ms <= :budget" } else { "" };
+        let req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
-            // The lease covers the request's own timeout plus the margin.
+            // The lease covers the request's own timeout plus the margin;
+            // `claimed_at` is when the attempt starts, shown if it is interrupted.
             .update_expression(
-                "SET #s = :sending, attempts = attempts + :one, lease_until = timeout_ms + :lease, updated_at = :now",
+                "SET #s = :sending, attempts = attempts + :one, lease_until = timeout_ms + :lease, \
+                 updated_at = :now, claimed_at = :now, claim_token = :token",
             )
-            .condition_expression(
+            .condition_expression(format!(
                 "attribute_exists(#pk) AND (attribute_not_exists(due_at) OR due_at <= :due) \
-                 AND (#s IN (:pending, :retrying, :scheduled) OR (#s = :sending AND lease_until < :now))",
-            )
+                 AND (#s IN (:pending, :retrying, :scheduled) OR (#s = :sending AND lease_until < :now)){fits}"
+            ))
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
@@ -1174,28 +1186,51 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":lease", n(now + lease_margin))
             .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":token", s(&token))
             .expression_attribute_values(":due", n(now + DUE_SLACK_MS))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
+            .return_values(ReturnValue::AllOld);
+        let req = match max_timeout_ms {
+            Some(budget) => req.expression_attribute_values(":budget", n(budget)),
+            None => req,
+        };
+        let res = req.send().await;
         match res {
-            Ok(out) => Ok(Claim::Claimed(Box::new(state_from_item(
-                &unit.task,
-                unit.run,
-                &out.attributes.unwrap_or_default(),
-            )?))),
-            // Rare path (early or duplicate delivery, finished task): read why.
-            Err(e) if is_conditional_failure(&e) => Ok(match self.read_state(unit).await? {
-                None => Claim::Missing,
-                Some(st) => match (st.status, st.due_at) {
+            Ok(out) => {
+                let old = out.attributes.unwrap_or_default();
+                let mut state = state_from_item(&unit.task, unit.run, &old)?;
+                let interrupted_at = (state.status == TaskStatus::Sending)
+                    .then(|| get_n(unit.task.as_str(), &old, "claimed_at").ok().flatten().unwrap_or(state.updated_at));
+                state.status = TaskStatus::Sending;
+                state.attempts += 1;
+                state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
+                state.updated_at = now;
+                Ok(Claim::Claimed { state: Box::new(state), interrupted_at })
+            }
+            // Rare path (early or duplicate delivery, finished task, no time left): read why.
+            Err(e) if is_conditional_failure(&e) => {
+                let Some(item) = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await? else {
+                    return Ok(Claim::Missing);
+                };
+                let st = state_from_item(&unit.task, unit.run, &item)?;
+                if st.status == TaskStatus::Sending && opt_s(&item, "claim_token") == Some(token.as_str()) {
+                    // Our own claim, applied on a try whose answer was lost.
+                    return Ok(Claim::Claimed { state: Box::new(st), interrupted_at: None });
+                }
+                let claimable = match st.status {
+                    TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled => true,
+                    TaskStatus::Sending => st.lease_until.is_some_and(|l| l < now),
+                    _ => false,
+                };
+                Ok(match (st.status, st.due_at) {
                     (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
                         if due > now + DUE_SLACK_MS =>
                     {
                         Claim::NotDue(due)
                     }
+                    _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
                     (status, _) => Claim::NotClaimable(status),
-                },
-            }),
+                })
+            }
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -1224,6 +1259,20 @@ impl TaskStore for DynamoStore {
         item.insert(TTL.into(), ttl_secs(attempt.started_at + self.retention_ms));
         self.put(item).send().await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn record_interrupted(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
+        let mut item = key(task_pk(&unit.task), attempt_sk(unit.run, attempt.number));
+        item.insert("attempt".into(), s(to_json(attempt)));
+        item.insert(TTL.into(), ttl_secs(attempt.started_at + self.retention_ms));
+        // A real record (the sender died after writing it) is worth more than this note.
+        let res = self
+            .put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        applied(res).map(|_| ())
     }
 
     async fn finish(&self, unit: &Unit, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {

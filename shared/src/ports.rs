@@ -45,7 +45,12 @@ pub struct Unit {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Claim {
     /// The caller owns the unit until the lease in the returned state.
-    Claimed(Box<TaskState>),
+    /// `interrupted_at`: the claim took over an expired lease, so the previous
+    /// attempt (number `state.attempts - 1`), started then, never finished.
+    Claimed { state: Box<TaskState>, interrupted_at: Option<EpochMillis> },
+    /// Claimable, but its request timeout does not fit in the time the caller
+    /// has left: nothing was changed.
+    NoTime,
     /// Claimable, but not due until then: try again later.
     NotDue(EpochMillis),
     /// Exists but is not claimable now (final, or leased by another sender).
@@ -254,12 +259,14 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Creates the state of a cron run on its first firing (idempotent).
     fn start_run(&self, parent: &TaskState, run: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Moves a due, claimable unit to `sending` with a lease of its request
-    /// timeout plus `lease_margin` ms; see [`Claim`].
+    /// timeout plus `lease_margin` ms, unless its request timeout exceeds
+    /// `max_timeout_ms` (the time the caller has left); see [`Claim`].
     fn claim(
         &self,
         unit: &Unit,
         now: EpochMillis,
         lease_margin: EpochMillis,
+        max_timeout_ms: Option<u64>,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
     fn read_state(&self, unit: &Unit) -> impl Future<Output = Result<Option<TaskState>, StoreError>> + Send;
     fn get_spec(
@@ -267,6 +274,10 @@ pub trait TaskStore: Send + Sync + 'static {
         id: &TaskId,
     ) -> impl Future<Output = Result<Option<(RequestSpec, RetryPolicy)>, StoreError>> + Send;
     fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records an attempt a stopped sender left unfinished, unless that
+    /// attempt has a record already (its sender lived long enough to write it).
+    fn record_interrupted(&self, unit: &Unit, attempt: &Attempt)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Applies `transition` if the unit is still `sending` attempt `attempt`;
     /// `Ok(false)` when the lease was lost (another sender, or a cancel).
     fn finish(

@@ -31,6 +31,14 @@ pub const MAX_VISIBILITY_WAIT: Duration = Duration::from_secs(43_200 - 60);
 const RETENTION_MARGIN_MS: i64 = 3_600_000;
 /// Response headers kept per attempt.
 const MAX_RESPONSE_HEADERS: usize = 50;
+/// Time kept in hand after a request's timeout, before the invocation's
+/// deadline, to record the attempt and move the task on (a few store calls,
+/// with the SDK's own retries).
+pub const RECORD_MARGIN_MS: i64 = 5_000;
+/// A message there is no time for in this invocation comes back this soon.
+const NO_TIME_RETRY: Duration = Duration::from_secs(1);
+/// What the sender says about an attempt a stopped sender left unfinished.
+pub const INTERRUPTED_REASON: &str = "sender stopped during the attempt (lease expired)";
 
 /// What one delivery did.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +53,9 @@ pub enum DeliveryOutcome {
     Deferred { delay: Duration },
     /// Nothing was sent: the task is final, leased by another sender, or the lease was lost.
     Skipped { reason: &'static str },
+    /// Nothing was sent: the request could not finish and be recorded before
+    /// the invocation's deadline. Another invocation takes it soon.
+    NoTime,
     /// The message names no task: park it on the DLQ.
     Poison { reason: String },
 }
@@ -179,10 +190,14 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         Self { store, queue, scheduler, http, settings }
     }
 
-    /// Handles one SQS batch: every record concurrently, failures reported by id.
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+    /// Handles one SQS batch: every record concurrently, failures reported by
+    /// id. `deadline` (epoch ms) is when the invocation ends: no request starts
+    /// that could not finish and be recorded before it.
+    pub async fn handle(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> SqsBatchResponse {
         let handled: Vec<(String, Handled)> = futures_util::stream::iter(event.records)
-            .map(|record| async move { (record.message_id.clone().unwrap_or_default(), self.process(&record).await) })
+            .map(|record| async move {
+                (record.message_id.clone().unwrap_or_default(), self.process(&record, deadline).await)
+            })
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
             .await;
@@ -198,7 +213,11 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
     }
 
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
-    async fn process(&self, record: &SqsMessage) -> Handled {
+    async fn process(&self, record: &SqsMessage, deadline: Option<EpochMillis>) -> Handled {
+        if deadline.is_some_and(|d| now_millis() + RECORD_MARGIN_MS >= d) {
+            tracing::info!("no time left in this invocation; the message comes back soon");
+            return Handled { keep: self.retry_later(record, NO_TIME_RETRY).await };
+        }
         let body = record.body.as_deref().unwrap_or_default();
         let (task_id, run) = match QueueMessage::from_body(body) {
             Some(QueueMessage::ReplayV1 { replay_id, chain, page }) => {
@@ -218,7 +237,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
-            Ok(Ok(Some(unit))) => match self.deliver(&unit).await {
+            Ok(Ok(Some(unit))) => match self.deliver(&unit, deadline).await {
                 Ok((outcome, tenant)) => (tenant.map(|t| (unit, t)), Ok(outcome)),
                 Err(e) => (None, Err(e)),
             },
@@ -226,6 +245,10 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         let keep = |keep: bool| Handled { keep };
         match outcome {
             Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
+            Ok(DeliveryOutcome::NoTime) => {
+                tracing::info!(task_id = %task_id, "no time left for this request in this invocation; it comes back soon");
+                keep(self.retry_later(record, NO_TIME_RETRY).await)
+            }
             Ok(DeliveryOutcome::Delivered { .. }) => keep(false),
             Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
                 let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
@@ -327,24 +350,39 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
     }
 
     /// Delivers one unit: claim, send, record, transition. Returns what
-    /// happened and, once claimed, the task's tenant.
+    /// happened and, once claimed, the task's tenant. With a `deadline`, the
+    /// claim only takes a task whose request timeout fits before it with
+    /// [`RECORD_MARGIN_MS`] to spare.
     #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
-    pub async fn deliver(&self, unit: &Unit) -> Result<(DeliveryOutcome, Option<String>), StoreError> {
+    pub async fn deliver(
+        &self,
+        unit: &Unit,
+        deadline: Option<EpochMillis>,
+    ) -> Result<(DeliveryOutcome, Option<String>), StoreError> {
         let now = now_millis();
-        let state = match self.store.claim(unit, now, self.settings.lease_margin_ms as i64).await? {
-            Claim::Claimed(state) => state,
-            Claim::NotDue(due) => {
-                return Ok((
-                    DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) },
-                    None,
-                ));
-            }
-            Claim::NotClaimable(status) => {
-                tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
-                return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
-            }
-            Claim::Missing => return Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None)),
-        };
+        let budget = deadline.map(|d| d - now - RECORD_MARGIN_MS);
+        if budget.is_some_and(|b| b < 1) {
+            return Ok((DeliveryOutcome::NoTime, None));
+        }
+        let budget = budget.map(|b| b as u64);
+        let (state, interrupted_at) =
+            match self.store.claim(unit, now, self.settings.lease_margin_ms as i64, budget).await? {
+                Claim::Claimed { state, interrupted_at } => (state, interrupted_at),
+                Claim::NoTime => return Ok((DeliveryOutcome::NoTime, None)),
+                Claim::NotDue(due) => {
+                    return Ok((
+                        DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) },
+                        None,
+                    ));
+                }
+                Claim::NotClaimable(status) => {
+                    tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
+                    return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
+                }
+                Claim::Missing => {
+                    return Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None));
+                }
+            };
         let tenant = Some(state.tenant.clone());
         let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
             // Nothing can ever be sent: end it (its slot comes back), then park the message.
@@ -355,6 +393,9 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
+        if let Some(started_at) = interrupted_at {
+            self.note_interrupted(unit, &state, &spec, started_at).await;
+        }
         let number = state.attempts;
         let (mut attempt, hints) = self.send(&state, &spec).await;
         let decision = decide(&retry, &spec, &attempt, hints, number - state.retry_base, fastrand::f64());
@@ -370,7 +411,8 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             error = attempt.error.as_deref(),
             "attempt"
         );
-        self.store.record_attempt(unit, &attempt).await?;
+        // The request went out: losing its record now would send it again.
+        persist(deadline, || self.store.record_attempt(unit, &attempt)).await?;
         let at = now_millis();
         let (transition, result, metric) = match decision {
             Decision::Succeed => {
@@ -387,12 +429,38 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
                 metrics::FAILED,
             ),
         };
-        if !self.store.finish(unit, number, &transition, at).await? {
+        if !persist(deadline, || self.store.finish(unit, number, &transition, at)).await? {
             return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
         }
         let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);
         emit(metric, Some(&unit.task), Some((&attempt, lag)));
         Ok((result, tenant))
+    }
+
+    /// Records the attempt a stopped sender left unfinished (the claim took
+    /// over its expired lease). Best effort: the delivery goes on without it.
+    async fn note_interrupted(&self, unit: &Unit, state: &TaskState, spec: &RequestSpec, started_at: EpochMillis) {
+        let number = state.attempts.saturating_sub(1);
+        let attempt = Attempt {
+            run: state.run,
+            number,
+            started_at,
+            method: spec.method.as_str().to_owned(),
+            url: spec.url.as_str().to_owned(),
+            request_headers: Vec::new(),
+            request_body_size: spec.body.as_ref().map_or(0, |b| b.len()),
+            response_headers: Vec::new(),
+            duration_ms: 0,
+            status_code: None,
+            outcome: Outcome::Interrupted,
+            response_body: None,
+            error: Some(INTERRUPTED_REASON.to_owned()),
+            next_delay_ms: None,
+        };
+        tracing::warn!(tenant = %state.tenant, attempt = number, started_at = %format_millis(started_at), "previous attempt was interrupted");
+        if let Err(e) = self.store.record_interrupted(unit, &attempt).await {
+            tracing::warn!(error = %e, attempt = number, "could not record the interrupted attempt");
+        }
     }
 
     async fn send(&self, state: &TaskState, spec: &RequestSpec) -> (Attempt, ReceiverHints) {
@@ -479,6 +547,31 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             next_delay_ms: None,
         };
         (attempt, hints)
+    }
+}
+
+/// Runs a store write that must not be lost (the request it records was
+/// sent), trying again a few times past the SDK's own retries while the
+/// invocation has time.
+async fn persist<T, F, Fut>(deadline: Option<EpochMillis>, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut tries = 1;
+    loop {
+        match write().await {
+            Err(StoreError::Unavailable(e))
+                if tries < 4 && deadline.is_none_or(|d| now_millis() + wait.as_millis() as i64 + 1_000 < d) =>
+            {
+                tracing::warn!(error = %e, tries, "store write failed after the request was sent; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            res => return res,
+        }
     }
 }
 
@@ -659,7 +752,8 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
     );
     let sender = &sender;
     lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-        Ok::<_, lambda_runtime::Error>(sender.handle(event.payload).await)
+        let deadline = Some(event.context.deadline as EpochMillis).filter(|d| *d > 0);
+        Ok::<_, lambda_runtime::Error>(sender.handle(event.payload, deadline).await)
     }))
     .await
 }

@@ -189,6 +189,7 @@ async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
     let id = t["id"].as_str().expect("id");
     let first = eventually(WAIT, || async { (!target.received().is_empty()).then_some(()) }).await;
     assert!(first.is_some(), "the first request arrives");
+    let killed_at = courier::domain::now_millis();
     stack.local.sender.kill();
     stack.local.sender.respawn().expect("respawn");
     let (_, mid) = stack.api.get(&format!("/v1/tasks/{id}")).await;
@@ -196,9 +197,24 @@ async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
     let task = stack.api.wait_for_status(id, "succeeded", WAIT).await;
     assert_eq!(task["attempts"], 2);
     let attempts = history(&stack, id).await;
-    assert_eq!(field(&attempts, "number"), [&json!(2)], "one completed attempt; the killed one left no record");
+    assert_eq!(field(&attempts, "number"), [&json!(1), &json!(2)], "{attempts:?}");
+    assert_eq!(field(&attempts, "outcome"), [&json!("interrupted"), &json!("success")]);
+    let interrupted = &attempts[0];
+    assert_eq!(interrupted["error"], courier::sender::INTERRUPTED_REASON);
+    assert!(interrupted["status_code"].is_null());
     let got = target.received();
     assert_eq!(got.len(), 2);
+    let started = time::OffsetDateTime::parse(
+        interrupted["started_at"].as_str().expect("started_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("time");
+    let started_ms = (started.unix_timestamp_nanos() / 1_000_000) as i64;
+    assert!(
+        started_ms <= got[0].at_ms && started_ms <= killed_at,
+        "the interrupted attempt started ({started_ms}) before its request arrived ({}) and the kill ({killed_at})",
+        got[0].at_ms
+    );
     assert_eq!(got.iter().map(|r| r.header("courier-attempt").unwrap_or_default()).collect::<Vec<_>>(), ["1", "2"]);
 }
 
@@ -327,4 +343,48 @@ async fn a_task_cancelled_mid_send_finishes_that_attempt_and_is_not_retried() {
     assert_eq!(target.received().len(), 1, "the 500 is not retried");
     let attempts = history(&stack, &id).await;
     assert_eq!(field(&attempts, "status_code"), [&json!(500)], "the attempt in flight is recorded");
+}
+
+#[tokio::test]
+async fn a_batch_longer_than_the_invocation_sends_only_what_it_can_record_in_time() {
+    // The sender function may run 12 s; each request takes 2 s (timeout 3 s);
+    // one process sends one at a time. Eight tasks arrive in one batch: the
+    // first invocation starts only the requests that can end and be recorded
+    // before its deadline (5 s margin) and hands the rest back at once.
+    let target = Target::start_with(vec![Reply::status(200).after(Duration::from_secs(2)); 8]).await;
+    let mut opts = stack_options("e-deadline");
+    opts.sender_instances = 1;
+    opts.pollers = 1;
+    opts.reconcile_every = None;
+    opts.function_env.insert(
+        "sender".into(),
+        vec![("AWS_LAMBDA_FUNCTION_TIMEOUT".into(), "12".into()), ("COURIER_SENDER_CONCURRENCY".into(), "1".into())],
+    );
+    let stack = TestStack::start(opts).await;
+    let tasks: Vec<Value> = (0..8)
+        .map(|i| json!({"request": {"method": "POST", "url": target.url(&format!("/t{i}")), "timeout_ms": 3000}}))
+        .collect();
+    let (status, created) = stack.api.post("/v1/tasks/batch", &json!({"tasks": tasks}).to_string()).await;
+    assert_eq!((status, &created["created"]), (200, &json!(8)), "{created}");
+    let ids: Vec<String> = created["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["task"]["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 8, "{created}");
+    // Without the deadline check the first invocation times out mid-request:
+    // its batch waits out the 120 s visibility timeout and the request in
+    // flight is sent again.
+    for id in &ids {
+        stack.api.wait_for_status(id, "succeeded", Duration::from_secs(60)).await;
+    }
+    let got = target.received();
+    let mut paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/t0", "/t1", "/t2", "/t3", "/t4", "/t5", "/t6", "/t7"], "each request sent once");
+    for id in &ids {
+        let attempts = history(&stack, id).await;
+        assert_eq!(field(&attempts, "outcome"), [&json!("success")], "{id}: {attempts:?}");
+    }
 }

@@ -14,11 +14,13 @@
 //!   exchange to an observer; [`iam`] records what IAM authorizes for each
 //!   call of a function and checks it against `template.yaml`.
 //! - [`echo`] is a target that answers and logs what it receives.
+//! - [`fault_proxy`] fails a chosen share of AWS calls, the ways AWS does.
 //! - [`stack`] starts all of it together.
 
 pub mod bootstrap;
 pub mod echo;
 pub mod event_source;
+pub mod fault_proxy;
 pub mod front;
 pub mod iam;
 pub mod proxy;

@@ -2,6 +2,13 @@
 //! Lambda does: the binary polls `GET /2018-06-01/runtime/invocation/next`,
 //! answers on `/response` or `/error`. One process handles one invocation at a
 //! time; several instances of a function share one queue of invocations.
+//!
+//! As on Lambda, each invocation gets `Lambda-Runtime-Deadline-Ms` (now plus
+//! the function's timeout; `AWS_LAMBDA_FUNCTION_TIMEOUT` in the function's
+//! environment overrides it, in seconds), an invocation whose process dies
+//! fails at once, and an invocation that outlives its timeout ends its
+//! sandbox: the function's processes are killed and started again (with
+//! several instances, the others' invocations in flight fail too).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,7 +63,8 @@ struct Shared {
     name: String,
     timeout: Duration,
     rx: Mutex<mpsc::Receiver<Invocation>>,
-    pending: Mutex<HashMap<String, oneshot::Sender<Result<Bytes, String>>>>,
+    /// Invocations handed to a process and not answered yet.
+    pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Result<Bytes, String>>>>,
     /// Time from start to the first `/next`: the init time of a one-process host.
     first_next: std::sync::OnceLock<Duration>,
     started: Instant,
@@ -79,11 +87,18 @@ impl FunctionHost {
     /// Starts the Runtime API on a free loopback port and the function's processes.
     pub async fn start(spec: FunctionSpec) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(64);
+        let timeout = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "AWS_LAMBDA_FUNCTION_TIMEOUT")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .map_or(spec.timeout, Duration::from_secs);
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
-            timeout: spec.timeout,
+            timeout,
             rx: Mutex::new(rx),
-            pending: Mutex::new(HashMap::new()),
+            pending: std::sync::Mutex::new(HashMap::new()),
             first_next: std::sync::OnceLock::new(),
             started: Instant::now(),
             invocations: Default::default(),
@@ -151,7 +166,13 @@ impl FunctionHost {
         self.shared.invocations.fetch_add(1, Relaxed);
         self.shared.busy_us.fetch_add(clock.elapsed().as_micros() as u64, Relaxed);
         match answer {
-            Err(_) => Err(InvokeError::Timeout(self.shared.timeout)),
+            Err(_) => {
+                // Lambda ends a timed-out sandbox: whatever the function was still doing stops here.
+                tracing::warn!(function = %self.shared.name, "invocation timed out; restarting the function's processes");
+                self.kill();
+                let _ = self.respawn();
+                Err(InvokeError::Timeout(self.shared.timeout))
+            }
             Ok(Err(_)) => Err(InvokeError::Stopped),
             Ok(Ok(Ok(b))) => Ok(b),
             Ok(Ok(Err(e))) => Err(InvokeError::Function(e)),
@@ -170,13 +191,20 @@ impl FunctionHost {
         (self.shared.invocations.load(Relaxed), Duration::from_micros(self.shared.busy_us.load(Relaxed)))
     }
 
-    /// Kills every process of the function with SIGKILL (as a crash would).
+    /// Kills every process of the function with SIGKILL (as a crash would);
+    /// their invocations in flight fail at once, as Lambda reports a runtime
+    /// that exited.
     pub fn kill(&self) {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for c in children.iter_mut() {
             let _ = c.start_kill();
         }
         children.clear();
+        let mut pending = self.shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, reply) in pending.drain() {
+            let _ =
+                reply.send(Err(r#"{"errorType":"Runtime.ExitError","errorMessage":"the process was killed"}"#.into()));
+        }
     }
 
     /// Process ids, for callers that measure or manage processes themselves.
@@ -203,7 +231,7 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
     };
     let id = uuid::Uuid::new_v4().to_string();
     let deadline = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000 + s.timeout.as_millis() as i128;
-    s.pending.lock().await.insert(id.clone(), inv.reply);
+    s.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), inv.reply);
     let mut h = HeaderMap::new();
     let mut set = |k: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -219,7 +247,7 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn response(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    match s.pending.lock().await.remove(&id) {
+    match s.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
         Some(reply) => {
             let _ = reply.send(Ok(body));
             StatusCode::ACCEPTED
@@ -229,7 +257,7 @@ async fn response(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: By
 }
 
 async fn error(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    match s.pending.lock().await.remove(&id) {
+    match s.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
         Some(reply) => {
             let _ = reply.send(Err(String::from_utf8_lossy(&body).into_owned()));
             StatusCode::ACCEPTED

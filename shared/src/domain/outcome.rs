@@ -18,6 +18,9 @@ pub enum Outcome {
     StoppedByReceiver,
     /// The target guard refused the address: nothing was sent, and nothing will be.
     Blocked,
+    /// The sender stopped (crashed, killed, timed out) during the attempt:
+    /// whether the request arrived is unknown. Recorded by the claim that took over.
+    Interrupted,
 }
 
 impl Outcome {
@@ -33,12 +36,22 @@ impl Outcome {
             Self::RateLimited => "rate_limited",
             Self::StoppedByReceiver => "stopped_by_receiver",
             Self::Blocked => "blocked",
+            Self::Interrupted => "interrupted",
         }
     }
 
     /// Whether another attempt may succeed where this one did not.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::ServerError | Self::Timeout | Self::Connect | Self::Dns | Self::Tls | Self::RateLimited)
+        matches!(
+            self,
+            Self::ServerError
+                | Self::Timeout
+                | Self::Connect
+                | Self::Dns
+                | Self::Tls
+                | Self::RateLimited
+                | Self::Interrupted
+        )
     }
 }
 
