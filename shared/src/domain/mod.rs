@@ -23,8 +23,8 @@ pub use schedule::{CronSchedule, Schedule, parse_duration};
 pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, new_tenant_id, same_secret};
 pub use validate::{
-    CreateTask, FieldError, PatchTask, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key,
-    parse_patch,
+    CreateTask, FieldError, PatchTask, check_stored_size, decode as decode_document, parse_business_id,
+    parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
 };
 
 /// Milliseconds since the Unix epoch: the one time representation stored and
