@@ -117,8 +117,50 @@ fn unique_pk(tenant: &str, k: &UniqueKey) -> String {
     }
 }
 
+/// A failed DynamoDB call as a store error: input DynamoDB refuses
+/// (`ValidationException`: an item over 400 KB, a key too long, a bad start
+/// key) is [`StoreError::Invalid`], since retrying it cannot help; anything
+/// else (throttling, 5xx, network) is [`StoreError::Unavailable`].
 fn unavailable<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
-    StoreError::Unavailable(Box::new(e))
+    if refused_input(&e) { StoreError::Invalid(Box::new(e)) } else { StoreError::Unavailable(Box::new(e)) }
+}
+
+/// Error codes DynamoDB answers for a request it will never accept as sent.
+const INPUT_ERROR_CODES: [&str; 2] = ["ValidationException", "SerializationException"];
+
+/// Whether `e` (an `SdkError` of any operation, or anything wrapping one)
+/// carries a service error code of refused input. The SDK's error is generic
+/// per operation, so its service error is found by type along the source chain.
+fn refused_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    use aws_sdk_dynamodb::operation as op;
+    macro_rules! code_of {
+        ($err:expr, $($t:ty),+) => {{
+            let err = $err;
+            None$(.or_else(|| err.downcast_ref::<$t>().and_then(|x| x.code())))+
+        }};
+    }
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let code = code_of!(
+            err,
+            op::get_item::GetItemError,
+            op::put_item::PutItemError,
+            op::update_item::UpdateItemError,
+            op::delete_item::DeleteItemError,
+            op::query::QueryError,
+            op::scan::ScanError,
+            op::batch_get_item::BatchGetItemError,
+            op::batch_write_item::BatchWriteItemError,
+            op::transact_write_items::TransactWriteItemsError,
+            op::transact_get_items::TransactGetItemsError
+        );
+        if code.is_some_and(|c| INPUT_ERROR_CODES.contains(&c)) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
@@ -1532,6 +1574,20 @@ mod tests {
         assert!(attempt_sk(Some(5), 1) < attempt_sk(Some(10), 1));
         assert!(state_sk(Some(999)) < state_sk(Some(1000)));
         assert!(attempt_sk(None, 1).as_str() < SPEC && state_sk(Some(1)).as_str() < SPEC);
+    }
+
+    #[test]
+    fn refused_input_is_invalid_and_every_other_failure_unavailable() {
+        use aws_sdk_dynamodb::error::ErrorMetadata;
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let answered = |code: &str| {
+            let meta = ErrorMetadata::builder().code(code).message("m").build();
+            SdkError::<PutItemError, ()>::service_error(PutItemError::generic(meta), ())
+        };
+        assert!(matches!(unavailable(answered("ValidationException")), StoreError::Invalid(_)));
+        assert!(matches!(unavailable(answered("ThrottlingException")), StoreError::Unavailable(_)));
+        assert!(matches!(unavailable(answered("InternalServerError")), StoreError::Unavailable(_)));
+        assert!(matches!(unavailable(SdkError::<PutItemError, ()>::timeout_error("slow")), StoreError::Unavailable(_)));
     }
 
     #[test]

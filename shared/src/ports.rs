@@ -19,6 +19,10 @@ pub enum StoreError {
     /// The store could not be reached or refused for now: try again.
     #[error("store unavailable")]
     Unavailable(#[source] Source),
+    /// The store refused the input itself (an item over its size limit, a
+    /// key it cannot hold): retrying cannot help, the caller must change it.
+    #[error("store refused the input")]
+    Invalid(#[source] Source),
     /// An item exists but cannot be read back: a bug or a manual edit.
     #[error("stored item for {id} is malformed: {what}")]
     Corrupt { id: String, what: String },

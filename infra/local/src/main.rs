@@ -27,6 +27,11 @@ enum Cmd {
         /// Directory of the `api` and `sender` binaries (default: next to this one).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Deliver nothing: no queue pollers (the sender never runs), no
+        /// scheduler bridge, no reconciler. For fuzzing the API with made-up
+        /// target URLs that must never be sent.
+        #[arg(long)]
+        no_delivery: bool,
     },
     /// Create the stack's table, queues and schedule group, and print their names.
     Bootstrap {
@@ -129,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
             let (id, key) = create_tenant(&sdk, &stack, &name).await?;
             println!("tenant {id} ({name})\nAPI key (shown once): {key}");
         }
-        Cmd::Up { stack, api, echo, bin_dir } => {
+        Cmd::Up { stack, api, echo, bin_dir, no_delivery } => {
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default(),
@@ -143,6 +148,11 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("adm_{}", uuid::Uuid::new_v4().simple()));
             let mut opts = StackOptions::new(&stack, bin_dir);
             opts.api_addr = api;
+            if no_delivery {
+                opts.pollers = 0;
+                opts.scheduler_tick = None;
+                opts.reconcile_every = None;
+            }
             // As deployed: the API function gets the key's SHA-256, never the key.
             opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
             let local = LocalStack::start(&sdk, opts).await?;

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth};
 use crate::domain::{
-    CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, format_millis,
+    CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, decode_document,
+    format_millis,
     now_millis,
 };
 use crate::ports::{DeliveryQueue, ListFilter, Retried, StoredTask, TaskStore, TenantStore, Unit};
@@ -48,13 +49,7 @@ struct PurgeDto {
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.inner().to_string();
-        let field = if path == "." { msg.split('`').nth(1).unwrap_or_default().to_owned() } else { path };
-        FieldError::new("invalid", field, msg).into()
-    })
+    Ok(decode_document(body)?)
 }
 
 fn time(field: &str, v: Option<&str>) -> Result<Option<EpochMillis>, ApiError> {
@@ -115,17 +110,14 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     if !(1..=1000).contains(&rate) {
         return Err(FieldError::new("invalid", "rate", "rate must be 1 to 1000 tasks per second").into());
     }
+    let host = super::tasks::host_filter(dto.host.as_deref(), "host")?;
+    let (since, until) = (time("since", dto.since.as_deref())?, time("until", dto.until.as_deref())?);
+    super::tasks::time_window(since, until, "since", "until")?;
     let now = now_millis();
     let replay = Replay {
         id: Replay::new_id(),
         tenant: tenant.id.clone(),
-        filter: ReplayFilter {
-            status: TaskStatus::Failed,
-            host: dto.host,
-            created_after: time("since", dto.since.as_deref())?,
-            created_before: time("until", dto.until.as_deref())?,
-            code,
-        },
+        filter: ReplayFilter { status: TaskStatus::Failed, host, created_after: since, created_before: until, code },
         rate,
         status: ReplayStatus::Running,
         cursor: None,
@@ -152,6 +144,9 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
 }
 
 async fn owned_replay<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, tenant: &str, id: &str) -> Result<Replay, ApiError> {
+    if !super::plausible_id(id) {
+        return Err(ApiError::NotFound(format!("no replay {id}")));
+    }
     app.store
         .get_replay(id)
         .await?
@@ -288,8 +283,17 @@ pub async fn purge<S: TaskStore + TenantStore, Q, C>(
     if !(1..=500).contains(&limit) {
         return Err(FieldError::new("invalid", "limit", "limit must be 1 to 500").into());
     }
+    if dto.cursor.as_deref().is_some_and(|c| !super::tasks::valid_cursor(c, super::tasks::is_task_id)) {
+        return Err(
+            FieldError::new("invalid", "cursor", "cursor must be a next_cursor returned by the previous page").into()
+        );
+    }
     let filter = ListFilter { status: Some(status), created_before: before, ..ListFilter::default() };
-    let page = app.store.list(&tenant.id, &filter, limit, dto.cursor.as_deref(), now_millis()).await?;
+    let page = app
+        .store
+        .list(&tenant.id, &filter, limit, dto.cursor.as_deref(), now_millis())
+        .await
+        .map_err(ApiError::store_on("cursor"))?;
     let mut purged = 0;
     if !dto.dry_run {
         for st in &page.items {

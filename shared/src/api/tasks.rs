@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
     CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Schedule, TaskId, TaskKind, TaskStatus, Tenant,
-    check_target, now_millis, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key,
+    check_stored_size, check_target, now_millis, parse_business_id, parse_create_task, parse_create_value,
+    parse_idempotency_key,
     parse_patch,
 };
 use crate::ports::{
@@ -372,7 +373,7 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
     let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| FieldError::new("invalid_json", "", format!("body is not valid JSON: {e}")))?;
+        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
     let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
     else {
         return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());
@@ -472,6 +473,63 @@ fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<EpochMill
         .transpose()
 }
 
+/// The longest `host` filter (a DNS name is at most 253 characters).
+pub(super) const MAX_HOST_FILTER: usize = 253;
+
+/// A `cursor` must be a `next_cursor` this API handed out: base64url text
+/// (the store's start key) that `fits`; anything else is refused here, before
+/// it reaches the store as a start key it cannot use.
+fn cursor_param<'a>(pairs: &'a [(String, String)], fits: impl Fn(&str) -> bool) -> Result<Option<&'a str>, ApiError> {
+    let Some((_, c)) = pairs.iter().find(|(k, _)| k == "cursor") else { return Ok(None) };
+    if valid_cursor(c, fits) {
+        Ok(Some(c.as_str()))
+    } else {
+        Err(FieldError::new("invalid", "cursor", "cursor must be a next_cursor returned by the previous page").into())
+    }
+}
+
+/// Whether `c` is base64url (no padding) of at most 256 bytes of text that `fits`.
+pub(super) fn valid_cursor(c: &str, fits: impl Fn(&str) -> bool) -> bool {
+    use base64::Engine;
+    c.len() <= 344
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .is_some_and(|text| fits(&text))
+}
+
+/// A task listing's cursor names the last task of the previous page.
+pub(super) fn is_task_id(text: &str) -> bool {
+    TaskId::parse(text).is_ok()
+}
+
+/// A listing's time window must not end before it starts (the store would
+/// refuse the range as a key condition).
+pub(super) fn time_window(
+    after: Option<EpochMillis>,
+    before: Option<EpochMillis>,
+    after_name: &'static str,
+    before_name: &str,
+) -> Result<(), ApiError> {
+    match (after, before) {
+        (Some(a), Some(b)) if a > b => {
+            Err(FieldError::new("invalid", after_name, format!("{after_name} must not be later than {before_name}"))
+                .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn host_filter(host: Option<&str>, field: &'static str) -> Result<Option<String>, ApiError> {
+    match host {
+        Some(h) if h.is_empty() || h.len() > MAX_HOST_FILTER => {
+            Err(FieldError::new("invalid", field, format!("{field} must be a host name of 1 to 253 characters")).into())
+        }
+        h => Ok(h.map(str::to_owned)),
+    }
+}
+
 pub async fn list<S: TaskStore + TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
@@ -490,13 +548,16 @@ pub async fn list<S: TaskStore + TenantStore, Q, C>(
         .transpose()?;
     let filter = ListFilter {
         status,
-        host: get("host").map(str::to_owned),
+        host: host_filter(get("host"), "host")?,
         created_after: time_param(&pairs, "created_after")?,
         created_before: time_param(&pairs, "created_before")?,
         code: None,
     };
+    time_window(filter.created_after, filter.created_before, "created_after", "created_before")?;
+    let limit = limit_of(&pairs)?;
+    let cursor = cursor_param(&pairs, is_task_id)?;
     let now = now_millis();
-    let page = app.store.list(&tenant.id, &filter, limit_of(&pairs)?, get("cursor"), now).await?;
+    let page = app.store.list(&tenant.id, &filter, limit, cursor, now).await.map_err(ApiError::store_on("cursor"))?;
     let tasks: Vec<Value> = page.items.iter().map(|s| views::summary(s, now)).collect();
     Ok(Json(json!({"tasks": tasks, "next_cursor": page.cursor})))
 }
@@ -526,8 +587,10 @@ pub async fn attempts<S: TaskStore + TenantStore, Q, C>(
     let tenant = auth::tenant(&app, &headers).await?;
     let task = owned(&app, &tenant, &id).await?;
     let pairs = query_params(raw.as_deref(), &[])?;
-    let cursor = pairs.iter().find(|(k, _)| k == "cursor").map(|(_, v)| v.as_str());
-    let page = app.store.attempts(&task.state.id, limit_of(&pairs)?, cursor).await?;
+    let limit = limit_of(&pairs)?;
+    // An attempts cursor names the last attempt's sort key.
+    let cursor = cursor_param(&pairs, |t| t.starts_with("ATTEMPT#") && t.len() <= 64)?;
+    let page = app.store.attempts(&task.state.id, limit, cursor).await.map_err(ApiError::store_on("cursor"))?;
     let items: Vec<Value> = page.items.iter().map(views::attempt).collect();
     Ok(Json(json!({"attempts": items, "next_cursor": page.cursor})))
 }
@@ -599,6 +662,7 @@ pub async fn update<S: TaskStore + TenantStore, Q, C>(
     }
     let (mut spec, mut retry) = (task.spec.clone(), task.retry.clone());
     patch.apply(&mut spec, &mut retry);
+    check_stored_size(&spec)?;
     if !app.store.update_spec(&task.state.id, &spec, &retry, &task.schedule, now_millis()).await? {
         let now_status = app.store.get(&task.state.id).await?.map_or(TaskStatus::Cancelled, |t| t.state.status);
         return Err(finished(now_status));

@@ -27,8 +27,8 @@ pub use target::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPoli
 pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, new_tenant_id, same_secret};
 pub use validate::{
-    CreateTask, FieldError, PatchTask, check_target, parse_business_id, parse_create_task, parse_create_value,
-    parse_idempotency_key, parse_patch,
+    CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,
+    parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
 };
 
 /// Milliseconds since the Unix epoch: the one time representation stored and
