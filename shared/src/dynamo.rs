@@ -29,8 +29,8 @@ use crate::domain::{
     Tenant,
 };
 use crate::ports::{
-    CandidatePage, Cancelled, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, TenantStore, Transition,
-    UniqueKey, Unit,
+    Cancelled, CandidatePage, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore,
+    TenantStore, Transition, UniqueKey, Unit,
 };
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_INDEX,
@@ -358,7 +358,10 @@ impl DynamoStore {
             tracing::warn!(key = ?unique_key, orphan = %holder, "taking over an orphaned unique key");
             orphan = Some(holder);
         }
-        Err(StoreError::Unavailable(Box::new(Busy(format!("unique key {} is contended", unique_pk(&task.tenant, unique))))))
+        Err(StoreError::Unavailable(Box::new(Busy(format!(
+            "unique key {} is contended",
+            unique_pk(&task.tenant, unique)
+        )))))
     }
 
     /// Deletes a unique key only if it names `task` (another task may hold it now).

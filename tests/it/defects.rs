@@ -62,7 +62,9 @@ async fn delete_item(stack: &TestStack, pk: String, sk: &str) {
 async fn fail(store: &DynamoStore, id: &TaskId) {
     let unit = Unit { task: id.clone(), run: None };
     let now = courier::domain::now_millis();
-    let Claim::Claimed(st) = store.claim(&unit, now, 1_000).await.expect("claim") else { panic!("claimable") };
+    let Claim::Claimed { state: st, .. } = store.claim(&unit, now, 1_000, None).await.expect("claim") else {
+        panic!("claimable")
+    };
     let t = Transition::Failed { reason: "HTTP 500".into(), status: Some(500) };
     assert!(store.finish(&unit, st.attempts, &t, now).await.expect("finish"));
 }
@@ -297,10 +299,12 @@ async fn the_reconciler_pages_resumes_from_its_watermarks_and_reports_a_bounded_
     // Due two minutes ago; the reconciler's grace is one minute, so what it requeues
     // is not due for another look during the test.
     let due = courier::domain::now_millis() - 120_000;
-    let tasks: Vec<NewTask> = (0..30).map(|i| new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, due)).collect();
+    let tasks: Vec<NewTask> =
+        (0..30).map(|i| new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, due)).collect();
     assert!(store.create_many(&tasks).await.expect("stored").iter().all(|ok| *ok));
     // One candidate per page, eight pages per run: a run stops part-way and the next goes on.
-    let reconciler = courier::reconciler::Reconciler::new(store.clone(), queue, Duration::from_secs(60)).with_paging(1, 8);
+    let reconciler =
+        courier::reconciler::Reconciler::new(store.clone(), queue, Duration::from_secs(60)).with_paging(1, 8);
     let mut requeued = 0;
     let mut runs = 0;
     loop {
@@ -375,10 +379,9 @@ async fn a_stuck_run_of_a_paused_cron_task_ends_cancelled_instead_of_retrying_fo
     let sqs = aws_sdk_sqs::Client::new(&sdk().await);
     let q = &stack.outputs().queue_url;
     sqs.send_message().queue_url(q).message_body(firing.to_string()).send().await.expect("send");
-    let retrying = eventually(WAIT, || async {
-        run_state(&store, &id, run).await.filter(|st| st.status == TaskStatus::Retrying)
-    })
-    .await;
+    let retrying =
+        eventually(WAIT, || async { run_state(&store, &id, run).await.filter(|st| st.status == TaskStatus::Retrying) })
+            .await;
     assert!(retrying.is_some(), "the first attempt failed and a retry is due");
     // Paused before the retry comes: the sender skips the retry's message.
     let (status, _) = stack.api.post(&format!("/v1/tasks/{id}/pause"), "").await;

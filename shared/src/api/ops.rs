@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, auth};
 use crate::domain::{
     CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, decode_document,
-    format_millis,
-    now_millis,
+    format_millis, now_millis,
 };
 use crate::ports::{DeliveryQueue, ListFilter, Retried, StoredTask, TaskStore, TenantStore, Unit};
 use crate::replays;

@@ -15,8 +15,7 @@ use super::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
     CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Schedule, TaskId, TaskKind, TaskStatus, Tenant,
     check_stored_size, check_target, now_millis, parse_business_id, parse_create_task, parse_create_value,
-    parse_idempotency_key,
-    parse_patch,
+    parse_idempotency_key, parse_patch,
 };
 use crate::ports::{
     Cancelled, Created, DeliveryQueue, ListFilter, Retried, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
