@@ -144,10 +144,23 @@ async fn the_allow_list_lets_exactly_its_port_through_and_a_redirect_to_another_
 }
 
 #[tokio::test]
-async fn url_secrets_are_sent_but_masked_in_attempts_and_views_and_unsafe_credentials_are_refused() {
+async fn proxies_are_ignored_url_secrets_are_sent_but_masked_and_unsafe_credentials_are_refused() {
     let target = Target::start(&[]).await;
-    let stack = TestStack::start(stack_options("guard-secrets")).await; // local-only: loopback allowed
+    // The sender ignores proxy variables: a "proxy" on loopback must see nothing.
+    let proxy = Target::start(&[]).await;
+    let mut opts = stack_options("guard-secrets"); // local-only: loopback allowed
+    let proxy_env = [("HTTP_PROXY", proxy.url("")), ("http_proxy", proxy.url("")), ("ALL_PROXY", proxy.url(""))];
+    let sender_env = opts.function_env.entry("sender".into()).or_default();
+    sender_env.extend(proxy_env.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    // The emulator (on 127.0.0.1) is reached directly; a target named localhost would be proxied.
+    sender_env.extend([("NO_PROXY".to_owned(), "127.0.0.1".to_owned()), ("no_proxy".into(), "127.0.0.1".into())]);
+    let stack = TestStack::start(opts).await;
     let api = &stack.api;
+    let id = api.create("POST", &format!("http://localhost:{}/direct", target.addr.port())).await;
+    api.wait_for_status(&id, "succeeded", WAIT).await;
+    assert_eq!(target.received().len(), 1, "sent straight to the target");
+    assert!(proxy.received().is_empty(), "not through the proxy");
+
     let port = target.addr.port();
     let url = format!("http://user:secret@127.0.0.1:{port}/x?token=abc&page=2");
     let id = api.create("GET", &url).await;
@@ -162,10 +175,10 @@ async fn url_secrets_are_sent_but_masked_in_attempts_and_views_and_unsafe_creden
     assert!(!shown.contains("secret") && !shown.contains("abc"), "no secret shown: {shown}");
 
     let got = target.received();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].path, "/x?token=abc&page=2", "the real query is sent");
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].path, "/x?token=abc&page=2", "the real query is sent");
     // user:secret, as basic credentials.
-    assert_eq!(got[0].header("authorization"), Some("Basic dXNlcjpzZWNyZXQ="));
+    assert_eq!(got[1].header("authorization"), Some("Basic dXNlcjpzZWNyZXQ="));
 
     let body =
         json!({"request": {"method": "GET", "url": target.url("/"), "auth": {"type": "bearer", "token": "abc\ndef"}}});
@@ -176,5 +189,5 @@ async fn url_secrets_are_sent_but_masked_in_attempts_and_views_and_unsafe_creden
     let (status, e) = api.post("/v1/tasks", &body.to_string()).await;
     assert_eq!(status, 400, "{e}");
     assert_eq!(e["error"]["field"], "request.headers.X-Foo", "{e}");
-    assert_eq!(target.received().len(), 1, "nothing refused was sent");
+    assert_eq!(target.received().len(), 2, "nothing refused was sent");
 }
