@@ -1,13 +1,15 @@
-//! The IAM recording itself: each function's AWS calls go through a proxy of
-//! its own and are logged as (function, action, resource); the local bridges'
-//! calls are not the functions' and are not logged. `make test` then checks
-//! the whole suite's log against `template.yaml` (`courier-local iam-check`).
+//! What the functions are given, as deployed. IAM: each function's AWS calls
+//! go through a proxy of its own and are logged as (function, action,
+//! resource); the local bridges' calls are not the functions' and are not
+//! logged. `make test` then checks the whole suite's log against
+//! `template.yaml` (`courier-local iam-check`). Secrets: the API function's
+//! environment holds the admin key's SHA-256, never the key.
 
 use std::time::Duration;
 
 use courier_local::iam::{self, LocalIdentities, Record};
 
-use crate::helpers::{Target, TestStack, bin_dir, eventually, stack_options};
+use crate::helpers::{ADMIN_KEY, Target, TestStack, bin_dir, eventually, stack_options};
 
 fn records(log: &std::path::Path) -> Vec<Record> {
     iam::read_log(&std::fs::read_to_string(log).unwrap_or_default()).expect("the log is JSON lines")
@@ -69,4 +71,21 @@ async fn each_functions_calls_are_recorded_with_their_iam_action_and_resource() 
     let verdict = iam::check(&template, &recorded, &LocalIdentities::of_local_stack()).expect("the template resolves");
     assert!(verdict.passed(), "calls the template does not grant: {:#?}", verdict.denied);
     let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test]
+async fn the_api_function_holds_the_admin_keys_hash_never_the_key() {
+    let stack = TestStack::start(stack_options("adm")).await;
+    // The admin API works (the test stack's admin created the tenant) …
+    assert_eq!(stack.admin.get(&format!("/v1/tenants/{}", stack.tenant)).await.0, 200);
+    // … with only the hash in the function's environment.
+    let pids = stack.local.api.pids();
+    assert!(!pids.is_empty(), "the API function runs");
+    for pid in pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the function's environment");
+        let vars: Vec<String> = environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        assert!(vars.contains(&format!("COURIER_ADMIN_KEY_SHA256={}", courier::domain::hash_key(ADMIN_KEY))));
+        assert!(!vars.iter().any(|v| v.contains(ADMIN_KEY)), "the admin key is in the API function's environment");
+        assert!(!vars.iter().any(|v| v.starts_with("COURIER_ADMIN_KEY=")));
+    }
 }

@@ -813,10 +813,25 @@ mod tests {
     }
 
     #[test]
+    fn the_senders_replay_calls_are_granted_on_their_resources() {
+        // A replay page runs in the sender: it lists failed tasks through the
+        // tenant index, reads their states in a batch and enqueues them.
+        let v = judge(&[
+            record("sender", "dynamodb:Query", &format!("{IT_TABLE}/index/by-tenant")),
+            record("sender", "dynamodb:BatchGetItem", IT_TABLE),
+            record("sender", "sqs:SendMessage", "arn:aws:sqs:us-east-1:123456789012:it-x-1-delivery"),
+        ]);
+        assert!(v.passed(), "{:?}", v.denied);
+        // …but not the reconciler's index.
+        let v = judge(&[record("sender", "dynamodb:Query", &format!("{IT_TABLE}/index/by-recon"))]);
+        assert_eq!(v.denied.len(), 1);
+    }
+
+    #[test]
     fn an_action_the_template_does_not_grant_fails() {
         let v = judge(&[
             record("counter", "dynamodb:DeleteTable", IT_TABLE),
-            record("counter", "dynamodb:GetItem", IT_TABLE),
+            record("counter", "dynamodb:UpdateItem", IT_TABLE),
         ]);
         assert!(!v.passed());
         assert_eq!(v.denied.len(), 1, "{:?}", v.denied);
