@@ -29,8 +29,8 @@ use crate::domain::{
     Tenant,
 };
 use crate::ports::{
-    CandidatePage, Cancelled, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, TenantStore, Transition,
-    UniqueKey, Unit,
+    Cancelled, CandidatePage, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore,
+    TenantStore, Transition, UniqueKey, Unit,
 };
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_INDEX,
@@ -316,7 +316,10 @@ impl DynamoStore {
             tracing::warn!(key = ?unique_key, orphan = %holder, "taking over an orphaned unique key");
             orphan = Some(holder);
         }
-        Err(StoreError::Unavailable(Box::new(Busy(format!("unique key {} is contended", unique_pk(&task.tenant, unique))))))
+        Err(StoreError::Unavailable(Box::new(Busy(format!(
+            "unique key {} is contended",
+            unique_pk(&task.tenant, unique)
+        )))))
     }
 
     /// Deletes a unique key only if it names `task` (another task may hold it now).
@@ -813,13 +816,12 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":from", n(from))
             .expression_attribute_values(":to", n(to))
             .limit(limit.clamp(1, 100) as i32);
-        if let Some(k) = start.and_then(decode_cursor).and_then(|c| serde_json::from_str::<Vec<String>>(&c).ok()) {
-            if let [pk, sk, at] = k.as_slice() {
-                let mut esk = key(pk.as_str(), sk.as_str());
-                esk.insert(RPK.into(), s(format!("RECON#{shard}")));
-                esk.insert(RSK.into(), AttributeValue::N(at.clone()));
-                q = q.set_exclusive_start_key(Some(esk));
-            }
+        let start = start.and_then(decode_cursor).and_then(|c| serde_json::from_str::<Vec<String>>(&c).ok());
+        if let Some([pk, sk, at]) = start.as_deref() {
+            let mut esk = key(pk.as_str(), sk.as_str());
+            esk.insert(RPK.into(), s(format!("RECON#{shard}")));
+            esk.insert(RSK.into(), AttributeValue::N(at.clone()));
+            q = q.set_exclusive_start_key(Some(esk));
         }
         let out = q.send().await.map_err(unavailable)?;
         let found = out.items.unwrap_or_default();

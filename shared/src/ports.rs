@@ -153,7 +153,8 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Removes a task that was never enqueued (creation rolled back), with its unique key
     /// if it still names the task. `true` if the task's state existed: its
     /// active-task slot then comes back through the counter (the state's delete).
-    fn discard(&self, task: &NewTask, key: Option<&UniqueKey>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn discard(&self, task: &NewTask, key: Option<&UniqueKey>)
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
     fn find_by_key(
         &self,

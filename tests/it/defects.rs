@@ -297,10 +297,12 @@ async fn the_reconciler_pages_resumes_from_its_watermarks_and_reports_a_bounded_
     // Due two minutes ago; the reconciler's grace is one minute, so what it requeues
     // is not due for another look during the test.
     let due = courier::domain::now_millis() - 120_000;
-    let tasks: Vec<NewTask> = (0..30).map(|i| new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, due)).collect();
+    let tasks: Vec<NewTask> =
+        (0..30).map(|i| new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, due)).collect();
     assert!(store.create_many(&tasks).await.expect("stored").iter().all(|ok| *ok));
     // One candidate per page, eight pages per run: a run stops part-way and the next goes on.
-    let reconciler = courier::reconciler::Reconciler::new(store.clone(), queue, Duration::from_secs(60)).with_paging(1, 8);
+    let reconciler =
+        courier::reconciler::Reconciler::new(store.clone(), queue, Duration::from_secs(60)).with_paging(1, 8);
     let mut requeued = 0;
     let mut runs = 0;
     loop {
@@ -375,10 +377,9 @@ async fn a_stuck_run_of_a_paused_cron_task_ends_cancelled_instead_of_retrying_fo
     let sqs = aws_sdk_sqs::Client::new(&sdk().await);
     let q = &stack.outputs().queue_url;
     sqs.send_message().queue_url(q).message_body(firing.to_string()).send().await.expect("send");
-    let retrying = eventually(WAIT, || async {
-        run_state(&store, &id, run).await.filter(|st| st.status == TaskStatus::Retrying)
-    })
-    .await;
+    let retrying =
+        eventually(WAIT, || async { run_state(&store, &id, run).await.filter(|st| st.status == TaskStatus::Retrying) })
+            .await;
     assert!(retrying.is_some(), "the first attempt failed and a retry is due");
     // Paused before the retry comes: the sender skips the retry's message.
     let (status, _) = stack.api.post(&format!("/v1/tasks/{id}/pause"), "").await;
@@ -391,4 +392,84 @@ async fn a_stuck_run_of_a_paused_cron_task_ends_cancelled_instead_of_retrying_fo
     let ended = run_state(&store, &id, run).await.expect("run");
     assert_eq!(ended.status, TaskStatus::Cancelled);
     assert_eq!(ended.failure_reason.as_deref(), Some("skipped: the cron task is paused"));
+}
+
+/// Fails the `nth` manual-retry write (an UpdateItem moving a task back to
+/// pending) of a real DynamoDB client: a fault at the SDK's edge.
+#[derive(Debug)]
+struct FailNthRetry {
+    nth: usize,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for FailNthRetry {
+    fn name(&self) -> &'static str {
+        "FailNthRetry"
+    }
+
+    fn read_before_execution(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let input = ctx.input().downcast_ref::<aws_sdk_dynamodb::operation::update_item::UpdateItemInput>();
+        if input.and_then(|i| i.update_expression()).is_some_and(|e| e.contains("retry_base = attempts")) {
+            let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == self.nth {
+                return Err("injected: the store dropped the connection".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_replay_page_cut_short_by_a_store_error_gives_back_the_slots_it_did_not_use() {
+    let mut opts = quiet_stack("d-replay-slots");
+    opts.stream_counter = false; // slots move only by reservation and release here
+    let stack = TestStack::start(opts).await;
+    let (plain, queue) = (store(&stack).await, queue(&stack).await);
+    for i in 0..3 {
+        let t = new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, courier::domain::now_millis());
+        plain.create(&t, None).await.expect("stored");
+        fail(&plain, &t.id).await;
+    }
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk().await)
+        .interceptor(FailNthRetry { nth: 2, seen: Default::default() })
+        .build();
+    let faulty = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), &stack.outputs().names.table, 90);
+    let now = courier::domain::now_millis();
+    let replay = Replay {
+        id: Replay::new_id(),
+        tenant: stack.tenant.clone(),
+        filter: ReplayFilter {
+            status: TaskStatus::Failed,
+            host: None,
+            created_after: None,
+            created_before: None,
+            code: None,
+        },
+        rate: 3,
+        status: ReplayStatus::Running,
+        cursor: None,
+        replayed: 0,
+        skipped: 0,
+        errored: 0,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        chain: 0,
+        page: 0,
+    };
+    plain.put_replay(&replay).await.expect("stored");
+    let active = || async { plain.get_tenant(&stack.tenant).await.expect("read").expect("tenant").active };
+    assert_eq!(active().await, 0);
+    // The page reserves three slots, replays one task, then the store fails.
+    assert!(courier::replays::step(&faulty, &queue, &replay.id, 0, 0).await.is_err());
+    assert_eq!(active().await, 1, "only the replayed task keeps a slot");
+    // The message comes back: the same page is done again and finishes the replay.
+    courier::replays::step(&plain, &queue, &replay.id, 0, 0).await.expect("page");
+    assert_eq!(active().await, 3);
+    let doc = plain.get_replay(&replay.id).await.expect("read").expect("exists");
+    assert_eq!((doc.replayed, doc.status, doc.page), (3, ReplayStatus::Done, 1), "{doc:?}");
 }

@@ -286,8 +286,10 @@ fn the_counter_stream_mapping_bounds_its_retries_and_keeps_what_it_gives_up() {
     assert!((60..=86_400).contains(&age), "a record gives up within the stream's retention: {age}");
     let dest = &m["DestinationConfig"]["OnFailure"]["Destination"];
     assert!(format!("{dest:?}").contains("DeadLetterQueue"), "discarded batches are kept: {dest:?}");
-    let grants_send = counter["Policies"][0]["Statement"].as_sequence().expect("statements").iter().any(|s| {
-        s["Action"] == "sqs:SendMessage" && format!("{:?}", s["Resource"]).contains("DeadLetterQueue")
-    });
+    let grants_send = counter["Policies"][0]["Statement"]
+        .as_sequence()
+        .expect("statements")
+        .iter()
+        .any(|s| s["Action"] == "sqs:SendMessage" && format!("{:?}", s["Resource"]).contains("DeadLetterQueue"));
     assert!(grants_send, "the counter's role may write the discarded batch's record");
 }
