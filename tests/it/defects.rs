@@ -308,7 +308,7 @@ async fn the_reconciler_pages_resumes_from_its_watermarks_and_reports_a_bounded_
     loop {
         let report = reconciler.run_once(courier::domain::now_millis()).await.expect("runs");
         runs += 1;
-        assert!(report.pages <= 8 && report.sample.len() <= 20, "{report:?}");
+        assert!(report.examined <= 8 && report.sample.len() <= 20, "{report:?}");
         assert_eq!(report.sample.len(), report.requeued.min(20));
         requeued += report.requeued;
         if report.complete {
