@@ -858,13 +858,12 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":from", n(from))
             .expression_attribute_values(":to", n(to))
             .limit(limit.clamp(1, 100) as i32);
-        if let Some(k) = start.and_then(decode_cursor).and_then(|c| serde_json::from_str::<Vec<String>>(&c).ok()) {
-            if let [pk, sk, at] = k.as_slice() {
-                let mut esk = key(pk.as_str(), sk.as_str());
-                esk.insert(RPK.into(), s(format!("RECON#{shard}")));
-                esk.insert(RSK.into(), AttributeValue::N(at.clone()));
-                q = q.set_exclusive_start_key(Some(esk));
-            }
+        let start = start.and_then(decode_cursor).and_then(|c| serde_json::from_str::<Vec<String>>(&c).ok());
+        if let Some([pk, sk, at]) = start.as_deref() {
+            let mut esk = key(pk.as_str(), sk.as_str());
+            esk.insert(RPK.into(), s(format!("RECON#{shard}")));
+            esk.insert(RSK.into(), AttributeValue::N(at.clone()));
+            q = q.set_exclusive_start_key(Some(esk));
         }
         let out = q.send().await.map_err(unavailable)?;
         let found = out.items.unwrap_or_default();

@@ -27,7 +27,7 @@ const OVERLAP_MS: i64 = 60_000;
 const FIRST_LOOKBACK_MS: i64 = 3_600_000;
 /// Candidates read per page (one BatchGetItem's worth).
 const PAGE_LIMIT: usize = 100;
-/// Pages one run reads at most; the rest waits for the next run.
+/// Pages with candidates one run reads at most; the rest waits for the next run.
 const MAX_PAGES: usize = 200;
 /// Requeued units named in a report, at most.
 const SAMPLE: usize = 20;
@@ -43,6 +43,7 @@ pub struct Report {
     pub ended: usize,
     /// Some of the requeued units (`task id`, or `task id@run time` for a cron run).
     pub sample: Vec<String>,
+    /// Pages read (empty ones included).
     pub pages: usize,
     /// False when the page budget ran out: the next run goes on from there.
     pub complete: bool,
@@ -70,7 +71,7 @@ impl<S: TaskStore, Q: DeliveryQueue> Reconciler<S, Q> {
         Self { store, queue, grace_ms: grace.as_millis() as i64, page_limit: PAGE_LIMIT, max_pages: MAX_PAGES }
     }
 
-    /// Reads `page_limit` candidates per page and at most `max_pages` pages per run.
+    /// Reads `page_limit` candidates per page and at most `max_pages` pages with candidates per run.
     pub fn with_paging(mut self, page_limit: usize, max_pages: usize) -> Self {
         self.page_limit = page_limit.max(1);
         self.max_pages = max_pages.max(1);
@@ -80,16 +81,22 @@ impl<S: TaskStore, Q: DeliveryQueue> Reconciler<S, Q> {
     /// One pass over the units whose check time passed since the last run.
     pub async fn run_once(&self, now: EpochMillis) -> Result<Report, ReconcileError> {
         let mut report = Report { complete: true, ..Report::default() };
+        let mut busy_pages = 0;
         'shards: for shard in 0..RECONCILE_SHARDS {
             let from = self.store.watermark(shard).await?.unwrap_or(now - FIRST_LOOKBACK_MS) - OVERLAP_MS;
             let mut cursor: Option<String> = None;
             loop {
-                if report.pages == self.max_pages {
+                if busy_pages == self.max_pages {
                     report.complete = false;
                     break 'shards;
                 }
                 let page = self.store.reconcile_page(shard, from, now, self.page_limit, cursor.as_deref()).await?;
                 report.pages += 1;
+                // Only pages with candidates count against the budget: a run cut short
+                // must not spend the next run's budget on the shards it had finished.
+                if !page.items.is_empty() {
+                    busy_pages += 1;
+                }
                 self.handle(page.items, now, &mut report).await?;
                 self.store.set_watermark(shard, page.checked_to).await?;
                 cursor = page.next;

@@ -130,7 +130,8 @@ async fn the_counter_applies_every_tenant_of_a_stream_batch_once() {
     opts.stream_counter = false; // the test is the stream
     let stack = TestStack::start(opts).await;
     let store = store(&stack).await;
-    let tenants: Vec<Tenant> = (0..120)
+    // More tenants than one transaction holds (two writes each, 100 items at most).
+    let tenants: Vec<Tenant> = (0..60)
         .map(|i| Tenant {
             id: format!("ten_{i:03}_{}", &stack.outputs().stack),
             name: format!("t{i}"),
@@ -159,12 +160,16 @@ async fn the_counter_applies_every_tenant_of_a_stream_batch_once() {
     assert!(courier::counter::apply(&store, &records).await.expect("applied"));
     // The same batch again (Lambda retries it): nothing is counted twice.
     assert!(!courier::counter::apply(&store, &records).await.expect("applied"));
-    for t in &tenants {
+    let seen = futures_util::future::join_all(tenants.iter().map(|t| async {
         let counts = store.counts(&t.id).await.expect("counts");
         let succeeded = counts.iter().find(|(s, _)| *s == TaskStatus::Succeeded).map(|(_, n)| *n);
-        assert_eq!(succeeded, Some(1), "tenant {} counted once", t.id);
         let active = store.get_tenant(&t.id).await.expect("tenant").expect("exists").active;
-        assert_eq!(active, 0, "tenant {} got its slot back", t.id);
+        (t.id.clone(), succeeded, active)
+    }))
+    .await;
+    for (tenant, succeeded, active) in seen {
+        assert_eq!(succeeded, Some(1), "tenant {tenant} counted once");
+        assert_eq!(active, 0, "tenant {tenant} got its slot back");
     }
 }
 
@@ -310,7 +315,7 @@ async fn the_reconciler_pages_resumes_from_its_watermarks_and_reports_a_bounded_
     loop {
         let report = reconciler.run_once(courier::domain::now_millis()).await.expect("runs");
         runs += 1;
-        assert!(report.pages <= 8 && report.sample.len() <= 20, "{report:?}");
+        assert!(report.examined <= 8 && report.sample.len() <= 20, "{report:?}");
         assert_eq!(report.sample.len(), report.requeued.min(20));
         requeued += report.requeued;
         if report.complete {
@@ -394,4 +399,84 @@ async fn a_stuck_run_of_a_paused_cron_task_ends_cancelled_instead_of_retrying_fo
     let ended = run_state(&store, &id, run).await.expect("run");
     assert_eq!(ended.status, TaskStatus::Cancelled);
     assert_eq!(ended.failure_reason.as_deref(), Some("skipped: the cron task is paused"));
+}
+
+/// Fails the `nth` manual-retry write (an UpdateItem moving a task back to
+/// pending) of a real DynamoDB client: a fault at the SDK's edge.
+#[derive(Debug)]
+struct FailNthRetry {
+    nth: usize,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for FailNthRetry {
+    fn name(&self) -> &'static str {
+        "FailNthRetry"
+    }
+
+    fn read_before_execution(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let input = ctx.input().downcast_ref::<aws_sdk_dynamodb::operation::update_item::UpdateItemInput>();
+        if input.and_then(|i| i.update_expression()).is_some_and(|e| e.contains("retry_base = attempts")) {
+            let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == self.nth {
+                return Err("injected: the store dropped the connection".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_replay_page_cut_short_by_a_store_error_gives_back_the_slots_it_did_not_use() {
+    let mut opts = quiet_stack("d-replay-slots");
+    opts.stream_counter = false; // slots move only by reservation and release here
+    let stack = TestStack::start(opts).await;
+    let (plain, queue) = (store(&stack).await, queue(&stack).await);
+    for i in 0..3 {
+        let t = new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, courier::domain::now_millis());
+        plain.create(&t, None).await.expect("stored");
+        fail(&plain, &t.id).await;
+    }
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk().await)
+        .interceptor(FailNthRetry { nth: 2, seen: Default::default() })
+        .build();
+    let faulty = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), &stack.outputs().names.table, 90);
+    let now = courier::domain::now_millis();
+    let replay = Replay {
+        id: Replay::new_id(),
+        tenant: stack.tenant.clone(),
+        filter: ReplayFilter {
+            status: TaskStatus::Failed,
+            host: None,
+            created_after: None,
+            created_before: None,
+            code: None,
+        },
+        rate: 3,
+        status: ReplayStatus::Running,
+        cursor: None,
+        replayed: 0,
+        skipped: 0,
+        errored: 0,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        chain: 0,
+        page: 0,
+    };
+    plain.put_replay(&replay).await.expect("stored");
+    let active = || async { plain.get_tenant(&stack.tenant).await.expect("read").expect("tenant").active };
+    assert_eq!(active().await, 0);
+    // The page reserves three slots, replays one task, then the store fails.
+    assert!(courier::replays::step(&faulty, &queue, &replay.id, 0, 0).await.is_err());
+    assert_eq!(active().await, 1, "only the replayed task keeps a slot");
+    // The message comes back: the same page is done again and finishes the replay.
+    courier::replays::step(&plain, &queue, &replay.id, 0, 0).await.expect("page");
+    assert_eq!(active().await, 3);
+    let doc = plain.get_replay(&replay.id).await.expect("read").expect("exists");
+    assert_eq!((doc.replayed, doc.status, doc.page), (3, ReplayStatus::Done, 1), "{doc:?}");
 }

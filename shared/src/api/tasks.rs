@@ -238,6 +238,59 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     Ok(r)
 }
 
+#[tracing::instrument(skip_all, fields(tenant))]
+pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    tracing::Span::current().record("tenant", tenant.id.as_str());
+    let now = now_millis();
+    let doc: Value = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
+    let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
+    else {
+        return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(FieldError::new("invalid", "tasks", "tasks must hold 1 to 100 tasks").into());
+    }
+    // Validate every item; per-item results keep their index.
+    let mut results: Vec<Value> = vec![Value::Null; items.len()];
+    let mut valid: Vec<(usize, CreateTask)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let parsed = parse_create_value(item.clone(), now)
+            .and_then(|t| check_target(&t.spec.url, &app.settings.guard, "request.url").map(|()| t));
+        match parsed {
+            Ok(t) => valid.push((i, t)),
+            Err(e) => {
+                let e = e.prefixed(&format!("tasks[{i}]"));
+                results[i] = json!({"index": i, "status": 400, "error": {"code": e.code, "message": e.message, "field": e.field}});
+            }
+        }
+    }
+    if !valid.is_empty() {
+        check_rate(&app, &tenant, valid.len() as u64).await?;
+        reserve(&app, &tenant, valid.len() as u64).await?;
+    }
+    // Every reserved slot is either held by a task whose state was written (the
+    // counter gives it back when the task ends or is discarded) or given back
+    // here, whatever path the creation took.
+    let reserved = valid.len() as u64;
+    let mut held = 0u64;
+    let outcome = create_reserved(&app, &tenant, valid, now, &mut results, &mut held).await;
+    if reserved > held
+        && let Err(e) = app.store.release_active(&tenant.id, reserved - held).await
+    {
+        tracing::error!(error = %e, slots = reserved - held, "could not give back unused active-task slots");
+    }
+    outcome?;
+    let created_n = results.iter().filter(|r| r["status"] == 201).count();
+    tracing::info!(created = created_n, total = items.len(), "batch created");
+    Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
+}
+
 /// A batch item's error document.
 fn item_error(i: usize, e: &ApiError) -> Value {
     let (status, code, message) = match e {
@@ -360,59 +413,6 @@ async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
         }
     }
     Ok(())
-}
-
-#[tracing::instrument(skip_all, fields(tenant))]
-pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
-    State(app): State<Arc<AppState<S, Q, C>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let tenant = auth::tenant(&app, &headers).await?;
-    tracing::Span::current().record("tenant", tenant.id.as_str());
-    let now = now_millis();
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
-    let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
-    else {
-        return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());
-    };
-    if items.is_empty() || items.len() > MAX_BATCH {
-        return Err(FieldError::new("invalid", "tasks", "tasks must hold 1 to 100 tasks").into());
-    }
-    // Validate every item; per-item results keep their index.
-    let mut results: Vec<Value> = vec![Value::Null; items.len()];
-    let mut valid: Vec<(usize, CreateTask)> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let parsed = parse_create_value(item.clone(), now)
-            .and_then(|t| check_target(&t.spec.url, &app.settings.guard, "request.url").map(|()| t));
-        match parsed {
-            Ok(t) => valid.push((i, t)),
-            Err(e) => {
-                let e = e.prefixed(&format!("tasks[{i}]"));
-                results[i] = json!({"index": i, "status": 400, "error": {"code": e.code, "message": e.message, "field": e.field}});
-            }
-        }
-    }
-    if !valid.is_empty() {
-        check_rate(&app, &tenant, valid.len() as u64).await?;
-        reserve(&app, &tenant, valid.len() as u64).await?;
-    }
-    // Every reserved slot is either held by a task whose state was written (the
-    // counter gives it back when the task ends or is discarded) or given back
-    // here, whatever path the creation took.
-    let reserved = valid.len() as u64;
-    let mut held = 0u64;
-    let outcome = create_reserved(&app, &tenant, valid, now, &mut results, &mut held).await;
-    if reserved > held
-        && let Err(e) = app.store.release_active(&tenant.id, reserved - held).await
-    {
-        tracing::error!(error = %e, slots = reserved - held, "could not give back unused active-task slots");
-    }
-    outcome?;
-    let created_n = results.iter().filter(|r| r["status"] == 201).count();
-    tracing::info!(created = created_n, total = items.len(), "batch created");
-    Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
 }
 
 pub async fn get_one<S: TaskStore + TenantStore, Q, C>(
