@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::{Reply, Target, TestStack, bin_dir, eventually, stack_options};
 
@@ -86,15 +87,25 @@ async fn status_and_task_commands_work_against_the_api() {
     assert_eq!(code, 0);
     assert!(human.contains("succeeded") && human.contains("queue: 0 visible"), "{human}");
 
-    // --watch refreshes until Ctrl-C, then exits cleanly.
-    let watch = courier_cmd(&stack, &["status", "--watch", "1", "--output", "json"]).spawn().expect("spawn");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // --watch refreshes until Ctrl-C, then exits cleanly. Interrupted after its
+    // second refresh is seen (not after a fixed time: a loaded machine is slow).
+    let mut watch = courier_cmd(&stack, &["status", "--watch", "1", "--output", "json"]).spawn().expect("spawn");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut refreshes = 0;
+    let seen = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            refreshes += usize::from(line.starts_with('{'));
+            if refreshes >= 2 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok() && refreshes >= 2, "refreshed {refreshes} times");
     let pid = watch.id().expect("pid").to_string();
     tokio::process::Command::new("kill").args(["-INT", &pid]).status().await.expect("kill");
     let out = watch.wait_with_output().await.expect("exit");
-    assert_eq!(out.status.code(), Some(0));
-    let refreshes = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')).count();
-    assert!(refreshes >= 2, "refreshed {refreshes} times");
+    assert_eq!(out.status.code(), Some(0), "Ctrl-C ends --watch cleanly");
 
     let (code, _, err) = courier(&stack, &["--api-key", "ck_wrong", "tasks", "list"]).await;
     assert_eq!(code, 1);
