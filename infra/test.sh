@@ -25,3 +25,5 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
 fi
 echo "== tests"
 cargo test --workspace --no-fail-fast -- ${TEST_ARGS:-}
+echo "== schemathesis (short)"
+infra/fuzz.sh short

@@ -424,3 +424,21 @@ async fn the_store_reports_input_dynamodb_refuses_as_invalid_not_unavailable() {
     // A plain read of a missing item is no error at all.
     assert!(store.get_tenant("tnt_0000000000000000").await.expect("read").is_none());
 }
+
+#[tokio::test]
+async fn a_repeat_create_answers_200_as_the_spec_documents() {
+    let mut opts = stack_options("repeat");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let body = r#"{"request":{"method":"POST","url":"https://hooks.invalid/x"},"business_id":"order-7"}"#;
+    let (first, _) = stack.api.post("/v1/tasks", body).await;
+    let (status, headers, again) = stack.api.call("POST", "/v1/tasks", Some(body), &[]).await;
+    assert_eq!((first, status), (201, 200), "{again}");
+    assert_eq!(again["created"], false);
+    assert_eq!(headers["courier-idempotent-replay"], "true");
+    let (_, spec) = stack.api.get("/v1/openapi.json").await;
+    let documented = &spec["paths"]["/v1/tasks"]["post"]["responses"];
+    for code in ["200", "201"] {
+        assert_eq!(documented[code]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Task");
+    }
+}
