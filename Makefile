@@ -7,7 +7,7 @@ SHELL := /bin/bash
 run:
 	infra/run.sh
 
-## test: fmt, clippy, cfn-lint, unit and integration tests on a fresh emulator
+## test: fmt, clippy, cfn-lint, unit and integration tests, a short fuzz, on a fresh emulator
 test:
 	infra/test.sh
 

@@ -67,7 +67,7 @@ run() { # run NAME KEY [st options…]
   set +e
   .venv/bin/st --no-color run "$api/v1/openapi.json" --url "$api" \
     --header "Authorization: Bearer $key" \
-    --checks "$checks" --seed 8 --workers 2 --request-timeout 30 --suppress-health-check all "$@" > "$out/$name.log" 2>&1
+    --checks "$checks" --seed 8 --workers 1 --request-timeout 30 --suppress-health-check all "$@" > "$out/$name.log" 2>&1
   local rc=$?
   set -e
   # The summary line reads "N generated, N passed" (or "…, K failed, …").
