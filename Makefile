@@ -1,13 +1,13 @@
 # Courier. `make run` starts everything locally; `make test` checks everything.
 SHELL := /bin/bash
 
-.PHONY: run test tools bench build-lambda fmt clean
+.PHONY: run test tools bench fuzz build-lambda fmt clean
 
 ## run: local stack on 127.0.0.1 (emulator, API on :3000, sender, bridges, echo target)
 run:
 	infra/run.sh
 
-## test: fmt, clippy, cfn-lint, unit and integration tests on a fresh emulator
+## test: fmt, clippy, cfn-lint, unit and integration tests, a short fuzz, on a fresh emulator
 test:
 	infra/test.sh
 
@@ -29,3 +29,8 @@ clean:
 ## bench: cost per delivery and speed on the local stack, release build (prints figures)
 bench:
 	infra/bench.sh
+
+## fuzz: schemathesis against /v1/openapi.json on a local stack that delivers nothing (prints counts)
+fuzz:
+	cargo build --workspace --bins
+	infra/fuzz.sh long

@@ -33,3 +33,5 @@ echo "== tests"
 cargo test --workspace --no-fail-fast -- ${TEST_ARGS:-}
 echo "== IAM: every recorded call granted by its function's policy in template.yaml"
 target/debug/courier-local iam-check --template template.yaml --log "$COURIER_IAM_LOG"
+echo "== schemathesis (short)"
+infra/fuzz.sh short

@@ -176,7 +176,17 @@ async fn every_error_from_every_layer_of_the_api_is_the_json_error_shape() {
     let key = key.as_deref();
     let big = vec![b' '; 2 * 1024 * 1024];
     // (what, method, path, content type, body, status, code, field)
-    let cases: Vec<(&str, &str, &str, Option<&str>, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        u16,
+        &'static str,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
         ("body limit", "POST", "/v1/tasks", Some("application/json"), big.clone(), 413, "too_large", Some("body")),
         ("batch body limit", "POST", "/v1/tasks/batch", None, big, 413, "too_large", Some("body")),
         (
@@ -279,7 +289,9 @@ async fn input_the_store_would_refuse_is_a_4xx_naming_the_field_never_a_503() {
     let huge_json =
         serde_json::json!({"request": {"method": "POST", "url": "https://hooks.invalid/x", "json": vec![""; 87_000]}});
     let huge_patch = serde_json::json!({"request": {"json": vec![""; 87_000]}});
-    let cases: Vec<(&str, &crate::helpers::Api, &str, String, Option<String>, u16, &str)> = vec![
+    // (what, as whom, method, path, body, status, field)
+    type Case<'a> = (&'a str, &'a crate::helpers::Api, &'a str, String, Option<String>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "window ends before it starts",
             api,
@@ -423,4 +435,22 @@ async fn the_store_reports_input_dynamodb_refuses_as_invalid_not_unavailable() {
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
     // A plain read of a missing item is no error at all.
     assert!(store.get_tenant("tnt_0000000000000000").await.expect("read").is_none());
+}
+
+#[tokio::test]
+async fn a_repeat_create_answers_200_as_the_spec_documents() {
+    let mut opts = stack_options("repeat");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let body = r#"{"request":{"method":"POST","url":"https://hooks.invalid/x"},"business_id":"order-7"}"#;
+    let (first, _) = stack.api.post("/v1/tasks", body).await;
+    let (status, headers, again) = stack.api.call("POST", "/v1/tasks", Some(body), &[]).await;
+    assert_eq!((first, status), (201, 200), "{again}");
+    assert_eq!(again["created"], false);
+    assert_eq!(headers["courier-idempotent-replay"], "true");
+    let (_, spec) = stack.api.get("/v1/openapi.json").await;
+    let documented = &spec["paths"]["/v1/tasks"]["post"]["responses"];
+    for code in ["200", "201"] {
+        assert_eq!(documented[code]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Task");
+    }
 }

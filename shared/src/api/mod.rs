@@ -313,7 +313,9 @@ mod tests {
 
     #[tokio::test]
     async fn every_rejection_before_a_handler_is_the_json_error_shape_naming_what_it_is_about() {
-        let cases: Vec<(&str, &str, Vec<u8>, u16, &str, Option<&str>)> = vec![
+        // (method, uri, body, status, code, field)
+        type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, Option<&'static str>);
+        let cases: Vec<Case> = vec![
             ("POST", "/v1/tasks", vec![b' '; MAX_REQUEST_BYTES + 1], 413, "too_large", Some("body")),
             ("POST", "/v1/tasks/batch", vec![b'{'; MAX_REQUEST_BYTES + 1], 413, "too_large", Some("body")),
             ("GET", "/v1/tasks/%FF%FE", vec![], 400, "invalid", Some("id")),

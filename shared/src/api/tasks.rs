@@ -478,7 +478,7 @@ pub(super) const MAX_HOST_FILTER: usize = 253;
 /// A `cursor` must be a `next_cursor` this API handed out: base64url text
 /// (the store's start key) that `fits`; anything else is refused here, before
 /// it reaches the store as a start key it cannot use.
-fn cursor_param<'a>(pairs: &'a [(String, String)], fits: impl Fn(&str) -> bool) -> Result<Option<&'a str>, ApiError> {
+fn cursor_param(pairs: &[(String, String)], fits: impl Fn(&str) -> bool) -> Result<Option<&str>, ApiError> {
     let Some((_, c)) = pairs.iter().find(|(k, _)| k == "cursor") else { return Ok(None) };
     if valid_cursor(c, fits) {
         Ok(Some(c.as_str()))
