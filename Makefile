@@ -1,7 +1,7 @@
 # Courier. `make run` starts everything locally; `make test` checks everything.
 SHELL := /bin/bash
 
-.PHONY: run test tools bench build-lambda fmt clean
+.PHONY: run test tools bench chaos build-lambda fmt clean
 
 ## run: local stack on 127.0.0.1 (emulator, API on :3000, sender, bridges, echo target)
 run:
@@ -29,3 +29,7 @@ clean:
 ## bench: cost per delivery and speed on the local stack, release build (prints figures)
 bench:
 	infra/bench.sh
+
+## chaos: 1,000 tasks through 10 % failing AWS calls and sender kills, release build (prints figures)
+chaos:
+	infra/chaos.sh
