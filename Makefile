@@ -30,6 +30,6 @@ clean:
 bench:
 	infra/bench.sh
 
-## chaos: 1,000 tasks through 10 % failing AWS calls and sender kills, release build (prints figures)
+## chaos: 1,000 tasks through 10 % failing AWS calls and sender kills (prints figures)
 chaos:
 	infra/chaos.sh

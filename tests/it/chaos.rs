@@ -18,7 +18,8 @@ async fn tasks_created_through_faults_and_sender_kills_are_each_delivered_and_no
     let logs = bin_dir().join("it-logs");
     std::fs::create_dir_all(&logs).expect("log dir");
     opts.log_file = Some(logs.join(format!("{stack}.log")));
-    opts.tasks = 60;
+    opts.tasks = 50;
+    opts.kill_after_creates = Duration::from_secs(3);
     opts.clients = 8;
     opts.kill_every = Duration::from_secs(3);
     opts.settle = Duration::from_secs(60);

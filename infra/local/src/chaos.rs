@@ -45,6 +45,8 @@ pub struct ChaosOptions {
     pub seed: u64,
     /// Time between two kills of the sender.
     pub kill_every: Duration,
+    /// How long the kills go on once every create is answered.
+    pub kill_after_creates: Duration,
     /// Created but not yet received, at most (the emulator slows on deep queues).
     pub max_in_flight: usize,
     /// How long the tasks may take to settle once all are created.
@@ -63,6 +65,7 @@ impl ChaosOptions {
             fault_share: 0.1,
             seed: 1,
             kill_every: Duration::from_secs(3),
+            kill_after_creates: Duration::from_secs(10),
             max_in_flight: 150,
             settle: Duration::from_secs(120),
         }
@@ -375,7 +378,8 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let table = local.outputs.names.table.clone();
     let settle_end = Instant::now() + opts.settle;
-    let calm_at = Instant::now() + opts.settle / 2;
+    // Kills go on a little past the creates, then stop so what is left can finish.
+    let calm_at = Instant::now() + opts.kill_after_creates;
     let mut calm = false;
     let mut statuses;
     loop {
@@ -387,7 +391,6 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
             break;
         }
         if !calm && Instant::now() >= calm_at {
-            // Past half the settle time: stop killing, so what is left can finish.
             killer.abort();
             calm = true;
         }
@@ -448,12 +451,17 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
             let recorded = outcomes.get(&r.attempt).cloned().unwrap_or_else(|| "no record".into());
             let kill = kills.iter().find(|t| **t >= r.arrived && **t <= next.arrived);
             causes.push(kill.map(|t| {
+                let step = if recorded == "success" {
+                    "after its attempt record, before the task's status change"
+                } else {
+                    "before its attempt was recorded"
+                };
                 let when = if *t <= r.answered {
                     format!("during the request, {} ms after it arrived", t - r.arrived)
                 } else {
-                    format!("{} ms after the answer, before it was recorded", t - r.answered)
+                    format!("{} ms after the answer, {step}", t - r.answered)
                 };
-                format!("sender killed {when}; attempt recorded as {recorded}")
+                format!("sender killed {when}; attempt {} recorded as {recorded}", r.attempt)
             }));
         }
         report.duplicates.push(Duplicate { task, requests: reqs, causes });
