@@ -7,7 +7,7 @@
 //!
 //! It passes when every create that got a 2xx ends `succeeded` with at least
 //! one request received, there are as many tasks as keys, nothing is stuck
-//! once the reconciler (short grace, invoked every second) has had its
+//! once the reconciler (1 s grace, invoked every few seconds) has had its
 //! turn, and every task received more than once is explained by a kill
 //! during that very attempt. `make chaos` runs it long and prints the
 //! figures; the integration suite runs it short.
@@ -51,6 +51,10 @@ pub struct ChaosOptions {
     pub max_in_flight: usize,
     /// How long the tasks may take to settle once all are created.
     pub settle: Duration,
+    /// How often the reconciler is invoked (its grace is 1 s).
+    pub reconcile_every: Duration,
+    /// Print a progress line this often (`None`: quiet).
+    pub progress: Option<Duration>,
 }
 
 impl ChaosOptions {
@@ -68,6 +72,8 @@ impl ChaosOptions {
             kill_after_creates: Duration::from_secs(10),
             max_in_flight: 150,
             settle: Duration::from_secs(120),
+            reconcile_every: Duration::from_secs(2),
+            progress: None,
         }
     }
 }
@@ -237,7 +243,7 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
     so.scheduler_tick = None;
     // One process serves one API request at a time, as on Lambda.
     so.api_instances = opts.clients.clamp(1, 4);
-    so.reconcile_every = None; // invoked below, every second
+    so.reconcile_every = None; // invoked below
     so.stream_counter = false; // off the delivery path
     so.extra_env.extend([
         ("COURIER_ADMIN_KEY".to_owned(), admin_key.clone()),
@@ -289,15 +295,30 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
         }
     });
     let reconciler = tokio::spawn({
-        let local = local.clone();
+        let (local, every) = (local.clone(), opts.reconcile_every);
         async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(every).await;
                 let _ = local.reconciler.invoke(&scheduled_event("chaos-reconcile")).await;
             }
         }
     });
 
+    let progress = opts.progress.map(|every| {
+        let (receiver, kills) = (receiver.clone(), kills.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let requests = receiver.arrivals.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let tasks = receiver.tasks.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let kills = kills.lock().unwrap_or_else(|p| p.into_inner()).len();
+                println!(
+                    "  {:>6.0} s: {tasks} tasks received ({requests} requests), {kills} kills",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        })
+    });
     // Clients: each takes the next key and creates until it gets a 2xx.
     let next = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
@@ -322,40 +343,18 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
                 let idem = format!("chaos-{run_id}-{i}");
                 let mut wait = Duration::from_millis(100);
                 for _ in 0..40 {
-                    let res = http
-                        .post(format!("{api}/v1/tasks"))
-                        .bearer_auth(&key)
-                        .header("idempotency-key", &idem)
-                        .json(&body)
-                        .send()
-                        .await;
-                    let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-                    if (200..300).contains(&status) {
-                        let v = match res {
-                            Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
-                            Err(_) => Value::Null,
-                        };
-                        if let Some(id) = v["id"].as_str() {
-                            answers.lock().unwrap_or_else(|p| p.into_inner()).entry(i).or_default().push(id.to_owned());
-                            // Ask once more: the same key must name the same task.
-                            if i % 10 == 0 {
-                                if let Ok(r) = http
-                                    .post(format!("{api}/v1/tasks"))
-                                    .bearer_auth(&key)
-                                    .header("idempotency-key", &idem)
-                                    .json(&body)
-                                    .send()
-                                    .await
-                                    && r.status().is_success()
-                                    && let Some(id) = r.json::<Value>().await.ok().and_then(|v| v["id"].as_str().map(str::to_owned))
-                                {
-                                    answers.lock().unwrap_or_else(|p| p.into_inner()).entry(i).or_default().push(id);
-                                }
-                            }
-                            break;
+                    let (status, id) = create_once(&http, &api, &key, &idem, &body).await;
+                    if let Some(id) = id {
+                        answers.lock().unwrap_or_else(|p| p.into_inner()).entry(i).or_default().push(id);
+                        // Every tenth key asks once more: the same key must name the same task.
+                        if i % 10 == 0
+                            && let (_, Some(again)) = create_once(&http, &api, &key, &idem, &body).await
+                        {
+                            answers.lock().unwrap_or_else(|p| p.into_inner()).entry(i).or_default().push(again);
                         }
+                        break;
                     }
-                    if status != 0 && status < 500 && status != 429 {
+                    if status != 0 && status < 500 && status != 429 && !(200..300).contains(&status) {
                         tracing::error!(status, key = %idem, "create refused");
                         break;
                     }
@@ -399,6 +398,9 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
     let elapsed = t0.elapsed();
     killer.abort();
     reconciler.abort();
+    if let Some(p) = progress {
+        p.abort();
+    }
     proxy.set_enabled(false);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -469,6 +471,19 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
     report.aws = proxy.stats();
     recv_server.abort();
     Ok(report)
+}
+
+/// One create call: its status (0: no answer) and the task id of a 2xx answer.
+async fn create_once(http: &reqwest::Client, api: &str, key: &str, idem: &str, body: &Value) -> (u16, Option<String>) {
+    let res =
+        http.post(format!("{api}/v1/tasks")).bearer_auth(key).header("idempotency-key", idem).json(body).send().await;
+    let Ok(r) = res else { return (0, None) };
+    let status = r.status().as_u16();
+    if !r.status().is_success() {
+        return (status, None);
+    }
+    let id = r.json::<Value>().await.ok().and_then(|v| v["id"].as_str().map(str::to_owned));
+    (status, id)
 }
 
 /// The status of each task, read directly (not through the faults).

@@ -33,6 +33,9 @@ struct Args {
     /// Seconds the tasks may take to settle once all are created.
     #[arg(long, default_value_t = 300)]
     settle: u64,
+    /// Seconds between two reconciler runs (grace 1 s).
+    #[arg(long, default_value_t = 3)]
+    reconcile_every: u64,
     /// Directory of the `api`, `sender` and `reconciler` binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -58,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
     opts.seed = args.seed;
     opts.max_in_flight = args.max_in_flight;
     opts.settle = Duration::from_secs(args.settle);
+    opts.reconcile_every = Duration::from_secs(args.reconcile_every);
+    opts.progress = Some(Duration::from_secs(30));
     println!(
         "chaos: {} tasks, {} clients, {:.0} % of AWS calls failing, sender killed every {} s (functions log to .local/{stack}.log)…",
         args.tasks,
