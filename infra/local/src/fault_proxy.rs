@@ -126,6 +126,8 @@ struct Inner {
     http: reqwest::Client,
     plan: FaultPlan,
     rngs: Mutex<BTreeMap<Service, fastrand::Rng>>,
+    /// Faults the next calls of a service get, before any draw.
+    forced: Mutex<BTreeMap<Service, std::collections::VecDeque<Fault>>>,
     stats: Mutex<BTreeMap<Service, ServiceStats>>,
     enabled: AtomicBool,
 }
@@ -133,6 +135,11 @@ struct Inner {
 impl Inner {
     /// Draws this call's fault, if any.
     fn draw(&self, service: Service) -> Option<Fault> {
+        if let Some(f) =
+            self.forced.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&service).and_then(|q| q.pop_front())
+        {
+            return Some(f);
+        }
         let share = self.plan.share.get(&service).copied().unwrap_or(0.0);
         let total: u32 = self.plan.kinds.iter().map(|(_, w)| w).sum();
         let mut rngs = self.rngs.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,6 +190,7 @@ impl FaultProxy {
             http: reqwest::Client::new(),
             plan,
             rngs: Mutex::default(),
+            forced: Mutex::default(),
             stats: Mutex::default(),
             enabled: AtomicBool::new(true),
         });
@@ -195,6 +203,11 @@ impl FaultProxy {
     /// Turns faults on or off (calls are counted either way).
     pub fn set_enabled(&self, on: bool) {
         self.inner.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// The next calls of `service` get these faults, in order (whatever the plan).
+    pub fn force(&self, service: Service, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()).entry(service).or_default().extend(faults);
     }
 
     /// Calls and faults so far, per service.
