@@ -727,6 +727,13 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_request_fits_in_a_fresh_invocation_with_its_recording_margin() {
+        // Otherwise a task with the longest timeout would come back every second, never sent.
+        let invocation_ms = i64::from(crate::resources::SENDER_TIMEOUT_S) * 1000;
+        assert!(RequestSpec::MAX_TIMEOUT_MS as i64 + RECORD_MARGIN_MS + 1_000 < invocation_ms);
+    }
+
+    #[test]
     fn long_waits_and_old_messages_go_to_the_scheduler() {
         let now = 1_000_000_000_000;
         assert!(!wait_needs_scheduler(Duration::from_secs(3600), Some(now), now));
