@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the emulator, the resources, the API on http://127.0.0.1:3000,
 # the sender, both bridges and an echo target. Ctrl-C stops all of it.
+# COURIER_TARGET_POLICY / COURIER_TARGET_ALLOWLIST are passed to the functions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
@@ -11,4 +12,9 @@ endpoint=$(infra/emulator.sh start "$port")
 trap 'infra/emulator.sh stop "$port"' EXIT
 export AWS_ENDPOINT_URL=$endpoint
 echo "emulator: $endpoint (state is in memory; it goes when you stop)"
+# The target guard: local-only unless the environment asks for the deployed
+# guard, e.g. `COURIER_TARGET_POLICY=public COURIER_TARGET_ALLOWLIST= make run`.
+export COURIER_TARGET_POLICY=${COURIER_TARGET_POLICY:-local-only}
+export COURIER_TARGET_ALLOWLIST=${COURIER_TARGET_ALLOWLIST:-}
+echo "target guard: policy $COURIER_TARGET_POLICY, allow-list '${COURIER_TARGET_ALLOWLIST}'"
 target/debug/courier-local up --api "127.0.0.1:${API_PORT:-3000}" --echo "127.0.0.1:${ECHO_PORT:-3001}"

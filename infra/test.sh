@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: lints, then unit and integration tests against an emulator of
 # its own on a free port (or against AWS_ENDPOINT_URL when it is set, e.g.
-# LocalStack). Stops what it started; exits non-zero on any failure.
+# LocalStack), then the IAM check of the calls the tests' functions made.
+# Stops what it started; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
@@ -23,5 +24,12 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   trap 'infra/emulator.sh stop "$port"' EXIT
   echo "== emulator on $AWS_ENDPOINT_URL"
 fi
+# Every AWS call the functions make during the integration tests is recorded
+# here (one proxy per function), then checked against template.yaml.
+export COURIER_IAM_LOG="$PWD/target/debug/it-logs/iam-calls.jsonl"
+mkdir -p "$(dirname "$COURIER_IAM_LOG")"
+: > "$COURIER_IAM_LOG"
 echo "== tests"
 cargo test --workspace --no-fail-fast -- ${TEST_ARGS:-}
+echo "== IAM: every recorded call granted by its function's policy in template.yaml"
+target/debug/courier-local iam-check --template template.yaml --log "$COURIER_IAM_LOG"

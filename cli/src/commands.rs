@@ -426,8 +426,13 @@ async fn dlq(settings: &Settings, out: Output, c: DlqCommand) -> anyhow::Result<
                         // Poison (no task to retry): it stays for a person to read.
                         None => None,
                         Some(task) => {
+                            // A cron task's failed run is retried by naming the run.
+                            let body = match doc["body"]["run"].as_str() {
+                                Some(run) => json!({"run": run}),
+                                None => json!({}),
+                            };
                             let (status, _) = api
-                                .raw(reqwest::Method::POST, &format!("/v1/tasks/{}/retry", enc(task)), Some(&json!({})))
+                                .raw(reqwest::Method::POST, &format!("/v1/tasks/{}/retry", enc(task)), Some(&body))
                                 .await?;
                             match status {
                                 200 => Some(true),

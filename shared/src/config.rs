@@ -4,6 +4,9 @@
 
 use std::env;
 
+use crate::domain::{TargetGuard, TargetPolicy};
+use sha2::{Digest, Sha256};
+
 /// Configuration shared by Courier's functions.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -28,9 +31,10 @@ pub struct Config {
     /// `COURIER_RECONCILE_GRACE_S` (default 120): how long after its due time (or lease) a task
     /// that has not moved is re-enqueued by the reconciler.
     pub reconcile_grace_s: u64,
-    /// `COURIER_ADMIN_KEY` (optional, at least 32 characters): the bearer key of the admin
-    /// API (tenants and keys). Unset: the admin API answers 403.
-    pub admin_key: Option<String>,
+    /// `COURIER_ADMIN_KEY_SHA256` (optional, 64 hex digits): the SHA-256 of the admin API's
+    /// bearer key (tenants and keys). The key itself never reaches a function. Unset: the
+    /// admin API answers 403.
+    pub admin_key: Option<AdminKeyHash>,
     /// `COURIER_SENDER_CONCURRENCY` (default 16): messages of one SQS batch sent at once.
     pub sender_concurrency: usize,
     /// `COURIER_RESPONSE_BODY_LIMIT` (default 4096, at most 65536): bytes of a response body kept per attempt.
@@ -39,6 +43,65 @@ pub struct Config {
     pub lease_margin_ms: u64,
     /// `COURIER_RETENTION_DAYS` (default 90): days finished tasks and attempts are kept before TTL deletes them.
     pub retention_days: u64,
+    /// `COURIER_TARGET_POLICY` (`public`, the default, or `local-only`) and
+    /// `COURIER_TARGET_ALLOWLIST` (comma list of CIDRs and host names, each
+    /// with an optional `:port`): which addresses tasks may reach.
+    pub target_guard: TargetGuard,
+}
+
+/// The SHA-256 of the admin key: all a function holds of it, so the key is in
+/// no environment variable. `Debug` prints no digits: a hash of a guessable
+/// key is as good as the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKeyHash([u8; 32]);
+
+impl AdminKeyHash {
+    /// Parses 64 hex digits (either case).
+    pub fn parse(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks(2)) {
+            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// The hash of `key` (what an operator computes before deploying).
+    pub fn of_key(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Whether `key` is the admin key; compares every byte whatever the first difference.
+    pub fn matches(&self, key: &str) -> bool {
+        let other = Sha256::digest(key.as_bytes());
+        self.0.iter().zip(other.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminKeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKeyHash(***)")
+    }
+}
+
+/// `COURIER_ADMIN_KEY_SHA256`, refusing the plain key a function must not hold.
+fn admin_key_hash(get: &impl Fn(&str) -> Option<String>) -> Result<Option<AdminKeyHash>, ConfigError> {
+    if get("COURIER_ADMIN_KEY").is_some_and(|k| !k.is_empty()) {
+        return Err(ConfigError::Invalid {
+            name: "COURIER_ADMIN_KEY",
+            rule: "not read: give the function only COURIER_ADMIN_KEY_SHA256, the key's SHA-256",
+        });
+    }
+    match get("COURIER_ADMIN_KEY_SHA256").filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(hex) => AdminKeyHash::parse(hex.trim())
+            .map(Some)
+            .ok_or(ConfigError::Invalid { name: "COURIER_ADMIN_KEY_SHA256", rule: "64 hex digits (a SHA-256)" }),
+    }
 }
 
 /// A configuration variable is missing or malformed.
@@ -48,6 +111,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {name} is invalid: {rule}")]
     Invalid { name: &'static str, rule: &'static str },
+    #[error("environment variable {name} is invalid: {detail}")]
+    Malformed { name: &'static str, detail: String },
 }
 
 impl Config {
@@ -82,12 +147,18 @@ impl Config {
             sqs_delay_max_s: number("COURIER_SQS_DELAY_MAX_S", 900, 900, "an integer in 1..=900")?,
             schedule_early_s: number("COURIER_SCHEDULE_EARLY_S", 60, 900, "an integer in 1..=900")?,
             reconcile_grace_s: number("COURIER_RECONCILE_GRACE_S", 120, 86_400, "an integer in 1..=86400")?,
-            admin_key: match get("COURIER_ADMIN_KEY").filter(|k| !k.is_empty()) {
-                Some(k) if k.len() < 32 => {
-                    return Err(ConfigError::Invalid { name: "COURIER_ADMIN_KEY", rule: "at least 32 characters" });
-                }
-                k => k,
-            },
+            admin_key: admin_key_hash(&get)?,
+            target_guard: TargetGuard::new(
+                match get("COURIER_TARGET_POLICY").filter(|p| !p.is_empty()) {
+                    None => TargetPolicy::default(),
+                    Some(p) => TargetPolicy::parse(&p).ok_or(ConfigError::Invalid {
+                        name: "COURIER_TARGET_POLICY",
+                        rule: "`public` or `local-only`",
+                    })?,
+                },
+                TargetGuard::parse_allowlist(&get("COURIER_TARGET_ALLOWLIST").unwrap_or_default())
+                    .map_err(|e| ConfigError::Malformed { name: "COURIER_TARGET_ALLOWLIST", detail: e.to_string() })?,
+            ),
         })
     }
 }
@@ -129,9 +200,62 @@ mod tests {
         pairs.push(("COURIER_RESPONSE_BODY_LIMIT", "100000"));
         let e = Config::from_lookup(lookup(&pairs)).expect_err("too large");
         assert!(e.to_string().contains("COURIER_RESPONSE_BODY_LIMIT"));
+    }
+
+    const ADMIN_KEY: &str = "adm_0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_admin_key_is_read_as_its_hash_and_never_as_itself() {
+        let hex = crate::domain::hash_key(ADMIN_KEY);
         let mut pairs = BASE.to_vec();
-        pairs.push(("COURIER_ADMIN_KEY", "short"));
-        let e = Config::from_lookup(lookup(&pairs)).expect_err("short admin key");
-        assert!(e.to_string().contains("COURIER_ADMIN_KEY"));
+        pairs.push(("COURIER_ADMIN_KEY_SHA256", &hex));
+        let c = Config::from_lookup(lookup(&pairs)).expect("valid");
+        let hash = c.admin_key.expect("admin key hash");
+        assert!(hash.matches(ADMIN_KEY));
+        assert!(!hash.matches("adm_0123456789abcdef0123456789abcdeF"));
+        assert_eq!(AdminKeyHash::parse(&hex.to_uppercase()), Some(hash));
+
+        for bad in ["abc", &hex[1..], &format!("{}g", &hex[1..])] {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("COURIER_ADMIN_KEY_SHA256", bad));
+            let e = Config::from_lookup(lookup(&pairs)).expect_err("not a SHA-256");
+            assert!(e.to_string().contains("COURIER_ADMIN_KEY_SHA256"), "{e}");
+        }
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_ADMIN_KEY", ADMIN_KEY));
+        let e = Config::from_lookup(lookup(&pairs)).expect_err("the plain key is refused");
+        assert!(e.to_string().contains("COURIER_ADMIN_KEY_SHA256"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let hex = crate::domain::hash_key(ADMIN_KEY);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_ADMIN_KEY_SHA256", &hex));
+        let shown = format!("{:?}", Config::from_lookup(lookup(&pairs)).expect("valid"));
+        assert!(shown.contains("admin_key: Some(AdminKeyHash(***))"), "{shown}");
+        assert!(!shown.contains(&hex[..16]) && !shown.contains(&hex.to_uppercase()[..16]), "{shown}");
+        assert!(shown.contains("table: \"t\""), "the rest is still shown: {shown}");
+    }
+
+    #[test]
+    fn the_target_guard_defaults_to_public_and_rejects_bad_settings_by_name() {
+        let c = Config::from_lookup(lookup(&BASE)).expect("valid");
+        assert_eq!(c.target_guard, TargetGuard::default());
+        assert_eq!(c.target_guard.policy, TargetPolicy::Public);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_TARGET_POLICY", "local-only"));
+        pairs.push(("COURIER_TARGET_ALLOWLIST", "10.0.0.0/8, hooks.internal:8443"));
+        let c = Config::from_lookup(lookup(&pairs)).expect("valid");
+        assert_eq!(c.target_guard.policy, TargetPolicy::LocalOnly);
+        assert_eq!(c.target_guard.allowlist().len(), 2);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_TARGET_POLICY", "off"));
+        let e = Config::from_lookup(lookup(&pairs)).expect_err("unknown policy");
+        assert!(e.to_string().contains("COURIER_TARGET_POLICY"), "{e}");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("COURIER_TARGET_ALLOWLIST", "10.0.0.0/40"));
+        let e = Config::from_lookup(lookup(&pairs)).expect_err("bad block");
+        assert!(e.to_string().contains("COURIER_TARGET_ALLOWLIST") && e.to_string().contains("10.0.0.0/40"), "{e}");
     }
 }

@@ -2,11 +2,12 @@
 //! of active-task quota slots.
 //!
 //! The table's stream (new and old images) feeds this function with every
-//! change of a task's `STATE` item; each batch becomes one transaction that
-//! adds the batch's net change per tenant and status to the tenant's `COUNTS`
-//! item, gives back the active-task slots of tasks that left the active set
-//! (finished, cancelled, deleted), and records the batch's identity, so a
-//! retried batch is not counted twice. Slots are taken by the API when it
+//! change of a task's `STATE` item; each batch becomes transactions (as many
+//! as its tenants need, each of at most 100 items: every tenant is applied)
+//! that add the batch's net change per tenant and status to the tenant's
+//! `COUNTS` item, give back the active-task slots of tasks that left the
+//! active set (finished, cancelled, deleted), and record the identity of the
+//! batch's part (`<batch>`, `<batch>#1`, …), so a retried batch counts no part twice. Slots are taken by the API when it
 //! creates or retries a task (the quota check must be atomic); they are given
 //! back only here. Nothing on the sender's path writes a counter: a delivery
 //! costs its three writes, and the counts one small transaction per stream batch.
@@ -14,7 +15,11 @@
 //! Known limit: a batch retried with more records than the first time (the
 //! function died after its transaction committed, and more changes arrived
 //! meanwhile) has another identity; its overlap would be counted twice. The
-//! window is the few milliseconds between commit and return.
+//! window is the few milliseconds between commit and return. The same holds
+//! for a batch that Lambda bisects after a failure in its second part: the
+//! halves have other identities than the parts already applied. The mapping's
+//! retries are bounded (see `template.yaml`); a batch that still fails goes to
+//! the dead-letter queue, whose alarm calls for a person.
 
 use std::collections::{BTreeMap, HashMap};
 

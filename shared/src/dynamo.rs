@@ -29,8 +29,8 @@ use crate::domain::{
     Tenant,
 };
 use crate::ports::{
-    Cancelled, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, TenantStore, Transition,
-    UniqueKey, Unit,
+    Cancelled, CandidatePage, Claim, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore,
+    TenantStore, Transition, UniqueKey, Unit,
 };
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_INDEX,
@@ -51,6 +51,16 @@ const IDEMPOTENCY_TTL_MS: i64 = DAY_MS;
 const DUE_SLACK_MS: i64 = 1_000;
 /// A listing examines at most this many tasks per call before returning a partial page.
 const MAX_EXAMINED: usize = 1_000;
+/// How many times a create tries to take a contended unique key before giving up.
+const UNIQUE_ROUNDS: u32 = 6;
+/// DynamoDB's limit of items per transaction.
+const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// The store kept refusing part of a request (a unique key changing hands
+/// under a create, throttled batch items): try again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; try again")]
+struct Busy(String);
 
 /// Tasks and tenants in one DynamoDB table.
 #[derive(Clone, Debug)]
@@ -107,8 +117,50 @@ fn unique_pk(tenant: &str, k: &UniqueKey) -> String {
     }
 }
 
+/// A failed DynamoDB call as a store error: input DynamoDB refuses
+/// (`ValidationException`: an item over 400 KB, a key too long, a bad start
+/// key) is [`StoreError::Invalid`], since retrying it cannot help; anything
+/// else (throttling, 5xx, network) is [`StoreError::Unavailable`].
 fn unavailable<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
-    StoreError::Unavailable(Box::new(e))
+    if refused_input(&e) { StoreError::Invalid(Box::new(e)) } else { StoreError::Unavailable(Box::new(e)) }
+}
+
+/// Error codes DynamoDB answers for a request it will never accept as sent.
+const INPUT_ERROR_CODES: [&str; 2] = ["ValidationException", "SerializationException"];
+
+/// Whether `e` (an `SdkError` of any operation, or anything wrapping one)
+/// carries a service error code of refused input. The SDK's error is generic
+/// per operation, so its service error is found by type along the source chain.
+fn refused_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    use aws_sdk_dynamodb::operation as op;
+    macro_rules! code_of {
+        ($err:expr, $($t:ty),+) => {{
+            let err = $err;
+            None$(.or_else(|| err.downcast_ref::<$t>().and_then(|x| x.code())))+
+        }};
+    }
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let code = code_of!(
+            err,
+            op::get_item::GetItemError,
+            op::put_item::PutItemError,
+            op::update_item::UpdateItemError,
+            op::delete_item::DeleteItemError,
+            op::query::QueryError,
+            op::scan::ScanError,
+            op::batch_get_item::BatchGetItemError,
+            op::batch_write_item::BatchWriteItemError,
+            op::transact_write_items::TransactWriteItemsError,
+            op::transact_get_items::TransactGetItemsError
+        );
+        if code.is_some_and(|c| INPUT_ERROR_CODES.contains(&c)) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
@@ -267,38 +319,87 @@ impl DynamoStore {
         // local emulator's transactions restore a copy of the table on failure.)
         let unique_key = key(unique_pk(&task.tenant, unique), "UNIQUE");
         let mut orphan: Option<TaskId> = None;
-        loop {
-            let mut put = self.put(self.unique_item(task, unique)).expression_attribute_names("#pk", PK);
+        // Bounded: a key that keeps changing hands (or vanishing) under us is
+        // contention to report, never a loop to spin in.
+        for round in 0..UNIQUE_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 << round.min(5))).await;
+            }
+            let mut put = self.put(self.unique_item(task, unique));
             put = match &orphan {
-                None => put.condition_expression("attribute_not_exists(#pk)"),
+                None => put.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PK),
                 Some(o) => {
                     put.condition_expression("task_id = :orphan").expression_attribute_values(":orphan", s(o.as_str()))
                 }
             };
-            match put.send().await {
-                Ok(_) => break,
-                Err(e) if is_conditional_failure(&e) => {}
-                Err(e) => return Err(unavailable(e)),
+            if applied(put.send().await)? {
+                return Ok(None);
             }
-            let Some(holder) = self.find_by_key(&task.tenant, unique).await? else { continue };
+            let Some(holder) = self.find_by_key(&task.tenant, unique).await? else {
+                // The key went away (its holder was discarded or purged): take it fresh.
+                orphan = None;
+                continue;
+            };
             let exists =
                 |id: TaskId| async move { self.read_state(&Unit { task: id, run: None }).await.map(|s| s.is_some()) };
             if exists(holder.clone()).await? {
                 return Ok(Some(holder));
+            }
+            if orphan.as_ref() == Some(&holder) {
+                // Taken over by us already, yet the put failed: someone else moved it meanwhile.
+                continue;
             }
             // Its creator may be between the key and the state: give it a moment.
             tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
             if exists(holder.clone()).await? {
                 return Ok(Some(holder));
             }
-            if orphan.as_ref() == Some(&holder) {
-                return Err(corrupt(unique_pk(&task.tenant, unique).as_str(), "unique key could not be taken over"));
-            }
             // A creator that died after taking the key: take it over.
             tracing::warn!(key = ?unique_key, orphan = %holder, "taking over an orphaned unique key");
             orphan = Some(holder);
         }
-        Ok(None)
+        Err(StoreError::Unavailable(Box::new(Busy(format!(
+            "unique key {} is contended",
+            unique_pk(&task.tenant, unique)
+        )))))
+    }
+
+    /// Deletes a unique key only if it names `task` (another task may hold it now).
+    async fn delete_unique_if_mine(&self, tenant: &str, k: &UniqueKey, task: &TaskId) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(unique_pk(tenant, k), "UNIQUE")))
+            .condition_expression("task_id = :mine")
+            .expression_attribute_values(":mine", s(task.as_str()))
+            .send()
+            .await;
+        applied(res)
+    }
+
+    /// One transaction of a stream batch's counts, guarded by `id`; `Ok(false)` if applied before.
+    async fn apply_count_chunk(&self, id: &str, writes: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
+        let now = crate::domain::now_millis();
+        let mut marker = key(format!("COUNTBATCH#{id}"), "COUNTBATCH");
+        marker.insert(TTL.into(), ttl_secs(now + 2 * DAY_MS));
+        let guard = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(marker))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .build()
+            .map_err(unavailable)?;
+        let mut items = vec![TransactWriteItem::builder().put(guard).build()];
+        items.extend(writes);
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_transaction_cancelled(&e) => {
+                let seen = self.get_item(key(format!("COUNTBATCH#{id}"), "COUNTBATCH")).await?;
+                if seen.is_some() { Ok(false) } else { Err(unavailable(e)) }
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     fn put(&self, item: Item) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
@@ -354,6 +455,36 @@ impl DynamoStore {
         item
     }
 
+    /// Reads many items by key (missing ones are left out), keyed by (pk, sk).
+    async fn batch_get_keys(&self, all: Vec<Item>) -> Result<HashMap<(String, String), Item>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in all.chunks(100) {
+            let mut keys: Vec<Item> = chunk.to_vec();
+            for attempt in 0..6 {
+                if keys.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+                }
+                let ka = KeysAndAttributes::builder().set_keys(Some(keys.clone())).build().map_err(unavailable)?;
+                let out =
+                    self.client.batch_get_item().request_items(&self.table, ka).send().await.map_err(unavailable)?;
+                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
+                    if let (Some(pk), Some(sk)) = (opt_s(&item, PK), opt_s(&item, SK)) {
+                        found.insert((pk.to_owned(), sk.to_owned()), item);
+                    }
+                }
+                keys =
+                    out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|ka| ka.keys).unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(StoreError::Unavailable(Box::new(Busy("items left unread by a batch read".into()))));
+            }
+        }
+        Ok(found)
+    }
+
     async fn batch_get_states(&self, ids: &[TaskId]) -> Result<HashMap<String, Item>, StoreError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(100) {
@@ -399,7 +530,8 @@ impl TaskStore for DynamoStore {
 
     async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
         // BatchWriteItem takes 25 items: 12 tasks (spec + state) per call. A task
-        // whose items stay unprocessed after retries is reported as not stored.
+        // whose items stay unprocessed after retries, or whose call failed, is
+        // reported as not stored (some of its items may be: the caller discards it).
         let mut stored = vec![true; tasks.len()];
         for (chunk_no, chunk) in tasks.chunks(12).enumerate() {
             let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len() * 2);
@@ -417,14 +549,15 @@ impl TaskStore for DynamoStore {
                 if attempt > 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
                 }
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests.clone())
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                requests = out.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+                match self.client.batch_write_item().request_items(&self.table, requests.clone()).send().await {
+                    Ok(out) => {
+                        requests = out.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "batch write failed");
+                        break;
+                    }
+                }
             }
             for left in &requests {
                 let pk = left.put_request().and_then(|p| opt_s(&p.item, PK)).unwrap_or_default();
@@ -436,28 +569,23 @@ impl TaskStore for DynamoStore {
         Ok(stored)
     }
 
-    async fn discard(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<(), StoreError> {
-        for k in [key(task_pk(&task.id), STATE), key(task_pk(&task.id), SPEC)] {
-            self.client.delete_item().table_name(&self.table).set_key(Some(k)).send().await.map_err(unavailable)?;
-        }
+    async fn discard(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<bool, StoreError> {
+        let old = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&task.id), STATE)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let existed = old.attributes.is_some_and(|a| !a.is_empty());
+        let spec = key(task_pk(&task.id), SPEC);
+        self.client.delete_item().table_name(&self.table).set_key(Some(spec)).send().await.map_err(unavailable)?;
         if let Some(u) = unique {
-            // Only if it is still ours.
-            let res = self
-                .client
-                .delete_item()
-                .table_name(&self.table)
-                .set_key(Some(key(unique_pk(&task.tenant, u), "UNIQUE")))
-                .condition_expression("task_id = :mine")
-                .expression_attribute_values(":mine", s(task.id.as_str()))
-                .send()
-                .await;
-            match res {
-                Ok(_) => {}
-                Err(e) if is_conditional_failure(&e) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
+            self.delete_unique_if_mine(&task.tenant, u, &task.id).await?;
         }
-        Ok(())
+        Ok(existed)
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<StoredTask>, StoreError> {
@@ -710,73 +838,166 @@ impl TaskStore for DynamoStore {
         }
     }
 
-    async fn reconcile_candidates(&self, from: EpochMillis, to: EpochMillis) -> Result<Vec<TaskState>, StoreError> {
-        let mut ids = Vec::new();
-        for shard in 0..RECONCILE_SHARDS {
-            let mut pages = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(RECONCILE_INDEX)
-                .key_condition_expression("#r = :r AND #ra BETWEEN :from AND :to")
-                .expression_attribute_names("#r", RPK)
-                .expression_attribute_names("#ra", RSK)
-                .expression_attribute_values(":r", s(format!("RECON#{shard}")))
-                .expression_attribute_values(":from", n(from))
-                .expression_attribute_values(":to", n(to))
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                ids.extend(page.map_err(unavailable)?.items.unwrap_or_default().iter().filter_map(id_of));
+    async fn reconcile_page(
+        &self,
+        shard: u32,
+        from: EpochMillis,
+        to: EpochMillis,
+        limit: usize,
+        start: Option<&str>,
+    ) -> Result<CandidatePage, StoreError> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(RECONCILE_INDEX)
+            .key_condition_expression("#r = :r AND #ra BETWEEN :from AND :to")
+            .expression_attribute_names("#r", RPK)
+            .expression_attribute_names("#ra", RSK)
+            .expression_attribute_values(":r", s(format!("RECON#{shard}")))
+            .expression_attribute_values(":from", n(from))
+            .expression_attribute_values(":to", n(to))
+            .limit(limit.clamp(1, 100) as i32);
+        let start = start.and_then(decode_cursor).and_then(|c| serde_json::from_str::<Vec<String>>(&c).ok());
+        if let Some([pk, sk, at]) = start.as_deref() {
+            let mut esk = key(pk.as_str(), sk.as_str());
+            esk.insert(RPK.into(), s(format!("RECON#{shard}")));
+            esk.insert(RSK.into(), AttributeValue::N(at.clone()));
+            q = q.set_exclusive_start_key(Some(esk));
+        }
+        let out = q.send().await.map_err(unavailable)?;
+        let found = out.items.unwrap_or_default();
+        let units: Vec<(Unit, Item)> = found
+            .iter()
+            .filter_map(|i| {
+                let run = match opt_s(i, SK)? {
+                    STATE => None,
+                    sk => Some(sk.strip_prefix(RUN_PREFIX)?.parse().ok()?),
+                };
+                Some((Unit { task: id_of(i)?, run }, key(opt_s(i, PK)?, opt_s(i, SK)?)))
+            })
+            .collect();
+        let read = self.batch_get_keys(units.iter().map(|(_, k)| k.clone()).collect()).await?;
+        let mut items = Vec::with_capacity(units.len());
+        for (unit, k) in &units {
+            let pair = (opt_s(k, PK).unwrap_or_default().to_owned(), opt_s(k, SK).unwrap_or_default().to_owned());
+            if let Some(i) = read.get(&pair) {
+                items.push(state_from_item(&unit.task, unit.run, i)?);
             }
         }
-        let states = self.batch_get_states(&ids).await?;
-        ids.iter().filter_map(|id| states.get(&task_pk(id)).map(|i| state_from_item(id, None, i))).collect()
+        let (next, checked_to) = match out.last_evaluated_key {
+            None => (None, to),
+            Some(last) => {
+                let at: EpochMillis = get_n("RECONCILER", &last, RSK)?.unwrap_or(from);
+                let parts = [opt_s(&last, PK), opt_s(&last, SK)].map(|p| p.unwrap_or_default().to_owned());
+                let cursor = serde_json::json!([parts[0], parts[1], at.to_string()]).to_string();
+                (Some(encode_cursor(&cursor)), at)
+            }
+        };
+        Ok(CandidatePage { items, next, checked_to })
     }
 
-    async fn push_reconcile(&self, id: &TaskId, at: EpochMillis) -> Result<(), StoreError> {
-        self.client
+    async fn push_reconcile(&self, unit: &Unit, at: EpochMillis) -> Result<(), StoreError> {
+        let res = self
+            .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(task_pk(id), STATE)))
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
             .update_expression("SET #rsk = :at")
             .condition_expression("attribute_exists(#rpk)")
             .expression_attribute_names("#rsk", RSK)
             .expression_attribute_names("#rpk", RPK)
             .expression_attribute_values(":at", n(at))
             .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+            .await;
+        // A unit purged meanwhile has nothing left to check.
+        applied(res).map(|_| ())
     }
 
-    async fn watermark(&self) -> Result<Option<EpochMillis>, StoreError> {
-        let out = self.get_item(key("RECONCILER", "WATERMARK")).await?;
+    async fn watermark(&self, shard: u32) -> Result<Option<EpochMillis>, StoreError> {
+        let out = self.get_item(key("RECONCILER", format!("WATERMARK#{shard}"))).await?;
+        let out = match out {
+            Some(i) => Some(i),
+            // Written by a reconciler that did not page by shard yet.
+            None => self.get_item(key("RECONCILER", "WATERMARK")).await?,
+        };
         out.map(|i| req_n("RECONCILER", &i, "at")).transpose()
     }
 
-    async fn set_watermark(&self, at: EpochMillis) -> Result<(), StoreError> {
-        let mut item = key("RECONCILER", "WATERMARK");
+    async fn set_watermark(&self, shard: u32, at: EpochMillis) -> Result<(), StoreError> {
+        let mut item = key("RECONCILER", format!("WATERMARK#{shard}"));
         item.insert("at".into(), n(at));
         self.put(item).send().await.map_err(unavailable)?;
         Ok(())
     }
 
-    async fn apply_counts(&self, batch_id: &str, deltas: &crate::counter::Deltas) -> Result<bool, StoreError> {
-        let now = crate::domain::now_millis();
-        let mut marker = key(format!("COUNTBATCH#{batch_id}"), "COUNTBATCH");
-        marker.insert(TTL.into(), ttl_secs(now + 2 * DAY_MS));
-        let guard = Put::builder()
+    async fn end_run(&self, unit: &Unit, reason: &str, now: EpochMillis) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(marker))
-            .condition_expression("attribute_not_exists(#pk)")
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .update_expression("SET #s = :c, updated_at = :now, failure_reason = :why REMOVE lease_until, due_at")
+            .condition_expression(
+                "attribute_exists(#pk) AND (#s IN (:pending, :retrying, :scheduled) \
+                 OR (#s = :sending AND lease_until < :now))",
+            )
             .expression_attribute_names("#pk", PK)
-            .build()
-            .map_err(unavailable)?;
-        let mut req =
-            self.client.transact_write_items().transact_items(TransactWriteItem::builder().put(guard).build());
-        // A transaction holds 100 items: the guard and two per tenant (a stream batch rarely spans 49).
-        for (tenant, delta) in deltas.iter().take(49) {
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":c", s(TaskStatus::Cancelled.as_str()))
+            .expression_attribute_values(":why", s(reason))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":retrying", s(TaskStatus::Retrying.as_str()))
+            .expression_attribute_values(":scheduled", s(TaskStatus::Scheduled.as_str()))
+            .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
+            .send()
+            .await;
+        applied(res)
+    }
+
+    async fn retry_run(&self, unit: &Unit, more: u32, now: EpochMillis) -> Result<Retried, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .update_expression(
+                "SET #s = :pending, due_at = :now, updated_at = :now, retry_base = attempts, \
+                 max_attempts = attempts + :more, #rpk = :shard, #rsk = :recon REMOVE failure_reason",
+            )
+            .condition_expression("#s = :failed")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#rpk", RPK)
+            .expression_attribute_names("#rsk", RSK)
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":more", n(more))
+            .expression_attribute_values(":shard", s(format!("RECON#{}", shard(&unit.task))))
+            .expression_attribute_values(":recon", n(now + self.reconcile_grace_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Retried::Done),
+            Err(e) if is_conditional_failure(&e) => Ok(match self.read_state(unit).await? {
+                Some(st) => Retried::NotFailed(st.status),
+                None => Retried::Missing,
+            }),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn apply_counts(&self, batch_id: &str, deltas: &crate::counter::Deltas) -> Result<bool, StoreError> {
+        // A transaction holds 100 items: its guard and up to two per tenant. The
+        // tenants go in a fixed order, so a retried batch forms the same chunks,
+        // and each chunk is guarded by its own id: a chunk applied before a
+        // failure is not counted again when the batch comes back.
+        let mut tenants: Vec<(&String, &crate::counter::TenantDelta)> = deltas.iter().collect();
+        tenants.sort_by(|a, b| a.0.cmp(b.0));
+        let mut chunks: Vec<Vec<TransactWriteItem>> = vec![Vec::new()];
+        for (tenant, delta) in tenants {
+            let mut writes = Vec::new();
             if !delta.statuses.is_empty() {
                 let mut u = Update::builder().table_name(&self.table).set_key(Some(key(tenant_pk(tenant), "COUNTS")));
                 let mut adds = Vec::new();
@@ -786,7 +1007,7 @@ impl TaskStore for DynamoStore {
                     u = u.expression_attribute_values(format!(":d{i}"), n(d));
                 }
                 let u = u.update_expression(format!("ADD {}", adds.join(", "))).build().map_err(unavailable)?;
-                req = req.transact_items(TransactWriteItem::builder().update(u).build());
+                writes.push(TransactWriteItem::builder().update(u).build());
             }
             if delta.active != 0 {
                 let u = Update::builder()
@@ -798,25 +1019,25 @@ impl TaskStore for DynamoStore {
                     .expression_attribute_values(":a", n(delta.active))
                     .build()
                     .map_err(unavailable)?;
-                req = req.transact_items(TransactWriteItem::builder().update(u).build());
+                writes.push(TransactWriteItem::builder().update(u).build());
+            }
+            let last = chunks.last_mut().expect("one chunk at least");
+            if last.len() + writes.len() > MAX_TRANSACTION_ITEMS - 1 {
+                chunks.push(writes);
+            } else {
+                last.extend(writes);
             }
         }
-        match req.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_transaction_cancelled(&e) => {
-                let seen = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key(format!("COUNTBATCH#{batch_id}"), "COUNTBATCH")))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                if seen.item.is_some() { Ok(false) } else { Err(unavailable(e)) }
+        let mut any = false;
+        for (i, writes) in chunks.into_iter().enumerate() {
+            if writes.is_empty() {
+                continue;
             }
-            Err(e) => Err(unavailable(e)),
+            // The first chunk keeps the batch's own id (batches counted before chunking stay counted).
+            let id = if i == 0 { batch_id.to_owned() } else { format!("{batch_id}#{i}") };
+            any |= self.apply_count_chunk(&id, writes).await?;
         }
+        Ok(any)
     }
 
     async fn counts(&self, tenant: &str) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
@@ -887,7 +1108,8 @@ impl TaskStore for DynamoStore {
             }
         }
         if let Some(b) = &state.business_id {
-            keys.push(key(unique_pk(&state.tenant, &UniqueKey::BusinessId(b.clone())), "UNIQUE"));
+            // Only if it still names this task: once its own key expired, another task may hold it.
+            self.delete_unique_if_mine(&state.tenant, &UniqueKey::BusinessId(b.clone()), id).await?;
         }
         // The state goes last: a purge cut short leaves a task that can be purged again.
         keys.sort_by_key(|k| opt_s(k, SK) == Some(STATE));
@@ -953,6 +1175,9 @@ impl TaskStore for DynamoStore {
             ("due_at".into(), n(run)),
             ("host".into(), s(&parent.host)),
             (TTL.into(), ttl_secs(run + self.retention_ms)),
+            // Runs are reconciled like one-off tasks: a lost message is found again.
+            (RPK.into(), s(format!("RECON#{}", shard(&parent.id)))),
+            (RSK.into(), n(run + self.reconcile_grace_ms)),
         ]);
         if let Some(b) = &parent.business_id {
             item.insert("business_id".into(), s(b));
@@ -1111,7 +1336,9 @@ impl TaskStore for DynamoStore {
                 .expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
                 .expression_attribute_names("#ttl", TTL)
                 .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
-            Transition::Retry { due_at, status } if unit.run.is_none() => req
+            // One-off tasks and cron runs alike (a run stored before runs were indexed has no
+            // index key: its check time alone keeps it out of the index).
+            Transition::Retry { due_at, status } => req
                 .update_expression(
                     "SET #s = :to, updated_at = :now, due_at = :due, #rsk = :recon, last_status = :ls \
                      REMOVE lease_until",
@@ -1121,13 +1348,6 @@ impl TaskStore for DynamoStore {
                 .expression_attribute_values(":due", n(due_at))
                 .expression_attribute_names("#rsk", RSK)
                 .expression_attribute_values(":recon", n(due_at + self.reconcile_grace_ms)),
-            Transition::Retry { due_at, status } => req
-                .update_expression(
-                    "SET #s = :to, updated_at = :now, due_at = :due, last_status = :ls REMOVE lease_until",
-                )
-                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
-                .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
-                .expression_attribute_values(":due", n(due_at)),
             Transition::Failed { reason, status } => req
                 .update_expression(
                     "SET #s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl, last_status = :ls \
@@ -1356,6 +1576,20 @@ mod tests {
         assert!(attempt_sk(Some(5), 1) < attempt_sk(Some(10), 1));
         assert!(state_sk(Some(999)) < state_sk(Some(1000)));
         assert!(attempt_sk(None, 1).as_str() < SPEC && state_sk(Some(1)).as_str() < SPEC);
+    }
+
+    #[test]
+    fn refused_input_is_invalid_and_every_other_failure_unavailable() {
+        use aws_sdk_dynamodb::error::ErrorMetadata;
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let answered = |code: &str| {
+            let meta = ErrorMetadata::builder().code(code).message("m").build();
+            SdkError::<PutItemError, ()>::service_error(PutItemError::generic(meta), ())
+        };
+        assert!(matches!(unavailable(answered("ValidationException")), StoreError::Invalid(_)));
+        assert!(matches!(unavailable(answered("ThrottlingException")), StoreError::Unavailable(_)));
+        assert!(matches!(unavailable(answered("InternalServerError")), StoreError::Unavailable(_)));
+        assert!(matches!(unavailable(SdkError::<PutItemError, ()>::timeout_error("slow")), StoreError::Unavailable(_)));
     }
 
     #[test]

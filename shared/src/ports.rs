@@ -19,6 +19,10 @@ pub enum StoreError {
     /// The store could not be reached or refused for now: try again.
     #[error("store unavailable")]
     Unavailable(#[source] Source),
+    /// The store refused the input itself (an item over its size limit, a
+    /// key it cannot hold): retrying cannot help, the caller must change it.
+    #[error("store refused the input")]
+    Invalid(#[source] Source),
     /// An item exists but cannot be read back: a bug or a manual edit.
     #[error("stored item for {id} is malformed: {what}")]
     Corrupt { id: String, what: String },
@@ -116,6 +120,17 @@ pub struct Page<T> {
     pub cursor: Option<String>,
 }
 
+/// One page of reconcile candidates from one shard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidatePage {
+    /// The candidates' states (`run` set for a cron run's).
+    pub items: Vec<TaskState>,
+    /// Where the next page starts; `None` once the shard is read up to `to`.
+    pub next: Option<String>,
+    /// The check time up to which the shard has been read with this page.
+    pub checked_to: EpochMillis,
+}
+
 /// A cancel's result.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cancelled {
@@ -144,8 +159,11 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Created, StoreError>> + Send;
     /// Stores many tasks without unique keys (batched writes); `true` per stored task.
     fn create_many(&self, tasks: &[NewTask]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
-    /// Removes a task that was never enqueued (creation rolled back), with its unique key.
-    fn discard(&self, task: &NewTask, key: Option<&UniqueKey>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Removes a task that was never enqueued (creation rolled back), with its unique key
+    /// if it still names the task. `true` if the task's state existed: its
+    /// active-task slot then comes back through the counter (the state's delete).
+    fn discard(&self, task: &NewTask, key: Option<&UniqueKey>)
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
     fn find_by_key(
         &self,
@@ -189,17 +207,38 @@ pub trait TaskStore: Send + Sync + 'static {
         more: u32,
         now: EpochMillis,
     ) -> impl Future<Output = Result<Retried, StoreError>> + Send;
-    /// One-off tasks whose check time (due + grace) lies in `[from, to]`.
-    fn reconcile_candidates(
+    /// One page (at most `limit`) of the units — one-off tasks and cron runs — of
+    /// reconcile shard `shard` whose check time (due + grace) lies in `[from, to]`,
+    /// in check-time order, from `start` (a previous page's `next`).
+    fn reconcile_page(
         &self,
+        shard: u32,
         from: EpochMillis,
         to: EpochMillis,
-    ) -> impl Future<Output = Result<Vec<TaskState>, StoreError>> + Send;
-    /// Moves a task's check time to `at`.
-    fn push_reconcile(&self, id: &TaskId, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// The reconciler's watermark: the check time up to which it has looked.
-    fn watermark(&self) -> impl Future<Output = Result<Option<EpochMillis>, StoreError>> + Send;
-    fn set_watermark(&self, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
+        limit: usize,
+        start: Option<&str>,
+    ) -> impl Future<Output = Result<CandidatePage, StoreError>> + Send;
+    /// Moves a unit's check time to `at`.
+    fn push_reconcile(&self, unit: &Unit, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The reconciler's watermark of one shard: the check time up to which it has looked.
+    fn watermark(&self, shard: u32) -> impl Future<Output = Result<Option<EpochMillis>, StoreError>> + Send;
+    fn set_watermark(&self, shard: u32, at: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Ends a cron run that will not be sent (its task is paused, cancelled or
+    /// gone) as `cancelled` with `reason`, unless it finished or is leased
+    /// meanwhile; `Ok(false)` if it was not ended.
+    fn end_run(
+        &self,
+        unit: &Unit,
+        reason: &str,
+        now: EpochMillis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Moves a failed cron run back to pending with `more` attempts (numbering continues).
+    fn retry_run(
+        &self,
+        unit: &Unit,
+        more: u32,
+        now: EpochMillis,
+    ) -> impl Future<Output = Result<Retried, StoreError>> + Send;
     /// Adds one stream batch's status changes to the tenants' counts, once:
     /// `Ok(false)` if this batch was applied before.
     fn apply_counts(

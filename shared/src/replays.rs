@@ -1,8 +1,10 @@
 //! Replays advance one page per queue message: select up to `rate` failed
 //! tasks from the cursor, move each back to pending (history kept, numbering
 //! continues), enqueue them, save the progress, and send the next message one
-//! second later. Cancelling stops the chain at the next page; resuming starts
-//! it again from the saved cursor.
+//! second later. A message names its chain and page; the save that moves the
+//! page on is conditional, so a duplicate delivery neither forks the chain nor
+//! replays a page twice. Cancelling stops the chain at the next page; resuming
+//! starts a new chain from the saved cursor.
 
 use std::time::Duration;
 
@@ -30,48 +32,57 @@ pub fn list_filter(r: &Replay) -> ListFilter {
 
 /// Starts (or resumes) a replay's chain of page messages.
 pub async fn kick<Q: DeliveryQueue>(queue: &Q, r: &Replay) -> Result<(), QueueError> {
-    queue.enqueue(&QueueMessage::ReplayV1 { replay_id: r.id.clone(), chain: r.chain }, Duration::ZERO).await
+    let msg = QueueMessage::ReplayV1 { replay_id: r.id.clone(), chain: r.chain, page: r.page };
+    queue.enqueue(&msg, Duration::ZERO).await
 }
 
-/// Advances replay `id` by one page, if `chain` is its current chain.
-#[tracing::instrument(skip_all, fields(replay_id = id))]
+/// Advances replay `id` by one page, if `chain` is its current chain and
+/// `page` its current page (a duplicate delivery of a page message does nothing).
+#[tracing::instrument(skip_all, fields(replay_id = id, chain, page))]
 pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
     store: &S,
     queue: &Q,
     id: &str,
     chain: u64,
+    page: u64,
 ) -> Result<(), ReplayError> {
     let Some(r) = store.get_replay(id).await? else {
         tracing::warn!("no such replay; message dropped");
         return Ok(());
     };
-    if r.status != ReplayStatus::Running || r.chain != chain {
+    if r.status != ReplayStatus::Running || r.chain != chain || r.page != page {
+        tracing::info!(current_chain = r.chain, current_page = r.page, "stale page message; nothing to do");
         return Ok(());
     }
     let now = now_millis();
-    let page = store.list(&r.tenant, &list_filter(&r), r.rate.max(1) as usize, r.cursor.as_deref(), now).await?;
+    let listed = store.list(&r.tenant, &list_filter(&r), r.rate.max(1) as usize, r.cursor.as_deref(), now).await?;
     let (mut replayed, mut skipped, mut errored) = (0u64, 0u64, 0u64);
     let mut messages = Vec::new();
-    // One quota reservation per page; unused slots are given back.
-    let want = page.items.len() as u64;
+    // One quota reservation per page; every slot not used by a replayed task is given back.
+    let want = listed.items.len() as u64;
     let reserved = match store.get_tenant(&r.tenant).await? {
         Some(t) if want > 0 => store.reserve_active(&t, want).await?,
         _ => false,
     };
+    let mut interrupted: Option<StoreError> = None;
     if reserved {
-        for st in &page.items {
+        for st in &listed.items {
             // The policy's attempt count is what the state holds beyond its round's base.
             let more = st.max_attempts.saturating_sub(st.retry_base).max(1);
-            match store.retry_failed(&st.id, more, now_millis()).await? {
-                Retried::Done => {
+            match store.retry_failed(&st.id, more, now_millis()).await {
+                Ok(Retried::Done) => {
                     replayed += 1;
                     messages.push((QueueMessage::deliver(&st.id), Duration::ZERO));
                 }
-                Retried::NotFailed(_) | Retried::Missing => skipped += 1,
+                Ok(Retried::NotFailed(_) | Retried::Missing) => skipped += 1,
+                Err(e) => {
+                    interrupted = Some(e);
+                    break;
+                }
             }
         }
-        if skipped > 0 {
-            store.release_active(&r.tenant, skipped).await?;
+        if want > replayed {
+            store.release_active(&r.tenant, want - replayed).await?;
         }
     } else {
         // Over the active-task quota (or the tenant is gone): these are not replayed.
@@ -82,15 +93,20 @@ pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
     if !failed.is_empty() {
         tracing::warn!(failed = failed.len(), "replayed tasks not enqueued; the reconciler will");
     }
-    // Save the progress; if the document changed meanwhile (a cancel), add to the fresh one.
+    // Save the progress; if the document changed meanwhile (a cancel, or a
+    // duplicate delivery of this page that saved first), add to the fresh one.
+    // Only the delivery whose save moves the page on sends the next message.
     let mut doc = r;
-    loop {
+    let advanced = loop {
         doc.replayed += replayed;
         doc.skipped += skipped;
         doc.errored += errored;
-        // The cursor moves only for the current chain (a resumed replay's new chain owns it).
-        if doc.status == ReplayStatus::Running && doc.chain == chain {
-            doc.cursor = page.cursor.clone();
+        let current = doc.status == ReplayStatus::Running && doc.chain == chain && doc.page == page;
+        // An interrupted page is done again (its replayed tasks are no longer selected).
+        let advance = current && interrupted.is_none();
+        if advance {
+            doc.cursor = listed.cursor.clone();
+            doc.page += 1;
             if doc.cursor.is_none() {
                 doc.status = ReplayStatus::Done;
             }
@@ -98,16 +114,19 @@ pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
         doc.updated_at = now_millis();
         doc.version += 1;
         if store.save_replay(&doc).await? {
-            break;
+            break advance;
         }
         match store.get_replay(id).await? {
             Some(fresh) => doc = fresh,
             None => return Ok(()),
         }
+    };
+    if let Some(e) = interrupted {
+        return Err(e.into());
     }
     tracing::info!(replayed, skipped, errored, status = ?doc.status, "replay page done");
-    if doc.status == ReplayStatus::Running && doc.chain == chain {
-        let next = QueueMessage::ReplayV1 { replay_id: id.to_owned(), chain: doc.chain };
+    if advanced && doc.status == ReplayStatus::Running {
+        let next = QueueMessage::ReplayV1 { replay_id: id.to_owned(), chain, page: doc.page };
         queue.enqueue(&next, Duration::from_secs(1)).await?;
     }
     Ok(())

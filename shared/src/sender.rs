@@ -7,6 +7,7 @@
 //! the message's visibility timeout; waits SQS cannot hold (over 12 hours, or
 //! past the message's retention) become a one-time Scheduler schedule.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
@@ -14,8 +15,8 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::domain::{
-    Attempt, EpochMillis, Outcome, QueueMessage, ReceiverHints, RequestSpec, RetryPolicy, TaskId, TaskState,
-    TaskStatus, format_millis, mask_headers, now_millis,
+    Attempt, Blocked, EpochMillis, Outcome, QueueMessage, ReceiverHints, RequestSpec, RetryPolicy, TargetGuard, TaskId,
+    TaskState, TaskStatus, format_millis, mask_headers, mask_url, now_millis,
 };
 use crate::metrics;
 use crate::ports::{Claim, DeliveryQueue, Scheduler, StoreError, TaskStore, TenantStore, Transition, Unit};
@@ -69,38 +70,104 @@ pub struct SenderSettings {
     pub schedule_early_s: u64,
 }
 
-/// The HTTP clients: connection reuse, HTTP/2 when offered (ALPN), rustls.
-/// Redirects are not followed unless a task asks; the client that follows
-/// them is built on first use, so a cold start sets up TLS once.
-#[derive(Debug, Default)]
+/// The HTTP clients: connection reuse, HTTP/2 when offered (ALPN), rustls,
+/// no proxies from the environment. Redirects are not followed unless a task
+/// asks. Both clients carry the target guard: a resolver that drops refused
+/// addresses at connect time (so a name cannot rebind past it), and a
+/// redirect policy that checks every hop; IP-literal URLs, which skip the
+/// resolver, are checked by [`HttpClients::check`] before sending.
+#[derive(Debug)]
 pub struct HttpClients {
-    direct: std::sync::OnceLock<reqwest::Client>,
-    following: std::sync::OnceLock<reqwest::Client>,
+    guard: Arc<TargetGuard>,
+    direct: reqwest::Client,
+    following: reqwest::Client,
+}
+
+/// The HTTP client could not be built: the sender must not start (a default
+/// client would follow redirects, wait forever and skip the guard).
+#[derive(Debug, thiserror::Error)]
+#[error("the HTTP client cannot be built")]
+pub struct HttpClientError(#[source] reqwest::Error);
+
+/// How many redirects a task that follows them may take.
+const MAX_REDIRECTS: usize = 5;
+
+tokio::task_local! {
+    /// The port of the hop being sent: the resolver only sees a name, and an
+    /// allow-list entry may name a port. Set around each send, moved on by
+    /// the redirect policy; absent, only entries without a port apply.
+    static HOP_PORT: std::cell::Cell<Option<u16>>;
+}
+
+/// Resolves names with the system resolver and keeps only the addresses the guard allows.
+struct GuardedResolver {
+    guard: Arc<TargetGuard>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let port = HOP_PORT.try_with(std::cell::Cell::get).ok().flatten();
+        let guard = self.guard.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let kept = guard.filter_resolved(&host, port, found)?;
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 impl HttpClients {
-    pub fn new() -> Self {
-        let clients = Self::default();
-        // The common client is built at init, where Lambda does not bill the first invocation for it.
-        let _ = clients.get(false);
-        clients
+    /// Builds both clients at init, where Lambda does not bill the first invocation for it.
+    pub fn new(guard: TargetGuard) -> Result<Self, HttpClientError> {
+        Self::with_user_agent(guard, &format!("Courier/{VERSION}"))
     }
 
-    fn get(&self, follow: bool) -> &reqwest::Client {
+    fn with_user_agent(guard: TargetGuard, user_agent: &str) -> Result<Self, HttpClientError> {
+        let guard = Arc::new(guard);
         let build = |policy| {
             reqwest::Client::builder()
-                .user_agent(format!("Courier/{VERSION}"))
+                .user_agent(user_agent)
                 .redirect(policy)
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver { guard: guard.clone() }))
                 .pool_idle_timeout(Duration::from_secs(60))
                 .connect_timeout(Duration::from_secs(5))
                 .build()
-                .unwrap_or_default()
+                .map_err(HttpClientError)
         };
-        if follow {
-            self.following.get_or_init(|| build(reqwest::redirect::Policy::limited(5)))
-        } else {
-            self.direct.get_or_init(|| build(reqwest::redirect::Policy::none()))
-        }
+        let hop_guard = guard.clone();
+        let follow = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(format!("stopped after {MAX_REDIRECTS} redirects"));
+            }
+            match hop_guard.check_url(attempt.url()) {
+                Err(Blocked(why)) => {
+                    let hop = mask_url(attempt.url().as_str());
+                    attempt.error(Blocked(format!("redirect to {hop}: {why}")))
+                }
+                Ok(()) => {
+                    let port = attempt.url().port_or_known_default();
+                    let _ = HOP_PORT.try_with(|p| p.set(port));
+                    attempt.follow()
+                }
+            }
+        });
+        Ok(Self { direct: build(reqwest::redirect::Policy::none())?, following: build(follow)?, guard })
+    }
+
+    fn get(&self, follow: bool) -> &reqwest::Client {
+        if follow { &self.following } else { &self.direct }
+    }
+
+    /// Judges a URL before it is sent (scheme, and the host when it is an address).
+    pub fn check(&self, url: &url::Url) -> Result<(), Blocked> {
+        self.guard.check_url(url)
+    }
+
+    /// Sends a request with the port of its first hop known to the resolver.
+    async fn send(&self, req: reqwest::RequestBuilder, port: Option<u16>) -> Result<reqwest::Response, reqwest::Error> {
+        HOP_PORT.scope(std::cell::Cell::new(port), req.send()).await
     }
 }
 
@@ -153,8 +220,8 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         }
         let body = record.body.as_deref().unwrap_or_default();
         let (task_id, run) = match QueueMessage::from_body(body) {
-            Some(QueueMessage::ReplayV1 { replay_id, chain }) => {
-                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain).await;
+            Some(QueueMessage::ReplayV1 { replay_id, chain, page }) => {
+                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain, page).await;
                 if let Err(e) = &res {
                     tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
                 }
@@ -318,7 +385,12 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             };
         let tenant = Some(state.tenant.clone());
         let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
+            // Nothing can ever be sent: end it (its slot comes back), then park the message.
             let reason = format!("task {} has no request spec", unit.task);
+            let failed = Transition::Failed { reason: reason.clone(), status: None };
+            if !self.store.finish(unit, state.attempts, &failed, now_millis()).await? {
+                return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
+            }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
         if let Some(started_at) = interrupted_at {
@@ -374,7 +446,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             number,
             started_at,
             method: spec.method.as_str().to_owned(),
-            url: spec.url.as_str().to_owned(),
+            url: spec.url.masked(),
             request_headers: Vec::new(),
             request_body_size: spec.body.as_ref().map_or(0, |b| b.len()),
             response_headers: Vec::new(),
@@ -421,7 +493,12 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
         let clock = Instant::now();
         let mut hints = ReceiverHints::default();
         let mut response_headers = Vec::new();
-        let result = match req.send().await {
+        // An IP-literal URL never reaches the resolver: judge it here.
+        let sent = match self.http.check(spec.url.url()) {
+            Err(blocked) => Err(SendError::Blocked(blocked)),
+            Ok(()) => self.http.send(req, spec.url.url().port_or_known_default()).await.map_err(SendError::Http),
+        };
+        let result = match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let raw: Vec<(String, String)> = resp
@@ -434,7 +511,10 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
                     raw.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
                 });
                 response_headers = mask_headers(&raw);
-                read_truncated(resp, self.settings.response_body_limit).await.map(|body| (status, body))
+                read_truncated(resp, self.settings.response_body_limit)
+                    .await
+                    .map(|body| (status, body))
+                    .map_err(SendError::Http)
             }
             Err(e) => Err(e),
         };
@@ -448,14 +528,14 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
                 };
                 (Some(status), outcome, Some(body), None)
             }
-            Err(e) => (None, classify_error(&e), None, Some(error_text(&e))),
+            Err(e) => (None, e.outcome(), None, Some(e.text())),
         };
         let attempt = Attempt {
             run: state.run,
             number: state.attempts,
             started_at,
             method: spec.method.as_str().to_owned(),
-            url: spec.url.as_str().to_owned(),
+            url: spec.url.masked(),
             request_headers: mask_headers(&headers),
             request_body_size: body_size,
             response_headers,
@@ -582,7 +662,42 @@ fn error_chain<'a>(
     std::iter::successors(Some(e), |e| e.source())
 }
 
+/// Why a request got no response.
+enum SendError {
+    /// The guard refused the URL before sending.
+    Blocked(Blocked),
+    Http(reqwest::Error),
+}
+
+impl SendError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::Blocked(_) => Outcome::Blocked,
+            Self::Http(e) => classify_error(e),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::Blocked(b) => b.to_string(),
+            Self::Http(e) => match blocked_cause(e) {
+                Some(b) => b.to_string(),
+                None => error_text(e),
+            },
+        }
+    }
+}
+
+/// The guard's refusal inside a client error: from the resolver (no address
+/// left) or the redirect policy (a refused hop).
+fn blocked_cause(e: &reqwest::Error) -> Option<&Blocked> {
+    error_chain(e).find_map(|c| c.downcast_ref::<Blocked>())
+}
+
 fn classify_error(e: &reqwest::Error) -> Outcome {
+    if blocked_cause(e).is_some() {
+        return Outcome::Blocked;
+    }
     if e.is_timeout() {
         return Outcome::Timeout;
     }
@@ -607,7 +722,8 @@ fn error_text(e: &reqwest::Error) -> String {
     }
     let mut text = parts.join(": ");
     if let Some(url) = e.url() {
-        text = text.replace(&format!(" for url ({url})"), "");
+        // The URL may carry credentials; the attempt already shows it, masked.
+        text = text.replace(&format!(" for url ({url})"), "").replace(url.as_str(), &mask_url(url.as_str()));
     }
     text
 }
@@ -626,7 +742,7 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
             &config.queue_url,
             &config.queue_arn,
         ),
-        HttpClients::new(),
+        HttpClients::new(config.target_guard.clone())?,
         SenderSettings {
             concurrency: config.sender_concurrency,
             response_body_limit: config.response_body_limit,
@@ -731,6 +847,60 @@ mod tests {
         // Otherwise a task with the longest timeout would come back every second, never sent.
         let invocation_ms = i64::from(crate::resources::SENDER_TIMEOUT_S) * 1000;
         assert!(RequestSpec::MAX_TIMEOUT_MS as i64 + RECORD_MARGIN_MS + 1_000 < invocation_ms);
+    }
+
+    #[test]
+    fn a_client_that_cannot_be_built_fails_the_cold_start_instead_of_falling_back() {
+        assert!(HttpClients::with_user_agent(TargetGuard::default(), "Courier\n").is_err());
+        assert!(HttpClients::new(TargetGuard::default()).is_ok());
+    }
+
+    /// A loopback HTTP server answering 200 to every request; returns its port.
+    async fn loopback_ok() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+            }
+        });
+        port
+    }
+
+    async fn get(http: &HttpClients, url: &str) -> Result<u16, SendError> {
+        let url = url::Url::parse(url).expect("url");
+        http.check(&url).map_err(SendError::Blocked)?;
+        let req = http.get(false).get(url.as_str());
+        http.send(req, url.port_or_known_default()).await.map(|r| r.status().as_u16()).map_err(SendError::Http)
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_only_to_refused_addresses_is_blocked_before_any_connection() {
+        let port = loopback_ok().await;
+        let http = HttpClients::new(TargetGuard::default()).expect("client");
+        let e = get(&http, &format!("http://localhost:{port}/")).await.expect_err("localhost is loopback");
+        assert_eq!(e.outcome(), Outcome::Blocked);
+        assert!(e.text().starts_with("blocked: localhost resolves only to refused addresses ("), "{}", e.text());
+        let e = get(&http, &format!("http://127.0.0.1:{port}/")).await.expect_err("a loopback literal");
+        assert_eq!(e.text(), "blocked: 127.0.0.1 is loopback (policy public)");
+        let local = HttpClients::new(TargetGuard::new(crate::domain::TargetPolicy::LocalOnly, vec![])).expect("client");
+        assert_eq!(get(&local, &format!("http://localhost:{port}/")).await.ok(), Some(200));
+    }
+
+    #[tokio::test]
+    async fn the_resolver_knows_the_port_so_a_ported_entry_lets_only_that_port_through() {
+        let (open, other) = (loopback_ok().await, loopback_ok().await);
+        let allow = TargetGuard::parse_allowlist(&format!("127.0.0.1:{open}")).expect("valid");
+        let http = HttpClients::new(TargetGuard::new(crate::domain::TargetPolicy::Public, allow)).expect("client");
+        assert_eq!(get(&http, &format!("http://localhost:{open}/")).await.ok(), Some(200));
+        assert_eq!(get(&http, &format!("http://127.0.0.1:{open}/")).await.ok(), Some(200));
+        let e = get(&http, &format!("http://localhost:{other}/")).await.expect_err("another port");
+        assert_eq!(e.outcome(), Outcome::Blocked);
+        let e = get(&http, &format!("http://127.0.0.1:{other}/")).await.expect_err("another port");
+        assert_eq!(e.outcome(), Outcome::Blocked);
     }
 
     #[test]

@@ -212,6 +212,53 @@ async fn the_dlq_is_listed_with_reasons_and_redriven() {
 }
 
 #[tokio::test]
+async fn a_failed_cron_run_on_the_dlq_is_redriven_by_its_run() {
+    let target = Target::start(&[404]).await;
+    let stack = TestStack::start(stack_options("cli-dlq-run")).await;
+    let task = stack
+        .api
+        .create_task(json!({"request": {"method": "POST", "url": target.url("/run")},
+                            "schedule": {"cron": "0 0 1 1 *", "timezone": "UTC"}, "retry": {"intervals": []}}))
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    let run = courier::domain::format_millis(courier::domain::now_millis() - 1_000);
+    let firing = json!({"type": "cron.v1", "task_id": id, "scheduled_time": run}).to_string();
+    let sqs = aws_sdk_sqs::Client::new(&crate::helpers::sdk().await);
+    sqs.send_message().queue_url(&stack.outputs().queue_url).message_body(firing).send().await.expect("fire");
+    let run_status = |want: &'static str| {
+        let api = &stack.api;
+        let id = id.clone();
+        async move {
+            eventually(WAIT, || async {
+                let (_, t) = api.get(&format!("/v1/tasks/{id}")).await;
+                (t["runs"][0]["status"] == want).then_some(t)
+            })
+            .await
+        }
+    };
+    assert!(run_status("failed").await.is_some(), "the run fails on its 404");
+    let listed = eventually(WAIT, || async {
+        let l = courier_json(&stack, &["dlq", "list"]).await;
+        (l["messages"].as_array().map(Vec::len) == Some(1)).then_some(l)
+    })
+    .await
+    .expect("the failed run is parked");
+    assert_eq!(listed["messages"][0]["body"]["run"], run.as_str());
+    let redrive = courier_json(&stack, &["dlq", "redrive"]).await;
+    assert_eq!(redrive, json!({"redriven": 1, "stale_removed": 0, "kept": 0}));
+    let done = run_status("succeeded").await.expect("the redriven run succeeds");
+    assert_eq!(done["runs"][0]["scheduled_time"], run.as_str());
+    let got = target.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].header("courier-scheduled-time"), Some(run.as_str()));
+    // A run that is no longer failed is a conflict; a cron task needs its run named.
+    let (status, _) = stack.api.post(&format!("/v1/tasks/{id}/retry"), &json!({"run": run}).to_string()).await;
+    assert_eq!(status, 409);
+    let (status, e) = stack.api.post(&format!("/v1/tasks/{id}/retry"), "").await;
+    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("run")), "{e}");
+}
+
+#[tokio::test]
 async fn purge_deletes_finished_tasks_before_a_time_with_a_dry_run() {
     let target = Target::start(&[]).await;
     let stack = TestStack::start(stack_options("cli-purge")).await;

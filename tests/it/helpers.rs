@@ -44,13 +44,16 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// Options for a test stack: functions log to a file under target/, not the test output.
+/// Options for a test stack: functions log to a file under target/, not the
+/// test output, and every AWS call they make is recorded for the IAM check
+/// (`COURIER_IAM_LOG`, default `target/debug/it-logs/iam-calls.jsonl`).
 pub fn stack_options(area: &str) -> StackOptions {
     let stack = unique_stack(area);
     let mut opts = StackOptions::new(&stack, bin_dir());
     let logs = bin_dir().join("it-logs");
     std::fs::create_dir_all(&logs).expect("log dir");
     opts.log_file = Some(logs.join(format!("{stack}.log")));
+    opts.iam_log.get_or_insert_with(|| logs.join("iam-calls.jsonl"));
     opts.scheduler_tick = None;
     opts
 }
@@ -194,7 +197,7 @@ where
     }
 }
 
-/// The admin key of test stacks.
+/// The admin key of test stacks (the API function gets only its SHA-256).
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789";
 
 /// A started stack with one tenant: `api` speaks as the tenant, `admin` as the admin.
@@ -207,7 +210,7 @@ pub struct TestStack {
 
 impl TestStack {
     pub async fn start(mut opts: StackOptions) -> Self {
-        opts.extra_env.push(("COURIER_ADMIN_KEY".into(), ADMIN_KEY.into()));
+        opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(ADMIN_KEY)));
         let local = start_stack(opts).await;
         let admin = Api::new(&local.api_url, Some(ADMIN_KEY));
         let (tenant, key) = admin.new_tenant("it", serde_json::json!({})).await;

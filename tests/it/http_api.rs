@@ -10,8 +10,8 @@ async fn bad_input_gets_a_400_naming_the_field_and_rule() {
     let stack = TestStack::start(opts).await;
     let api = &stack.api;
     let cases: &[(&str, &str, Option<&str>)] = &[
-        ("not json", "invalid_json", None),
-        ("", "invalid_json", None),
+        ("not json", "invalid_json", Some("body")),
+        ("", "invalid_json", Some("body")),
         ("{}", "required", Some("request")),
         (r#"{"request":{"url":"https://example.com"}}"#, "required", Some("request.method")),
         (r#"{"request":{"method":"POST"}}"#, "required", Some("request.url")),
@@ -127,4 +127,300 @@ async fn a_body_at_the_size_limit_is_stored_whole() {
     assert_eq!(task["request"]["body_size"], 256 * 1024);
     let (_, read) = stack.api.get(&format!("/v1/tasks/{}", task["id"].as_str().expect("id"))).await;
     assert_eq!(read["request"]["body_size"], 256 * 1024);
+}
+
+/// The error document's shape: exactly `code`, `message` and `field`.
+fn assert_error_shape(what: &str, ct: Option<&str>, doc: &serde_json::Value) {
+    assert_eq!(ct, Some("application/json"), "{what}: content type");
+    let err = doc["error"].as_object().unwrap_or_else(|| panic!("{what}: no error object in {doc}"));
+    let mut keys: Vec<&str> = err.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "field", "message"], "{what}: {doc}");
+    assert!(err["code"].as_str().is_some_and(|c| !c.is_empty()), "{what}: {doc}");
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {doc}");
+    assert!(doc.as_object().is_some_and(|o| o.len() == 1), "{what}: {doc}");
+}
+
+/// Sends raw bytes; returns status, content type and the JSON body (Null if not JSON).
+async fn send_raw(
+    base: &str,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), format!("{base}{path}"))
+        .body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let r = req.send().await.expect("front reachable");
+    let status = r.status().as_u16();
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = r.bytes().await.expect("body");
+    (status, ct, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn every_error_from_every_layer_of_the_api_is_the_json_error_shape() {
+    let mut opts = stack_options("shape");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let base = stack.api.base.clone();
+    let key = stack.api.key.clone();
+    let key = key.as_deref();
+    let big = vec![b' '; 2 * 1024 * 1024];
+    // (what, method, path, content type, body, status, code, field)
+    let cases: Vec<(&str, &str, &str, Option<&str>, Vec<u8>, u16, &str, Option<&str>)> = vec![
+        ("body limit", "POST", "/v1/tasks", Some("application/json"), big.clone(), 413, "too_large", Some("body")),
+        ("batch body limit", "POST", "/v1/tasks/batch", None, big, 413, "too_large", Some("body")),
+        (
+            "JSON syntax",
+            "POST",
+            "/v1/tasks",
+            Some("application/json"),
+            b"{\"request\":".to_vec(),
+            400,
+            "invalid_json",
+            Some("body"),
+        ),
+        (
+            "other content type",
+            "POST",
+            "/v1/tasks",
+            Some("text/plain"),
+            b"hello".to_vec(),
+            400,
+            "invalid_json",
+            Some("body"),
+        ),
+        ("not an object", "POST", "/v1/tasks", None, b"[1]".to_vec(), 400, "invalid", Some("body")),
+        ("path not UTF-8", "GET", "/v1/tasks/%FF%FE", None, vec![], 400, "invalid", Some("id")),
+        ("unknown route", "GET", "/v2/anything", None, vec![], 404, "not_found", None),
+        ("unknown task", "GET", "/v1/tasks/not-an-id", None, vec![], 404, "not_found", None),
+        ("wrong method", "PUT", "/v1/tasks", None, vec![], 405, "method_not_allowed", None),
+        ("bad query value", "GET", "/v1/tasks?limit=abc", None, vec![], 400, "invalid", Some("limit")),
+        ("unknown query parameter", "GET", "/v1/tasks?colour=red", None, vec![], 400, "unknown_field", Some("colour")),
+        ("query not UTF-8", "GET", "/v1/tasks?status=%FF", None, vec![], 400, "invalid", Some("status")),
+        (
+            "empty patch",
+            "PATCH",
+            "/v1/tasks/tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3",
+            None,
+            b"{}".to_vec(),
+            404,
+            "not_found",
+            None,
+        ),
+    ];
+    for (what, method, path, ct, body, status, code, field) in cases {
+        let (got, got_ct, doc) = send_raw(&base, key, method, path, ct, body).await;
+        assert_eq!(got, status, "{what}: {doc}");
+        assert_error_shape(what, got_ct.as_deref(), &doc);
+        assert_eq!(doc["error"]["code"], code, "{what}: {doc}");
+        assert_eq!(doc["error"]["field"].as_str(), field, "{what}: {doc}");
+    }
+    // Without a key, and with the admin key on a tenant route.
+    let (got, got_ct, doc) = send_raw(&base, None, "GET", "/v1/tasks", None, vec![]).await;
+    assert_eq!(got, 401);
+    assert_error_shape("no key", got_ct.as_deref(), &doc);
+    let (got, got_ct, doc) = send_raw(&base, key, "GET", "/v1/tenants/tnt_0000000000000000", None, vec![]).await;
+    assert_eq!(got, 403);
+    assert_error_shape("tenant key on an admin route", got_ct.as_deref(), &doc);
+}
+
+#[tokio::test]
+async fn the_gateway_front_answers_its_own_errors_in_the_json_error_shape() {
+    use courier_local::runtime::{FunctionHost, FunctionSpec};
+    // A function that dies at once: every invocation fails (after its 1 s timeout).
+    let host = FunctionHost::start(FunctionSpec {
+        name: "broken-api".into(),
+        binary: "/bin/false".into(),
+        env: Vec::new(),
+        timeout: std::time::Duration::from_secs(1),
+        instances: 1,
+        log_file: None,
+    })
+    .await
+    .expect("host starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let front = tokio::spawn(courier_local::front::serve(listener, std::sync::Arc::new(host)));
+
+    let over = vec![b'x'; 6 * 1024 * 1024 + 1];
+    let (status, ct, doc) = send_raw(&base, None, "POST", "/v1/tasks", None, over).await;
+    assert_eq!(status, 413, "{doc}");
+    assert_error_shape("front body limit", ct.as_deref(), &doc);
+    assert_eq!((doc["error"]["code"].as_str(), doc["error"]["field"].as_str()), (Some("too_large"), Some("body")));
+
+    let (status, ct, doc) = send_raw(&base, None, "GET", "/v1/health", None, vec![]).await;
+    assert_eq!(status, 500, "{doc}");
+    assert_error_shape("failed invocation", ct.as_deref(), &doc);
+    assert_eq!(doc["error"]["code"], "internal");
+    front.abort();
+}
+
+#[tokio::test]
+async fn input_the_store_would_refuse_is_a_4xx_naming_the_field_never_a_503() {
+    let mut opts = stack_options("refuse");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let (api, admin) = (&stack.api, &stack.admin);
+    let task = api.create("POST", "https://hooks.invalid/x").await;
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let long = "a".repeat(3_000);
+    // An escaped JSON body past DynamoDB's 400 KB item limit (each "" stored as \"\").
+    let huge_json =
+        serde_json::json!({"request": {"method": "POST", "url": "https://hooks.invalid/x", "json": vec![""; 87_000]}});
+    let huge_patch = serde_json::json!({"request": {"json": vec![""; 87_000]}});
+    let cases: Vec<(&str, &crate::helpers::Api, &str, String, Option<String>, u16, &str)> = vec![
+        (
+            "window ends before it starts",
+            api,
+            "GET",
+            "/v1/tasks?created_after=2026-02-01T00:00:00Z&created_before=2026-01-01T00:00:00Z".into(),
+            None,
+            400,
+            "created_after",
+        ),
+        ("cursor not base64", api, "GET", "/v1/tasks?cursor=%21%21%21".into(), None, 400, "cursor"),
+        ("cursor not a task id", api, "GET", format!("/v1/tasks?cursor={}", b64("TASK#x")), None, 400, "cursor"),
+        ("cursor too long", api, "GET", format!("/v1/tasks?cursor={}", b64(&long)), None, 400, "cursor"),
+        (
+            "attempts cursor too long",
+            api,
+            "GET",
+            format!("/v1/tasks/{task}/attempts?cursor={}", b64(&format!("ATTEMPT#{long}"))),
+            None,
+            400,
+            "cursor",
+        ),
+        (
+            "attempts cursor of another kind",
+            api,
+            "GET",
+            format!("/v1/tasks/{task}/attempts?cursor={}", b64("STATE")),
+            None,
+            400,
+            "cursor",
+        ),
+        ("host filter too long", api, "GET", format!("/v1/tasks?host={long}"), None, 400, "host"),
+        ("item over 400 KB", api, "POST", "/v1/tasks".into(), Some(huge_json.to_string()), 413, "request.body"),
+        (
+            "patch to over 400 KB",
+            api,
+            "PATCH",
+            format!("/v1/tasks/{task}"),
+            Some(huge_patch.to_string()),
+            413,
+            "request.body",
+        ),
+        (
+            "replay window ends before it starts",
+            api,
+            "POST",
+            "/v1/replays".into(),
+            Some(r#"{"since":"2026-02-01T00:00:00Z","until":"2026-01-01T00:00:00Z","dry_run":true}"#.into()),
+            400,
+            "since",
+        ),
+        (
+            "replay host too long",
+            api,
+            "POST",
+            "/v1/replays".into(),
+            Some(format!(r#"{{"host":"{long}","dry_run":true}}"#)),
+            400,
+            "host",
+        ),
+        (
+            "purge cursor",
+            api,
+            "POST",
+            "/v1/tasks/purge".into(),
+            Some(format!(r#"{{"status":"failed","before":"2030-01-01T00:00:00Z","cursor":"{}"}}"#, b64(&long))),
+            400,
+            "cursor",
+        ),
+        ("tenant id past the key limit", admin, "GET", format!("/v1/tenants/{long}"), None, 404, ""),
+        (
+            "key id past the key limit",
+            admin,
+            "DELETE",
+            format!("/v1/tenants/{}/keys/{long}", stack.tenant),
+            None,
+            404,
+            "",
+        ),
+        ("replay id past the key limit", api, "GET", format!("/v1/replays/{long}"), None, 404, ""),
+        ("business id past the limit", api, "GET", format!("/v1/tasks/by-business-id/{long}"), None, 404, ""),
+    ];
+    for (what, client, method, path, body, status, field) in cases {
+        let (got, _, doc) = client.call(method, &path, body.as_deref(), &[]).await;
+        assert_eq!(got, status, "{what}: {doc}");
+        if !field.is_empty() {
+            assert_eq!(doc["error"]["field"], field, "{what}: {doc}");
+        }
+    }
+    // The batch names the item's field and stores nothing of it; the whole batch is no 503.
+    let batch = serde_json::json!({"tasks": [huge_json]});
+    let (status, doc) = api.post("/v1/tasks/batch", &batch.to_string()).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["results"][0]["error"]["field"], "tasks[0].request.body", "{doc}");
+    // The one task of this test is the only one stored, unchanged.
+    let (_, list) = api.get("/v1/tasks").await;
+    assert_eq!(list["tasks"].as_array().map(Vec::len), Some(1), "{list}");
+    let (_, read) = api.get(&format!("/v1/tasks/{task}")).await;
+    assert_eq!(read["request"]["body_size"], 7, "{read}");
+}
+
+#[tokio::test]
+async fn the_store_reports_input_dynamodb_refuses_as_invalid_not_unavailable() {
+    use courier::ports::{StoreError, TaskStore, TenantStore};
+    let outputs =
+        courier_local::bootstrap::bootstrap(&crate::helpers::sdk().await, &crate::helpers::unique_stack("inval"))
+            .await
+            .expect("bootstrap");
+    let store = courier::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&crate::helpers::sdk().await),
+        &outputs.names.table,
+        90,
+    );
+    let now = courier::domain::now_millis();
+    // A request the API would refuse, written around it: DynamoDB's item limit answers.
+    let mut input =
+        courier::domain::parse_create_task(br#"{"request":{"method":"POST","url":"https://hooks.invalid/x"}}"#, now)
+            .expect("valid");
+    input.spec.auth = Some(courier::domain::Auth::Bearer { token: "t".repeat(500_000) });
+    let task = courier::domain::NewTask {
+        id: courier::domain::TaskId::generate(),
+        tenant: "tnt_0000000000000000".into(),
+        spec: input.spec,
+        retry: input.retry,
+        schedule: input.schedule,
+        business_id: None,
+        created_at: now,
+        due_at: now,
+    };
+    let err = store.create(&task, None).await.expect_err("DynamoDB refuses an item over 400 KB");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    // A key past DynamoDB's 2048-byte partition key limit.
+    let tenant = courier::domain::Tenant {
+        id: "a".repeat(3_000),
+        name: "long".into(),
+        enabled: true,
+        quotas: courier::domain::Quotas::default(),
+        active: 0,
+        created_at: now,
+    };
+    let err = store.create_tenant(&tenant).await.expect_err("DynamoDB refuses the key");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    // A plain read of a missing item is no error at all.
+    assert!(store.get_tenant("tnt_0000000000000000").await.expect("read").is_none());
 }

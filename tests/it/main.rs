@@ -5,10 +5,13 @@
 mod bootstrap;
 mod chaos;
 mod cli;
+mod defects;
 mod delivery;
 mod engine;
+mod guard;
 mod helpers;
 mod http_api;
+mod iam;
 mod runtime;
 mod scheduler;
 mod schedules;

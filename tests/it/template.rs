@@ -272,3 +272,24 @@ fn the_dashboard_shows_every_emitted_metric_and_the_queues() {
     assert!(queues.contains(&("ApproximateNumberOfMessagesVisible".into(), "DeliveryQueue".into())));
     assert!(queues.contains(&("ApproximateNumberOfMessagesDelayed".into(), "DeliveryQueue".into())));
 }
+
+#[test]
+fn the_counter_stream_mapping_bounds_its_retries_and_keeps_what_it_gives_up() {
+    let t = template();
+    let counter = resource(&t, "CounterFunction");
+    let m = &counter["Events"]["TaskChanges"]["Properties"];
+    assert_eq!(counter["Events"]["TaskChanges"]["Type"], "DynamoDB");
+    let retries = int(&m["MaximumRetryAttempts"]);
+    assert!((1..=100).contains(&retries), "bounded retries, not -1 (forever): {retries}");
+    assert_eq!(m["BisectBatchOnFunctionError"], true);
+    let age = int(&m["MaximumRecordAgeInSeconds"]);
+    assert!((60..=86_400).contains(&age), "a record gives up within the stream's retention: {age}");
+    let dest = &m["DestinationConfig"]["OnFailure"]["Destination"];
+    assert!(format!("{dest:?}").contains("DeadLetterQueue"), "discarded batches are kept: {dest:?}");
+    let grants_send = counter["Policies"][0]["Statement"]
+        .as_sequence()
+        .expect("statements")
+        .iter()
+        .any(|s| s["Action"] == "sqs:SendMessage" && format!("{:?}", s["Resource"]).contains("DeadLetterQueue"));
+    assert!(grants_send, "the counter's role may write the discarded batch's record");
+}

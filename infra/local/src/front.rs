@@ -24,17 +24,27 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Arc<FunctionHost>) ->
 async fn forward(State(api): State<Arc<FunctionHost>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response();
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body over the gateway's 6 MiB limit",
+            Some("body"),
+        );
     };
     let event = to_event(&parts, &body);
     match api.invoke(&event).await {
         Ok(resp) => from_response(&resp),
         Err(e) => {
             tracing::error!(error = %e, "API function invocation failed");
-            // What API Gateway answers when the integration fails.
-            (StatusCode::INTERNAL_SERVER_ERROR, "{\"message\":\"Internal Server Error\"}").into_response()
+            // API Gateway answers 500 when the integration fails; in the API's error shape.
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the API function failed", None)
         }
     }
+}
+
+/// The front's own errors, in the API's one error shape.
+fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message, "field": field}}))).into_response()
 }
 
 /// Builds the HTTP API (payload format 2.0) event API Gateway would send.

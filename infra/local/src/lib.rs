@@ -10,6 +10,9 @@
 //!   sender with a real `SqsEvent`, delete all but `batchItemFailures`.
 //! - [`scheduler`] fires due EventBridge Scheduler schedules.
 //! - [`streams`] is the DynamoDB Streams mapping feeding the status counter.
+//! - [`proxy`] forwards a caller's AWS calls to the emulator and shows each
+//!   exchange to an observer; [`iam`] records what IAM authorizes for each
+//!   call of a function and checks it against `template.yaml`.
 //! - [`echo`] is a target that answers and logs what it receives.
 //! - [`fault_proxy`] fails a chosen share of AWS calls, the ways AWS does.
 //! - [`chaos`] runs tasks through faults and sender kills and checks none is lost.
@@ -21,6 +24,8 @@ pub mod echo;
 pub mod event_source;
 pub mod fault_proxy;
 pub mod front;
+pub mod iam;
+pub mod proxy;
 pub mod runtime;
 pub mod scheduler;
 pub mod stack;

@@ -27,11 +27,28 @@ enum Cmd {
         /// Directory of the `api` and `sender` binaries (default: next to this one).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Deliver nothing: no queue pollers (the sender never runs), no
+        /// scheduler bridge, no reconciler. For fuzzing the API with made-up
+        /// target URLs that must never be sent.
+        #[arg(long)]
+        no_delivery: bool,
     },
     /// Create the stack's table, queues and schedule group, and print their names.
     Bootstrap {
         #[arg(long, default_value = "courier", env = "COURIER_STACK")]
         stack: String,
+    },
+    /// Check recorded AWS calls (`COURIER_IAM_LOG` of local stacks) against the
+    /// functions' policies in the template; fails listing every call not granted,
+    /// or when nothing was recorded.
+    IamCheck {
+        #[arg(long, default_value = "template.yaml")]
+        template: PathBuf,
+        #[arg(long, env = "COURIER_IAM_LOG")]
+        log: PathBuf,
+        /// Also list grants no recorded call used.
+        #[arg(long)]
+        unused: bool,
     },
     /// Create a tenant directly in the stack's table and print its first API key.
     Tenant {
@@ -51,11 +68,62 @@ async fn create_tenant(sdk: &aws_config::SdkConfig, stack: &str, name: &str) -> 
     Ok((tenant.id, key.secret))
 }
 
+/// Prints the verdict on an IAM log; an error when any call is not granted or none was recorded.
+fn iam_check(template: &std::path::Path, log: &std::path::Path, show_unused: bool) -> anyhow::Result<()> {
+    use courier_local::iam;
+    let text = std::fs::read_to_string(template)?;
+    let template: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let log_text =
+        std::fs::read_to_string(log).map_err(|e| anyhow::anyhow!("cannot read the IAM log {}: {e}", log.display()))?;
+    let records = iam::read_log(&log_text)?;
+    let verdict = iam::check(&template, &records, &iam::LocalIdentities::of_local_stack())?;
+    let mut per_function: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for ((function, _, _), n) in &verdict.seen {
+        let e = per_function.entry(function).or_default();
+        e.0 += n;
+        e.1 += 1;
+    }
+    println!(
+        "IAM check: {} recorded calls' needs, {} distinct (function, action, resource); {} not granted",
+        verdict.records,
+        verdict.seen.len(),
+        verdict.denied.len()
+    );
+    for (function, (n, distinct)) in &per_function {
+        println!("  {function:<11} {n:>7} records, {distinct:>3} distinct");
+    }
+    if show_unused {
+        for (function, sid, action, resource) in &verdict.unused {
+            println!("  unused grant: {function} {sid}: {action} on {resource}");
+        }
+    }
+    for ((function, action, resource), why) in &verdict.denied {
+        println!("  NOT GRANTED  {function}  {action}  {resource}  ({why})");
+    }
+    anyhow::ensure!(verdict.records > 0, "no AWS call was recorded in {}: the check proves nothing", log.display());
+    anyhow::ensure!(
+        verdict.passed(),
+        "{} (function, action, resource) not granted by the template",
+        verdict.denied.len()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_target(false).init();
+    let command = Cli::parse().command;
+    if let Cmd::IamCheck { template, log, unused } = &command {
+        // Offline: no SDK configuration (no region lookup) needed.
+        if let Err(e) = iam_check(template, log, *unused) {
+            eprintln!("iam-check: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let sdk = courier::aws::load().await;
-    match Cli::parse().command {
+    match command {
+        Cmd::IamCheck { .. } => {}
         Cmd::Bootstrap { stack } => {
             let out = courier_local::bootstrap::bootstrap(&sdk, &stack).await?;
             for (k, v) in out.function_env() {
@@ -66,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
             let (id, key) = create_tenant(&sdk, &stack, &name).await?;
             println!("tenant {id} ({name})\nAPI key (shown once): {key}");
         }
-        Cmd::Up { stack, api, echo, bin_dir } => {
+        Cmd::Up { stack, api, echo, bin_dir, no_delivery } => {
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default(),
@@ -80,7 +148,13 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("adm_{}", uuid::Uuid::new_v4().simple()));
             let mut opts = StackOptions::new(&stack, bin_dir);
             opts.api_addr = api;
-            opts.extra_env.push(("COURIER_ADMIN_KEY".into(), admin_key.clone()));
+            if no_delivery {
+                opts.pollers = 0;
+                opts.scheduler_tick = None;
+                opts.reconcile_every = None;
+            }
+            // As deployed: the API function gets the key's SHA-256, never the key.
+            opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
             let local = LocalStack::start(&sdk, opts).await?;
             let (tenant, key) = create_tenant(&sdk, &stack, "demo").await?;
             println!("\nCourier is running.");
@@ -90,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
             println!("  queue:        {}", local.outputs.queue_url);
             println!("  tenant:       {tenant} (demo)");
             println!("  API key:      {key}");
-            println!("  admin key:    {admin_key}");
+            println!("  admin key:    {admin_key}  (the API function holds only its SHA-256)");
             println!("\nCreate a task:\n");
             println!("  export COURIER_API_KEY={key}");
             println!(

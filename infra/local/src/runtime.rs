@@ -137,6 +137,9 @@ impl FunctionHost {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", spec.name))
             .env("AWS_LAMBDA_LOG_STREAM_NAME", format!("local/{instance}"))
+            // The operator's admin key (read by `courier-local up`) never reaches a
+            // function, even when it is in the environment the harness inherits.
+            .env_remove("COURIER_ADMIN_KEY")
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .kill_on_drop(true);

@@ -1,7 +1,8 @@
 //! Everything of a local Courier started together: resources bootstrapped on
 //! the emulator, the API function behind a local API Gateway front, the sender
-//! behind the SQS event-source bridge, and the Scheduler bridge. Dropping a
-//! [`LocalStack`] stops all of it.
+//! behind the SQS event-source bridge, and the Scheduler bridge (and, for the
+//! IAM check, a recording proxy in front of each function's AWS calls).
+//! Dropping a [`LocalStack`] stops all of it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::bootstrap::{Outputs, bootstrap};
 use crate::event_source::{self, Mapping};
+use crate::proxy::{RunningProxy, SERVICES, Upstreams};
 use crate::runtime::{FunctionHost, FunctionSpec};
 use crate::scheduler;
 
@@ -42,6 +44,10 @@ pub struct StackOptions {
     pub reconcile_every: Option<Duration>,
     /// Feed the status counter from the table's stream (off: no counts, no slot release).
     pub stream_counter: bool,
+    /// Record every AWS call of each function (one proxy per function) as JSON
+    /// lines of [`crate::iam::Record`] appended to this file, for the IAM check.
+    /// Default: `COURIER_IAM_LOG` (unset or empty: no recording).
+    pub iam_log: Option<PathBuf>,
 }
 
 impl StackOptions {
@@ -60,6 +66,7 @@ impl StackOptions {
             scheduler_tick: Some(Duration::from_secs(1)),
             reconcile_every: Some(Duration::from_secs(60)),
             stream_counter: true,
+            iam_log: std::env::var_os("COURIER_IAM_LOG").filter(|v| !v.is_empty()).map(PathBuf::from),
         }
     }
 }
@@ -73,6 +80,8 @@ pub struct LocalStack {
     pub reconciler: Arc<FunctionHost>,
     pub counter: Arc<FunctionHost>,
     tasks: Vec<JoinHandle<()>>,
+    /// The functions' IAM recording proxies (empty unless `iam_log` is set).
+    _recorders: Vec<RunningProxy>,
 }
 
 /// The event EventBridge sends a scheduled function.
@@ -95,6 +104,11 @@ impl LocalStack {
     pub async fn start(sdk: &SdkConfig, opts: StackOptions) -> anyhow::Result<Self> {
         let outputs = bootstrap(sdk, &opts.stack).await?;
         let mut env = outputs.function_env();
+        // Local stacks send nothing off the machine unless the caller's environment says otherwise.
+        for (name, default) in [("COURIER_TARGET_POLICY", "local-only"), ("COURIER_TARGET_ALLOWLIST", "")] {
+            let set = std::env::var(name).ok().filter(|v| !v.is_empty() || name.ends_with("ALLOWLIST"));
+            env.push((name.into(), set.unwrap_or_else(|| default.into())));
+        }
         env.extend(opts.extra_env.iter().cloned());
         let function = |name: &str, timeout_s: u64, instances: usize| FunctionSpec {
             name: format!("{}-{name}", opts.stack),
@@ -104,14 +118,15 @@ impl LocalStack {
             instances,
             log_file: opts.log_file.clone(),
         };
-        let api = Arc::new(FunctionHost::start(function("api", 30, opts.api_instances)).await?);
-        let sender = Arc::new(
-            FunctionHost::start(function("sender", courier::resources::SENDER_TIMEOUT_S as u64, opts.sender_instances))
-                .await?,
-        );
-
-        let reconciler = Arc::new(FunctionHost::start(function("reconciler", 60, 1)).await?);
-        let counter = Arc::new(FunctionHost::start(function("counter", 60, 1)).await?);
+        let mut recorders = Vec::new();
+        let mut start = async |name: &str, timeout_s: u64, instances: usize| -> anyhow::Result<Arc<FunctionHost>> {
+            let spec = recorded(&opts, sdk, name, function(name, timeout_s, instances), &mut recorders).await?;
+            Ok(Arc::new(FunctionHost::start(spec).await?))
+        };
+        let api = start("api", 30, opts.api_instances).await?;
+        let sender = start("sender", courier::resources::SENDER_TIMEOUT_S as u64, opts.sender_instances).await?;
+        let reconciler = start("reconciler", 60, 1).await?;
+        let counter = start("counter", 60, 1).await?;
 
         let listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
         let api_url = format!("http://{}", listener.local_addr()?);
@@ -161,8 +176,33 @@ impl LocalStack {
                 counter.clone(),
             )));
         }
-        Ok(Self { api_url, outputs, api, sender, reconciler, counter, tasks })
+        Ok(Self { api_url, outputs, api, sender, reconciler, counter, tasks, _recorders: recorders })
     }
+}
+
+/// With `opts.iam_log`, puts the function behind a recording proxy of its own:
+/// every endpoint variable of the function points at the proxy, which
+/// forwards each service to where the function would have called it.
+async fn recorded(
+    opts: &StackOptions,
+    sdk: &SdkConfig,
+    name: &str,
+    mut spec: FunctionSpec,
+    recorders: &mut Vec<RunningProxy>,
+) -> anyhow::Result<FunctionSpec> {
+    let Some(log) = &opts.iam_log else { return Ok(spec) };
+    // The function's own environment wins over the one it inherits.
+    let env: std::collections::HashMap<String, String> = spec.env.iter().cloned().collect();
+    let upstreams = Upstreams::from_lookup(|k| env.get(k).cloned().or_else(|| std::env::var(k).ok()))
+        .or_else(|| sdk.endpoint_url().map(|url| Upstreams { default: url.to_owned(), by_service: Default::default() }))
+        .ok_or_else(|| anyhow::anyhow!("recording IAM calls needs an emulator endpoint (AWS_ENDPOINT_URL)"))?;
+    let proxy = crate::iam::record(&opts.stack, name, log, upstreams).await?;
+    spec.env.push(("AWS_ENDPOINT_URL".into(), proxy.url.clone()));
+    for service in SERVICES {
+        spec.env.push((format!("AWS_ENDPOINT_URL_{service}"), proxy.url.clone()));
+    }
+    recorders.push(proxy);
+    Ok(spec)
 }
 
 impl Drop for LocalStack {

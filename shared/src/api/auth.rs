@@ -1,10 +1,11 @@
 //! Who is calling: a tenant (by API key) or the admin (by the deploy-time
-//! admin key). Keys are looked up by their SHA-256; nothing stores them.
+//! admin key). Keys are looked up by their SHA-256; nothing stores them, and
+//! the function knows the admin key only by its SHA-256 too.
 
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
-use crate::domain::{Tenant, hash_key, same_secret};
+use crate::domain::{Tenant, hash_key};
 use crate::ports::TenantStore;
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -39,7 +40,47 @@ pub fn admin<S, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<()
     let key = bearer(headers)?;
     match &app.settings.admin_key {
         None => Err(ApiError::Forbidden("the admin API is disabled (no admin key configured)")),
-        Some(admin) if same_secret(admin, key) => Ok(()),
+        Some(admin) if admin.matches(key) => Ok(()),
         Some(_) => Err(ApiError::Forbidden("this key may not use the admin API")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiSettings;
+    use crate::config::AdminKeyHash;
+
+    const KEY: &str = "adm_0123456789abcdef0123456789abcdef";
+
+    fn app(admin_key: Option<AdminKeyHash>) -> AppState<(), (), ()> {
+        AppState {
+            store: (),
+            queue: (),
+            scheduler: (),
+            settings: ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key, guard: Default::default() },
+        }
+    }
+
+    fn bearer_headers(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {key}").parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn the_admin_is_whoever_holds_the_key_whose_hash_is_configured() {
+        let app = app(Some(AdminKeyHash::of_key(KEY)));
+        assert!(admin(&app, &bearer_headers(KEY)).is_ok());
+        assert!(matches!(admin(&app, &bearer_headers(&format!("{KEY}x"))), Err(ApiError::Forbidden(_))));
+        // The hash itself is not a key.
+        let hex = hash_key(KEY);
+        assert!(matches!(admin(&app, &bearer_headers(&hex)), Err(ApiError::Forbidden(_))));
+        assert!(matches!(admin(&app, &HeaderMap::new()), Err(ApiError::Unauthorized(_))));
+    }
+
+    #[test]
+    fn without_a_configured_hash_the_admin_api_is_off() {
+        assert!(matches!(admin(&app(None), &bearer_headers(KEY)), Err(ApiError::Forbidden(_))));
     }
 }

@@ -35,15 +35,30 @@ pub enum ApiError {
     /// Try again later: a dependency is down; nothing was stored.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A bug: logged, answered with a bare 500.
+    /// A bug: logged, answered 500 with no detail.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<StoreError> for ApiError {
+    /// Input the store refused is the request document's fault (400 `body`);
+    /// handlers whose store input comes from elsewhere use [`ApiError::store_on`].
     fn from(e: StoreError) -> Self {
-        match e {
+        Self::store_on(FieldError::DOCUMENT)(e)
+    }
+}
+
+impl ApiError {
+    /// Maps a store error of a call whose only caller-given input is `field`
+    /// (e.g. a listing's `cursor`): refused input is a 400 naming it, never a
+    /// 503 that invites the same request again.
+    pub fn store_on(field: &'static str) -> impl Fn(StoreError) -> Self {
+        move |e| match e {
             StoreError::Unavailable(_) => Self::Unavailable(Box::new(e)),
+            StoreError::Invalid(source) => {
+                tracing::warn!(field, error = %source, "the store refused the input");
+                Self::Invalid(FieldError::new("invalid", field, format!("{field} was refused by the store: change it")))
+            }
             StoreError::Corrupt { .. } => Self::Internal(Box::new(e)),
         }
     }
@@ -60,6 +75,9 @@ impl From<ScheduleError> for ApiError {
         Self::Unavailable(Box::new(e))
     }
 }
+
+/// The `field` of an error about the request body as a whole.
+pub(super) const DOCUMENT: &str = FieldError::DOCUMENT;
 
 /// The JSON error document.
 fn error_body(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
@@ -104,7 +122,7 @@ impl IntoResponse for ApiError {
             }
             Self::Internal(source) => {
                 tracing::error!(error = %self, source = %source, "internal error");
-                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error", None)
             }
         }
     }

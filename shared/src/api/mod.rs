@@ -71,7 +71,10 @@ pub struct ApiSettings {
     pub sqs_delay_max_s: u64,
     /// A one-time schedule fires this long before the due time.
     pub schedule_early_s: u64,
-    pub admin_key: Option<String>,
+    /// The admin key's hash (`None`: the admin API is off).
+    pub admin_key: Option<crate::config::AdminKeyHash>,
+    /// Literal target addresses the guard blocks are refused at create and change.
+    pub guard: crate::domain::TargetGuard,
 }
 
 /// What every handler needs.
@@ -118,7 +121,51 @@ where
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Renders in the one JSON error shape every error response that did not
+/// come from [`ApiError`]: axum's own extractor rejections, which are plain
+/// text (the body limit's 413, a path segment that is not UTF-8, a body that
+/// cannot be read). Their text becomes the message; the field is what they
+/// are about.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    // Path rejections read "Invalid URL: Invalid UTF-8 in `id`"; name the parameter.
+    let path_param = text.strip_prefix("Invalid URL: ").map(|rest| rest.split('`').nth(1).unwrap_or("path").to_owned());
+    let (code, field) = match status.as_u16() {
+        413 => ("too_large", Some(error::DOCUMENT.to_owned())),
+        400 | 422 => ("invalid", Some(path_param.unwrap_or_else(|| error::DOCUMENT.to_owned()))),
+        404 => ("not_found", None),
+        405 => ("method_not_allowed", None),
+        415 => ("unsupported_media_type", Some("Content-Type".to_owned())),
+        s if s >= 500 => ("internal", None),
+        _ => ("invalid", None),
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    let doc = json!({"error": {"code": code, "message": message, "field": field}});
+    axum::response::Response::from_parts(parts, axum::body::Body::from(doc.to_string()))
+}
+
+/// Whether a path id could name something this API created (tenant, key and
+/// replay ids are short ASCII words): anything else is a 404 without a store
+/// call, so no key the store cannot hold ever reaches it.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
 async fn health() -> impl IntoResponse {
@@ -159,6 +206,7 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
             sqs_delay_max_s: config.sqs_delay_max_s,
             schedule_early_s: config.schedule_early_s,
             admin_key: config.admin_key.clone(),
+            guard: config.target_guard.clone(),
         },
     });
     lambda_http::run(router(state)).await
@@ -191,7 +239,12 @@ mod tests {
                 "q",
                 "arn",
             ),
-            settings: ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None },
+            settings: ApiSettings {
+                sqs_delay_max_s: 900,
+                schedule_early_s: 60,
+                admin_key: None,
+                guard: Default::default(),
+            },
         }))
     }
 
@@ -240,6 +293,42 @@ mod tests {
                     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is not listed");
                 }
             }
+        }
+    }
+
+    /// Sends one request to the offline router; returns status and the JSON body.
+    async fn answer(method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value, String) {
+        let req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(uri)
+            .body(Body::from(body))
+            .expect("request");
+        let resp = offline_router().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        let doc = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{method} {uri}: body is not JSON ({e})"));
+        (status, doc, ct)
+    }
+
+    #[tokio::test]
+    async fn every_rejection_before_a_handler_is_the_json_error_shape_naming_what_it_is_about() {
+        let cases: Vec<(&str, &str, Vec<u8>, u16, &str, Option<&str>)> = vec![
+            ("POST", "/v1/tasks", vec![b' '; MAX_REQUEST_BYTES + 1], 413, "too_large", Some("body")),
+            ("POST", "/v1/tasks/batch", vec![b'{'; MAX_REQUEST_BYTES + 1], 413, "too_large", Some("body")),
+            ("GET", "/v1/tasks/%FF%FE", vec![], 400, "invalid", Some("id")),
+            ("GET", "/v1/tenants/%C3%28/keys", vec![], 405, "method_not_allowed", None),
+            ("DELETE", "/v1/tenants/t/keys/%FF", vec![], 400, "invalid", Some("key_id")),
+            ("GET", "/v2/nothing", vec![], 404, "not_found", None),
+            ("PUT", "/v1/tasks", vec![], 405, "method_not_allowed", None),
+        ];
+        for (method, uri, body, status, code, field) in cases {
+            let (got, doc, ct) = answer(method, uri, body).await;
+            assert_eq!(got.as_u16(), status, "{method} {uri}: {doc}");
+            assert_eq!(ct, "application/json", "{method} {uri}");
+            assert_eq!(doc["error"]["code"], code, "{method} {uri}: {doc}");
+            assert_eq!(doc["error"]["field"].as_str(), field, "{method} {uri}: {doc}");
+            assert!(doc["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {uri}: {doc}");
         }
     }
 

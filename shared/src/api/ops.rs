@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth};
 use crate::domain::{
-    CodeMatch, EpochMillis, FieldError, Replay, ReplayFilter, ReplayStatus, TaskStatus, format_millis, now_millis,
+    CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, decode_document,
+    format_millis, now_millis,
 };
-use crate::ports::{DeliveryQueue, ListFilter, TaskStore, TenantStore};
+use crate::ports::{DeliveryQueue, ListFilter, Retried, StoredTask, TaskStore, TenantStore, Unit};
 use crate::replays;
 
 /// How many tasks a dry run examines at most.
@@ -47,13 +48,7 @@ struct PurgeDto {
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.inner().to_string();
-        let field = if path == "." { msg.split('`').nth(1).unwrap_or_default().to_owned() } else { path };
-        FieldError::new("invalid", field, msg).into()
-    })
+    Ok(decode_document(body)?)
 }
 
 fn time(field: &str, v: Option<&str>) -> Result<Option<EpochMillis>, ApiError> {
@@ -114,17 +109,14 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     if !(1..=1000).contains(&rate) {
         return Err(FieldError::new("invalid", "rate", "rate must be 1 to 1000 tasks per second").into());
     }
+    let host = super::tasks::host_filter(dto.host.as_deref(), "host")?;
+    let (since, until) = (time("since", dto.since.as_deref())?, time("until", dto.until.as_deref())?);
+    super::tasks::time_window(since, until, "since", "until")?;
     let now = now_millis();
     let replay = Replay {
         id: Replay::new_id(),
         tenant: tenant.id.clone(),
-        filter: ReplayFilter {
-            status: TaskStatus::Failed,
-            host: dto.host,
-            created_after: time("since", dto.since.as_deref())?,
-            created_before: time("until", dto.until.as_deref())?,
-            code,
-        },
+        filter: ReplayFilter { status: TaskStatus::Failed, host, created_after: since, created_before: until, code },
         rate,
         status: ReplayStatus::Running,
         cursor: None,
@@ -135,6 +127,7 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
         updated_at: now,
         version: 1,
         chain: 0,
+        page: 0,
     };
     if dto.dry_run {
         let (matched, sample, complete) = replays::dry_run(&app.store, &replay, DRY_RUN_CAP).await?;
@@ -150,6 +143,9 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
 }
 
 async fn owned_replay<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, tenant: &str, id: &str) -> Result<Replay, ApiError> {
+    if !super::plausible_id(id) {
+        return Err(ApiError::NotFound(format!("no replay {id}")));
+    }
     app.store
         .get_replay(id)
         .await?
@@ -213,6 +209,62 @@ pub async fn resume_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     set_status(&app, &headers, &id, ReplayStatus::Running).await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryDto {
+    run: Option<String>,
+}
+
+/// The run a retry names in its (optional) body: `{"run": "<RFC 3339 scheduled time>"}`.
+pub(super) fn retry_target(body: &[u8]) -> Result<Option<EpochMillis>, ApiError> {
+    let dto: RetryDto = decode(body)?;
+    time("run", dto.run.as_deref())
+}
+
+/// Retries a failed run of a cron task now (a DLQ redrive names the run):
+/// history kept, attempt numbering continues, the retry policy starts a new
+/// round. Runs hold no active-task slot, so none is reserved.
+pub(super) async fn retry_run<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+    app: &AppState<S, Q, C>,
+    task: &StoredTask,
+    run: Option<EpochMillis>,
+) -> Result<StoredTask, ApiError> {
+    let id = &task.state.id;
+    let Some(run) = run else {
+        return Err(FieldError::new(
+            "required",
+            "run",
+            format!("task {id} is a cron task: name the failed run to retry (its scheduled time)"),
+        )
+        .into());
+    };
+    if task.state.status != TaskStatus::Active {
+        return Err(ApiError::Conflict(format!(
+            "task {id} is {}; its runs are retried while it is active",
+            task.state.status.as_str()
+        )));
+    }
+    let unit = Unit { task: id.clone(), run: Some(run) };
+    match app.store.retry_run(&unit, task.retry.max_attempts(), now_millis()).await? {
+        Retried::Done => {}
+        Retried::NotFailed(status) => {
+            return Err(ApiError::Conflict(format!(
+                "run {} of task {id} is {}; only failed runs are retried",
+                format_millis(run),
+                status.as_str()
+            )));
+        }
+        Retried::Missing => return Err(ApiError::NotFound(format!("task {id} has no run {}", format_millis(run)))),
+    }
+    // The run is pending now; if this send fails, the reconciler enqueues it.
+    let msg = QueueMessage::DeliverV1 { task_id: id.to_string(), run: Some(run) };
+    if let Err(e) = app.queue.enqueue(&msg, std::time::Duration::ZERO).await {
+        tracing::warn!(task_id = %id, run, error = %e, "run retry not enqueued; the reconciler will");
+    }
+    tracing::info!(task_id = %id, run, "cron run retried");
+    app.store.get(id).await?.ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
+}
+
 /// Deletes (or, dry, counts) finished tasks of one status created before a
 /// time, one page per call; the caller repeats with `next_cursor`.
 pub async fn purge<S: TaskStore + TenantStore, Q, C>(
@@ -230,8 +282,17 @@ pub async fn purge<S: TaskStore + TenantStore, Q, C>(
     if !(1..=500).contains(&limit) {
         return Err(FieldError::new("invalid", "limit", "limit must be 1 to 500").into());
     }
+    if dto.cursor.as_deref().is_some_and(|c| !super::tasks::valid_cursor(c, super::tasks::is_task_id)) {
+        return Err(
+            FieldError::new("invalid", "cursor", "cursor must be a next_cursor returned by the previous page").into()
+        );
+    }
     let filter = ListFilter { status: Some(status), created_before: before, ..ListFilter::default() };
-    let page = app.store.list(&tenant.id, &filter, limit, dto.cursor.as_deref(), now_millis()).await?;
+    let page = app
+        .store
+        .list(&tenant.id, &filter, limit, dto.cursor.as_deref(), now_millis())
+        .await
+        .map_err(ApiError::store_on("cursor"))?;
     let mut purged = 0;
     if !dto.dry_run {
         for st in &page.items {

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
     CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Schedule, TaskId, TaskKind, TaskStatus, Tenant,
-    now_millis, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
+    check_stored_size, check_target, now_millis, parse_business_id, parse_create_task, parse_create_value,
+    parse_idempotency_key, parse_patch,
 };
 use crate::ports::{
     Cancelled, Created, DeliveryQueue, ListFilter, Retried, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
@@ -136,12 +137,12 @@ async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
 /// Undoes a stored task that could not be dispatched: nothing half-made stays.
 /// (Its active-task slot comes back when the stream counter sees the delete.)
 async fn roll_back<S: TaskStore + TenantStore, Q, C>(app: &AppState<S, Q, C>, task: &NewTask, key: Option<&UniqueKey>) {
-    if let Err(e) = app.store.discard(task, key).await {
+    if let Err(e) = app.store.discard(task, key).await.map(|_| ()) {
         tracing::error!(task_id = %task.id, error = %e, "could not discard an undispatched task");
     }
 }
 
-async fn full_view<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, t: &StoredTask) -> Result<Value, ApiError> {
+pub(super) async fn full_view<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, t: &StoredTask) -> Result<Value, ApiError> {
     let last = if t.state.attempts > 0 || t.state.kind == TaskKind::Cron {
         app.store.last_attempt(&t.state.id).await?
     } else {
@@ -199,6 +200,7 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
     let input = parse_create_task(&body, now)?;
+    check_target(&input.spec.url, &app.settings.guard, "request.url")?;
     let key = unique_key(&input, &headers)?;
     // Fast path for a repeat: only when the holder is readable (its creator
     // may be between the key and the task; the store's create waits for it).
@@ -246,7 +248,7 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
     let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| FieldError::new("invalid_json", "", format!("body is not valid JSON: {e}")))?;
+        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
     let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
     else {
         return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());
@@ -258,7 +260,9 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     let mut results: Vec<Value> = vec![Value::Null; items.len()];
     let mut valid: Vec<(usize, CreateTask)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match parse_create_value(item.clone(), now) {
+        let parsed = parse_create_value(item.clone(), now)
+            .and_then(|t| check_target(&t.spec.url, &app.settings.guard, "request.url").map(|()| t));
+        match parsed {
             Ok(t) => valid.push((i, t)),
             Err(e) => {
                 let e = e.prefixed(&format!("tasks[{i}]"));
@@ -270,37 +274,109 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
         check_rate(&app, &tenant, valid.len() as u64).await?;
         reserve(&app, &tenant, valid.len() as u64).await?;
     }
+    // Every reserved slot is either held by a task whose state was written (the
+    // counter gives it back when the task ends or is discarded) or given back
+    // here, whatever path the creation took.
+    let reserved = valid.len() as u64;
+    let mut held = 0u64;
+    let outcome = create_reserved(&app, &tenant, valid, now, &mut results, &mut held).await;
+    if reserved > held
+        && let Err(e) = app.store.release_active(&tenant.id, reserved - held).await
+    {
+        tracing::error!(error = %e, slots = reserved - held, "could not give back unused active-task slots");
+    }
+    outcome?;
+    let created_n = results.iter().filter(|r| r["status"] == 201).count();
+    tracing::info!(created = created_n, total = items.len(), "batch created");
+    Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
+}
+
+/// A batch item's error document.
+fn item_error(i: usize, e: &ApiError) -> Value {
+    let (status, code, message) = match e {
+        ApiError::NotFound(m) => (404, "not_found", m.clone()),
+        ApiError::Conflict(m) => (409, "conflict", m.clone()),
+        _ => (503, "unavailable", "try again shortly".to_owned()),
+    };
+    json!({"index": i, "status": status, "error": {"code": code, "message": message, "field": null}})
+}
+
+/// Removes a task whose creation did not complete; `true` if its state had
+/// been written (its slot then comes back through the counter).
+async fn discard_unstored<S: TaskStore + TenantStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    task: &NewTask,
+    key: Option<&UniqueKey>,
+) -> bool {
+    match app.store.discard(task, key).await {
+        Ok(existed) => existed,
+        Err(e) => {
+            tracing::error!(task_id = %task.id, error = %e, "could not discard a task whose creation failed");
+            false
+        }
+    }
+}
+
+/// Stores and dispatches the valid items of a batch (slots already reserved);
+/// `held` counts the tasks whose state was written.
+async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    tenant: &Tenant,
+    valid: Vec<(usize, CreateTask)>,
+    now: EpochMillis,
+    results: &mut [Value],
+    held: &mut u64,
+) -> Result<(), ApiError> {
+    let unavailable = |i: usize| json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
     let mut plain: Vec<(usize, NewTask)> = Vec::new();
     let mut created: Vec<(usize, NewTask, Option<UniqueKey>)> = Vec::new();
-    let mut unused_slots = 0u64;
     for (i, input) in valid {
         let key = input.business_id.clone().map(UniqueKey::BusinessId);
-        let task = new_task(&tenant, input, now);
+        let task = new_task(tenant, input, now);
         match key {
             None => plain.push((i, task)),
             Some(k) => match app.store.create(&task, Some(&k)).await {
-                Ok(Created::New) => created.push((i, task, Some(k))),
+                Ok(Created::New) => {
+                    *held += 1;
+                    created.push((i, task, Some(k)));
+                }
                 Ok(Created::Existing(existing)) => {
-                    unused_slots += 1;
-                    let view = full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?;
-                    results[i] = json!({"index": i, "status": 200, "created": false, "task": view});
+                    results[i] = match owned(app, tenant, existing.as_str()).await {
+                        Ok(found) => match full_view(app, &found).await {
+                            Ok(view) => json!({"index": i, "status": 200, "created": false, "task": view}),
+                            Err(e) => item_error(i, &e),
+                        },
+                        Err(e) => item_error(i, &e),
+                    };
                 }
                 Err(e) => {
-                    unused_slots += 1;
                     tracing::error!(error = %e, index = i, "batch item not stored");
-                    results[i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+                    if discard_unstored(app, &task, Some(&k)).await {
+                        *held += 1;
+                    }
+                    results[i] = unavailable(i);
                 }
             },
         }
     }
     let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| t.clone()).collect();
-    let stored = app.store.create_many(&tasks).await?;
+    let stored = match app.store.create_many(&tasks).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "batch write failed");
+            vec![false; tasks.len()]
+        }
+    };
     for ((i, task), ok) in plain.into_iter().zip(stored) {
         if ok {
+            *held += 1;
             created.push((i, task, None));
         } else {
-            unused_slots += 1;
-            results[i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+            // Part of it may be written (a state without its spec): remove what is.
+            if discard_unstored(app, &task, None).await {
+                *held += 1;
+            }
+            results[i] = unavailable(i);
         }
     }
     // Queue-bound tasks go out in SendMessageBatch calls; scheduled ones one by one.
@@ -314,7 +390,7 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
                 messages.push((QueueMessage::deliver(&task.id), delay));
             }
             _ => {
-                if dispatch(&app, task, now).await.is_err() {
+                if dispatch(app, task, now).await.is_err() {
                     failed.push(ci);
                 }
             }
@@ -330,18 +406,13 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     failed.extend(queued.iter().filter(|(_, mi)| not_sent.contains(mi)).map(|(ci, _)| *ci));
     for (ci, (i, task, key)) in created.iter().enumerate() {
         if failed.contains(&ci) {
-            roll_back(&app, task, key.as_ref()).await;
-            results[*i] = json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
+            roll_back(app, task, key.as_ref()).await;
+            results[*i] = unavailable(*i);
         } else {
             results[*i] = json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
         }
     }
-    if unused_slots > 0 {
-        app.store.release_active(&tenant.id, unused_slots).await.ok();
-    }
-    let created_n = results.iter().filter(|r| r["status"] == 201).count();
-    tracing::info!(created = created_n, total = items.len(), "batch created");
-    Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
+    Ok(())
 }
 
 pub async fn get_one<S: TaskStore + TenantStore, Q, C>(
@@ -401,6 +472,63 @@ fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<EpochMill
         .transpose()
 }
 
+/// The longest `host` filter (a DNS name is at most 253 characters).
+pub(super) const MAX_HOST_FILTER: usize = 253;
+
+/// A `cursor` must be a `next_cursor` this API handed out: base64url text
+/// (the store's start key) that `fits`; anything else is refused here, before
+/// it reaches the store as a start key it cannot use.
+fn cursor_param<'a>(pairs: &'a [(String, String)], fits: impl Fn(&str) -> bool) -> Result<Option<&'a str>, ApiError> {
+    let Some((_, c)) = pairs.iter().find(|(k, _)| k == "cursor") else { return Ok(None) };
+    if valid_cursor(c, fits) {
+        Ok(Some(c.as_str()))
+    } else {
+        Err(FieldError::new("invalid", "cursor", "cursor must be a next_cursor returned by the previous page").into())
+    }
+}
+
+/// Whether `c` is base64url (no padding) of at most 256 bytes of text that `fits`.
+pub(super) fn valid_cursor(c: &str, fits: impl Fn(&str) -> bool) -> bool {
+    use base64::Engine;
+    c.len() <= 344
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .is_some_and(|text| fits(&text))
+}
+
+/// A task listing's cursor names the last task of the previous page.
+pub(super) fn is_task_id(text: &str) -> bool {
+    TaskId::parse(text).is_ok()
+}
+
+/// A listing's time window must not end before it starts (the store would
+/// refuse the range as a key condition).
+pub(super) fn time_window(
+    after: Option<EpochMillis>,
+    before: Option<EpochMillis>,
+    after_name: &'static str,
+    before_name: &str,
+) -> Result<(), ApiError> {
+    match (after, before) {
+        (Some(a), Some(b)) if a > b => {
+            Err(FieldError::new("invalid", after_name, format!("{after_name} must not be later than {before_name}"))
+                .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn host_filter(host: Option<&str>, field: &'static str) -> Result<Option<String>, ApiError> {
+    match host {
+        Some(h) if h.is_empty() || h.len() > MAX_HOST_FILTER => {
+            Err(FieldError::new("invalid", field, format!("{field} must be a host name of 1 to 253 characters")).into())
+        }
+        h => Ok(h.map(str::to_owned)),
+    }
+}
+
 pub async fn list<S: TaskStore + TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
@@ -419,13 +547,16 @@ pub async fn list<S: TaskStore + TenantStore, Q, C>(
         .transpose()?;
     let filter = ListFilter {
         status,
-        host: get("host").map(str::to_owned),
+        host: host_filter(get("host"), "host")?,
         created_after: time_param(&pairs, "created_after")?,
         created_before: time_param(&pairs, "created_before")?,
         code: None,
     };
+    time_window(filter.created_after, filter.created_before, "created_after", "created_before")?;
+    let limit = limit_of(&pairs)?;
+    let cursor = cursor_param(&pairs, is_task_id)?;
     let now = now_millis();
-    let page = app.store.list(&tenant.id, &filter, limit_of(&pairs)?, get("cursor"), now).await?;
+    let page = app.store.list(&tenant.id, &filter, limit, cursor, now).await.map_err(ApiError::store_on("cursor"))?;
     let tasks: Vec<Value> = page.items.iter().map(|s| views::summary(s, now)).collect();
     Ok(Json(json!({"tasks": tasks, "next_cursor": page.cursor})))
 }
@@ -455,8 +586,10 @@ pub async fn attempts<S: TaskStore + TenantStore, Q, C>(
     let tenant = auth::tenant(&app, &headers).await?;
     let task = owned(&app, &tenant, &id).await?;
     let pairs = query_params(raw.as_deref(), &[])?;
-    let cursor = pairs.iter().find(|(k, _)| k == "cursor").map(|(_, v)| v.as_str());
-    let page = app.store.attempts(&task.state.id, limit_of(&pairs)?, cursor).await?;
+    let limit = limit_of(&pairs)?;
+    // An attempts cursor names the last attempt's sort key.
+    let cursor = cursor_param(&pairs, |t| t.starts_with("ATTEMPT#") && t.len() <= 64)?;
+    let page = app.store.attempts(&task.state.id, limit, cursor).await.map_err(ApiError::store_on("cursor"))?;
     let items: Vec<Value> = page.items.iter().map(views::attempt).collect();
     Ok(Json(json!({"attempts": items, "next_cursor": page.cursor})))
 }
@@ -523,8 +656,12 @@ pub async fn update<S: TaskStore + TenantStore, Q, C>(
         return Err(finished(task.state.status));
     }
     let patch = parse_patch(&body)?;
+    if let Some(url) = &patch.url {
+        check_target(url, &app.settings.guard, "request.url")?;
+    }
     let (mut spec, mut retry) = (task.spec.clone(), task.retry.clone());
     patch.apply(&mut spec, &mut retry);
+    check_stored_size(&spec)?;
     if !app.store.update_spec(&task.state.id, &spec, &retry, &task.schedule, now_millis()).await? {
         let now_status = app.store.get(&task.state.id).await?.map_or(TaskStatus::Cancelled, |t| t.state.status);
         return Err(finished(now_status));
@@ -540,11 +677,17 @@ pub async fn retry<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth::tenant(&app, &headers).await?;
+    let run = super::ops::retry_target(&body)?;
     let task = owned(&app, &tenant, &id).await?;
     if task.state.kind == TaskKind::Cron {
-        return Err(ApiError::Conflict(format!("task {id} is a cron task; its runs are retried by their policy")));
+        let updated = super::ops::retry_run(&app, &task, run).await?;
+        return Ok(Json(full_view(&app, &updated).await?));
+    }
+    if run.is_some() {
+        return Err(FieldError::new("invalid", "run", "only a cron task's runs are retried by run").into());
     }
     reserve(&app, &tenant, 1).await?;
     match app.store.retry_failed(&task.state.id, task.retry.max_attempts(), now_millis()).await {
@@ -627,7 +770,7 @@ mod tests {
 
     #[test]
     fn tasks_due_within_fifteen_minutes_go_to_sqs_and_later_ones_to_the_scheduler() {
-        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None };
+        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None, guard: Default::default() };
         assert_eq!(route(&s, &task(Schedule::Now), 0), Route::Queue { delay: Duration::ZERO });
         assert_eq!(route(&s, &task(Schedule::At { at: 90_500 }), 0), Route::Queue { delay: Duration::from_secs(91) });
         assert_eq!(route(&s, &task(Schedule::At { at: 900_000 }), 0), Route::Queue { delay: Duration::from_secs(900) });

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, views};
-use crate::domain::{FieldError, NewApiKey, Quotas, Tenant, new_tenant_id, now_millis};
+use crate::domain::{FieldError, NewApiKey, Quotas, Tenant, decode_document, new_tenant_id, now_millis};
 use crate::ports::TenantStore;
 
 #[derive(Deserialize)]
@@ -27,11 +27,7 @@ struct TenantDto {
 
 fn parse(body: &[u8]) -> Result<TenantDto, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        FieldError::new("invalid", if field == "." { String::new() } else { field }, e.inner().to_string()).into()
-    })
+    Ok(decode_document(body)?)
 }
 
 fn quotas(dto: &TenantDto, base: Quotas) -> Result<Quotas, ApiError> {
@@ -88,7 +84,14 @@ pub async fn create<S: TenantStore, Q, C>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// A 404 for a path id no tenant or key could have (before it reaches the
+/// store as a key).
+fn known_shape(what: &str, id: &str) -> Result<(), ApiError> {
+    if super::plausible_id(id) { Ok(()) } else { Err(ApiError::NotFound(format!("no {what} {id}"))) }
+}
+
 async fn tenant_view<S: TenantStore>(store: &S, id: &str) -> Result<Value, ApiError> {
+    known_shape("tenant", id)?;
     let t = store.get_tenant(id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     Ok(views::tenant(&t, &store.list_keys(id).await?))
 }
@@ -110,6 +113,7 @@ pub async fn update<S: TenantStore, Q, C>(
 ) -> Result<Json<Value>, ApiError> {
     auth::admin(&app, &headers)?;
     let dto = parse(&body)?;
+    known_shape("tenant", &id)?;
     if dto.name.is_some() {
         return Err(FieldError::new("unknown_field", "name", "a tenant's name does not change").into());
     }
@@ -130,6 +134,7 @@ pub async fn create_key<S: TenantStore, Q, C>(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     auth::admin(&app, &headers)?;
+    known_shape("tenant", &id)?;
     app.store.get_tenant(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     let key = NewApiKey::generate();
     app.store.put_key(&id, &key.key_id, &key.hash, now_millis()).await?;
@@ -143,6 +148,10 @@ pub async fn revoke_key<S: TenantStore, Q, C>(
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     auth::admin(&app, &headers)?;
+    known_shape("tenant", &id)?;
+    if !super::plausible_id(&key_id) {
+        return Err(ApiError::NotFound(format!("tenant {id} has no key {key_id}")));
+    }
     if !app.store.revoke_key(&id, &key_id, now_millis()).await? {
         return Err(ApiError::NotFound(format!("tenant {id} has no key {key_id}")));
     }

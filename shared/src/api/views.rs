@@ -1,8 +1,11 @@
-//! JSON views of stored values: times as RFC 3339, secrets masked.
+//! JSON views of stored values: times as RFC 3339, secrets masked (headers,
+//! credentials, URL userinfo and secret-looking query parameters).
 
 use serde_json::{Value, json};
 
-use crate::domain::{Attempt, EpochMillis, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers};
+use crate::domain::{
+    Attempt, EpochMillis, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
+};
 use crate::ports::StoredTask;
 
 /// The full task: state, request (masked), schedule, retry, last attempt and,
@@ -29,7 +32,7 @@ pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>, runs: &[TaskState], 
         "failure_reason": s.failure_reason,
         "request": {
             "method": t.spec.method.as_str(),
-            "url": t.spec.url.as_str(),
+            "url": t.spec.url.masked(),
             "headers": headers,
             "auth": t.spec.auth.as_ref().map(|a| a.masked()),
             "body_size": t.spec.body.as_ref().map_or(0, |b| b.len()),
@@ -107,7 +110,8 @@ pub fn attempt(a: &Attempt) -> Value {
         "started_at": format_millis(a.started_at),
         "request": {
             "method": a.method,
-            "url": a.url,
+            // Masked when recorded; masked again for attempts recorded before masking existed.
+            "url": mask_url(&a.url),
             "headers": header_map(&a.request_headers),
             "body_size": a.request_body_size,
         },

@@ -20,12 +20,15 @@ pub enum QueueMessage {
     /// Scheduler's `<aws.scheduler.scheduled-time>` (RFC 3339), the run's identity.
     #[serde(rename = "cron.v1")]
     CronV1 { task_id: String, scheduled_time: String },
-    /// Advance a replay by one page.
+    /// Advance a replay by page `page` of chain `chain`: a message whose page is
+    /// not the replay's current page (a duplicate delivery) does nothing.
     #[serde(rename = "replay.v1")]
     ReplayV1 {
         replay_id: String,
         #[serde(default)]
         chain: u64,
+        #[serde(default)]
+        page: u64,
     },
 }
 

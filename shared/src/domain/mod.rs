@@ -9,6 +9,7 @@ mod replay;
 mod request;
 mod retry;
 mod schedule;
+mod target;
 mod task;
 mod tenant;
 mod validate;
@@ -17,14 +18,17 @@ pub use ids::{InvalidId, TaskId};
 pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
 pub use replay::{CodeMatch, Replay, ReplayFilter, ReplayStatus};
-pub use request::{Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_sensitive_header, mask_headers};
+pub use request::{
+    Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_secret_param, is_sensitive_header, mask_headers, mask_url,
+};
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Schedule, parse_duration};
+pub use target::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
 pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, new_tenant_id, same_secret};
 pub use validate::{
-    CreateTask, FieldError, PatchTask, parse_business_id, parse_create_task, parse_create_value, parse_idempotency_key,
-    parse_patch,
+    CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,
+    parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
 };
 
 /// Milliseconds since the Unix epoch: the one time representation stored and

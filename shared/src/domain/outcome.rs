@@ -16,6 +16,8 @@ pub enum Outcome {
     Tls,
     RateLimited,
     StoppedByReceiver,
+    /// The target guard refused the address: nothing was sent, and nothing will be.
+    Blocked,
     /// The sender stopped (crashed, killed, timed out) during the attempt:
     /// whether the request arrived is unknown. Recorded by the claim that took over.
     Interrupted,
@@ -33,6 +35,7 @@ impl Outcome {
             Self::Tls => "tls",
             Self::RateLimited => "rate_limited",
             Self::StoppedByReceiver => "stopped_by_receiver",
+            Self::Blocked => "blocked",
             Self::Interrupted => "interrupted",
         }
     }
@@ -89,6 +92,8 @@ mod tests {
         assert!(!Outcome::ClientError.is_retryable());
         assert!(!Outcome::StoppedByReceiver.is_retryable());
         assert!(!Outcome::Success.is_retryable());
+        assert!(!Outcome::Blocked.is_retryable());
+        assert_eq!(serde_json::to_string(&Outcome::Blocked).expect("serializes"), "\"blocked\"");
         assert_eq!(Outcome::RateLimited.as_str(), "rate_limited");
     }
 }

@@ -75,6 +75,10 @@ pub struct Replay {
     /// a message of the old chain still in the queue does nothing.
     #[serde(default)]
     pub chain: u64,
+    /// Pages done: the page the next message must name. Advanced by the
+    /// conditional save of each page, so one delivery of a page advances it.
+    #[serde(default)]
+    pub page: u64,
 }
 
 impl Replay {

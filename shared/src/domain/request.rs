@@ -47,7 +47,8 @@ impl fmt::Display for HttpMethod {
 }
 
 /// An absolute http(s) URL with a host, at most [`TargetUrl::MAX_LEN`] bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Debug` masks secrets (see [`mask_url`]); `as_str` is what is sent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TargetUrl(url::Url);
 
@@ -72,9 +73,25 @@ impl TargetUrl {
         self.0.as_str()
     }
 
+    /// The parsed URL (its host already normalized: `127.1` is `127.0.0.1`).
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// The URL with userinfo and secret-looking query values masked, for views and records.
+    pub fn masked(&self) -> String {
+        mask_url(self.as_str())
+    }
+
     /// The host (without port), used for per-destination grouping.
     pub fn host(&self) -> &str {
         self.0.host_str().unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TargetUrl").field(&self.masked()).finish()
     }
 }
 
@@ -241,9 +258,145 @@ pub fn mask_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Words that make a query parameter's value a secret when they are a whole
+/// word of its name (`api_key`, `apiKey`, `x-sig`), but not a mere substring
+/// (`keyword`, `author`, `signal` stay visible).
+const SECRET_WORDS: &[&str] =
+    &["key", "sig", "pwd", "pass", "auth", "otp", "sid", "hmac", "jwt", "code", "nonce", "cookie", "session"];
+/// Fragments that make a name secret wherever they appear (`access_token`,
+/// `X-Amz-Signature`, `client_secret`, `sessionid`).
+const SECRET_FRAGMENTS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "signature",
+    "credential",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "sessionid",
+    "sessid",
+    "authorization",
+];
+
+/// Whether a query parameter's name looks like it carries a secret:
+/// case-insensitive, by word (split at punctuation and camelCase) or by
+/// fragment (see the lists above).
+pub fn is_secret_param(name: &str) -> bool {
+    let compact: String = name.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
+    if SECRET_FRAGMENTS.iter().any(|f| compact.contains(f)) {
+        return true;
+    }
+    let mut words: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            words.push(std::mem::take(&mut current));
+            prev_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && prev_lower {
+            words.push(std::mem::take(&mut current));
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        current.push(c.to_ascii_lowercase());
+    }
+    words.push(current);
+    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
+}
+
+/// A URL for showing: userinfo becomes `***:***` and the values of
+/// secret-looking query parameters `***`; everything else is kept byte for
+/// byte. Unparseable input is shown as `***` rather than risk a secret.
+pub fn mask_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "***".to_owned();
+    };
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if let Some(query) = url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                let decoded: String =
+                    url::form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).collect();
+                if is_secret_param(&decoded) { format!("{name}=***") } else { pair.to_owned() }
+            })
+            .collect();
+        url.set_query(Some(&masked.join("&")));
+    }
+    url.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_and_secret_query_values_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            mask_url("http://user:secret@127.0.0.1:8080/x?token=abc&page=2"),
+            "http://***:***@127.0.0.1:8080/x?token=***&page=2"
+        );
+        assert_eq!(mask_url("https://user@h.example/"), "https://***@h.example/");
+        assert_eq!(
+            mask_url("https://h.example/p?api_key=1&apiKey=2&X-Amz-Signature=3&sig=4&q=a%20b&keyword=x&author=me"),
+            "https://h.example/p?api_key=***&apiKey=***&X-Amz-Signature=***&sig=***&q=a%20b&keyword=x&author=me"
+        );
+        assert_eq!(
+            mask_url("https://h.example/?access_token=a&client_secret=b&password=c&pwd=d&auth=e&Session=f&flag"),
+            "https://h.example/?access_token=***&client_secret=***&password=***&pwd=***&auth=***&Session=***&flag"
+        );
+        assert_eq!(mask_url("https://h.example/?acc%65ss_token=a"), "https://h.example/?acc%65ss_token=***");
+        assert_eq!(mask_url("https://h.example/a?b=c#frag"), "https://h.example/a?b=c#frag");
+        assert_eq!(mask_url("not a url"), "***");
+        let once = mask_url("http://u:p@h.example/?token=t");
+        assert_eq!(mask_url(&once), once, "masking twice changes nothing");
+        let url = TargetUrl::parse("http://u:p@h.example/?secret=s").expect("valid");
+        assert!(!format!("{url:?}").contains("secret=s"));
+        assert!(url.as_str().contains("u:p@"), "the real URL is what is sent");
+    }
+
+    #[test]
+    fn secret_looking_parameter_names_are_recognised_by_word_or_fragment() {
+        for name in [
+            "token",
+            "KEY",
+            "api_key",
+            "apikey",
+            "apiKey",
+            "secret",
+            "signature",
+            "sig",
+            "password",
+            "passwd",
+            "pwd",
+            "auth",
+            "access_token",
+            "refresh-token",
+            "credential",
+            "X-Amz-Credential",
+            "session",
+            "sessionid",
+            "PHPSESSID",
+            "code",
+            "private_key",
+            "hmac",
+        ] {
+            assert!(is_secret_param(name), "{name} should be masked");
+        }
+        for name in ["page", "q", "keyword", "author", "signal", "limit", "monkey", "sort", "passenger_count"] {
+            assert!(!is_secret_param(name), "{name} should stay visible");
+        }
+    }
 
     #[test]
     fn methods_parse_case_insensitively() {

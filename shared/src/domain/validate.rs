@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use super::schedule::parse_duration;
 use super::{
-    Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetUrl,
+    Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetGuard,
+    TargetUrl,
 };
 
 /// A validated create request.
@@ -66,14 +67,20 @@ impl PatchTask {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
-    /// Machine-readable rule: `invalid_json`, `required`, `invalid`, `unknown_field`, `too_large`, `conflict`…
+    /// Machine-readable rule: `invalid_json`, `required`, `invalid`, `unknown_field`, `too_large`, `conflict`,
+    /// `blocked_address`…
     pub code: &'static str,
-    /// Dotted path of the offending field (empty for the document itself).
+    /// Dotted path of the offending field ([`FieldError::DOCUMENT`] for the
+    /// document itself): never empty.
     pub field: String,
     pub message: String,
 }
 
 impl FieldError {
+    /// The `field` of an error in the request document as a whole (not JSON,
+    /// not an object, nothing to change).
+    pub const DOCUMENT: &'static str = "body";
+
     pub fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { code, field: field.into(), message: message.into() }
     }
@@ -84,7 +91,11 @@ impl FieldError {
 
     /// The same error for a field nested under `prefix` (e.g. `tasks[3]`).
     pub fn prefixed(mut self, prefix: &str) -> Self {
-        self.field = if self.field.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", self.field) };
+        self.field = if self.field.is_empty() || self.field == Self::DOCUMENT {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
         self.message = format!("{prefix}: {}", self.message);
         self
     }
@@ -191,13 +202,20 @@ struct PatchRequestDto {
     timeout_ms: Option<u64>,
 }
 
-/// Decodes JSON into `T`, naming the field of any type error.
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| serde_error(&e))
+/// Decodes a JSON request document into `T`, naming the field of any error.
+/// The whole document is parsed first, so broken JSON is always reported as
+/// such (`invalid_json`), never as a type error of a field read before it.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
+    let doc: Value = serde_json::from_slice(bytes)
+        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
+    decode_value(doc)
 }
 
 fn decode_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, FieldError> {
+    // serde would read a struct from an array too; the API's documents are objects.
+    if !v.is_object() {
+        return Err(FieldError::invalid(FieldError::DOCUMENT, "must be a JSON object"));
+    }
     serde_path_to_error::deserialize(v).map_err(|e| serde_error(&e))
 }
 
@@ -233,7 +251,7 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
         url,
         headers,
         body,
-        auth: r.auth.map(auth_from),
+        auth: r.auth.map(parse_auth).transpose()?,
         timeout_ms: parse_timeout(r.timeout_ms)?.unwrap_or(RequestSpec::DEFAULT_TIMEOUT_MS),
         follow_redirects: r.follow_redirects.unwrap_or(false),
         rules: ResponseRules {
@@ -242,6 +260,7 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
         },
     };
     let business_id = dto.business_id.map(|b| parse_business_id(&b)).transpose()?;
+    check_stored_size(&spec)?;
     Ok(CreateTask {
         spec,
         schedule: dto.schedule.map(|s| parse_schedule(s, now)).transpose()?.unwrap_or(Schedule::Now),
@@ -260,14 +279,52 @@ pub fn parse_patch(bytes: &[u8]) -> Result<PatchTask, FieldError> {
         let mut scratch = Vec::new();
         patch.body = parse_body(r.body, r.body_base64, r.json, r.form, headers.as_mut().unwrap_or(&mut scratch))?;
         patch.headers = headers;
-        patch.auth = r.auth.map(auth_from);
+        patch.auth = r.auth.map(parse_auth).transpose()?;
         patch.timeout_ms = parse_timeout(r.timeout_ms)?;
     }
     patch.retry = dto.retry.map(parse_retry).transpose()?;
     if patch.is_empty() {
-        return Err(FieldError::new("required", "", "nothing to change: give request fields or retry"));
+        return Err(FieldError::new(
+            "required",
+            FieldError::DOCUMENT,
+            "nothing to change: give request fields or retry",
+        ));
     }
     Ok(patch)
+}
+
+/// The most a stored request may take as JSON: DynamoDB refuses items over
+/// 400 KB, and the request shares its item with the retry policy and schedule.
+pub const MAX_STORED_REQUEST_BYTES: usize = 400_000;
+
+/// Checks that a request fits in its stored item once serialised, whatever
+/// each part's own limit let through (escaping grows a JSON or text body, and
+/// credentials have no limit of their own); names the largest part.
+pub fn check_stored_size(spec: &RequestSpec) -> Result<(), FieldError> {
+    let total = json_len(spec);
+    if total <= MAX_STORED_REQUEST_BYTES {
+        return Ok(());
+    }
+    let parts = [
+        ("request.body", json_len(&spec.body)),
+        ("request.headers", json_len(&spec.headers)),
+        ("request.auth", json_len(&spec.auth)),
+        ("request.url", spec.url.as_str().len()),
+    ];
+    let field = parts.iter().max_by_key(|(_, n)| *n).map_or("request", |(f, _)| f);
+    Err(FieldError::new(
+        "too_large",
+        field,
+        format!(
+            "the request takes {total} bytes once stored (escaping included), over the {MAX_STORED_REQUEST_BYTES} \
+             bytes a task may hold; {field} is its largest part"
+        ),
+    ))
+}
+
+/// The length of a stored part as JSON.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(0, |v| v.len())
 }
 
 fn parse_codes(field: &str, codes: Option<Vec<u16>>) -> Result<Vec<u16>, FieldError> {
@@ -278,15 +335,51 @@ fn parse_codes(field: &str, codes: Option<Vec<u16>>) -> Result<Vec<u16>, FieldEr
     Ok(codes)
 }
 
-fn auth_from(a: AuthDto) -> Auth {
+/// The longest credential accepted (a JWT of a few KiB fits; headers total 16 KiB).
+const MAX_CREDENTIAL: usize = 8192;
+
+/// Credentials become an `Authorization` header: a bearer token must be a
+/// header-safe single word (visible ASCII, no spaces), basic credentials
+/// free of control characters, the user name without `:` (it ends the name).
+fn parse_auth(a: AuthDto) -> Result<Auth, FieldError> {
+    let control = |s: &str| s.chars().any(char::is_control);
     match a {
-        AuthDto::Basic { username, password } => Auth::Basic { username, password },
-        AuthDto::Bearer { token } => Auth::Bearer { token },
+        AuthDto::Bearer { token } => {
+            if token.is_empty() || token.len() > MAX_CREDENTIAL || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(FieldError::invalid(
+                    "request.auth.token",
+                    "must be 1 to 8192 visible ASCII characters (no spaces, tabs or line breaks)",
+                ));
+            }
+            Ok(Auth::Bearer { token })
+        }
+        AuthDto::Basic { username, password } => {
+            if username.len() > MAX_CREDENTIAL || username.contains(':') || control(&username) {
+                return Err(FieldError::invalid(
+                    "request.auth.username",
+                    "must be at most 8192 bytes without `:` or control characters",
+                ));
+            }
+            if password.len() > MAX_CREDENTIAL || control(&password) {
+                return Err(FieldError::invalid(
+                    "request.auth.password",
+                    "must be at most 8192 bytes without control characters",
+                ));
+            }
+            Ok(Auth::Basic { username, password })
+        }
     }
 }
 
 fn parse_url(u: &str) -> Result<TargetUrl, FieldError> {
     TargetUrl::parse(u).map_err(|rule| FieldError::invalid("request.url", rule))
+}
+
+/// Refuses a URL whose host is an address the guard blocks (`field` names
+/// it: `request.url`). Names pass: they are judged on what they resolve to
+/// when the request is sent.
+pub fn check_target(url: &TargetUrl, guard: &TargetGuard, field: &str) -> Result<(), FieldError> {
+    guard.check_url(url.url()).map_err(|b| FieldError::new("blocked_address", field, format!("{field} is {b}")))
 }
 
 fn parse_timeout(t: Option<u64>) -> Result<Option<u64>, FieldError> {
@@ -401,8 +494,16 @@ fn parse_headers(map: Map<String, Value>) -> Result<Vec<(String, String)>, Field
         let Value::String(value) = value else {
             return Err(FieldError::new("invalid", field, "header value must be a string"));
         };
-        if http::HeaderValue::from_str(&value).is_err() {
-            return Err(FieldError::new("invalid", field, "header value must be visible ASCII or spaces"));
+        // Visible ASCII, space and tab only: no line breaks, controls or bytes a receiver may read differently.
+        if !value.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b)) {
+            return Err(FieldError::new(
+                "invalid",
+                field,
+                "header value must be visible ASCII, spaces or tabs (no line breaks or control characters)",
+            ));
+        }
+        if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+            return Err(FieldError::new("invalid", field, "header value must not start or end with a space or tab"));
         }
         total += lower.len() + value.len();
         out.push((lower, value));
@@ -511,6 +612,7 @@ fn parse_retry(r: RetryDto) -> Result<RetryPolicy, FieldError> {
 fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> FieldError {
     let path = e.path().to_string();
     let path = if path == "." { String::new() } else { path };
+    let at = |p: &str| if p.is_empty() { FieldError::DOCUMENT.to_owned() } else { p.to_owned() };
     let inner = e.inner();
     let msg = inner.to_string();
     // serde_path_to_error's path ends at the parent for a missing field and
@@ -526,19 +628,21 @@ fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> FieldError 
     };
     let quoted = |m: &str| m.split('`').nth(1).map(str::to_owned);
     if inner.is_syntax() || inner.is_eof() {
-        return FieldError::new("invalid_json", "", format!("body is not valid JSON: {msg}"));
+        return FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {msg}"));
     }
     if msg.starts_with("missing field") {
         let f = join(&quoted(&msg).unwrap_or_default());
         return FieldError::new("required", f.clone(), format!("{f} is required"));
     }
     if msg.starts_with("unknown field") {
-        let f = join(&quoted(&msg).unwrap_or_default());
+        // The path already ends at the unknown field; its name may hold backticks.
+        let f = if path.is_empty() { quoted(&msg).unwrap_or_default() } else { path };
+        let f = if f.is_empty() { FieldError::DOCUMENT.to_owned() } else { f };
         return FieldError::new("unknown_field", f.clone(), format!("{f} is not a known field"));
     }
     let clean = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-    let message = if path.is_empty() { clean } else { format!("{path}: {clean}") };
-    FieldError::new("invalid", path, message)
+    let message = if path.is_empty() { format!("body: {clean}") } else { format!("{path}: {clean}") };
+    FieldError::new("invalid", at(&path), message)
 }
 
 #[cfg(test)]
@@ -614,8 +718,8 @@ mod tests {
         let past = "2020-01-01T00:00:00Z";
         let far = "2099-01-01T00:00:00Z";
         let cases: Vec<(String, &str, &str)> = vec![
-            ("{".into(), "invalid_json", ""),
-            ("[]".into(), "invalid", ""),
+            ("{".into(), "invalid_json", "body"),
+            ("[]".into(), "invalid", "body"),
             ("{}".into(), "required", "request"),
             (r#"{"request":{"url":"https://e.com"}}"#.into(), "required", "request.method"),
             (r#"{"request":{"method":"GET"}}"#.into(), "required", "request.url"),
@@ -657,6 +761,19 @@ mod tests {
             (r#"{"request":{"method":"GET","url":"https://e.com"},"success_codes":[99]}"#.into(), "invalid", "success_codes"),
             (r#"{"request":{"method":"GET","url":"https://e.com"},"retry_codes":["404"]}"#.into(), "invalid", "retry_codes[0]"),
             (r#"{"request":{"method":"GET","url":"https://e.com","follow_redirects":"yes"}}"#.into(), "invalid", "request.follow_redirects"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"abc\ndef"}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"abc def"}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":""}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"tökén"}}}"#.into(), "invalid", "request.auth.token"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"basic","username":"a:b","password":"p"}}}"#.into(), "invalid", "request.auth.username"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"basic","username":"a\r","password":"p"}}}"#.into(), "invalid", "request.auth.username"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"basic","username":"a","password":"p\u0000"}}}"#.into(), "invalid", "request.auth.password"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"a\u0000b"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"a\rb"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":" padded"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"padded\t"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X-Foo":"é"}}}"#.into(), "invalid", "request.headers.X-Foo"),
+            (r#"{"request":{"method":"GET","url":"https://e.com","headers":{"X:Foo":"v"}}}"#.into(), "invalid", "request.headers.X:Foo"),
         ];
         for (body, code, field) in &cases {
             let e = err(body);
@@ -700,11 +817,423 @@ mod tests {
     }
 
     #[test]
+    fn header_safe_credentials_and_header_values_are_accepted() {
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/","headers":{"X-A":"a b\tc"},"auth":{"type":"bearer","token":"eyJ.a-b_c~d+e/f=="}}}"#,
+        );
+        assert_eq!(t.spec.auth.map(|a| a.header_value()), Some("Bearer eyJ.a-b_c~d+e/f==".into()));
+        let t = ok(
+            r#"{"request":{"method":"GET","url":"http://h/","auth":{"type":"basic","username":"zoë","password":"p:w d"}}}"#,
+        );
+        assert!(t.spec.auth.is_some());
+        let e = parse_patch(br#"{"request":{"auth":{"type":"bearer","token":"a\nb"}}}"#).expect_err("newline");
+        assert_eq!((e.code, e.field.as_str()), ("invalid", "request.auth.token"));
+    }
+
+    #[test]
+    fn a_literal_address_the_guard_blocks_is_refused_naming_the_url() {
+        let guard = TargetGuard::default();
+        let url = |s: &str| TargetUrl::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        for blocked in [
+            "http://127.0.0.1:8080/",
+            "http://127.1:8080/",
+            "http://2130706433/",
+            "http://0x7f.0.0.1/",
+            "http://0177.0.0.1/",
+            "http://0.0.0.0/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/",
+        ] {
+            let e = check_target(&url(blocked), &guard, "request.url").expect_err(blocked);
+            assert_eq!((e.code, e.field.as_str()), ("blocked_address", "request.url"), "{blocked}");
+            assert!(e.message.contains("blocked: "), "{}", e.message);
+        }
+        for allowed in ["https://hooks.example.com/x", "http://localhost:8080/", "http://93.184.216.34/"] {
+            assert_eq!(check_target(&url(allowed), &guard, "request.url"), Ok(()), "{allowed}");
+        }
+        let local = TargetGuard::new(super::super::TargetPolicy::LocalOnly, vec![]);
+        assert_eq!(check_target(&url("http://127.0.0.1:9/"), &local, "request.url"), Ok(()));
+        assert!(check_target(&url("http://93.184.216.34/"), &local, "request.url").is_err());
+    }
+
+    #[test]
     fn a_patch_needs_something_to_change() {
         assert_eq!(parse_patch(b"{}").expect_err("empty").code, "required");
         let p = parse_patch(br#"{"request":{"url":"https://new.example.com/x","timeout_ms":500}}"#).expect("valid");
         assert_eq!(p.url.map(|u| u.as_str().to_owned()), Some("https://new.example.com/x".into()));
         assert_eq!(p.timeout_ms, Some(500));
         assert_eq!(parse_patch(br#"{"request":{"method":"GET"}}"#).expect_err("no method").field, "request.method");
+    }
+}
+
+/// Properties of request validation over generated input: it never panics,
+/// and every rejection names a field that the input or the schema has.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: EpochMillis = 1_800_000_000_000;
+
+    /// Every field path the create and patch schemas know; `*` is any one
+    /// segment (a header or form name, an array index).
+    const SCHEMA: &[&str] = &[
+        "request",
+        "request.method",
+        "request.url",
+        "request.headers",
+        "request.headers.*",
+        "request.body",
+        "request.body_base64",
+        "request.json",
+        "request.form",
+        "request.form.*",
+        "request.auth",
+        "request.auth.type",
+        "request.auth.username",
+        "request.auth.password",
+        "request.auth.token",
+        "request.timeout_ms",
+        "request.follow_redirects",
+        "schedule",
+        "schedule.delay",
+        "schedule.at",
+        "schedule.cron",
+        "schedule.timezone",
+        "retry",
+        "retry.max_attempts",
+        "retry.backoff",
+        "retry.backoff.initial",
+        "retry.backoff.multiplier",
+        "retry.backoff.max",
+        "retry.backoff.jitter",
+        "retry.intervals",
+        "retry.intervals[*]",
+        "business_id",
+        "success_codes",
+        "success_codes[*]",
+        "retry_codes",
+        "retry_codes[*]",
+    ];
+
+    /// Whether `field` is a schema path. Header and form names may hold dots,
+    /// so a `*` after those maps swallows the rest.
+    fn in_schema(field: &str) -> bool {
+        SCHEMA.iter().any(|p| match p.split_once('*') {
+            None => *p == field,
+            Some((head, "")) if head.ends_with('.') => field.len() > head.len() && field.starts_with(head),
+            Some((head, tail)) => field
+                .strip_prefix(head)
+                .and_then(|rest| rest.strip_suffix(tail))
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())),
+        })
+    }
+
+    /// Every path of a JSON document, spelt as errors spell them.
+    fn paths(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let p = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    out.push(p.clone());
+                    paths(child, &p, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let p = format!("{at}[{i}]");
+                    out.push(p.clone());
+                    paths(child, &p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The property itself: a rejection names a field, the document or a path
+    /// of the schema or of the input, and says something.
+    fn names_a_field(e: &FieldError, input: Option<&Value>) -> Result<(), TestCaseError> {
+        prop_assert!(!e.field.is_empty(), "no field: {e:?}");
+        prop_assert!(!e.message.is_empty(), "no message: {e:?}");
+        let mut known = Vec::new();
+        if let Some(v) = input {
+            paths(v, "", &mut known);
+        }
+        prop_assert!(
+            e.field == FieldError::DOCUMENT || in_schema(&e.field) || known.contains(&e.field),
+            "field `{}` is neither in the schema nor in the input: {e:?}",
+            e.field
+        );
+        Ok(())
+    }
+
+    /// Strings with anything in them: control characters, quotes, unicode.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter),
+            prop::sample::select(vec![
+                "",
+                "GET",
+                "post",
+                "https://e.invalid/x",
+                "http://[::1]:1/",
+                "ftp://x",
+                "90s",
+                "-5s",
+                "1e400",
+                "2027-01-15T18:00:00Z",
+                "0 10 * * *",
+                "Asia/Shanghai",
+                "full",
+                "basic",
+                "bearer",
+                "a\nb",
+                "\u{0}",
+                "\u{202e}",
+                "😀",
+                "%00",
+                "\\u0000",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                "request", "method", "url", "headers", "body", "body_base64", "json", "form", "auth", "type",
+                "username", "password", "token", "timeout_ms", "follow_redirects", "schedule", "delay", "at",
+                "cron", "timezone", "retry", "max_attempts", "backoff", "initial", "multiplier", "max", "jitter",
+                "intervals", "business_id", "success_codes", "retry_codes",
+            ])
+            .prop_map(str::to_owned),
+            1 => text(),
+        ]
+    }
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop::sample::select(vec![0i64, 1, -1, 99, 100, 599, 600, 30_000, 30_001, i64::MAX, i64::MIN])
+                .prop_map(Value::from),
+        ]
+    }
+
+    /// Any JSON value, a few levels deep, biased to the schema's own keys.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            number(),
+            text().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A create body using every part of the schema.
+    fn full_body() -> Value {
+        json!({
+            "request": {
+                "method": "POST",
+                "url": "https://hooks.invalid/x?y=1",
+                "headers": {"x-trace": "t1", "content-type": "application/json"},
+                "json": {"a": [1, 2], "b": "c"},
+                "auth": {"type": "bearer", "token": "t0k"},
+                "timeout_ms": 500,
+                "follow_redirects": false,
+            },
+            "schedule": {"delay": "90s"},
+            "retry": {"max_attempts": 3, "backoff": {"initial": "1s", "multiplier": 2, "max": "1m", "jitter": "full"}},
+            "business_id": "order-1",
+            "success_codes": [200, 202],
+            "retry_codes": [404],
+        })
+    }
+
+    /// Replaces (or with `None` removes) the value at `path` of `doc`.
+    fn set_at(doc: &mut Value, path: &[String], to: Option<Value>) {
+        let Some((last, parents)) = path.split_last() else { return };
+        let mut at = doc;
+        for p in parents {
+            at = match at {
+                Value::Object(m) => match m.get_mut(p) {
+                    Some(v) => v,
+                    None => return,
+                },
+                _ => return,
+            };
+        }
+        if let Value::Object(m) = at {
+            match to {
+                Some(v) => {
+                    m.insert(last.clone(), v);
+                }
+                None => {
+                    m.remove(last);
+                }
+            }
+        }
+    }
+
+    /// The object paths of the full body, as key lists.
+    fn body_paths() -> Vec<Vec<String>> {
+        fn walk(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            if let Value::Object(m) = v {
+                for (k, child) in m {
+                    at.push(k.clone());
+                    out.push(at.clone());
+                    walk(child, at, out);
+                    at.pop();
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&full_body(), &mut Vec::new(), &mut out);
+        out
+    }
+
+    /// Raw JSON tokens a `Value` cannot hold: numbers past every Rust type,
+    /// escapes of control characters, lone surrogates, deep nesting.
+    fn raw_token() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "1e400",
+            "-1e400",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "0.0000000000000000000000000001",
+            "-0",
+            "\"\\u0000\\u001f\\u007f\"",
+            "\"\\ud800\"",
+            "\"\\udc00\\ud800\"",
+            "\"\\u202e\\ufeff\"",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+            "{\"\":{\"\":{\"\":null}}}",
+            "tru",
+            "\"unterminated",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    proptest! {
+        #![proptest_config(Config { cases: 1_000, ..Config::default() })]
+
+        #[test]
+        fn any_json_document_is_accepted_or_rejected_naming_a_field(doc in value()) {
+            let bytes = serde_json::to_vec(&doc).expect("a Value serialises");
+            if let Err(e) = parse_create_task(&bytes, NOW) {
+                names_a_field(&e, Some(&doc))?;
+            }
+            if let Err(e) = parse_patch(&bytes) {
+                names_a_field(&e, Some(&doc))?;
+            }
+        }
+
+        #[test]
+        fn any_document_under_request_is_accepted_or_rejected_naming_a_field(
+            request in prop::collection::btree_map(key(), value(), 0..8),
+        ) {
+            let doc = json!({"request": Value::Object(request.into_iter().collect())});
+            if let Err(e) = parse_create_value(doc.clone(), NOW) {
+                names_a_field(&e, Some(&doc))?;
+            }
+        }
+
+        #[test]
+        fn a_valid_body_with_one_field_changed_is_accepted_or_rejected_naming_a_field(
+            path in prop::sample::select(body_paths()),
+            to in prop::option::weighted(0.9, value()),
+        ) {
+            let mut doc = full_body();
+            set_at(&mut doc, &path, to);
+            let bytes = serde_json::to_vec(&doc).expect("a Value serialises");
+            if let Err(e) = parse_create_task(&bytes, NOW) {
+                names_a_field(&e, Some(&doc))?;
+            }
+        }
+
+        #[test]
+        fn a_valid_body_with_a_raw_token_spliced_in_never_panics_and_names_a_field(
+            path in prop::sample::select(body_paths()),
+            token in raw_token(),
+        ) {
+            let mut doc = full_body();
+            set_at(&mut doc, &path, Some(Value::from("__HOLE__")));
+            let text = doc.to_string().replacen("\"__HOLE__\"", &token, 1);
+            let parsed: Option<Value> = serde_json::from_str(&text).ok();
+            if let Err(e) = parse_create_task(text.as_bytes(), NOW) {
+                names_a_field(&e, parsed.as_ref())?;
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_name_the_document(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+            if let Err(e) = parse_create_task(&bytes, NOW) {
+                names_a_field(&e, parsed.as_ref())?;
+            }
+        }
+    }
+
+    #[test]
+    fn the_full_body_is_valid_and_the_checker_knows_its_fields() {
+        let doc = full_body();
+        parse_create_task(doc.to_string().as_bytes(), NOW).expect("the full body is valid");
+        assert!(in_schema("request.headers.x.y") && in_schema("retry.intervals[3]") && in_schema("request.url"));
+        assert!(!in_schema("request.nope") && !in_schema("retry.intervals[x]") && !in_schema("request.headers."));
+    }
+}
+
+#[cfg(test)]
+mod stored_size {
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: EpochMillis = 1_800_000_000_000;
+
+    fn parse(doc: &Value) -> Result<CreateTask, FieldError> {
+        parse_create_task(doc.to_string().as_bytes(), NOW)
+    }
+
+    #[test]
+    fn every_part_at_its_own_limit_still_fits_in_one_item() {
+        // 256 KiB of bytes (stored as base64) plus 16 KiB of headers of quotes (escaped).
+        let b64 = base64::engine::general_purpose::STANDARD.encode(vec![0xffu8; RequestSpec::MAX_BODY_BYTES]);
+        let headers: Map<String, Value> =
+            (0..4).map(|i| (format!("x-h{i}"), Value::from("\"".repeat(4_090)))).collect();
+        let url = format!("https://e.invalid/{}", "a".repeat(TargetUrl::MAX_LEN - 20));
+        let t = parse(&json!({"request": {"method": "PUT", "url": url, "headers": headers, "body_base64": b64}}))
+            .expect("the documented maxima together are accepted");
+        assert!(serde_json::to_vec(&t.spec).expect("json").len() <= MAX_STORED_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn a_json_body_that_escaping_grows_past_the_item_limit_is_too_large_naming_the_body() {
+        // 87,000 empty strings: 261,000 bytes as sent, ~435,000 once escaped into the stored request.
+        let doc = json!({"request": {"method": "POST", "url": "https://e.invalid/", "json": vec![""; 87_000]}});
+        let e = parse(&doc).expect_err("too large once stored");
+        assert_eq!((e.code, e.field.as_str()), ("too_large", "request.body"), "{e:?}");
+    }
+
+    #[test]
+    fn a_credential_too_large_to_store_is_too_large_naming_the_auth() {
+        let doc = json!({"request": {"method": "GET", "url": "https://e.invalid/",
+            "auth": {"type": "bearer", "token": "t".repeat(MAX_STORED_REQUEST_BYTES)}}});
+        let e = parse(&doc).expect_err("too large once stored");
+        assert_eq!((e.code, e.field.as_str()), ("too_large", "request.auth"), "{e:?}");
     }
 }

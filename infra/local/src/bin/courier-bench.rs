@@ -288,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
     // stream batch on AWS); the emulator's transactions copy the whole table,
     // which would make it dominate this run.
     opts.stream_counter = false;
-    opts.extra_env.push(("COURIER_ADMIN_KEY".into(), admin_key.clone()));
+    opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
     opts.extra_env.push(("RUST_LOG".into(), "info".into()));
     opts.function_env.insert("api".into(), vec![("AWS_ENDPOINT_URL".into(), api_proxy)]);
     opts.function_env.insert("sender".into(), vec![("AWS_ENDPOINT_URL".into(), sender_proxy)]);
