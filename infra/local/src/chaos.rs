@@ -246,7 +246,7 @@ pub async fn run(sdk: &aws_config::SdkConfig, opts: ChaosOptions) -> anyhow::Res
     so.reconcile_every = None; // invoked below
     so.stream_counter = false; // off the delivery path
     so.extra_env.extend([
-        ("COURIER_ADMIN_KEY".to_owned(), admin_key.clone()),
+        ("COURIER_ADMIN_KEY_SHA256".to_owned(), courier::domain::hash_key(&admin_key)),
         // A dead sender's lease ends 3 s after its claim (timeout 1 s + 2 s).
         ("COURIER_LEASE_MARGIN_MS".to_owned(), "2000".to_owned()),
         ("COURIER_RECONCILE_GRACE_S".to_owned(), "1".to_owned()),
