@@ -1,7 +1,7 @@
 # Courier. `make run` starts everything locally; `make test` checks everything.
 SHELL := /bin/bash
 
-.PHONY: run test tools bench fuzz build-lambda fmt clean
+.PHONY: run test tools bench fuzz chaos build-lambda fmt clean
 
 ## run: local stack on 127.0.0.1 (emulator, API on :3000, sender, bridges, echo target)
 run:
@@ -34,3 +34,7 @@ bench:
 fuzz:
 	cargo build --workspace --bins
 	infra/fuzz.sh long
+
+## chaos: 1,000 tasks through 10 % failing AWS calls and sender kills (prints figures)
+chaos:
+	infra/chaos.sh

@@ -1204,7 +1204,7 @@ impl TaskStore for DynamoStore {
     ) -> Result<Claim, StoreError> {
         // A token of this claim: a retried request whose first try was applied
         // finds its own claim instead of a live lease of someone else.
-        let token = format!("{:016x}", fastrand::u64(..));
+        let token = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
         let fits = if max_timeout_ms.is_some() { " AND timeout_ms <= :budget" } else { "" };
         let req = self
             .client

@@ -446,7 +446,7 @@ impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C>
             number,
             started_at,
             method: spec.method.as_str().to_owned(),
-            url: spec.url.as_str().to_owned(),
+            url: spec.url.masked(),
             request_headers: Vec::new(),
             request_body_size: spec.body.as_ref().map_or(0, |b| b.len()),
             response_headers: Vec::new(),
@@ -840,6 +840,13 @@ mod tests {
             decide(&exact(), &spec(ResponseRules::default()), &a, ReceiverHints::default(), 2, 0.5),
             Decision::Retry(Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn the_longest_request_fits_in_a_fresh_invocation_with_its_recording_margin() {
+        // Otherwise a task with the longest timeout would come back every second, never sent.
+        let invocation_ms = i64::from(crate::resources::SENDER_TIMEOUT_S) * 1000;
+        assert!(RequestSpec::MAX_TIMEOUT_MS as i64 + RECORD_MARGIN_MS + 1_000 < invocation_ms);
     }
 
     #[test]

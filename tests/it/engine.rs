@@ -388,3 +388,46 @@ async fn a_batch_longer_than_the_invocation_sends_only_what_it_can_record_in_tim
         assert_eq!(field(&attempts, "outcome"), [&json!("success")], "{id}: {attempts:?}");
     }
 }
+
+#[tokio::test]
+async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
+    use courier::ports::{Claim, TaskStore, Unit};
+    use courier_local::fault_proxy::{Fault, FaultPlan, FaultProxy, Service};
+    let sdk = sdk().await;
+    let stack = crate::helpers::unique_stack("e-claimreset");
+    let outputs = courier_local::bootstrap::bootstrap(&sdk, &stack).await.expect("bootstrap");
+    let upstream = std::env::var("AWS_ENDPOINT_URL").expect("endpoint");
+    let proxy = FaultProxy::start(&upstream, FaultPlan::uniform(0.0, 1)).await.expect("proxy");
+    let through_proxy = aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(&proxy.url).build();
+    let store =
+        courier::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(through_proxy), &outputs.names.table, 90);
+    let now = courier::domain::now_millis();
+    let input = courier::domain::parse_create_task(
+        json!({"request": {"method": "POST", "url": "http://claim.invalid/x"}}).to_string().as_bytes(),
+        now,
+    )
+    .expect("valid");
+    let task = courier::domain::NewTask {
+        id: courier::domain::TaskId::generate(),
+        tenant: "tnt_claim".into(),
+        spec: input.spec,
+        retry: input.retry,
+        schedule: input.schedule,
+        business_id: None,
+        created_at: now,
+        due_at: now,
+    };
+    store.create(&task, None).await.expect("stored");
+    // The claim reaches DynamoDB and is applied; its answer is lost; the SDK
+    // sends it again, and that try finds the task already `sending`.
+    proxy.force(Service::DynamoDb, [Fault::ResetAfter]);
+    let unit = Unit { task: task.id.clone(), run: None };
+    let claim = store.claim(&unit, courier::domain::now_millis(), 1_000, None).await.expect("claim answers");
+    let Claim::Claimed { state, interrupted_at } = claim else { panic!("the claim is ours: {claim:?}") };
+    assert_eq!((state.attempts, interrupted_at), (1, None));
+    let stats = proxy.stats();
+    assert_eq!(stats.get(&Service::DynamoDb).and_then(|s| s.faults.get(&Fault::ResetAfter)), Some(&1), "{stats:?}");
+    // Another sender's claim, meanwhile, is refused.
+    let other = store.claim(&unit, courier::domain::now_millis(), 1_000, None).await.expect("claim answers");
+    assert!(matches!(other, Claim::NotClaimable(courier::domain::TaskStatus::Sending)), "{other:?}");
+}

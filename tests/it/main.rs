@@ -3,6 +3,7 @@
 //! creates its own uniquely named stack, so tests run in parallel.
 
 mod bootstrap;
+mod chaos;
 mod cli;
 mod defects;
 mod delivery;

@@ -15,9 +15,11 @@
 //!   call of a function and checks it against `template.yaml`.
 //! - [`echo`] is a target that answers and logs what it receives.
 //! - [`fault_proxy`] fails a chosen share of AWS calls, the ways AWS does.
+//! - [`chaos`] runs tasks through faults and sender kills and checks none is lost.
 //! - [`stack`] starts all of it together.
 
 pub mod bootstrap;
+pub mod chaos;
 pub mod echo;
 pub mod event_source;
 pub mod fault_proxy;
