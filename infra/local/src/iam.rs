@@ -392,7 +392,8 @@ impl Resolver<'_> {
             "AWS::DynamoDB::Table" => self.property(name, "TableName"),
             "AWS::Scheduler::ScheduleGroup" => self.property(name, "Name"),
             "AWS::SQS::Queue" => Ok(format!(
-                "https://sqs.{}.amazonaws.com/{LOCAL_ACCOUNT}/{}",
+                // A queue's `!Ref` is its URL; no policy compares it, so a host-free form does.
+                "queue-url:{}:{LOCAL_ACCOUNT}:{}",
                 self.region,
                 self.property(name, "QueueName")?
             )),
