@@ -21,7 +21,7 @@ case "${1:-}" in
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       echo "http://127.0.0.1:$port"; exit 0
     fi
-    setsid .venv/bin/moto_server -H 127.0.0.1 -p "$port" > ".local/emulator-$port.log" 2>&1 < /dev/null &
+    setsid .venv/bin/python infra/emulator.py -H 127.0.0.1 -p "$port" > ".local/emulator-$port.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
     for _ in $(seq 1 100); do
       if .venv/bin/python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then

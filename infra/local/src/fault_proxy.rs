@@ -10,7 +10,8 @@
 //! in [`crate::stack::StackOptions::function_env`]). It counts calls and
 //! faults per service for the report.
 //!
-//! It also forwards DynamoDB writes one at a time: the emulator serves
+//! It also forwards DynamoDB writes one at a time (as `infra/emulator.py`
+//! now does inside the emulator for every stack): the emulator serves
 //! requests on threads without locking its tables, so two concurrent
 //! conditional updates of one item can both succeed there (measured: 1 in
 //! 100 races of 8), which DynamoDB never allows. A fault test must not

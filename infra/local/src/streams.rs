@@ -1,8 +1,9 @@
 //! The DynamoDB Streams event-source mapping, locally: reads every shard of
 //! the table's stream from its start, keeps the records the deployed mapping's
 //! filter keeps (task `STATE` items), invokes the counter function with the
-//! real DynamoDB event shape, and moves on only when it succeeds (a failure
-//! retries the same batch, as Lambda does).
+//! real DynamoDB event shape, and moves on only when it succeeds: a failure
+//! retries the very same records, as Lambda does (not a fresh read, which
+//! could bring more records and so a batch of another identity).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub async fn run(
     table: String,
     counter: Arc<FunctionHost>,
 ) {
-    let mut bridge = Bridge { streams, ddb, table, counter, iterators: HashMap::new() };
+    let mut bridge = Bridge { streams, ddb, table, counter, iterators: HashMap::new(), failed: HashMap::new() };
     loop {
         match bridge.poll().await {
             Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -40,6 +41,8 @@ struct Bridge {
     counter: Arc<FunctionHost>,
     /// Next iterator per shard (`None`: the shard is finished).
     iterators: HashMap<String, Option<String>>,
+    /// A shard's batch whose invocation failed, with the iterator after it.
+    failed: HashMap<String, (Vec<Value>, Option<String>)>,
 }
 
 impl Bridge {
@@ -65,13 +68,25 @@ impl Bridge {
         let mut delivered = 0;
         let ids: Vec<String> = self.iterators.keys().cloned().collect();
         for id in ids {
+            if let Some((kept, next)) = self.failed.remove(&id) {
+                if let Err(e) = self.counter.invoke(&json!({"Records": kept})).await {
+                    self.failed.insert(id, (kept, next));
+                    return Err(e.into());
+                }
+                delivered += kept.len();
+                self.iterators.insert(id, next);
+                continue;
+            }
             let Some(Some(iterator)) = self.iterators.get(&id).cloned() else { continue };
             let out = self.streams.get_records().shard_iterator(iterator).limit(500).send().await?;
             let records: Vec<Value> = out.records.unwrap_or_default().iter().map(|r| record_json(r, &arn)).collect();
             let kept: Vec<Value> = records.into_iter().filter(is_task_state).collect();
             if !kept.is_empty() {
-                // On failure keep the iterator: the same batch is retried.
-                self.counter.invoke(&json!({"Records": kept})).await?;
+                if let Err(e) = self.counter.invoke(&json!({"Records": kept})).await {
+                    // Lambda retries the same batch: keep it, and the iterator after it.
+                    self.failed.insert(id, (kept, out.next_shard_iterator));
+                    return Err(e.into());
+                }
                 delivered += kept.len();
             }
             self.iterators.insert(id, out.next_shard_iterator);
