@@ -21,23 +21,12 @@
 //! retries are bounded (see `template.yaml`); a batch that still fails goes to
 //! the dead-letter queue, whose alarm calls for a person.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::domain::TaskStatus;
-use crate::ports::{StoreError, TaskStore};
-
-/// One tenant's net change in a batch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TenantDelta {
-    pub statuses: BTreeMap<TaskStatus, i64>,
-    /// Active-task slots to give back (negative) for tasks that left the active set.
-    pub active: i64,
-}
-
-/// Net changes, per tenant.
-pub type Deltas = HashMap<String, TenantDelta>;
+use crate::domain::{Deltas, TaskStatus};
+use crate::ports::{CountStore, StoreError};
 
 /// Whether a task in this status holds an active-task slot.
 fn holds_slot(s: TaskStatus) -> bool {
@@ -85,7 +74,7 @@ pub fn batch_id(records: &[Value]) -> String {
 }
 
 /// Applies one stream batch.
-pub async fn apply<S: TaskStore>(store: &S, records: &[Value]) -> Result<bool, StoreError> {
+pub async fn apply<S: CountStore>(store: &S, records: &[Value]) -> Result<bool, StoreError> {
     let d = deltas(records);
     if d.is_empty() {
         return Ok(true);
@@ -110,6 +99,8 @@ pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use serde_json::json;
 
     use super::*;

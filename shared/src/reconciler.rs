@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::domain::{EpochMillis, QueueMessage, TaskStatus, format_millis, now_millis};
-use crate::ports::{DeliveryQueue, QueueError, StoreError, TaskStore, Unit};
+use crate::ports::{DeliveryLedger, DeliveryQueue, QueueError, ReconcileIndex, StoreError, Unit};
 use crate::resources::RECONCILE_SHARDS;
 
 /// How far before the watermark each run looks again (index lag, clock skew).
@@ -66,7 +66,9 @@ pub struct Reconciler<S, Q> {
     max_pages: usize,
 }
 
-impl<S: TaskStore, Q: DeliveryQueue> Reconciler<S, Q> {
+/// The reconciler reads the index; it reads a run's parent and ends stuck
+/// runs through the ledger.
+impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
     pub fn new(store: S, queue: Q, grace: Duration) -> Self {
         Self { store, queue, grace_ms: grace.as_millis() as i64, page_limit: PAGE_LIMIT, max_pages: MAX_PAGES }
     }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::domain::{QueueMessage, Replay, ReplayStatus, TaskId, now_millis};
-use crate::ports::{DeliveryQueue, ListFilter, QueueError, Retried, StoreError, TaskStore, TenantStore};
+use crate::ports::{DeliveryQueue, ListFilter, QueueError, ReplayStore, Retried, StoreError, TaskStore, TenantStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -39,7 +39,7 @@ pub async fn kick<Q: DeliveryQueue>(queue: &Q, r: &Replay) -> Result<(), QueueEr
 /// Advances replay `id` by one page, if `chain` is its current chain and
 /// `page` its current page (a duplicate delivery of a page message does nothing).
 #[tracing::instrument(skip_all, fields(replay_id = id, chain, page))]
-pub async fn step<S: TaskStore + TenantStore, Q: DeliveryQueue>(
+pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
     store: &S,
     queue: &Q,
     id: &str,

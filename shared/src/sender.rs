@@ -19,7 +19,9 @@ use crate::domain::{
     TaskState, TaskStatus, format_millis, mask_headers, mask_url, now_millis,
 };
 use crate::metrics;
-use crate::ports::{Claim, DeliveryQueue, Scheduler, StoreError, TaskStore, TenantStore, Transition, Unit};
+use crate::ports::{
+    Claim, DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, StoreError, TaskStore, TenantStore, Transition, Unit,
+};
 use crate::resources::QUEUE_RETENTION_S;
 
 /// Courier's version, sent in `User-Agent`.
@@ -185,7 +187,8 @@ struct Handled {
     keep: bool,
 }
 
-impl<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+// The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
+impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     pub fn new(store: S, queue: Q, scheduler: C, http: HttpClients, settings: SenderSettings) -> Self {
         Self { store, queue, scheduler, http, settings }
     }

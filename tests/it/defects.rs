@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use courier::domain::{EpochMillis, NewTask, Quotas, Replay, ReplayFilter, ReplayStatus, TaskId, TaskStatus, Tenant};
 use courier::dynamo::DynamoStore;
-use courier::ports::{Claim, Created, TaskStore, TenantStore, Transition, UniqueKey, Unit};
+use courier::ports::{
+    Claim, CountStore, Created, DeliveryLedger, ReplayStore, TaskStore, TenantStore, Transition, UniqueKey, Unit,
+};
 use courier::sqs::SqsQueue;
 use serde_json::{Value, json};
 

@@ -391,7 +391,7 @@ async fn a_batch_longer_than_the_invocation_sends_only_what_it_can_record_in_tim
 
 #[tokio::test]
 async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
-    use courier::ports::{Claim, TaskStore, Unit};
+    use courier::ports::{Claim, DeliveryLedger, TaskStore, Unit};
     use courier_local::fault_proxy::{Fault, FaultPlan, FaultProxy, Service};
     let sdk = sdk().await;
     let stack = crate::helpers::unique_stack("e-claimreset");

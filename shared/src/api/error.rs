@@ -59,7 +59,7 @@ impl ApiError {
                 tracing::warn!(field, error = %source, "the store refused the input");
                 Self::Invalid(FieldError::new("invalid", field, format!("{field} was refused by the store: change it")))
             }
-            StoreError::Corrupt { .. } => Self::Internal(Box::new(e)),
+            StoreError::Permanent(_) | StoreError::Corrupt { .. } => Self::Internal(Box::new(e)),
         }
     }
 }

@@ -25,7 +25,7 @@ use serde_json::json;
 pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
-use crate::ports::{DeliveryQueue, Scheduler, TaskStore, TenantStore};
+use crate::ports::{CountStore, DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, TaskStore, TenantStore};
 
 /// The largest request body the API accepts (a task's body is at most 256 KiB
 /// of that, more after JSON escaping; a batch of 100 small tasks fits).
@@ -88,7 +88,7 @@ pub struct AppState<S, Q, C> {
 /// The whole API.
 pub fn router<S, Q, C>(state: Arc<AppState<S, Q, C>>) -> Router
 where
-    S: TaskStore + TenantStore,
+    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore,
     Q: DeliveryQueue,
     C: Scheduler,
 {

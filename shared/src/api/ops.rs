@@ -16,7 +16,9 @@ use crate::domain::{
     CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, decode_document,
     format_millis, now_millis,
 };
-use crate::ports::{DeliveryQueue, ListFilter, Retried, StoredTask, TaskStore, TenantStore, Unit};
+use crate::ports::{
+    DeliveryLedger, DeliveryQueue, ListFilter, ReplayStore, Retried, StoredTask, TaskStore, TenantStore, Unit,
+};
 use crate::replays;
 
 /// How many tasks a dry run examines at most.
@@ -84,7 +86,7 @@ pub fn replay_view(r: &Replay) -> Value {
     })
 }
 
-pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+pub async fn create_replay<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -142,7 +144,11 @@ pub async fn create_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     Ok((StatusCode::ACCEPTED, Json(replay_view(&replay))).into_response())
 }
 
-async fn owned_replay<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, tenant: &str, id: &str) -> Result<Replay, ApiError> {
+async fn owned_replay<S: ReplayStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    tenant: &str,
+    id: &str,
+) -> Result<Replay, ApiError> {
     if !super::plausible_id(id) {
         return Err(ApiError::NotFound(format!("no replay {id}")));
     }
@@ -153,7 +159,7 @@ async fn owned_replay<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, tenant: &str,
         .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))
 }
 
-pub async fn get_replay<S: TaskStore + TenantStore, Q, C>(
+pub async fn get_replay<S: ReplayStore + TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -163,7 +169,7 @@ pub async fn get_replay<S: TaskStore + TenantStore, Q, C>(
 }
 
 /// Moves a replay between running and cancelled (optimistic, retried on a race).
-async fn set_status<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+async fn set_status<S: ReplayStore + TenantStore, Q: DeliveryQueue, C>(
     app: &AppState<S, Q, C>,
     headers: &HeaderMap,
     id: &str,
@@ -193,7 +199,7 @@ async fn set_status<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     }
 }
 
-pub async fn cancel_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+pub async fn cancel_replay<S: ReplayStore + TenantStore, Q: DeliveryQueue, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -201,7 +207,7 @@ pub async fn cancel_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
     set_status(&app, &headers, &id, ReplayStatus::Cancelled).await
 }
 
-pub async fn resume_replay<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+pub async fn resume_replay<S: ReplayStore + TenantStore, Q: DeliveryQueue, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -224,7 +230,7 @@ pub(super) fn retry_target(body: &[u8]) -> Result<Option<EpochMillis>, ApiError>
 /// Retries a failed run of a cron task now (a DLQ redrive names the run):
 /// history kept, attempt numbering continues, the retry policy starts a new
 /// round. Runs hold no active-task slot, so none is reserved.
-pub(super) async fn retry_run<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+pub(super) async fn retry_run<S: DeliveryLedger + TaskStore, Q: DeliveryQueue, C>(
     app: &AppState<S, Q, C>,
     task: &StoredTask,
     run: Option<EpochMillis>,

@@ -18,7 +18,8 @@ use crate::domain::{
     parse_idempotency_key, parse_patch,
 };
 use crate::ports::{
-    Cancelled, Created, DeliveryQueue, ListFilter, Retried, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey,
+    Cancelled, CountStore, Created, DeliveryLedger, DeliveryQueue, ListFilter, Retried, Scheduler, StoredTask,
+    TaskStore, TenantStore, UniqueKey,
 };
 
 /// The most tasks one batch may create.
@@ -563,7 +564,7 @@ pub async fn list<S: TaskStore + TenantStore, Q, C>(
 
 /// The tenant's task counts by status (kept by the stream counter, so they
 /// lag changes by about a second) and its active-task quota use.
-pub async fn stats<S: TaskStore + TenantStore, Q, C>(
+pub async fn stats<S: CountStore + TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -673,7 +674,7 @@ pub async fn update<S: TaskStore + TenantStore, Q, C>(
 
 /// Retries a failed task now: history kept, attempt numbering continues, the
 /// retry policy starts a new round.
-pub async fn retry<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
+pub async fn retry<S: DeliveryLedger + TaskStore + TenantStore, Q: DeliveryQueue, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,

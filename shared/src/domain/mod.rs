@@ -2,6 +2,7 @@
 //! classified and how long to wait before the next attempt. Pure: no AWS
 //! types, no I/O, unit-tested inline.
 
+mod counts;
 mod ids;
 mod message;
 mod outcome;
@@ -14,6 +15,7 @@ mod task;
 mod tenant;
 mod validate;
 
+pub use counts::{Deltas, TenantDelta};
 pub use ids::{InvalidId, TaskId};
 pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};

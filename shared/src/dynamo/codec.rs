@@ -1,0 +1,153 @@
+//! The mapping between items and domain values: attribute helpers, a task's
+//! state and a tenant read back, a new task's items written.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::errors::corrupt;
+use super::keys::{SPEC, STATE, key, shard, task_pk, unique_pk};
+use super::{DAY_MS, DynamoStore, Item};
+use crate::domain::{EpochMillis, NewTask, Quotas, RequestSpec, TaskId, TaskKind, TaskState, TaskStatus, Tenant};
+use crate::ports::{StoreError, UniqueKey};
+use crate::resources::{
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
+    TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL,
+};
+
+/// Idempotency keys are remembered this long.
+const IDEMPOTENCY_TTL_MS: i64 = DAY_MS;
+
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(super) fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(super) fn ttl_secs(at_ms: EpochMillis) -> AttributeValue {
+    n(at_ms / 1000)
+}
+
+pub(super) fn get_s<'a>(id: &str, item: &'a Item, k: &str) -> Result<&'a str, StoreError> {
+    opt_s(item, k).ok_or_else(|| corrupt(id, format!("missing string `{k}`")))
+}
+
+pub(super) fn opt_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+pub(super) fn get_n<T: std::str::FromStr>(id: &str, item: &Item, k: &str) -> Result<Option<T>, StoreError> {
+    match item.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_n()
+            .ok()
+            .and_then(|x| x.parse().ok())
+            .map(Some)
+            .ok_or_else(|| corrupt(id, format!("`{k}` is not a number"))),
+    }
+}
+
+pub(super) fn req_n<T: std::str::FromStr>(id: &str, item: &Item, k: &str) -> Result<T, StoreError> {
+    get_n(id, item, k)?.ok_or_else(|| corrupt(id, format!("missing number `{k}`")))
+}
+
+pub(super) fn json<T: serde::de::DeserializeOwned>(id: &str, item: &Item, k: &str) -> Result<T, StoreError> {
+    serde_json::from_str(get_s(id, item, k)?).map_err(|e| corrupt(id, format!("`{k}`: {e}")))
+}
+
+/// The JSON string a domain value is stored as (domain types serialise infallibly).
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+pub(super) fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -> Result<TaskState, StoreError> {
+    let sid = id.as_str();
+    let status = get_s(sid, i, "status")?;
+    Ok(TaskState {
+        id: id.clone(),
+        run,
+        kind: if opt_s(i, "kind") == Some("cron") { TaskKind::Cron } else { TaskKind::Once },
+        tenant: get_s(sid, i, "tenant")?.to_owned(),
+        business_id: opt_s(i, "business_id").map(str::to_owned),
+        status: TaskStatus::parse(status).ok_or_else(|| corrupt(sid, format!("unknown status `{status}`")))?,
+        attempts: req_n(sid, i, "attempts")?,
+        max_attempts: req_n(sid, i, "max_attempts")?,
+        retry_base: get_n(sid, i, "retry_base")?.unwrap_or(0),
+        timeout_ms: get_n(sid, i, "timeout_ms")?.unwrap_or(RequestSpec::MAX_TIMEOUT_MS),
+        created_at: req_n(sid, i, "created_at")?,
+        updated_at: req_n(sid, i, "updated_at")?,
+        due_at: get_n(sid, i, "due_at")?,
+        lease_until: get_n(sid, i, "lease_until")?,
+        host: get_s(sid, i, "host")?.to_owned(),
+        failure_reason: opt_s(i, "failure_reason").map(str::to_owned),
+        last_status: get_n(sid, i, "last_status")?,
+    })
+}
+
+pub(super) fn tenant_from_item(i: &Item) -> Result<Tenant, StoreError> {
+    let id = opt_s(i, PK).and_then(|p| p.strip_prefix("TENANT#")).unwrap_or_default().to_owned();
+    Ok(Tenant {
+        name: get_s(&id, i, "name")?.to_owned(),
+        enabled: i.get("enabled").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        quotas: Quotas {
+            max_active_tasks: req_n(&id, i, "max_active")?,
+            create_rate_per_second: req_n(&id, i, "create_rate")?,
+        },
+        // Never below zero (slots given back for tasks created around the API, say).
+        active: get_n::<i64>(&id, i, "active")?.unwrap_or(0).max(0) as u64,
+        created_at: req_n(&id, i, "created_at")?,
+        id,
+    })
+}
+
+impl DynamoStore {
+    pub(super) fn new_items(&self, task: &NewTask) -> (Item, Item) {
+        let mut spec = key(task_pk(&task.id), SPEC);
+        spec.insert("spec".into(), s(to_json(&task.spec)));
+        spec.insert("retry".into(), s(to_json(&task.retry)));
+        spec.insert("schedule".into(), s(to_json(&task.schedule)));
+        if task.kind() == TaskKind::Once {
+            // The spec outlives any retry schedule; finished state items get their own TTL.
+            spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
+        }
+        let mut state = key(task_pk(&task.id), STATE);
+        state.extend([
+            ("tenant".into(), s(&task.tenant)),
+            ("kind".into(), s(task.kind().as_str())),
+            ("status".into(), s(task.initial_status().as_str())),
+            ("attempts".into(), n(0)),
+            ("max_attempts".into(), n(task.retry.max_attempts())),
+            ("retry_base".into(), n(0)),
+            ("timeout_ms".into(), n(task.spec.timeout_ms)),
+            ("created_at".into(), n(task.created_at)),
+            ("updated_at".into(), n(task.created_at)),
+            ("due_at".into(), n(task.due_at)),
+            ("host".into(), s(task.spec.url.host())),
+            (GPK.into(), s(format!("TENANT#{}", task.tenant))),
+            (GSK.into(), s(task.id.as_str())),
+        ]);
+        if task.kind() == TaskKind::Once {
+            state.insert(RPK.into(), s(format!("RECON#{}", shard(&task.id))));
+            state.insert(RSK.into(), n(task.due_at + self.reconcile_grace_ms));
+        }
+        if let Some(b) = &task.business_id {
+            state.insert("business_id".into(), s(b));
+        }
+        (spec, state)
+    }
+
+    pub(super) fn unique_item(&self, task: &NewTask, k: &UniqueKey) -> Item {
+        let mut item = key(unique_pk(&task.tenant, k), "UNIQUE");
+        item.insert("task_id".into(), s(task.id.as_str()));
+        let expires = match k {
+            UniqueKey::IdempotencyKey(_) => task.created_at + IDEMPOTENCY_TTL_MS,
+            UniqueKey::BusinessId(_) if task.kind() == TaskKind::Cron => i64::MAX / 2,
+            UniqueKey::BusinessId(_) => task.due_at + self.retention_ms,
+        };
+        if expires < i64::MAX / 2 {
+            item.insert(TTL.into(), ttl_secs(expires));
+        }
+        item
+    }
+}

@@ -1,0 +1,277 @@
+//! [`DeliveryLedger`] on DynamoDB: claims under a lease, attempts, transitions, cron runs.
+
+use aws_sdk_dynamodb::types::ReturnValue;
+
+use super::DynamoStore;
+use super::codec::{get_n, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
+use super::errors::{applied, is_conditional_failure, store_error};
+use super::keys::{SPEC, attempt_sk, key, shard, state_sk, task_pk};
+use crate::domain::{Attempt, EpochMillis, RequestSpec, RetryPolicy, TaskId, TaskKind, TaskState, TaskStatus};
+use crate::ports::{Claim, DeliveryLedger, Retried, StoreError, Transition, Unit};
+use crate::resources::{
+    RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL,
+};
+
+/// A unit due within this much is claimable (clock skew between functions).
+const DUE_SLACK_MS: i64 = 1_000;
+
+impl DeliveryLedger for DynamoStore {
+    async fn claim(
+        &self,
+        unit: &Unit,
+        now: EpochMillis,
+        lease_margin: EpochMillis,
+        max_timeout_ms: Option<u64>,
+    ) -> Result<Claim, StoreError> {
+        // A token of this claim: a retried request whose first try was applied
+        // finds its own claim instead of a live lease of someone else.
+        let token = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        let fits = if max_timeout_ms.is_some() { " AND timeout_ms <= :budget" } else { "" };
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            // The lease covers the request's own timeout plus the margin;
+            // `claimed_at` is when the attempt starts, shown if it is interrupted.
+            .update_expression(
+                "SET #s = :sending, attempts = attempts + :one, lease_until = timeout_ms + :lease, \
+                 updated_at = :now, claimed_at = :now, claim_token = :token",
+            )
+            .condition_expression(format!(
+                "attribute_exists(#pk) AND (attribute_not_exists(due_at) OR due_at <= :due) \
+                 AND (#s IN (:pending, :retrying, :scheduled) OR (#s = :sending AND lease_until < :now)){fits}"
+            ))
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":retrying", s(TaskStatus::Retrying.as_str()))
+            .expression_attribute_values(":scheduled", s(TaskStatus::Scheduled.as_str()))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":lease", n(now + lease_margin))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":token", s(&token))
+            .expression_attribute_values(":due", n(now + DUE_SLACK_MS))
+            .return_values(ReturnValue::AllOld);
+        let req = match max_timeout_ms {
+            Some(budget) => req.expression_attribute_values(":budget", n(budget)),
+            None => req,
+        };
+        let res = req.send().await;
+        match res {
+            Ok(out) => {
+                let old = out.attributes.unwrap_or_default();
+                let mut state = state_from_item(&unit.task, unit.run, &old)?;
+                let interrupted_at = (state.status == TaskStatus::Sending)
+                    .then(|| get_n(unit.task.as_str(), &old, "claimed_at").ok().flatten().unwrap_or(state.updated_at));
+                state.status = TaskStatus::Sending;
+                state.attempts += 1;
+                state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
+                state.updated_at = now;
+                Ok(Claim::Claimed { state: Box::new(state), interrupted_at })
+            }
+            // Rare path (early or duplicate delivery, finished task, no time left): read why.
+            Err(e) if is_conditional_failure(&e) => {
+                let Some(item) = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await? else {
+                    return Ok(Claim::Missing);
+                };
+                let st = state_from_item(&unit.task, unit.run, &item)?;
+                if st.status == TaskStatus::Sending && opt_s(&item, "claim_token") == Some(token.as_str()) {
+                    // Our own claim, applied on a try whose answer was lost.
+                    return Ok(Claim::Claimed { state: Box::new(st), interrupted_at: None });
+                }
+                let claimable = match st.status {
+                    TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled => true,
+                    TaskStatus::Sending => st.lease_until.is_some_and(|l| l < now),
+                    _ => false,
+                };
+                Ok(match (st.status, st.due_at) {
+                    (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
+                        if due > now + DUE_SLACK_MS =>
+                    {
+                        Claim::NotDue(due)
+                    }
+                    _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
+                    (status, _) => Claim::NotClaimable(status),
+                })
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn read_state(&self, unit: &Unit) -> Result<Option<TaskState>, StoreError> {
+        let out = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await?;
+        out.map(|i| state_from_item(&unit.task, unit.run, &i)).transpose()
+    }
+
+    async fn get_spec(&self, id: &TaskId) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), SPEC)))
+            .projection_expression("spec, retry")
+            .send()
+            .await
+            .map_err(store_error)?;
+        out.item.map(|i| Ok((json(id.as_str(), &i, "spec")?, json(id.as_str(), &i, "retry")?))).transpose()
+    }
+
+    async fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
+        let mut item = key(task_pk(&unit.task), attempt_sk(unit.run, attempt.number));
+        item.insert("attempt".into(), s(to_json(attempt)));
+        item.insert(TTL.into(), ttl_secs(attempt.started_at + self.retention_ms));
+        self.put(item).send().await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn record_interrupted(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
+        let mut item = key(task_pk(&unit.task), attempt_sk(unit.run, attempt.number));
+        item.insert("attempt".into(), s(to_json(attempt)));
+        item.insert(TTL.into(), ttl_secs(attempt.started_at + self.retention_ms));
+        // A real record (the sender died after writing it) is worth more than this note.
+        let res = self
+            .put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        applied(res).map(|_| ())
+    }
+
+    async fn finish(&self, unit: &Unit, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .condition_expression("#s = :sending AND attempts = :n")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
+            .expression_attribute_values(":n", n(attempt))
+            .expression_attribute_values(":now", n(now));
+        let req = match t {
+            Transition::Succeeded => req
+                .update_expression("SET #s = :to, updated_at = :now, #ttl = :ttl REMOVE lease_until, due_at")
+                .expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
+                .expression_attribute_names("#ttl", TTL)
+                .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+            // One-off tasks and cron runs alike (a run stored before runs were indexed has no
+            // index key: its check time alone keeps it out of the index).
+            Transition::Retry { due_at, status } => req
+                .update_expression(
+                    "SET #s = :to, updated_at = :now, due_at = :due, #rsk = :recon, last_status = :ls \
+                     REMOVE lease_until",
+                )
+                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
+                .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
+                .expression_attribute_values(":due", n(due_at))
+                .expression_attribute_names("#rsk", RSK)
+                .expression_attribute_values(":recon", n(due_at + self.reconcile_grace_ms)),
+            Transition::Failed { reason, status } => req
+                .update_expression(
+                    "SET #s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl, last_status = :ls \
+                     REMOVE lease_until, due_at",
+                )
+                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
+                .expression_attribute_values(":to", s(TaskStatus::Failed.as_str()))
+                .expression_attribute_values(":why", s(reason))
+                .expression_attribute_names("#ttl", TTL)
+                .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+        };
+        applied(req.send().await)
+    }
+
+    async fn start_run(&self, parent: &TaskState, run: EpochMillis) -> Result<(), StoreError> {
+        let mut item = key(task_pk(&parent.id), state_sk(Some(run)));
+        item.extend([
+            ("tenant".into(), s(&parent.tenant)),
+            ("kind".into(), s(TaskKind::Cron.as_str())),
+            ("status".into(), s(TaskStatus::Pending.as_str())),
+            ("attempts".into(), n(0)),
+            ("max_attempts".into(), n(parent.max_attempts)),
+            ("retry_base".into(), n(0)),
+            ("timeout_ms".into(), n(parent.timeout_ms)),
+            ("created_at".into(), n(run)),
+            ("updated_at".into(), n(run)),
+            ("due_at".into(), n(run)),
+            ("host".into(), s(&parent.host)),
+            (TTL.into(), ttl_secs(run + self.retention_ms)),
+            // Runs are reconciled like one-off tasks: a lost message is found again.
+            (RPK.into(), s(format!("RECON#{}", shard(&parent.id)))),
+            (RSK.into(), n(run + self.reconcile_grace_ms)),
+        ]);
+        if let Some(b) = &parent.business_id {
+            item.insert("business_id".into(), s(b));
+        }
+        match self
+            .put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn end_run(&self, unit: &Unit, reason: &str, now: EpochMillis) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .update_expression("SET #s = :c, updated_at = :now, failure_reason = :why REMOVE lease_until, due_at")
+            .condition_expression(
+                "attribute_exists(#pk) AND (#s IN (:pending, :retrying, :scheduled) \
+                 OR (#s = :sending AND lease_until < :now))",
+            )
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":c", s(TaskStatus::Cancelled.as_str()))
+            .expression_attribute_values(":why", s(reason))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":retrying", s(TaskStatus::Retrying.as_str()))
+            .expression_attribute_values(":scheduled", s(TaskStatus::Scheduled.as_str()))
+            .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
+            .send()
+            .await;
+        applied(res)
+    }
+
+    async fn retry_run(&self, unit: &Unit, more: u32, now: EpochMillis) -> Result<Retried, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .update_expression(
+                "SET #s = :pending, due_at = :now, updated_at = :now, retry_base = attempts, \
+                 max_attempts = attempts + :more, #rpk = :shard, #rsk = :recon REMOVE failure_reason",
+            )
+            .condition_expression("#s = :failed")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#rpk", RPK)
+            .expression_attribute_names("#rsk", RSK)
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":more", n(more))
+            .expression_attribute_values(":shard", s(format!("RECON#{}", shard(&unit.task))))
+            .expression_attribute_values(":recon", n(now + self.reconcile_grace_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Retried::Done),
+            Err(e) if is_conditional_failure(&e) => Ok(match self.read_state(unit).await? {
+                Some(st) => Retried::NotFailed(st.status),
+                None => Retried::Missing,
+            }),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The DynamoDB adapter of the store ports ([`crate::ports`]): one `impl`
+//! per port, each in its own file, over one table. The only module that knows
+//! `AttributeValue`s: keys and cursors are in `keys`, the mapping between
+//! items and domain values in `codec`, error classification in `errors`.
+//!
+//! Layout (one table, generic keys `pk`/`sk`):
+//!
+//! | pk | sk | what |
+//! | --- | --- | --- |
+//! | `TASK#<id>` | `STATE` | the small mutable state every status change rewrites; indexed by tenant |
+//! | `TASK#<id>` | `SPEC` | request, retry policy and schedule (rewritten only by PATCH) |
+//! | `TASK#<id>` | `RUN#<ms>` | the state of one cron run, named by its scheduled time |
+//! | `TASK#<id>` | `ATTEMPT#[R<ms>#]<n>` | one per attempt |
+//! | `UNIQUE#<tenant>#B#<business id>` / `…#I#<key>` | `UNIQUE` | which task holds a business id or idempotency key |
+//! | `TENANT#<id>` | `TENANT` / `KEY#<key id>` | a tenant (quotas, active count) and its keys |
+//! | `APIKEY#<sha256>` | `APIKEY` | key lookup by hash |
+//! | `RATE#<tenant>#<second>` | `RATE` | creations in one second |
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::domain::TaskId;
+use crate::ports::StoreError;
+
+mod codec;
+mod counts;
+mod delivery;
+mod errors;
+mod keys;
+mod reconcile;
+mod replays;
+mod tasks;
+mod tenants;
+mod unique;
+
+use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK};
+use codec::s;
+use errors::store_error;
+use keys::task_pk;
+
+type Item = HashMap<String, AttributeValue>;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Tasks and tenants in one DynamoDB table.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    retention_ms: i64,
+    reconcile_grace_ms: i64,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
+        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS, reconcile_grace_ms: 120_000 }
+    }
+
+    /// How long after its due time the reconciler checks on a task.
+    pub fn with_reconcile_grace(mut self, grace_ms: i64) -> Self {
+        self.reconcile_grace_ms = grace_ms;
+        self
+    }
+
+    /// A strongly consistent read of one item.
+    async fn get_item(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(out.item)
+    }
+
+    /// A query over one task's items whose sort key starts with `prefix`.
+    fn task_items(
+        &self,
+        id: &TaskId,
+        prefix: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(task_pk(id)))
+            .expression_attribute_values(":prefix", s(prefix))
+    }
+
+    fn put(&self, item: Item) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+        self.client.put_item().table_name(&self.table).set_item(Some(item))
+    }
+}

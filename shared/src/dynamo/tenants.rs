@@ -1,0 +1,185 @@
+//! [`TenantStore`] on DynamoDB: tenants, their keys, quotas and rate counters.
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+
+use super::codec::{get_n, n, opt_s, req_n, s, tenant_from_item};
+use super::errors::{applied, is_conditional_failure, store_error};
+use super::keys::{key, tenant_pk};
+use super::{DynamoStore, Item};
+use crate::domain::{EpochMillis, Quotas, Tenant};
+use crate::ports::{StoreError, TenantStore};
+use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL};
+
+impl TenantStore for DynamoStore {
+    async fn create_tenant(&self, t: &Tenant) -> Result<(), StoreError> {
+        let mut item = key(tenant_pk(&t.id), "TENANT");
+        item.extend([
+            ("name".into(), s(&t.name)),
+            ("enabled".into(), AttributeValue::Bool(t.enabled)),
+            ("max_active".into(), n(t.quotas.max_active_tasks)),
+            ("create_rate".into(), n(t.quotas.create_rate_per_second)),
+            ("active".into(), n(0)),
+            ("created_at".into(), n(t.created_at)),
+        ]);
+        self.put(item)
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        let out = self.get_item(key(tenant_pk(id), "TENANT")).await?;
+        out.as_ref().map(tenant_from_item).transpose()
+    }
+
+    async fn update_tenant(&self, id: &str, enabled: Option<bool>, quotas: Option<Quotas>) -> Result<bool, StoreError> {
+        let mut sets = Vec::new();
+        let mut req = self.client.update_item().table_name(&self.table).set_key(Some(key(tenant_pk(id), "TENANT")));
+        if let Some(e) = enabled {
+            sets.push("enabled = :e");
+            req = req.expression_attribute_values(":e", AttributeValue::Bool(e));
+        }
+        if let Some(q) = quotas {
+            sets.push("max_active = :m, create_rate = :r");
+            req = req
+                .expression_attribute_values(":m", n(q.max_active_tasks))
+                .expression_attribute_values(":r", n(q.create_rate_per_second));
+        }
+        if sets.is_empty() {
+            return Ok(self.get_tenant(id).await?.is_some());
+        }
+        let res = req
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        applied(res)
+    }
+
+    async fn put_key(&self, tenant: &str, key_id: &str, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
+        let mut lookup = key(format!("APIKEY#{hash}"), "APIKEY");
+        lookup.extend([("tenant".into(), s(tenant)), ("key_id".into(), s(key_id)), ("created_at".into(), n(now))]);
+        let mut listed = key(tenant_pk(tenant), format!("KEY#{key_id}"));
+        listed.extend([("hash".into(), s(hash)), ("created_at".into(), n(now))]);
+        let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
+            let p = Put::builder().table_name(&self.table).set_item(Some(item)).build().map_err(store_error)?;
+            Ok(TransactWriteItem::builder().put(p).build())
+        };
+        self.client
+            .transact_write_items()
+            .transact_items(put(lookup)?)
+            .transact_items(put(listed)?)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn tenant_of_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let out = self.get_item(key(format!("APIKEY#{hash}"), "APIKEY")).await?;
+        Ok(out.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned)))
+    }
+
+    async fn revoke_key(&self, tenant: &str, key_id: &str, now: EpochMillis) -> Result<bool, StoreError> {
+        let listed = self.get_item(key(tenant_pk(tenant), format!("KEY#{key_id}"))).await?;
+        let Some(hash) = listed.as_ref().and_then(|i| opt_s(i, "hash")).map(str::to_owned) else {
+            return Ok(false);
+        };
+        for k in [key(format!("APIKEY#{hash}"), "APIKEY"), key(tenant_pk(tenant), format!("KEY#{key_id}"))] {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(k))
+                .update_expression("SET revoked_at = if_not_exists(revoked_at, :now)")
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(true)
+    }
+
+    async fn list_keys(&self, tenant: &str) -> Result<Vec<(String, EpochMillis, Option<EpochMillis>)>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :k)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":k", s("KEY#"))
+            .send()
+            .await
+            .map_err(store_error)?;
+        out.items
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                let id = opt_s(i, SK).and_then(|k| k.strip_prefix("KEY#")).unwrap_or_default().to_owned();
+                Ok((id.clone(), req_n(&id, i, "created_at")?, get_n(&id, i, "revoked_at")?))
+            })
+            .collect()
+    }
+
+    async fn reserve_active(&self, t: &Tenant, count: u64) -> Result<bool, StoreError> {
+        let Some(limit) = t.quotas.max_active_tasks.checked_sub(count) else { return Ok(false) };
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(&t.id), "TENANT")))
+            .update_expression("ADD active :k")
+            .condition_expression("attribute_exists(#pk) AND (attribute_not_exists(active) OR active <= :lim)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":k", n(count))
+            .expression_attribute_values(":lim", n(limit))
+            .send()
+            .await;
+        applied(res)
+    }
+
+    async fn release_active(&self, tenant: &str, count: u64) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(tenant), "TENANT")))
+            .update_expression("ADD active :k")
+            .condition_expression("active >= :n")
+            .expression_attribute_values(":k", AttributeValue::N(format!("-{count}")))
+            .expression_attribute_values(":n", n(count))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Never below zero (a tenant created before counting, or a double release).
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn take_rate(&self, t: &Tenant, count: u64, now: EpochMillis) -> Result<bool, StoreError> {
+        let Some(limit) = t.quotas.create_rate_per_second.checked_sub(count) else { return Ok(false) };
+        let second = now / 1000;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("RATE#{}#{second}", t.id), "RATE")))
+            .update_expression("ADD #n :k SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#n) OR #n <= :lim")
+            .expression_attribute_names("#n", "n")
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":k", n(count))
+            .expression_attribute_values(":lim", n(limit))
+            .expression_attribute_values(":ttl", n(second + 120))
+            .send()
+            .await;
+        applied(res)
+    }
+}

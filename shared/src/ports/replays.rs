@@ -1,0 +1,14 @@
+//! Replay documents: their progress is saved page by page, guarded by a version.
+
+use std::future::Future;
+
+use super::StoreError;
+use crate::domain::Replay;
+
+/// Replays of failed tasks.
+pub trait ReplayStore: Send + Sync + 'static {
+    fn put_replay(&self, r: &Replay) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_replay(&self, id: &str) -> impl Future<Output = Result<Option<Replay>, StoreError>> + Send;
+    /// Saves `r` if the stored version is `r.version - 1`; `Ok(false)` if it changed meanwhile.
+    fn save_replay(&self, r: &Replay) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
