@@ -1,6 +1,8 @@
 //! Courier's library: the domain (tasks, requests, retry policy, outcome
-//! classification), the ports it needs (task store, delivery queue), their AWS
-//! adapters (DynamoDB, SQS) and the logic behind each Lambda entrypoint.
+//! classification), the ports it needs (one per concern: tasks, the delivery
+//! ledger, the reconcile index, counts, replays, tenants, the queue, the
+//! scheduler), their AWS adapters (DynamoDB, SQS, Scheduler) and the logic
+//! behind each Lambda entrypoint.
 //!
 //! The domain module holds no AWS types; `AttributeValue` mapping lives only
 //! in [`dynamo`], SQS calls only in [`sqs`].

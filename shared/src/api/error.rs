@@ -76,6 +76,19 @@ impl From<ScheduleError> for ApiError {
     }
 }
 
+/// An error and every cause below it, `: `-separated: the store's or queue's
+/// own error is the interesting part, and it sits at the bottom of the chain.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 /// The `field` of an error about the request body as a whole.
 pub(super) const DOCUMENT: &str = FieldError::DOCUMENT;
 
@@ -115,15 +128,45 @@ impl IntoResponse for ApiError {
                 r
             }
             Self::Unavailable(source) => {
-                tracing::error!(error = %self, source = %source, "dependency unavailable");
+                tracing::error!(error = %self, source = %causes(source.as_ref()), "dependency unavailable");
                 let mut r = body(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly", None);
                 r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
                 r
             }
             Self::Internal(source) => {
-                tracing::error!(error = %self, source = %source, "internal error");
+                tracing::error!(error = %self, source = %causes(source.as_ref()), "internal error");
                 body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error", None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the table does not exist")]
+    struct Cause;
+
+    #[test]
+    fn a_transient_store_error_is_a_503_to_try_again() {
+        let resp = ApiError::from(StoreError::Unavailable(Box::new(Cause))).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn a_permanent_store_error_is_an_internal_error_not_an_invitation_to_retry() {
+        let resp = ApiError::from(StoreError::Permanent(Box::new(Cause))).into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!resp.headers().contains_key("retry-after"));
+    }
+
+    #[test]
+    fn the_logged_cause_reaches_the_store_error_underneath() {
+        let e = ApiError::from(StoreError::Permanent(Box::new(Cause)));
+        let ApiError::Internal(source) = &e else { panic!("internal: {e:?}") };
+        assert_eq!(causes(source.as_ref()), "store call cannot succeed as deployed: the table does not exist");
     }
 }
