@@ -70,6 +70,18 @@ pub struct SenderSettings {
     pub schedule_early_s: u64,
 }
 
+impl SenderSettings {
+    /// The sender's share of the function's configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            concurrency: config.sender_concurrency,
+            response_body_limit: config.response_body_limit,
+            lease_margin_ms: config.lease_margin_ms,
+            schedule_early_s: config.schedule_early_s,
+        }
+    }
+}
+
 /// The HTTP clients: connection reuse, HTTP/2 when offered (ALPN), rustls,
 /// no proxies from the environment. Redirects are not followed unless a task
 /// asks. Both clients carry the target guard: a resolver that drops refused
@@ -726,36 +738,6 @@ fn error_text(e: &reqwest::Error) -> String {
         text = text.replace(&format!(" for url ({url})"), "").replace(url.as_str(), &mask_url(url.as_str()));
     }
     text
-}
-
-/// Runs the sender function: builds its clients once and handles SQS batches
-/// until the runtime stops.
-pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_runtime::Error> {
-    let sender = Sender::new(
-        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days)
-            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000),
-        crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
-        crate::schedules::EventBridgeScheduler::new(
-            aws_sdk_scheduler::Client::new(sdk),
-            &config.schedule_group,
-            &config.scheduler_role_arn,
-            &config.queue_url,
-            &config.queue_arn,
-        ),
-        HttpClients::new(config.target_guard.clone())?,
-        SenderSettings {
-            concurrency: config.sender_concurrency,
-            response_body_limit: config.response_body_limit,
-            lease_margin_ms: config.lease_margin_ms,
-            schedule_early_s: config.schedule_early_s,
-        },
-    );
-    let sender = &sender;
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-        let deadline = Some(event.context.deadline as EpochMillis).filter(|d| *d > 0);
-        Ok::<_, lambda_runtime::Error>(sender.handle(event.payload, deadline).await)
-    }))
-    .await
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The HTTP API: one axum [`Router`] behind `lambda_http`.
+//! The HTTP API: one axum [`Router`], served behind `lambda_http` by the
+//! `api` function's `main`.
 //!
 //! Every `/v1` route but health and the OpenAPI document needs
 //! `Authorization: Bearer <key>`: a tenant's API key for tasks, the admin key
@@ -75,6 +76,18 @@ pub struct ApiSettings {
     pub admin_key: Option<crate::config::AdminKeyHash>,
     /// Literal target addresses the guard blocks are refused at create and change.
     pub guard: crate::domain::TargetGuard,
+}
+
+impl ApiSettings {
+    /// The API's share of the function's configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            sqs_delay_max_s: config.sqs_delay_max_s,
+            schedule_early_s: config.schedule_early_s,
+            admin_key: config.admin_key.clone(),
+            guard: config.target_guard.clone(),
+        }
+    }
 }
 
 /// What every handler needs.
@@ -182,34 +195,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("method not allowed on this route".into())
-}
-
-/// Runs the API function: builds its clients and serves the router through
-/// `lambda_http` until the runtime stops.
-pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_http::Error> {
-    let state = Arc::new(AppState {
-        store: crate::dynamo::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            &config.table,
-            config.retention_days,
-        )
-        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000),
-        queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
-        scheduler: crate::schedules::EventBridgeScheduler::new(
-            aws_sdk_scheduler::Client::new(sdk),
-            &config.schedule_group,
-            &config.scheduler_role_arn,
-            &config.queue_url,
-            &config.queue_arn,
-        ),
-        settings: ApiSettings {
-            sqs_delay_max_s: config.sqs_delay_max_s,
-            schedule_early_s: config.schedule_early_s,
-            admin_key: config.admin_key.clone(),
-            guard: config.target_guard.clone(),
-        },
-    });
-    lambda_http::run(router(state)).await
 }
 
 #[cfg(test)]
