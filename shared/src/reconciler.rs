@@ -58,6 +58,8 @@ pub enum ReconcileError {
     Queue(#[from] QueueError),
 }
 
+/// The reconciler with its store and queue, built once per cold start by the
+/// function's `main`.
 pub struct Reconciler<S, Q> {
     store: S,
     queue: Q,
