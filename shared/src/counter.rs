@@ -82,19 +82,13 @@ pub async fn apply<S: CountStore>(store: &S, records: &[Value]) -> Result<bool, 
     store.apply_counts(&batch_id(records), &d).await
 }
 
-/// Runs the counter function: each invocation is one DynamoDB Streams batch;
-/// an error makes Lambda retry the batch.
-pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_runtime::Error> {
-    let store =
-        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days);
-    let store = &store;
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
-        let records = event.payload["Records"].as_array().cloned().unwrap_or_default();
-        let applied = apply(store, &records).await?;
-        tracing::info!(records = records.len(), applied, "status counts updated");
-        Ok::<_, lambda_runtime::Error>(serde_json::json!({"batchItemFailures": []}))
-    }))
-    .await
+/// Handles one invocation: `event` is a DynamoDB Streams batch in Lambda's
+/// event format. An error makes Lambda retry the batch.
+pub async fn handle<S: CountStore>(store: &S, event: &Value) -> Result<Value, StoreError> {
+    let records = event["Records"].as_array().map_or(&[][..], Vec::as_slice);
+    let applied = apply(store, records).await?;
+    tracing::info!(records = records.len(), applied, "status counts updated");
+    Ok(serde_json::json!({"batchItemFailures": []}))
 }
 
 #[cfg(test)]

@@ -1,11 +1,20 @@
-//! Courier's library: the domain (tasks, requests, retry policy, outcome
-//! classification), the ports it needs (one per concern: tasks, the delivery
-//! ledger, the reconcile index, counts, replays, tenants, the queue, the
-//! scheduler), their AWS adapters (DynamoDB, SQS, Scheduler) and the logic
-//! behind each Lambda entrypoint.
+//! Courier's library, in three layers:
 //!
-//! The domain module holds no AWS types; `AttributeValue` mapping lives only
-//! in [`dynamo`], SQS calls only in [`sqs`].
+//! - the domain ([`domain`]: tasks, requests, retry policy, outcome
+//!   classification): pure, no AWS types;
+//! - the ports ([`ports`]: one trait per concern — tasks, the delivery
+//!   ledger, the reconcile index, counts, replays, tenants, the queue, the
+//!   scheduler) and their
+//!   AWS adapters ([`dynamo`], [`sqs`], [`schedules`]; [`metrics`] writes EMF
+//!   lines). `AttributeValue` mapping lives only in [`dynamo`], SQS calls only
+//!   in [`sqs`];
+//! - the use cases behind each Lambda function: [`api`] (the router),
+//!   [`sender`] (the batch handler), [`reconciler`], [`counter`] and
+//!   [`replays`]. They name ports, never adapters, and no Lambda runtime.
+//!
+//! The wiring is in each function's `main` (`functions/*/src/main.rs`): it
+//! reads the [`Config`], builds the SDK clients and adapters once per cold
+//! start and hands them to a use case inside the Lambda runtime's loop.
 
 pub mod api;
 pub mod aws;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::domain::{EpochMillis, QueueMessage, TaskStatus, format_millis, now_millis};
+use crate::domain::{EpochMillis, QueueMessage, TaskStatus, format_millis};
 use crate::ports::{DeliveryLedger, DeliveryQueue, QueueError, ReconcileIndex, StoreError, Unit};
 use crate::resources::RECONCILE_SHARDS;
 
@@ -58,6 +58,8 @@ pub enum ReconcileError {
     Queue(#[from] QueueError),
 }
 
+/// The reconciler with its store and queue, built once per cold start by the
+/// function's `main`.
 pub struct Reconciler<S, Q> {
     store: S,
     queue: Q,
@@ -178,22 +180,4 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
         }
         Ok(())
     }
-}
-
-/// Runs the reconciler function: each invocation (an EventBridge scheduled
-/// event; its content is not used) is one pass.
-pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_runtime::Error> {
-    let reconciler = Reconciler::new(
-        crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table, config.retention_days)
-            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000),
-        crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
-        Duration::from_secs(config.reconcile_grace_s),
-    );
-    let reconciler = &reconciler;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |_event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
-            reconciler.run_once(now_millis()).await.map_err(lambda_runtime::Error::from)
-        },
-    ))
-    .await
 }

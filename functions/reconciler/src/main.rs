@@ -1,10 +1,27 @@
 //! The reconciler Lambda: run every minute by EventBridge, re-enqueues tasks
-//! that are due but in no queue.
+//! that are due but in no queue. The clients are built here, once per cold
+//! start; each invocation (its event's content is not used) is one pass.
+
+use std::time::Duration;
+
+use courier::domain::now_millis;
+use courier::dynamo::DynamoStore;
+use courier::reconciler::Reconciler;
+use courier::sqs::SqsQueue;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;
     let sdk = courier::aws::load().await;
-    courier::reconciler::run(config, &sdk).await
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table, config.retention_days)
+        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000);
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), &config.queue_url, &config.dlq_url);
+    let reconciler = Reconciler::new(store, queue, Duration::from_secs(config.reconcile_grace_s));
+    let reconciler = &reconciler;
+    lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| async move {
+        reconciler.run_once(now_millis()).await.map_err(Error::from)
+    }))
+    .await
 }

@@ -1,10 +1,36 @@
 //! The sender Lambda: SQS batches in, HTTP requests out, partial batch
-//! failures reported for redelivery.
+//! failures reported for redelivery. The clients are built here, once per
+//! cold start; every invocation borrows the one [`Sender`].
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use courier::domain::EpochMillis;
+use courier::dynamo::DynamoStore;
+use courier::schedules::EventBridgeScheduler;
+use courier::sender::{HttpClients, Sender, SenderSettings};
+use courier::sqs::SqsQueue;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;
     let sdk = courier::aws::load().await;
-    courier::sender::run(config, &sdk).await
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table, config.retention_days)
+        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000);
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), &config.queue_url, &config.dlq_url);
+    let scheduler = EventBridgeScheduler::new(
+        aws_sdk_scheduler::Client::new(&sdk),
+        &config.schedule_group,
+        &config.scheduler_role_arn,
+        &config.queue_url,
+        &config.queue_arn,
+    );
+    let http = HttpClients::new(config.target_guard.clone())?;
+    let sender = Sender::new(store, queue, scheduler, http, SenderSettings::from_config(&config));
+    let sender = &sender;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline = Some(event.context.deadline as EpochMillis).filter(|d| *d > 0);
+        Ok::<_, Error>(sender.handle(event.payload, deadline).await)
+    }))
+    .await
 }

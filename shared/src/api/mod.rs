@@ -1,4 +1,5 @@
-//! The HTTP API: one axum [`Router`] behind `lambda_http`.
+//! The HTTP API: one axum [`Router`], served behind `lambda_http` by the
+//! `api` function's `main`.
 //!
 //! Every `/v1` route but health and the OpenAPI document needs
 //! `Authorization: Bearer <key>`: a tenant's API key for tasks, the admin key
@@ -75,6 +76,18 @@ pub struct ApiSettings {
     pub admin_key: Option<crate::config::AdminKeyHash>,
     /// Literal target addresses the guard blocks are refused at create and change.
     pub guard: crate::domain::TargetGuard,
+}
+
+impl ApiSettings {
+    /// The API's share of the function's configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            sqs_delay_max_s: config.sqs_delay_max_s,
+            schedule_early_s: config.schedule_early_s,
+            admin_key: config.admin_key.clone(),
+            guard: config.target_guard.clone(),
+        }
+    }
 }
 
 /// What every handler needs.
@@ -184,169 +197,5 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("method not allowed on this route".into())
 }
 
-/// Runs the API function: builds its clients and serves the router through
-/// `lambda_http` until the runtime stops.
-pub async fn run(config: crate::Config, sdk: &aws_config::SdkConfig) -> Result<(), lambda_http::Error> {
-    let state = Arc::new(AppState {
-        store: crate::dynamo::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            &config.table,
-            config.retention_days,
-        )
-        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000),
-        queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url, &config.dlq_url),
-        scheduler: crate::schedules::EventBridgeScheduler::new(
-            aws_sdk_scheduler::Client::new(sdk),
-            &config.schedule_group,
-            &config.scheduler_role_arn,
-            &config.queue_url,
-            &config.queue_arn,
-        ),
-        settings: ApiSettings {
-            sqs_delay_max_s: config.sqs_delay_max_s,
-            schedule_early_s: config.schedule_early_s,
-            admin_key: config.admin_key.clone(),
-            guard: config.target_guard.clone(),
-        },
-    });
-    lambda_http::run(router(state)).await
-}
-
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use axum::body::Body;
-    use axum::http::{Method, Request, StatusCode};
-    use tower::ServiceExt;
-
-    use super::*;
-
-    /// A router whose clients point nowhere: fine, because every request here
-    /// is answered before any AWS call (routing, or 401 without a key).
-    fn offline_router() -> Router {
-        let region = aws_config::Region::new("us-east-1");
-        let ddb = aws_sdk_dynamodb::Config::builder().behavior_version_latest().region(region.clone()).build();
-        let sqs = aws_sdk_sqs::Config::builder().behavior_version_latest().region(region.clone()).build();
-        let sch = aws_sdk_scheduler::Config::builder().behavior_version_latest().region(region).build();
-        router(Arc::new(AppState {
-            store: crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), "t", 90),
-            queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), "q", "d"),
-            scheduler: crate::schedules::EventBridgeScheduler::new(
-                aws_sdk_scheduler::Client::from_conf(sch),
-                "g",
-                "r",
-                "q",
-                "arn",
-            ),
-            settings: ApiSettings {
-                sqs_delay_max_s: 900,
-                schedule_early_s: 60,
-                admin_key: None,
-                guard: Default::default(),
-            },
-        }))
-    }
-
-    fn spec_routes() -> BTreeSet<(String, String)> {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-        assert_eq!(doc["openapi"], "3.1.0");
-        let mut out = BTreeSet::new();
-        for (path, ops) in doc["paths"].as_object().expect("paths") {
-            for method in ops.as_object().expect("operations").keys() {
-                out.insert((method.to_uppercase(), path.clone()));
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn the_openapi_document_lists_exactly_the_routes() {
-        let routes: BTreeSet<(String, String)> =
-            ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
-        assert_eq!(spec_routes(), routes);
-    }
-
-    #[tokio::test]
-    async fn every_listed_route_is_served_and_other_methods_are_not() {
-        let app = offline_router();
-        let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
-        for path in paths {
-            let concrete = path
-                .replace("{id}", "tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3")
-                .replace("{business_id}", "order-1")
-                .replace("{key_id}", "k1");
-            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
-                let req = Request::builder()
-                    .method(Method::from_bytes(method.as_bytes()).expect("method"))
-                    .uri(&concrete)
-                    .body(Body::empty())
-                    .expect("request");
-                let status = app.clone().oneshot(req).await.expect("response").status();
-                let listed = ROUTES.contains(&(method, path));
-                if listed {
-                    assert!(
-                        status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
-                        "{method} {path} is listed but answered {status}"
-                    );
-                } else {
-                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is not listed");
-                }
-            }
-        }
-    }
-
-    /// Sends one request to the offline router; returns status and the JSON body.
-    async fn answer(method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value, String) {
-        let req = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(uri)
-            .body(Body::from(body))
-            .expect("request");
-        let resp = offline_router().oneshot(req).await.expect("response");
-        let status = resp.status();
-        let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-        let doc = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{method} {uri}: body is not JSON ({e})"));
-        (status, doc, ct)
-    }
-
-    #[tokio::test]
-    async fn every_rejection_before_a_handler_is_the_json_error_shape_naming_what_it_is_about() {
-        // (method, uri, body, status, code, field)
-        type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, Option<&'static str>);
-        let cases: Vec<Case> = vec![
-            ("POST", "/v1/tasks", vec![b' '; MAX_REQUEST_BYTES + 1], 413, "too_large", Some("body")),
-            ("POST", "/v1/tasks/batch", vec![b'{'; MAX_REQUEST_BYTES + 1], 413, "too_large", Some("body")),
-            ("GET", "/v1/tasks/%FF%FE", vec![], 400, "invalid", Some("id")),
-            ("GET", "/v1/tenants/%C3%28/keys", vec![], 405, "method_not_allowed", None),
-            ("DELETE", "/v1/tenants/t/keys/%FF", vec![], 400, "invalid", Some("key_id")),
-            ("GET", "/v2/nothing", vec![], 404, "not_found", None),
-            ("PUT", "/v1/tasks", vec![], 405, "method_not_allowed", None),
-        ];
-        for (method, uri, body, status, code, field) in cases {
-            let (got, doc, ct) = answer(method, uri, body).await;
-            assert_eq!(got.as_u16(), status, "{method} {uri}: {doc}");
-            assert_eq!(ct, "application/json", "{method} {uri}");
-            assert_eq!(doc["error"]["code"], code, "{method} {uri}: {doc}");
-            assert_eq!(doc["error"]["field"].as_str(), field, "{method} {uri}: {doc}");
-            assert!(doc["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {uri}: {doc}");
-        }
-    }
-
-    #[tokio::test]
-    async fn task_routes_need_a_bearer_key() {
-        let app = offline_router();
-        for (method, path) in ROUTES.iter().filter(|(_, p)| !p.ends_with("health") && !p.ends_with("openapi.json")) {
-            let uri = path.replace("{id}", "x").replace("{business_id}", "y").replace("{key_id}", "z");
-            let req = Request::builder()
-                .method(Method::from_bytes(method.as_bytes()).expect("method"))
-                .uri(uri)
-                .body(Body::empty())
-                .expect("request");
-            let resp = app.clone().oneshot(req).await.expect("response");
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
-            assert_eq!(resp.headers()["www-authenticate"], "Bearer");
-        }
-    }
-}
+mod tests;

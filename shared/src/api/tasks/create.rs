@@ -1,0 +1,234 @@
+//! Creating one task: parse and check the request, take the rate and
+//! active-task quotas, store it, then send it on its way (the queue with a
+//! delay, a one-time schedule, or a cron schedule); a repeat of a business id
+//! or idempotency key answers the task already made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::{full_view, owned, reserve};
+use crate::api::{ApiError, ApiSettings, AppState, auth, views};
+use crate::domain::{
+    CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, check_target, now_millis,
+    parse_create_task, parse_idempotency_key,
+};
+use crate::ports::{Created, DeliveryQueue, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey};
+
+/// Where a new task goes.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Route {
+    /// The delivery queue, invisible for `delay`.
+    Queue { delay: Duration },
+    /// A one-time schedule firing at `fire_at`, whose message waits `delay` more.
+    ScheduleAt { fire_at: EpochMillis, delay: Duration },
+    /// A recurring schedule.
+    Cron,
+}
+
+pub(super) fn route(settings: &ApiSettings, task: &NewTask, now: EpochMillis) -> Route {
+    match &task.schedule {
+        Schedule::Cron(_) => Route::Cron,
+        Schedule::Now => Route::Queue { delay: Duration::ZERO },
+        Schedule::At { at } => {
+            let wait_ms = (*at - now).max(0) as u64;
+            if wait_ms <= settings.sqs_delay_max_s * 1000 {
+                // Whole seconds, rounded up: never early (the sender defers any remainder).
+                Route::Queue { delay: Duration::from_secs(wait_ms.div_ceil(1000)) }
+            } else {
+                // at() has whole seconds: fire on a second boundary and let the
+                // delay end on the first second boundary not before the due time.
+                let fire_s = (*at - settings.schedule_early_s as i64 * 1000).div_euclid(1000);
+                let arrive_s = (*at + 999).div_euclid(1000);
+                Route::ScheduleAt { fire_at: fire_s * 1000, delay: Duration::from_secs((arrive_s - fire_s) as u64) }
+            }
+        }
+    }
+}
+
+pub(super) fn new_task(tenant: &Tenant, input: CreateTask, now: EpochMillis) -> NewTask {
+    let due_at = match &input.schedule {
+        Schedule::Now => now,
+        Schedule::At { at } => *at,
+        Schedule::Cron(c) => c.next_after(now).unwrap_or(now),
+    };
+    NewTask {
+        id: TaskId::generate(),
+        tenant: tenant.id.clone(),
+        spec: input.spec,
+        retry: input.retry,
+        schedule: input.schedule,
+        business_id: input.business_id,
+        created_at: now,
+        due_at,
+    }
+}
+
+fn unique_key(input: &CreateTask, headers: &HeaderMap) -> Result<Option<UniqueKey>, ApiError> {
+    if let Some(b) = &input.business_id {
+        return Ok(Some(UniqueKey::BusinessId(b.clone())));
+    }
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v.to_str().unwrap_or("\u{0}");
+            Ok(Some(UniqueKey::IdempotencyKey(parse_idempotency_key(k)?)))
+        }
+    }
+}
+
+pub(super) async fn check_rate<S: TenantStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    t: &Tenant,
+    n: u64,
+) -> Result<(), ApiError> {
+    if app.store.take_rate(t, n, now_millis()).await? {
+        Ok(())
+    } else {
+        Err(ApiError::TooMany {
+            code: "rate_limited",
+            message: format!("create rate quota of {} tasks per second exceeded", t.quotas.create_rate_per_second),
+            retry_after_s: 1,
+        })
+    }
+}
+
+/// Sends a stored task on its way (queue or schedule).
+pub(super) async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    task: &NewTask,
+    now: EpochMillis,
+) -> Result<(), ApiError> {
+    match route(&app.settings, task, now) {
+        Route::Queue { delay } => app.queue.enqueue(&QueueMessage::deliver(&task.id), delay).await?,
+        Route::ScheduleAt { fire_at, delay } => {
+            app.scheduler.create_at(task.id.as_str(), fire_at, &QueueMessage::deliver(&task.id), delay).await?
+        }
+        Route::Cron => {
+            let Schedule::Cron(c) = &task.schedule else { unreachable!("routed as cron") };
+            app.scheduler.create_cron(task.id.as_str(), c, &QueueMessage::cron_template(&task.id)).await?
+        }
+    }
+    Ok(())
+}
+
+/// Undoes a stored task that could not be dispatched: nothing half-made stays.
+/// (Its active-task slot comes back when the stream counter sees the delete.)
+pub(super) async fn roll_back<S: TaskStore + TenantStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    task: &NewTask,
+    key: Option<&UniqueKey>,
+) {
+    if let Err(e) = app.store.discard(task, key).await.map(|_| ()) {
+        tracing::error!(task_id = %task.id, error = %e, "could not discard an undispatched task");
+    }
+}
+
+/// The view of a task just stored, built from what was written (no read back).
+pub(super) fn created_view(task: &NewTask, now: EpochMillis) -> Value {
+    let stored = StoredTask {
+        state: task.initial_state(),
+        spec: task.spec.clone(),
+        retry: task.retry.clone(),
+        schedule: task.schedule.clone(),
+    };
+    let mut view = views::task(&stored, None, &[], now);
+    view["created"] = Value::Bool(true);
+    view
+}
+
+fn replay_response(mut view: Value) -> Response {
+    view["created"] = Value::Bool(false);
+    let mut r = (StatusCode::OK, Json(view)).into_response();
+    r.headers_mut().insert("courier-idempotent-replay", HeaderValue::from_static("true"));
+    r
+}
+
+#[tracing::instrument(skip_all, fields(tenant, task_id))]
+pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = auth::tenant(&app, &headers).await?;
+    tracing::Span::current().record("tenant", tenant.id.as_str());
+    let now = now_millis();
+    let input = parse_create_task(&body, now)?;
+    check_target(&input.spec.url, &app.settings.guard, "request.url")?;
+    let key = unique_key(&input, &headers)?;
+    // Fast path for a repeat: only when the holder is readable (its creator
+    // may be between the key and the task; the store's create waits for it).
+    if let Some(k) = &key
+        && let Some(existing) = app.store.find_by_key(&tenant.id, k).await?
+        && let Some(found) = app.store.get(&existing).await?.filter(|t| t.state.tenant == tenant.id)
+    {
+        return Ok(replay_response(full_view(&app, &found).await?));
+    }
+    check_rate(&app, &tenant, 1).await?;
+    reserve(&app, &tenant, 1).await?;
+    let task = new_task(&tenant, input, now);
+    tracing::Span::current().record("task_id", task.id.as_str());
+    match app.store.create(&task, key.as_ref()).await {
+        Ok(Created::New) => {}
+        Ok(Created::Existing(existing)) => {
+            app.store.release_active(&tenant.id, 1).await?;
+            return Ok(replay_response(full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?));
+        }
+        Err(e) => {
+            app.store.release_active(&tenant.id, 1).await.ok();
+            return Err(e.into());
+        }
+    }
+    if let Err(e) = dispatch(&app, &task, now).await {
+        roll_back(&app, &task, key.as_ref()).await;
+        return Err(e);
+    }
+    tracing::info!(task_id = %task.id, host = task.spec.url.host(), kind = task.kind().as_str(), "task created");
+    let view = created_view(&task, now_millis());
+    let mut r = (StatusCode::CREATED, Json(view)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.id)) {
+        r.headers_mut().insert("location", loc);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RequestSpec, RetryPolicy};
+
+    fn task(schedule: Schedule) -> NewTask {
+        NewTask {
+            id: TaskId::generate(),
+            tenant: "t".into(),
+            spec: RequestSpec::example(),
+            retry: RetryPolicy::default(),
+            schedule,
+            business_id: None,
+            created_at: 0,
+            due_at: 0,
+        }
+    }
+
+    #[test]
+    fn tasks_due_within_fifteen_minutes_go_to_sqs_and_later_ones_to_the_scheduler() {
+        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None, guard: Default::default() };
+        assert_eq!(route(&s, &task(Schedule::Now), 0), Route::Queue { delay: Duration::ZERO });
+        assert_eq!(route(&s, &task(Schedule::At { at: 90_500 }), 0), Route::Queue { delay: Duration::from_secs(91) });
+        assert_eq!(route(&s, &task(Schedule::At { at: 900_000 }), 0), Route::Queue { delay: Duration::from_secs(900) });
+        assert_eq!(
+            route(&s, &task(Schedule::At { at: 3_600_000 }), 0),
+            Route::ScheduleAt { fire_at: 3_540_000, delay: Duration::from_secs(60) }
+        );
+        assert_eq!(
+            route(&s, &task(Schedule::At { at: 3_600_500 }), 0),
+            Route::ScheduleAt { fire_at: 3_540_000, delay: Duration::from_secs(61) }
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! One delivery: claim the unit (a conditional write with a lease), send
+//! its request, record the attempt and move the task on. Returns a
+//! [`DeliveryOutcome`], so tests drive it without sleeping.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::retry::Decision;
+use super::{DeliveryOutcome, RECORD_MARGIN_MS, Sender, decide};
+use crate::domain::{Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, format_millis, now_millis};
+use crate::metrics;
+use crate::ports::{Claim, DeliveryLedger, DeliveryQueue, Scheduler, StoreError, Transition, Unit};
+
+/// What the sender says about an attempt a stopped sender left unfinished.
+pub const INTERRUPTED_REASON: &str = "sender stopped during the attempt (lease expired)";
+
+impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+    /// Delivers one unit: claim, send, record, transition. Returns what
+    /// happened and, once claimed, the task's tenant. With a `deadline`, the
+    /// claim only takes a task whose request timeout fits before it with
+    /// [`RECORD_MARGIN_MS`] to spare.
+    #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
+    pub async fn deliver(
+        &self,
+        unit: &Unit,
+        deadline: Option<EpochMillis>,
+    ) -> Result<(DeliveryOutcome, Option<String>), StoreError> {
+        let now = now_millis();
+        let budget = deadline.map(|d| d - now - RECORD_MARGIN_MS);
+        if budget.is_some_and(|b| b < 1) {
+            return Ok((DeliveryOutcome::NoTime, None));
+        }
+        let budget = budget.map(|b| b as u64);
+        let (state, interrupted_at) =
+            match self.store.claim(unit, now, self.settings.lease_margin_ms as i64, budget).await? {
+                Claim::Claimed { state, interrupted_at } => (state, interrupted_at),
+                Claim::NoTime => return Ok((DeliveryOutcome::NoTime, None)),
+                Claim::NotDue(due) => {
+                    return Ok((
+                        DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) },
+                        None,
+                    ));
+                }
+                Claim::NotClaimable(status) => {
+                    tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
+                    return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
+                }
+                Claim::Missing => {
+                    return Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None));
+                }
+            };
+        let tenant = Some(state.tenant.clone());
+        let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
+            // Nothing can ever be sent: end it (its slot comes back), then park the message.
+            let reason = format!("task {} has no request spec", unit.task);
+            let failed = Transition::Failed { reason: reason.clone(), status: None };
+            if !self.store.finish(unit, state.attempts, &failed, now_millis()).await? {
+                return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
+            }
+            return Ok((DeliveryOutcome::Poison { reason }, tenant));
+        };
+        if let Some(started_at) = interrupted_at {
+            self.note_interrupted(unit, &state, &spec, started_at).await;
+        }
+        let number = state.attempts;
+        let (mut attempt, hints) = self.send(&state, &spec).await;
+        let decision = decide(&retry, &spec, &attempt, hints, number - state.retry_base, fastrand::f64());
+        if let Decision::Retry(delay) = decision {
+            attempt.next_delay_ms = Some(delay.as_millis() as u64);
+        }
+        tracing::info!(
+            tenant = %state.tenant,
+            attempt = number,
+            outcome = attempt.outcome.as_str(),
+            status = attempt.status_code,
+            duration_ms = attempt.duration_ms,
+            error = attempt.error.as_deref(),
+            "attempt"
+        );
+        // The request went out: losing its record now would send it again.
+        persist(deadline, || self.store.record_attempt(unit, &attempt)).await?;
+        let at = now_millis();
+        let (transition, result, metric) = match decision {
+            Decision::Succeed => {
+                (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }, metrics::DELIVERED)
+            }
+            Decision::Retry(delay) => (
+                Transition::Retry { due_at: at + delay.as_millis() as i64, status: attempt.status_code },
+                DeliveryOutcome::RetryScheduled { attempt: number, delay },
+                metrics::RETRIED,
+            ),
+            Decision::Fail(reason) => (
+                Transition::Failed { reason: reason.clone(), status: attempt.status_code },
+                DeliveryOutcome::Failed { attempt: number, reason },
+                metrics::FAILED,
+            ),
+        };
+        if !persist(deadline, || self.store.finish(unit, number, &transition, at)).await? {
+            return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
+        }
+        let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);
+        emit(metric, Some(&unit.task), Some((&attempt, lag)));
+        Ok((result, tenant))
+    }
+
+    /// Records the attempt a stopped sender left unfinished (the claim took
+    /// over its expired lease). Best effort: the delivery goes on without it.
+    async fn note_interrupted(&self, unit: &Unit, state: &TaskState, spec: &RequestSpec, started_at: EpochMillis) {
+        let number = state.attempts.saturating_sub(1);
+        let attempt = Attempt {
+            run: state.run,
+            number,
+            started_at,
+            method: spec.method.as_str().to_owned(),
+            url: spec.url.masked(),
+            request_headers: Vec::new(),
+            request_body_size: spec.body.as_ref().map_or(0, |b| b.len()),
+            response_headers: Vec::new(),
+            duration_ms: 0,
+            status_code: None,
+            outcome: Outcome::Interrupted,
+            response_body: None,
+            error: Some(INTERRUPTED_REASON.to_owned()),
+            next_delay_ms: None,
+        };
+        tracing::warn!(tenant = %state.tenant, attempt = number, started_at = %format_millis(started_at), "previous attempt was interrupted");
+        if let Err(e) = self.store.record_interrupted(unit, &attempt).await {
+            tracing::warn!(error = %e, attempt = number, "could not record the interrupted attempt");
+        }
+    }
+}
+
+/// Runs a store write that must not be lost (the request it records was
+/// sent), trying again a few times past the SDK's own retries while the
+/// invocation has time.
+async fn persist<T, F, Fut>(deadline: Option<EpochMillis>, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut tries = 1;
+    loop {
+        match write().await {
+            Err(StoreError::Unavailable(e))
+                if tries < 4 && deadline.is_none_or(|d| now_millis() + wait.as_millis() as i64 + 1_000 < d) =>
+            {
+                tracing::warn!(error = %e, tries, "store write failed after the request was sent; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            res => return res,
+        }
+    }
+}
+
+/// Prints one EMF line for an attempt (or a deferral).
+pub(super) fn emit(metric: &str, task: Option<&TaskId>, attempt: Option<(&Attempt, Option<EpochMillis>)>) {
+    let mut values: Vec<(&str, f64)> = vec![(metric, 1.0)];
+    let mut props = Map::new();
+    if let Some(t) = task {
+        props.insert("task_id".into(), Value::String(t.to_string()));
+    }
+    if let Some((a, lag)) = attempt {
+        values.push((metrics::ATTEMPT_DURATION_MS, a.duration_ms as f64));
+        if let Some(lag) = lag {
+            values.push((metrics::SCHEDULE_LAG_MS, lag.max(0) as f64));
+        }
+        props.insert("outcome".into(), Value::String(a.outcome.as_str().to_owned()));
+        props.insert("attempt".into(), json!(a.number));
+    }
+    println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), &values, props));
+}

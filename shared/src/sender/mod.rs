@@ -1,0 +1,241 @@
+//! The sender: takes an SQS batch, delivers every message concurrently
+//! (bounded), and reports the messages to redeliver as `batchItemFailures`.
+//!
+//! One delivery is [`Sender::deliver`]: claim (conditional write with a
+//! lease), send, record the attempt, move the task on. It returns a
+//! [`DeliveryOutcome`], so tests drive it without sleeping. Retries wait on
+//! the message's visibility timeout; waits SQS cannot hold (over 12 hours, or
+//! past the message's retention) become a one-time Scheduler schedule.
+//!
+//! This module is the batch handler: one record in, what to do with its
+//! message out. The steps live beside it: `deliver` (claim, send, record,
+//! transition), `http` (the guarded HTTP clients, sending one attempt),
+//! `retry` (the next step after an attempt, long waits handed to Scheduler)
+//! and `dlq` (what is parked on the dead-letter queue). The function's
+//! `main` builds the adapters and hands them to [`Sender::new`].
+
+mod deliver;
+mod dlq;
+mod http;
+mod retry;
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use futures_util::StreamExt;
+
+use crate::domain::{EpochMillis, QueueMessage, TaskId, TaskStatus, now_millis};
+use crate::metrics;
+use crate::ports::{DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, StoreError, TaskStore, TenantStore, Unit};
+
+pub use deliver::INTERRUPTED_REASON;
+use deliver::emit;
+pub use http::{HttpClientError, HttpClients, VERSION};
+pub use retry::{Decision, MAX_VISIBILITY_WAIT, decide, wait_needs_scheduler};
+
+/// Time kept in hand after a request's timeout, before the invocation's
+/// deadline, to record the attempt and move the task on (a few store calls,
+/// with the SDK's own retries).
+pub const RECORD_MARGIN_MS: i64 = 5_000;
+/// A message there is no time for in this invocation comes back this soon.
+const NO_TIME_RETRY: Duration = Duration::from_secs(1);
+
+/// What one delivery did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeliveryOutcome {
+    /// The target answered with success.
+    Delivered { attempt: u32 },
+    /// The attempt failed and another is due after `delay`.
+    RetryScheduled { attempt: u32, delay: Duration },
+    /// The task failed for good (stopped or exhausted).
+    Failed { attempt: u32, reason: String },
+    /// Not due yet (an early or duplicate delivery): look again after `delay`.
+    Deferred { delay: Duration },
+    /// Nothing was sent: the task is final, leased by another sender, or the lease was lost.
+    Skipped { reason: &'static str },
+    /// Nothing was sent: the request could not finish and be recorded before
+    /// the invocation's deadline. Another invocation takes it soon.
+    NoTime,
+    /// The message names no task: park it on the DLQ.
+    Poison { reason: String },
+}
+
+/// Settings the sender reads from [`crate::Config`].
+#[derive(Clone, Debug)]
+pub struct SenderSettings {
+    pub concurrency: usize,
+    pub response_body_limit: usize,
+    pub lease_margin_ms: u64,
+    /// A one-time schedule for a long retry fires this long before its time.
+    pub schedule_early_s: u64,
+}
+
+impl SenderSettings {
+    /// The sender's share of the function's configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            concurrency: config.sender_concurrency,
+            response_body_limit: config.response_body_limit,
+            lease_margin_ms: config.lease_margin_ms,
+            schedule_early_s: config.schedule_early_s,
+        }
+    }
+}
+
+/// The sender with its clients, built once per cold start.
+pub struct Sender<S, Q, C> {
+    store: S,
+    queue: Q,
+    scheduler: C,
+    http: HttpClients,
+    settings: SenderSettings,
+}
+
+/// One record's result: keep it on the queue for redelivery or not.
+struct Handled {
+    keep: bool,
+}
+
+// The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
+impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+    pub fn new(store: S, queue: Q, scheduler: C, http: HttpClients, settings: SenderSettings) -> Self {
+        Self { store, queue, scheduler, http, settings }
+    }
+
+    /// Handles one SQS batch: every record concurrently, failures reported by
+    /// id. `deadline` (epoch ms) is when the invocation ends: no request starts
+    /// that could not finish and be recorded before it.
+    pub async fn handle(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> SqsBatchResponse {
+        let handled: Vec<(String, Handled)> = futures_util::stream::iter(event.records)
+            .map(|record| async move {
+                (record.message_id.clone().unwrap_or_default(), self.process(&record, deadline).await)
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let mut resp = SqsBatchResponse::default();
+        for (message_id, h) in handled {
+            if h.keep {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = message_id;
+                resp.batch_item_failures.push(f);
+            }
+        }
+        resp
+    }
+
+    #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
+    async fn process(&self, record: &SqsMessage, deadline: Option<EpochMillis>) -> Handled {
+        if deadline.is_some_and(|d| now_millis() + RECORD_MARGIN_MS >= d) {
+            tracing::info!("no time left in this invocation; the message comes back soon");
+            return Handled { keep: self.retry_later(record, NO_TIME_RETRY).await };
+        }
+        let body = record.body.as_deref().unwrap_or_default();
+        let (task_id, run) = match QueueMessage::from_body(body) {
+            Some(QueueMessage::ReplayV1 { replay_id, chain, page }) => {
+                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain, page).await;
+                if let Err(e) = &res {
+                    tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
+                }
+                return Handled { keep: res.is_err() };
+            }
+            Some(QueueMessage::DeliverV1 { task_id, run }) => (task_id, Ok(run)),
+            Some(QueueMessage::CronV1 { task_id, scheduled_time }) => {
+                (task_id, QueueMessage::scheduled_run(&scheduled_time).map(Some))
+            }
+            None => (String::new(), Err("unreadable message body".to_owned())),
+        };
+        let (unit, outcome) = match self.unit_of(&task_id, run).await {
+            Err(e) => (None, Err(e)),
+            Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
+            Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
+            Ok(Ok(Some(unit))) => match self.deliver(&unit, deadline).await {
+                Ok((outcome, tenant)) => (tenant.map(|t| (unit, t)), Ok(outcome)),
+                Err(e) => (None, Err(e)),
+            },
+        };
+        let keep = |keep: bool| Handled { keep };
+        match outcome {
+            Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
+            Ok(DeliveryOutcome::NoTime) => {
+                tracing::info!(task_id = %task_id, "no time left for this request in this invocation; it comes back soon");
+                keep(self.retry_later(record, NO_TIME_RETRY).await)
+            }
+            Ok(DeliveryOutcome::Delivered { .. }) => keep(false),
+            Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
+                let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+                match (&unit, wait_needs_scheduler(delay, sent_at, now_millis())) {
+                    (Some((u, _)), true) => keep(self.schedule_retry(u, delay).await.is_err()),
+                    _ => keep(self.retry_later(record, delay).await),
+                }
+            }
+            Ok(DeliveryOutcome::Deferred { delay }) => {
+                emit(metrics::DEFERRED, unit.as_ref().map(|(u, _)| &u.task), None);
+                keep(self.retry_later(record, delay).await)
+            }
+            Ok(DeliveryOutcome::Failed { reason, .. }) => {
+                keep(self.park(dlq::failed_doc(unit.as_ref(), &reason)).await.is_err())
+            }
+            Ok(DeliveryOutcome::Poison { reason }) => {
+                tracing::error!(reason = %reason, "poison message");
+                keep(self.park(dlq::poison_doc(&reason, body)).await.is_err())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
+                keep(true)
+            }
+        }
+    }
+
+    /// Leaves the message for redelivery after `delay`; always true (keep it).
+    async fn retry_later(&self, record: &SqsMessage, delay: Duration) -> bool {
+        let receipt = record.receipt_handle.as_deref().unwrap_or_default();
+        if let Err(e) = self.queue.retry_later(receipt, delay).await {
+            // The queue's visibility timeout brings the message back anyway.
+            tracing::warn!(error = %e, "could not set the retry delay");
+        }
+        true
+    }
+
+    /// Resolves a message's task and run: the unit to deliver, `None` for a firing of a cron
+    /// task that is not active, or the reason it is poison. Only a cron firing
+    /// costs a read here (of its task); a one-off task is read by its claim.
+    async fn unit_of(
+        &self,
+        task_id: &str,
+        run: Result<Option<EpochMillis>, String>,
+    ) -> Result<Result<Option<Unit>, String>, StoreError> {
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let task = match TaskId::parse(task_id) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Some(run) = run {
+            let Some(parent) = self.store.read_state(&Unit { task: task.clone(), run: None }).await? else {
+                return Ok(Err(format!("no task {task}")));
+            };
+            if parent.status != TaskStatus::Active {
+                tracing::info!(task_id = %task, status = parent.status.as_str(), "cron firing ignored");
+                return Ok(Ok(None));
+            }
+            self.store.start_run(&parent, run).await?;
+        }
+        Ok(Ok(Some(Unit { task, run })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RequestSpec;
+
+    #[test]
+    fn the_longest_request_fits_in_a_fresh_invocation_with_its_recording_margin() {
+        // Otherwise a task with the longest timeout would come back every second, never sent.
+        let invocation_ms = i64::from(crate::resources::SENDER_TIMEOUT_S) * 1000;
+        assert!(RequestSpec::MAX_TIMEOUT_MS as i64 + RECORD_MARGIN_MS + 1_000 < invocation_ms);
+    }
+}
