@@ -365,12 +365,12 @@ pub trait Scheduler: Send + Sync + 'static {
         msg: &QueueMessage,
         delay: Duration,
     ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
-    /// A recurring schedule sending `msg` on every firing.
+    /// A recurring schedule sending a cron firing of `task` on every firing.
     fn create_cron(
         &self,
         name: &str,
         cron: &CronSchedule,
-        msg: &QueueMessage,
+        task: &TaskId,
     ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
     /// Deletes a schedule; a missing one is not an error.
     fn delete(&self, name: &str) -> impl Future<Output = Result<(), ScheduleError>> + Send;
@@ -379,7 +379,7 @@ pub trait Scheduler: Send + Sync + 'static {
         &self,
         name: &str,
         cron: &CronSchedule,
-        msg: &QueueMessage,
+        task: &TaskId,
         enabled: bool,
     ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
 }

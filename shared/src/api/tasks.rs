@@ -50,11 +50,8 @@ fn route(settings: &ApiSettings, task: &NewTask, now: EpochMillis) -> Route {
                 // Whole seconds, rounded up: never early (the sender defers any remainder).
                 Route::Queue { delay: Duration::from_secs(wait_ms.div_ceil(1000)) }
             } else {
-                // at() has whole seconds: fire on a second boundary and let the
-                // delay end on the first second boundary not before the due time.
-                let fire_s = (*at - settings.schedule_early_s as i64 * 1000).div_euclid(1000);
-                let arrive_s = (*at + 999).div_euclid(1000);
-                Route::ScheduleAt { fire_at: fire_s * 1000, delay: Duration::from_secs((arrive_s - fire_s) as u64) }
+                let h = crate::domain::scheduler_handoff(*at, Duration::from_secs(settings.schedule_early_s));
+                Route::ScheduleAt { fire_at: h.fire_at, delay: h.delay }
             }
         }
     }
@@ -128,7 +125,7 @@ async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
         }
         Route::Cron => {
             let Schedule::Cron(c) = &task.schedule else { unreachable!("routed as cron") };
-            app.scheduler.create_cron(task.id.as_str(), c, &QueueMessage::cron_template(&task.id)).await?
+            app.scheduler.create_cron(task.id.as_str(), c, &task.id).await?
         }
     }
     Ok(())
@@ -247,8 +244,7 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     let tenant = auth::tenant(&app, &headers).await?;
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
+    let doc = crate::domain::parse_document(&body)?;
     let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
     else {
         return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());
@@ -464,11 +460,7 @@ fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<EpochMill
     pairs
         .iter()
         .find(|(k, _)| k == name)
-        .map(|(_, v)| {
-            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
-                .map_err(|_| FieldError::new("invalid", name, format!("{name} must be an RFC 3339 time")).into())
-        })
+        .map(|(_, v)| crate::domain::parse_time(name, v).map_err(ApiError::from))
         .transpose()
 }
 
@@ -690,7 +682,7 @@ pub async fn retry<S: TaskStore + TenantStore, Q: DeliveryQueue, C>(
         return Err(FieldError::new("invalid", "run", "only a cron task's runs are retried by run").into());
     }
     reserve(&app, &tenant, 1).await?;
-    match app.store.retry_failed(&task.state.id, task.retry.max_attempts(), now_millis()).await {
+    match app.store.retry_failed(&task.state.id, task.state.round_attempts(), now_millis()).await {
         Ok(Retried::Done) => {}
         Ok(Retried::NotFailed(status)) => {
             app.store.release_active(&tenant.id, 1).await?;
@@ -729,7 +721,7 @@ async fn set_paused<S: TaskStore + TenantStore, Q, C: Scheduler>(
     if !app.store.set_cron_status(&task.state.id, to, now_millis()).await? {
         return Err(ApiError::Conflict(format!("task {id} is {}", task.state.status.as_str())));
     }
-    app.scheduler.set_enabled(id, cron, &QueueMessage::cron_template(&task.state.id), !pause).await?;
+    app.scheduler.set_enabled(id, cron, &task.state.id, !pause).await?;
     let updated = owned(app, &tenant, id).await?;
     Ok(Json(full_view(app, &updated).await?))
 }

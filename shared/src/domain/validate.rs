@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::schedule::parse_duration;
 use super::{
     Auth, Body, CronSchedule, EpochMillis, HttpMethod, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetGuard,
-    TargetUrl,
+    TargetUrl, parse_rfc3339,
 };
 
 /// A validated create request.
@@ -206,9 +206,19 @@ struct PatchRequestDto {
 /// The whole document is parsed first, so broken JSON is always reported as
 /// such (`invalid_json`), never as a type error of a field read before it.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
-    let doc: Value = serde_json::from_slice(bytes)
-        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
-    decode_value(doc)
+    decode_value(parse_document(bytes)?)
+}
+
+/// Parses a request body as JSON: broken JSON is `invalid_json` on the body.
+pub fn parse_document(bytes: &[u8]) -> Result<Value, FieldError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))
+}
+
+/// Parses a time given as a query parameter or body field: RFC 3339, else
+/// `invalid` on `field`.
+pub fn parse_time(field: &str, text: &str) -> Result<EpochMillis, FieldError> {
+    parse_rfc3339(text).ok_or_else(|| FieldError::new("invalid", field, format!("{field} must be an RFC 3339 time")))
 }
 
 fn decode_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, FieldError> {
@@ -531,9 +541,9 @@ fn parse_schedule(s: ScheduleDto, now: EpochMillis) -> Result<Schedule, FieldErr
         return Ok(if d.is_zero() { Schedule::Now } else { Schedule::At { at: now + d.as_millis() as i64 } });
     }
     if let Some(at) = s.at {
-        let t = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| FieldError::invalid("schedule.at", "must be an RFC 3339 time such as 2026-01-02T10:00:00Z"))?;
-        let at = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        let at = parse_rfc3339(&at).ok_or_else(|| {
+            FieldError::invalid("schedule.at", "must be an RFC 3339 time such as 2026-01-02T10:00:00Z")
+        })?;
         if at > now + max_ahead {
             return Err(FieldError::invalid("schedule.at", "must be at most one year ahead"));
         }
@@ -544,7 +554,7 @@ fn parse_schedule(s: ScheduleDto, now: EpochMillis) -> Result<Schedule, FieldErr
     }
     let cron = s.cron.unwrap_or_default();
     let tz = s.timezone.unwrap_or_else(|| "UTC".to_owned());
-    CronSchedule::parse(&cron, &tz).map(Schedule::Cron).map_err(|rule| {
+    CronSchedule::parse(&cron, &tz, now).map(Schedule::Cron).map_err(|rule| {
         let field = if rule.contains("time zone") { "schedule.timezone" } else { "schedule.cron" };
         FieldError::invalid(field, rule)
     })
