@@ -67,9 +67,7 @@ pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
     let mut interrupted: Option<StoreError> = None;
     if reserved {
         for st in &listed.items {
-            // The policy's attempt count is what the state holds beyond its round's base.
-            let more = st.max_attempts.saturating_sub(st.retry_base).max(1);
-            match store.retry_failed(&st.id, more, now_millis()).await {
+            match store.retry_failed(&st.id, st.round_attempts(), now_millis()).await {
                 Ok(Retried::Done) => {
                     replayed += 1;
                     messages.push((QueueMessage::deliver(&st.id), Duration::ZERO));

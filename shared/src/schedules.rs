@@ -4,6 +4,9 @@
 //! One-time schedules use the universal `sqs:sendMessage` target so that the
 //! final stretch before the due time is an SQS `DelaySeconds`; recurring ones
 //! use the templated SQS target with the run's scheduled time in the input.
+//! Scheduler's expression syntax (`at(...)`, the 6-field `cron(...)`) and its
+//! context placeholders are written and read here only (the local Scheduler
+//! bridge reads them back through this module).
 
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use aws_sdk_scheduler::types::{
     ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
 };
 
-use crate::domain::{CronSchedule, EpochMillis, QueueMessage};
+use crate::domain::{CronSchedule, EpochMillis, QueueMessage, TaskId};
 use crate::ports::{ScheduleError, Scheduler};
 
 /// The universal target that calls SQS SendMessage with the input as its request.
@@ -37,6 +40,55 @@ pub fn at_expression(ms: EpochMillis) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
     format!("at({})", t.format(&f).unwrap_or_default())
+}
+
+/// Scheduler's context placeholder for the time a firing was scheduled for
+/// (RFC 3339, UTC), substituted into the target input on each firing.
+pub const SCHEDULED_TIME_PLACEHOLDER: &str = "<aws.scheduler.scheduled-time>";
+
+/// Scheduler's day-of-week names (Scheduler numbers days 1-7 from Sunday, so
+/// names avoid a numbering that differs from standard cron's).
+const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// The input of a cron task's schedule: a cron firing whose scheduled time
+/// Scheduler fills in.
+pub fn cron_message(task: &TaskId) -> QueueMessage {
+    QueueMessage::CronV1 { task_id: task.as_str().to_owned(), scheduled_time: SCHEDULED_TIME_PLACEHOLDER.to_owned() }
+}
+
+/// The Scheduler expression of a 5-field cron: `cron(min hour dom month dow
+/// year)`, day-of-week as names, and `?` in the unrestricted one of
+/// day-of-month and day-of-week.
+pub fn cron_expression(cron: &CronSchedule) -> String {
+    let [minute, hour, dom, month, _] = cron.fields();
+    let (dom, dow) = match cron.days_of_week() {
+        None => (dom.to_owned(), "?".to_owned()),
+        Some(days) => ("?".to_owned(), days.iter().map(|d| DAY_NAMES[*d as usize]).collect::<Vec<_>>().join(",")),
+    };
+    format!("cron({minute} {hour} {dom} {month} {dow} *)")
+}
+
+/// Reads back an expression written by [`cron_expression`], in `timezone`
+/// (Scheduler's default is UTC).
+pub fn cron_from_expression(expression: &str, timezone: Option<&str>) -> Option<CronSchedule> {
+    let inner = expression.strip_prefix("cron(")?.strip_suffix(')')?;
+    let f: Vec<&str> = inner.split_whitespace().collect();
+    if f.len() != 6 || f[5] != "*" {
+        return None;
+    }
+    let q = |s: &str| if s == "?" { "*".to_owned() } else { s.to_owned() };
+    Some(CronSchedule {
+        expression: format!("{} {} {} {} {}", f[0], f[1], q(f[2]), f[3], q(f[4])),
+        timezone: timezone.unwrap_or("UTC").to_owned(),
+    })
+}
+
+/// Reads back an expression written by [`at_expression`].
+pub fn at_from_expression(expression: &str) -> Option<EpochMillis> {
+    let at = expression.strip_prefix("at(")?.strip_suffix(')')?;
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let t = time::PrimitiveDateTime::parse(at, f).ok()?.assume_utc();
+    Some(t.unix_timestamp() * 1000)
 }
 
 /// The universal target's input: a SendMessage request.
@@ -66,8 +118,9 @@ impl EventBridgeScheduler {
         FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(err)
     }
 
-    fn cron_target(&self, msg: &QueueMessage) -> Result<Target, ScheduleError> {
-        Target::builder().arn(&self.queue_arn).role_arn(&self.role_arn).input(msg.to_body()).build().map_err(err)
+    fn cron_target(&self, task: &TaskId) -> Result<Target, ScheduleError> {
+        let input = cron_message(task).to_body();
+        Target::builder().arn(&self.queue_arn).role_arn(&self.role_arn).input(input).build().map_err(err)
     }
 }
 
@@ -100,15 +153,15 @@ impl Scheduler for EventBridgeScheduler {
         Ok(())
     }
 
-    async fn create_cron(&self, name: &str, cron: &CronSchedule, msg: &QueueMessage) -> Result<(), ScheduleError> {
+    async fn create_cron(&self, name: &str, cron: &CronSchedule, task: &TaskId) -> Result<(), ScheduleError> {
         self.client
             .create_schedule()
             .group_name(&self.group)
             .name(name)
-            .schedule_expression(cron.aws_expression())
+            .schedule_expression(cron_expression(cron))
             .schedule_expression_timezone(&cron.timezone)
             .flexible_time_window(Self::window()?)
-            .target(self.cron_target(msg)?)
+            .target(self.cron_target(task)?)
             .send()
             .await
             .map_err(err)?;
@@ -127,7 +180,7 @@ impl Scheduler for EventBridgeScheduler {
         &self,
         name: &str,
         cron: &CronSchedule,
-        msg: &QueueMessage,
+        task: &TaskId,
         enabled: bool,
     ) -> Result<(), ScheduleError> {
         // UpdateSchedule replaces the whole schedule: restate it with the new state.
@@ -135,10 +188,10 @@ impl Scheduler for EventBridgeScheduler {
             .update_schedule()
             .group_name(&self.group)
             .name(name)
-            .schedule_expression(cron.aws_expression())
+            .schedule_expression(cron_expression(cron))
             .schedule_expression_timezone(&cron.timezone)
             .flexible_time_window(Self::window()?)
-            .target(self.cron_target(msg)?)
+            .target(self.cron_target(task)?)
             .state(if enabled { ScheduleState::Enabled } else { ScheduleState::Disabled })
             .send()
             .await
@@ -151,9 +204,37 @@ impl Scheduler for EventBridgeScheduler {
 mod tests {
     use super::*;
 
+    fn cron(expression: &str, timezone: &str) -> CronSchedule {
+        CronSchedule::parse(expression, timezone, 1_795_312_800_000).expect("valid")
+    }
+
     #[test]
     fn at_expressions_are_utc_seconds() {
         assert_eq!(at_expression(1_795_312_800_999), "at(2026-11-22T02:00:00)");
+        assert_eq!(at_from_expression("at(2026-11-22T02:00:00)"), Some(1_795_312_800_000));
+        assert_eq!(at_from_expression("rate(5 minutes)"), None);
+    }
+
+    #[test]
+    fn cron_translates_to_scheduler_syntax_and_back() {
+        assert_eq!(cron_expression(&cron("0 10 * * *", "UTC")), "cron(0 10 * * ? *)");
+        let weekdays = cron("*/15 9-17 * * 1-5", "Europe/Berlin");
+        assert_eq!(cron_expression(&weekdays), "cron(*/15 9-17 ? * MON,TUE,WED,THU,FRI *)");
+        assert_eq!(cron_expression(&cron("0 0 * * 0,7", "UTC")), "cron(0 0 ? * SUN *)");
+        let back = cron_from_expression(&cron_expression(&weekdays), Some("Europe/Berlin")).expect("parses");
+        assert_eq!(back.next_after(1_795_312_800_000), weekdays.next_after(1_795_312_800_000));
+        assert_eq!(cron_from_expression("cron(0 10 * * ? 2027)", None), None);
+    }
+
+    #[test]
+    fn a_cron_schedules_input_asks_scheduler_for_the_firings_time() {
+        let id = TaskId::generate();
+        let body = cron_message(&id).to_body();
+        assert!(body.contains(SCHEDULED_TIME_PLACEHOLDER));
+        let QueueMessage::CronV1 { task_id, .. } = QueueMessage::from_body(&body).expect("parses") else {
+            panic!("a cron firing")
+        };
+        assert_eq!(task_id, id.as_str());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! EventBridge Scheduler firing, locally: every tick, list the schedules of
 //! the group, and for each one that is due, perform its target action with
-//! its input (placeholders such as `<aws.scheduler.scheduled-time>`
-//! substituted), then delete it if its `ActionAfterCompletion` is `DELETE`.
+//! its input (placeholders such as the scheduled time substituted), then delete it if its `ActionAfterCompletion` is `DELETE`.
 //!
 //! Targets understood: an SQS queue ARN (templated target: the input is the
 //! message body) and the universal target
@@ -19,6 +18,7 @@ use aws_sdk_scheduler::types::{ActionAfterCompletion, ScheduleState};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+use courier::schedules;
 pub use courier::schedules::SQS_SEND_MESSAGE_TARGET;
 
 /// Fires due schedules of `group` every `tick` until aborted.
@@ -43,16 +43,18 @@ pub struct Bridge {
 }
 
 /// The occurrence of a schedule due at or before `now` and after `since`, if any.
+/// Cron occurrences are the domain's, so the bridge fires what Scheduler fires
+/// across daylight-saving changes (a gap time skipped, a repeated time once).
 pub fn due_firing(
     expression: &str,
     timezone: Option<&str>,
     since: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> Option<OffsetDateTime> {
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
     if expression.starts_with("cron(") {
-        let cron = courier::domain::CronSchedule::from_aws(expression, timezone)?;
+        let cron = schedules::cron_from_expression(expression, timezone)?;
         let since = since?;
-        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
         let next = cron.next_after(ms(since))?;
         if next > ms(now) {
             return None;
@@ -64,10 +66,8 @@ pub fn due_firing(
         }
         return OffsetDateTime::from_unix_timestamp_nanos(i128::from(latest) * 1_000_000).ok();
     }
-    let at = expression.strip_prefix("at(")?.strip_suffix(')')?;
-    let t = time::PrimitiveDateTime::parse(at, format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"))
-        .ok()?
-        .assume_utc();
+    let at = schedules::at_from_expression(expression)?;
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000).ok()?;
     (t <= now).then_some(t)
 }
 
@@ -140,7 +140,7 @@ pub fn substitute(input: &str, scheduled: OffsetDateTime, schedule_arn: &str) ->
     let time =
         scheduled.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z")).unwrap_or_default();
     input
-        .replace("<aws.scheduler.scheduled-time>", &time)
+        .replace(schedules::SCHEDULED_TIME_PLACEHOLDER, &time)
         .replace("<aws.scheduler.schedule-arn>", schedule_arn)
         .replace("<aws.scheduler.execution-id>", &uuid::Uuid::new_v4().to_string())
         .replace("<aws.scheduler.attempt-number>", "1")
@@ -177,6 +177,20 @@ mod tests {
         let fired = datetime!(2026-01-02 02:00:00 UTC);
         assert_eq!(due_firing(e, Some("Asia/Shanghai"), Some(fired), datetime!(2026-01-02 02:00:30 UTC)), None);
         assert_eq!(due_firing(e, Some("Asia/Shanghai"), None, datetime!(2026-01-02 02:00:30 UTC)), None);
+    }
+
+    #[test]
+    fn a_cron_firing_follows_the_scheduler_across_daylight_saving_changes() {
+        let e = "cron(30 2 * * ? *)";
+        let berlin = Some("Europe/Berlin");
+        // 2026-03-29 02:30 does not exist in Berlin: nothing fires that night.
+        let seen = datetime!(2026-03-28 12:00:00 UTC);
+        assert_eq!(due_firing(e, berlin, Some(seen), datetime!(2026-03-29 02:00:00 UTC)), None);
+        // 2026-10-25 02:30 happens twice: it fires at the first, not again at the second.
+        let seen = datetime!(2026-10-24 12:00:00 UTC);
+        let first = datetime!(2026-10-25 00:30:00 UTC);
+        assert_eq!(due_firing(e, berlin, Some(seen), datetime!(2026-10-25 00:30:05 UTC)), Some(first));
+        assert_eq!(due_firing(e, berlin, Some(first), datetime!(2026-10-25 01:30:05 UTC)), None);
     }
 
     #[test]

@@ -54,12 +54,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 fn time(field: &str, v: Option<&str>) -> Result<Option<EpochMillis>, ApiError> {
-    v.map(|v| {
-        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
-            .map_err(|_| FieldError::new("invalid", field, format!("{field} must be an RFC 3339 time")).into())
-    })
-    .transpose()
+    v.map(|v| crate::domain::parse_time(field, v).map_err(ApiError::from)).transpose()
 }
 
 pub fn replay_view(r: &Replay) -> Value {

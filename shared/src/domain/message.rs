@@ -16,8 +16,8 @@ pub enum QueueMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run: Option<EpochMillis>,
     },
-    /// A cron firing from EventBridge Scheduler: `scheduled_time` is
-    /// Scheduler's `<aws.scheduler.scheduled-time>` (RFC 3339), the run's identity.
+    /// A cron firing from the Scheduler: `scheduled_time` (RFC 3339, filled in
+    /// by the Scheduler on each firing) is the run's identity.
     #[serde(rename = "cron.v1")]
     CronV1 { task_id: String, scheduled_time: String },
     /// Advance a replay by page `page` of chain `chain`: a message whose page is
@@ -37,16 +37,9 @@ impl QueueMessage {
         Self::DeliverV1 { task_id: id.as_str().to_owned(), run: None }
     }
 
-    /// The input of a cron task's Scheduler schedule (placeholder filled in by Scheduler).
-    pub fn cron_template(id: &TaskId) -> Self {
-        Self::CronV1 { task_id: id.as_str().to_owned(), scheduled_time: "<aws.scheduler.scheduled-time>".to_owned() }
-    }
-
     /// A cron firing's run: its scheduled time (Scheduler's RFC 3339) in epoch ms.
     pub fn scheduled_run(scheduled_time: &str) -> Result<EpochMillis, String> {
-        time::OffsetDateTime::parse(scheduled_time, &time::format_description::well_known::Rfc3339)
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
-            .map_err(|_| format!("scheduled_time `{scheduled_time}` is not RFC 3339"))
+        super::parse_rfc3339(scheduled_time).ok_or_else(|| format!("scheduled_time `{scheduled_time}` is not RFC 3339"))
     }
 
     pub fn to_body(&self) -> String {
@@ -80,6 +73,5 @@ mod tests {
         let QueueMessage::CronV1 { scheduled_time, .. } = m else { panic!("a cron firing") };
         assert_eq!(QueueMessage::scheduled_run(&scheduled_time), Ok(1_795_312_800_000));
         assert!(QueueMessage::scheduled_run("yesterday").is_err());
-        assert!(QueueMessage::cron_template(&TaskId::generate()).to_body().contains("<aws.scheduler.scheduled-time>"));
     }
 }

@@ -24,13 +24,13 @@ pub use request::{
     Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_secret_param, is_sensitive_header, mask_headers, mask_url,
 };
 pub use retry::RetryPolicy;
-pub use schedule::{CronSchedule, Schedule, parse_duration};
+pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};
 pub use target::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
 pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, new_tenant_id, same_secret};
 pub use validate::{
     CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,
-    parse_create_task, parse_create_value, parse_idempotency_key, parse_patch,
+    parse_create_task, parse_create_value, parse_document, parse_idempotency_key, parse_patch, parse_time,
 };
 
 /// Milliseconds since the Unix epoch: the one time representation stored and
@@ -50,6 +50,14 @@ pub fn format_millis(ms: EpochMillis) -> String {
     t.format(&fmt).unwrap_or_default()
 }
 
+/// Reads an RFC 3339 time (any offset) as epoch milliseconds; `None` if it
+/// is not one. Each caller names the field and the rule in its own error.
+pub fn parse_rfc3339(text: &str) -> Option<EpochMillis> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +66,13 @@ mod tests {
     fn formats_epoch_millis_as_rfc3339_utc() {
         assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn rfc3339_times_read_as_epoch_millis_in_any_offset() {
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(parse_rfc3339("2023-11-15T06:13:20.123+08:00"), Some(1_700_000_000_123));
+        assert_eq!(parse_rfc3339("2023-11-14 22:13:20"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

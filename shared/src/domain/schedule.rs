@@ -1,6 +1,7 @@
 //! When a task runs: now, at a time (a delay resolves to a time), or by cron
-//! in a time zone. Also the translation of a 5-field cron into EventBridge
-//! Scheduler's 6-field `cron(...)` and back (for the local bridge).
+//! in a time zone, with the firings EventBridge Scheduler makes across
+//! daylight-saving changes. How a schedule is written for Scheduler is the
+//! Scheduler adapter's business (`schedules.rs`).
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -34,8 +35,9 @@ const DOW_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 const MONTH_NAMES: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
 
 impl CronSchedule {
-    /// Validates a cron expression and time zone; the error is the rule broken.
-    pub fn parse(expression: &str, timezone: &str) -> Result<Self, String> {
+    /// Validates a cron expression and time zone at time `now` (a pattern must
+    /// fire after it); the error is the rule broken.
+    pub fn parse(expression: &str, timezone: &str, now: EpochMillis) -> Result<Self, String> {
         let fields: Vec<&str> = expression.split_whitespace().collect();
         if fields.len() != 5 {
             return Err("must have 5 fields: minute hour day-of-month month day-of-week".into());
@@ -58,48 +60,78 @@ impl CronSchedule {
         croner::Cron::from_str(expression).map_err(|e| e.to_string())?;
         let s = Self { expression: fields.join(" "), timezone: timezone.to_owned() };
         // A pattern such as `0 0 31 2 *` never fires.
-        if s.next_after(super::now_millis()).is_none() {
+        if s.next_after(now).is_none() {
             return Err("never fires".into());
         }
         Ok(s)
     }
 
-    /// The first firing strictly after `after`.
+    /// The five fields: minute, hour, day-of-month, month, day-of-week.
+    pub fn fields(&self) -> [&str; 5] {
+        let mut f = self.expression.split_whitespace();
+        std::array::from_fn(|_| f.next().unwrap_or("*"))
+    }
+
+    /// The days of the week the schedule is restricted to (0 is Sunday), or
+    /// `None` when every day is allowed.
+    pub fn days_of_week(&self) -> Option<BTreeSet<u8>> {
+        let days = normalise_dow(&expand(self.fields()[4], 0, 7, &DOW_NAMES).unwrap_or_default());
+        (days.len() < 7).then_some(days)
+    }
+
+    /// The first firing strictly after `after`, as EventBridge Scheduler fires:
+    /// a wall-clock time that a spring-forward gap skips does not fire that
+    /// day, and one that an autumn fall-back repeats fires once, at its first
+    /// instant. (croner moves a gap time to the end of the gap and fires an
+    /// interval pattern on both instants of a repeated time: those candidates
+    /// are passed over.)
     pub fn next_after(&self, after: EpochMillis) -> Option<EpochMillis> {
         let cron = croner::Cron::from_str(&self.expression).ok()?;
         let tz = jiff::tz::TimeZone::get(&self.timezone).ok()?;
-        let start = jiff::Timestamp::from_millisecond(after).ok()?.to_zoned(tz);
-        let next = cron.find_next_occurrence(&start, false).ok()?;
-        Some(next.timestamp().as_millisecond())
-    }
-
-    /// The EventBridge Scheduler expression: `cron(min hour dom month dow year)`,
-    /// day-of-week as names (Scheduler numbers days 1-7 from Sunday), and `?`
-    /// in the unrestricted one of day-of-month and day-of-week.
-    pub fn aws_expression(&self) -> String {
-        let f: Vec<&str> = self.expression.split_whitespace().collect();
-        let dow = expand(f[4], 0, 7, &DOW_NAMES).map(|d| normalise_dow(&d)).unwrap_or_default();
-        let (dom, dow) = if dow.len() == 7 {
-            (f[2].to_owned(), "?".to_owned())
-        } else {
-            ("?".to_owned(), dow.iter().map(|d| DOW_NAMES[*d as usize]).collect::<Vec<_>>().join(","))
-        };
-        format!("cron({} {} {} {} {} *)", f[0], f[1], dom, f[3], dow)
-    }
-
-    /// Reads back an expression written by [`Self::aws_expression`].
-    pub fn from_aws(expression: &str, timezone: Option<&str>) -> Option<Self> {
-        let inner = expression.strip_prefix("cron(")?.strip_suffix(')')?;
-        let f: Vec<&str> = inner.split_whitespace().collect();
-        if f.len() != 6 || f[5] != "*" {
-            return None;
+        let mut from = jiff::Timestamp::from_millisecond(after).ok()?.to_zoned(tz.clone());
+        // Candidates passed over are at most the gap's or the repeated hour's
+        // few matches; the bound only guards against a pathological zone.
+        for _ in 0..1_000 {
+            let next = cron.find_next_occurrence(&from, false).ok()?;
+            if fires_on_scheduler(&cron, &tz, &next) {
+                return Some(next.timestamp().as_millisecond());
+            }
+            from = next;
         }
-        let q = |s: &str| if s == "?" { "*".to_owned() } else { s.to_owned() };
-        Some(Self {
-            expression: format!("{} {} {} {} {}", f[0], f[1], q(f[2]), f[3], q(f[4])),
-            timezone: timezone.unwrap_or("UTC").to_owned(),
-        })
+        None
     }
+}
+
+/// Whether croner's candidate is a firing EventBridge Scheduler makes: its
+/// wall-clock time is one the pattern names (not a gap time carried past the
+/// gap), and it is the first instant of that wall-clock time.
+fn fires_on_scheduler(cron: &croner::Cron, tz: &jiff::tz::TimeZone, candidate: &jiff::Zoned) -> bool {
+    let named = cron.is_time_matching(candidate).unwrap_or(false);
+    let first = tz
+        .to_ambiguous_zoned(candidate.datetime())
+        .earlier()
+        .is_ok_and(|earliest| earliest.timestamp() == candidate.timestamp());
+    named && first
+}
+
+/// A wait too long for an SQS delay, handed to the Scheduler: a one-time
+/// schedule fires at `fire_at` and its message waits `delay` in SQS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    /// When the one-time schedule fires: a whole second, `early` or a little
+    /// more before the due time (Scheduler's `at()` has whole seconds).
+    pub fire_at: EpochMillis,
+    /// The SQS delay of the message it sends: it ends on the first second
+    /// boundary not before the due time, so the task never arrives early.
+    pub delay: Duration,
+}
+
+/// How a task due at `due` is handed to the Scheduler so that the Scheduler's
+/// own lateness (up to `early`) is absorbed by the SQS delay.
+pub fn scheduler_handoff(due: EpochMillis, early: Duration) -> Handoff {
+    let fire_s = (due - early.as_millis() as i64).div_euclid(1000);
+    let arrive_s = (due + 999).div_euclid(1000);
+    Handoff { fire_at: fire_s * 1000, delay: Duration::from_secs((arrive_s - fire_s) as u64) }
 }
 
 /// Day 7 is Sunday too.
@@ -163,6 +195,9 @@ pub fn parse_duration(v: &serde_json::Value) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    /// 2026-11-22T00:00:00Z: tests never read the wall clock.
+    const NOW: EpochMillis = 1_795_305_600_000;
+
     fn ms(rfc3339: &str) -> EpochMillis {
         jiff::Timestamp::from_str(rfc3339).expect("time").as_millisecond()
     }
@@ -181,27 +216,60 @@ mod tests {
 
     #[test]
     fn cron_fires_in_its_time_zone() {
-        let c = CronSchedule::parse("0 10 * * *", "Asia/Shanghai").expect("valid");
+        let c = CronSchedule::parse("0 10 * * *", "Asia/Shanghai", NOW).expect("valid");
         // 10:00 in Shanghai is 02:00 UTC.
         assert_eq!(c.next_after(ms("2026-11-22T00:00:00Z")), Some(ms("2026-11-22T02:00:00Z")));
         assert_eq!(c.next_after(ms("2026-11-22T02:00:00Z")), Some(ms("2026-11-23T02:00:00Z")));
     }
 
     #[test]
-    fn cron_translates_to_scheduler_syntax_and_back() {
-        let daily = CronSchedule::parse("0 10 * * *", "UTC").expect("valid");
-        assert_eq!(daily.aws_expression(), "cron(0 10 * * ? *)");
-        let weekdays = CronSchedule::parse("*/15 9-17 * * 1-5", "Europe/Berlin").expect("valid");
-        assert_eq!(weekdays.aws_expression(), "cron(*/15 9-17 ? * MON,TUE,WED,THU,FRI *)");
-        let sundays = CronSchedule::parse("0 0 * * 0,7", "UTC").expect("valid");
-        assert_eq!(sundays.aws_expression(), "cron(0 0 ? * SUN *)");
-        let back = CronSchedule::from_aws(&weekdays.aws_expression(), Some("Europe/Berlin")).expect("parses");
-        assert_eq!(back.next_after(ms("2026-11-23T00:00:00Z")), weekdays.next_after(ms("2026-11-23T00:00:00Z")));
+    fn a_cron_time_in_the_spring_forward_gap_is_skipped_that_day() {
+        // Berlin 2026-03-29: 02:00 CET jumps to 03:00 CEST, so 02:30 does not exist.
+        let c = CronSchedule::parse("30 2 * * *", "Europe/Berlin", NOW).expect("valid");
+        assert_eq!(c.next_after(ms("2026-03-28T00:00:00Z")), Some(ms("2026-03-28T01:30:00Z")));
+        // 02:30 CEST on the 30th: no firing at 03:00 CEST on the 29th.
+        assert_eq!(c.next_after(ms("2026-03-28T01:30:00Z")), Some(ms("2026-03-30T00:30:00Z")));
+        // A pattern that names times around the gap keeps those.
+        let half_hourly = CronSchedule::parse("*/30 * * * *", "Europe/Berlin", NOW).expect("valid");
+        assert_eq!(half_hourly.next_after(ms("2026-03-29T00:30:00Z")), Some(ms("2026-03-29T01:00:00Z")));
+    }
+
+    #[test]
+    fn a_cron_time_in_the_repeated_autumn_hour_fires_once_at_its_first_instant() {
+        // Berlin 2026-10-25: 03:00 CEST falls back to 02:00 CET, so 02:30 happens twice.
+        let c = CronSchedule::parse("30 2 * * *", "Europe/Berlin", NOW).expect("valid");
+        assert_eq!(c.next_after(ms("2026-10-24T12:00:00Z")), Some(ms("2026-10-25T00:30:00Z")));
+        assert_eq!(c.next_after(ms("2026-10-25T00:30:00Z")), Some(ms("2026-10-26T01:30:00Z")));
+        // An interval pattern does not repeat the hour either: 02:00 and 02:30 CET are passed over.
+        let half_hourly = CronSchedule::parse("*/30 * * * *", "Europe/Berlin", NOW).expect("valid");
+        assert_eq!(half_hourly.next_after(ms("2026-10-25T00:30:00Z")), Some(ms("2026-10-25T02:00:00Z")));
+    }
+
+    #[test]
+    fn the_scheduler_handoff_fires_early_and_arrives_on_the_first_second_not_before_due() {
+        let h = scheduler_handoff(ms("2026-11-22T02:00:00.250Z"), Duration::from_secs(60));
+        assert_eq!(h.fire_at, ms("2026-11-22T01:59:00Z"));
+        // 01:59:00 + 61 s = 02:00:01, the first whole second not before 02:00:00.250.
+        assert_eq!(h.delay, Duration::from_secs(61));
+        let exact = scheduler_handoff(ms("2026-11-22T02:00:00Z"), Duration::from_secs(60));
+        assert_eq!((exact.fire_at, exact.delay), (ms("2026-11-22T01:59:00Z"), Duration::from_secs(60)));
+        let odd = scheduler_handoff(ms("2026-11-22T02:00:00Z"), Duration::from_millis(1_500));
+        assert_eq!((odd.fire_at, odd.delay), (ms("2026-11-22T01:59:58Z"), Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn cron_fields_and_days_of_week_read_back() {
+        let weekdays = CronSchedule::parse("*/15 9-17 * * MON-FRI", "UTC", NOW).expect("valid");
+        assert_eq!(weekdays.fields(), ["*/15", "9-17", "*", "*", "MON-FRI"]);
+        assert_eq!(weekdays.days_of_week(), Some(BTreeSet::from([1, 2, 3, 4, 5])));
+        let sundays = CronSchedule::parse("0 0 * * 0,7", "UTC", NOW).expect("valid");
+        assert_eq!(sundays.days_of_week(), Some(BTreeSet::from([0])));
+        assert_eq!(CronSchedule::parse("0 0 * * *", "UTC", NOW).expect("valid").days_of_week(), None);
     }
 
     #[test]
     fn cron_rejections_name_the_rule() {
-        let err = |e: &str, tz: &str| CronSchedule::parse(e, tz).expect_err("rejected");
+        let err = |e: &str, tz: &str| CronSchedule::parse(e, tz, NOW).expect_err("rejected");
         assert!(err("0 10 * *", "UTC").contains("5 fields"));
         assert!(err("61 10 * * *", "UTC").contains("minute"));
         assert!(err("0 10 1 * MON", "UTC").contains("both"));

@@ -165,6 +165,13 @@ impl TaskState {
             (s, _) => s,
         }
     }
+
+    /// The attempts a new retry round (a manual retry or a replay) grants:
+    /// the retry policy's count, which the state holds as what lies beyond
+    /// the current round's base. Never zero, so a retried task gets a send.
+    pub fn round_attempts(&self) -> u32 {
+        self.max_attempts.saturating_sub(self.retry_base).max(1)
+    }
 }
 
 /// One attempt to send a task's request.
@@ -210,5 +217,37 @@ mod tests {
         assert!(TaskStatus::Cancelled.is_final());
         assert!(!TaskStatus::Retrying.is_final());
         assert_eq!(TaskStatus::parse("done"), None);
+    }
+
+    fn state(attempts: u32, max_attempts: u32, retry_base: u32) -> TaskState {
+        TaskState {
+            id: crate::domain::TaskId::generate(),
+            run: None,
+            kind: TaskKind::Once,
+            tenant: "t".into(),
+            business_id: None,
+            status: TaskStatus::Failed,
+            attempts,
+            max_attempts,
+            retry_base,
+            timeout_ms: 10_000,
+            created_at: 0,
+            updated_at: 0,
+            due_at: None,
+            lease_until: None,
+            host: "example.invalid".into(),
+            failure_reason: None,
+            last_status: None,
+        }
+    }
+
+    #[test]
+    fn a_retry_round_grants_the_policys_attempts_whatever_came_before() {
+        // A first round of a 5-attempt policy.
+        assert_eq!(state(0, 5, 0).round_attempts(), 5);
+        // Retried after those 5: base 5, 5 more.
+        assert_eq!(state(5, 10, 5).round_attempts(), 5);
+        // A state that holds no budget beyond its base still gets one send.
+        assert_eq!(state(5, 5, 5).round_attempts(), 1);
     }
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{QueueError, ScheduleError};
-use crate::domain::{CronSchedule, EpochMillis, QueueMessage};
+use crate::domain::{CronSchedule, EpochMillis, QueueMessage, TaskId};
 
 /// The delivery queue and its dead-letter queue.
 pub trait DeliveryQueue: Send + Sync + 'static {
@@ -33,12 +33,12 @@ pub trait Scheduler: Send + Sync + 'static {
         msg: &QueueMessage,
         delay: Duration,
     ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
-    /// A recurring schedule sending `msg` on every firing.
+    /// A recurring schedule sending a cron firing of `task` on every firing.
     fn create_cron(
         &self,
         name: &str,
         cron: &CronSchedule,
-        msg: &QueueMessage,
+        task: &TaskId,
     ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
     /// Deletes a schedule; a missing one is not an error.
     fn delete(&self, name: &str) -> impl Future<Output = Result<(), ScheduleError>> + Send;
@@ -47,7 +47,7 @@ pub trait Scheduler: Send + Sync + 'static {
         &self,
         name: &str,
         cron: &CronSchedule,
-        msg: &QueueMessage,
+        task: &TaskId,
         enabled: bool,
     ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
 }

@@ -21,16 +21,10 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     /// A retry SQS cannot wait for: a one-time schedule, then the message goes.
     pub(super) async fn schedule_retry(&self, unit: &Unit, delay: Duration) -> Result<(), ()> {
         let due = now_millis() + delay.as_millis() as i64;
-        let early = self.settings.schedule_early_s as i64 * 1000;
-        let fire_s = (due - early).div_euclid(1000);
-        let arrive_s = (due + 999).div_euclid(1000);
+        let handoff = crate::domain::scheduler_handoff(due, Duration::from_secs(self.settings.schedule_early_s));
         let msg = QueueMessage::DeliverV1 { task_id: unit.task.to_string(), run: unit.run };
         let name = format!("{}-r{}", unit.task, now_millis());
-        match self
-            .scheduler
-            .create_at(&name, fire_s * 1000, &msg, Duration::from_secs((arrive_s - fire_s) as u64))
-            .await
-        {
+        match self.scheduler.create_at(&name, handoff.fire_at, &msg, handoff.delay).await {
             Ok(()) => {
                 tracing::info!(task_id = %unit.task, schedule = %name, due = %format_millis(due), "long retry wait handed to Scheduler");
                 Ok(())

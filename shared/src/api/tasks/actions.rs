@@ -113,7 +113,7 @@ pub async fn retry<S: DeliveryLedger + TaskStore + TenantStore, Q: DeliveryQueue
         return Err(FieldError::new("invalid", "run", "only a cron task's runs are retried by run").into());
     }
     reserve(&app, &tenant, 1).await?;
-    match app.store.retry_failed(&task.state.id, task.retry.max_attempts(), now_millis()).await {
+    match app.store.retry_failed(&task.state.id, task.state.round_attempts(), now_millis()).await {
         Ok(Retried::Done) => {}
         Ok(Retried::NotFailed(status)) => {
             app.store.release_active(&tenant.id, 1).await?;
@@ -152,7 +152,7 @@ async fn set_paused<S: TaskStore + TenantStore, Q, C: Scheduler>(
     if !app.store.set_cron_status(&task.state.id, to, now_millis()).await? {
         return Err(ApiError::Conflict(format!("task {id} is {}", task.state.status.as_str())));
     }
-    app.scheduler.set_enabled(id, cron, &QueueMessage::cron_template(&task.state.id), !pause).await?;
+    app.scheduler.set_enabled(id, cron, &task.state.id, !pause).await?;
     let updated = owned(app, &tenant, id).await?;
     Ok(Json(full_view(app, &updated).await?))
 }

@@ -31,8 +31,7 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     let tenant = auth::tenant(&app, &headers).await?;
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| FieldError::new("invalid_json", FieldError::DOCUMENT, format!("body is not valid JSON: {e}")))?;
+    let doc = crate::domain::parse_document(&body)?;
     let Some(items) = doc.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array)
     else {
         return Err(FieldError::new("invalid", "tasks", "body must be {\"tasks\": [ ... ]}").into());

@@ -42,11 +42,8 @@ pub(super) fn route(settings: &ApiSettings, task: &NewTask, now: EpochMillis) ->
                 // Whole seconds, rounded up: never early (the sender defers any remainder).
                 Route::Queue { delay: Duration::from_secs(wait_ms.div_ceil(1000)) }
             } else {
-                // at() has whole seconds: fire on a second boundary and let the
-                // delay end on the first second boundary not before the due time.
-                let fire_s = (*at - settings.schedule_early_s as i64 * 1000).div_euclid(1000);
-                let arrive_s = (*at + 999).div_euclid(1000);
-                Route::ScheduleAt { fire_at: fire_s * 1000, delay: Duration::from_secs((arrive_s - fire_s) as u64) }
+                let h = crate::domain::scheduler_handoff(*at, Duration::from_secs(settings.schedule_early_s));
+                Route::ScheduleAt { fire_at: h.fire_at, delay: h.delay }
             }
         }
     }
@@ -112,7 +109,7 @@ pub(super) async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
         }
         Route::Cron => {
             let Schedule::Cron(c) = &task.schedule else { unreachable!("routed as cron") };
-            app.scheduler.create_cron(task.id.as_str(), c, &QueueMessage::cron_template(&task.id)).await?
+            app.scheduler.create_cron(task.id.as_str(), c, &task.id).await?
         }
     }
     Ok(())

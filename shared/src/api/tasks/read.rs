@@ -67,11 +67,7 @@ fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<EpochMill
     pairs
         .iter()
         .find(|(k, _)| k == name)
-        .map(|(_, v)| {
-            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as EpochMillis)
-                .map_err(|_| FieldError::new("invalid", name, format!("{name} must be an RFC 3339 time")).into())
-        })
+        .map(|(_, v)| crate::domain::parse_time(name, v).map_err(ApiError::from))
         .transpose()
 }
 
