@@ -161,8 +161,7 @@ mod tests {
     fn logged(e: ApiError) -> (StatusCode, String) {
         let out = Captured::default();
         let writer = out.clone();
-        let subscriber =
-            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).json().finish();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).json().finish();
         let status = tracing::subscriber::with_default(subscriber, || e.into_response().status());
         let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
         (status, text)
