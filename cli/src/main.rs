@@ -12,26 +12,30 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// The `--help` heading of the options every command takes, so they stand
+/// apart from a command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(name = "courier", version, about = "Operate Courier: status, tasks, replays, the DLQ, purges")]
 pub struct Cli {
     /// Courier's API base URL (env COURIER_URL, or `url` in the config file).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     url: Option<String>,
     /// A tenant API key (env COURIER_API_KEY, or `api_key` in the config file).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     api_key: Option<String>,
     /// The delivery queue URL, for queue depths (env COURIER_QUEUE_URL, or `queue_url`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     queue_url: Option<String>,
     /// The dead-letter queue URL (env COURIER_DLQ_URL, or `dlq_url`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     dlq_url: Option<String>,
     /// Config file of `key = value` lines (default: $COURIER_CONFIG or ~/.config/courier/config).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Output format.
-    #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Human, help_heading = GLOBAL)]
     output: Output,
     #[command(subcommand)]
     command: Command,
@@ -39,7 +43,9 @@ pub struct Cli {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Tables and text, statuses coloured on a terminal.
     Human,
+    /// One JSON document, for scripts.
     Json,
 }
 
@@ -61,11 +67,13 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Delete finished tasks before their retention ends.
     Purge {
+        /// The finished status to purge: `succeeded`, `failed` or `cancelled`.
         #[arg(long)]
         status: String,
         /// RFC 3339 time: tasks created before it.
         #[arg(long)]
         before: String,
+        /// Count what would be purged; delete nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -73,26 +81,34 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum TasksCommand {
+    /// Tasks newest first, by filter.
     List {
+        /// Only tasks in this status (`pending`, `failed`, `active`, …).
         #[arg(long)]
         status: Option<String>,
+        /// Only tasks whose request goes to this host.
         #[arg(long)]
         host: Option<String>,
-        /// RFC 3339 time.
+        /// Only tasks created at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
-        /// RFC 3339 time.
+        /// Only tasks created before this RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
+        /// How many tasks to list at most.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// One task with its request, schedule, retry policy and attempts.
     Show {
+        /// The task id (`tsk_…`).
         id: String,
     },
     /// Create a task from flags, or from a JSON file with the API's create body.
     Create(CreateArgs),
+    /// Cancel a task (a cron task's schedule is deleted).
     Cancel {
+        /// The task id (`tsk_…`).
         id: String,
     },
 }
@@ -102,6 +118,7 @@ pub struct CreateArgs {
     /// A JSON file holding the whole create body (other flags are then ignored).
     #[arg(long)]
     file: Option<PathBuf>,
+    /// The HTTP method of the task's request.
     #[arg(long, default_value = "POST")]
     method: String,
     /// The URL the task's request goes to.
@@ -110,21 +127,25 @@ pub struct CreateArgs {
     /// `Name: value`, repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// A text body, sent as given.
     #[arg(long, conflicts_with = "json")]
     body: Option<String>,
     /// A JSON body.
     #[arg(long)]
     json: Option<String>,
-    /// `90s`, `5m`, `2h`.
+    /// Send after this delay: `90s`, `5m`, `2h`.
     #[arg(long, conflicts_with_all = ["at", "cron"])]
     delay: Option<String>,
-    /// RFC 3339 time.
+    /// Send at this RFC 3339 time.
     #[arg(long, conflicts_with = "cron")]
     at: Option<String>,
+    /// Send on this five-field cron expression, e.g. `0 10 * * *`.
     #[arg(long)]
     cron: Option<String>,
+    /// The IANA time zone of `--cron`, e.g. `Asia/Shanghai` (default UTC).
     #[arg(long, requires = "cron")]
     timezone: Option<String>,
+    /// Your own id for the task: creating it again returns the first task.
     #[arg(long)]
     business_id: Option<String>,
 }
@@ -134,12 +155,13 @@ pub struct ReplayArgs {
     /// Only failed tasks are replayed.
     #[arg(long, default_value = "failed")]
     status: String,
+    /// Only tasks whose request goes to this host.
     #[arg(long)]
     host: Option<String>,
-    /// RFC 3339 time.
+    /// Only tasks created at or after this RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
-    /// RFC 3339 time.
+    /// Only tasks created before this RFC 3339 time.
     #[arg(long)]
     until: Option<String>,
     /// The failed attempt's status: `503` or `5xx`.
@@ -160,14 +182,18 @@ pub struct ReplayArgs {
 pub enum DlqCommand {
     /// The parked messages with their reasons.
     List {
+        /// How many messages to read at most.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// One parked message in full.
     Show {
+        /// The SQS message id, as `dlq list` shows it.
         message_id: String,
     },
     /// Send each parked task again (marks it for another try) and remove its message.
     Redrive {
+        /// How many messages to redrive at most.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
@@ -182,5 +208,54 @@ async fn main() -> ExitCode {
             eprintln!("courier: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every argument of `cmd` and its subcommands without help text, by path.
+    fn undocumented(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name());
+        if cmd.get_about().is_none() {
+            missing.push(path.clone());
+        }
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            undocumented(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_has_help_text() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn global_options_have_their_own_heading() {
+        let cmd = Cli::command();
+        let globals: Vec<_> = cmd.get_arguments().filter(|a| a.is_global_set()).collect();
+        assert_eq!(globals.len(), 6);
+        for arg in globals {
+            assert_eq!(arg.get_help_heading(), Some(GLOBAL), "{}", arg.get_id());
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let create = cmd.find_subcommand_mut("tasks").and_then(|t| t.find_subcommand_mut("create")).expect("create");
+        let help = create.render_help().to_string();
+        let (own, global) = help.split_once("Global options:").expect("a global heading");
+        assert!(own.contains("--cron") && !own.contains("--api-key"), "{help}");
+        assert!(global.contains("--api-key") && !global.contains("--cron"), "{help}");
     }
 }

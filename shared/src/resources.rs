@@ -62,6 +62,11 @@ pub const MAX_RECEIVE_COUNT: i32 = 50;
 /// The sender function's timeout, below the visibility timeout.
 pub const SENDER_TIMEOUT_S: i32 = 60;
 
+// A batch still being sent must not reappear on the queue: checked when the
+// crate compiles (a build-time guard, not a test); `tests/it/template.rs`
+// checks the deployed template's values against these constants.
+const _: () = assert!(QUEUE_VISIBILITY_TIMEOUT_S >= SENDER_TIMEOUT_S, "the visibility timeout must outlast the sender");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,10 +78,5 @@ mod tests {
         assert_eq!(n.queue, "courier-delivery");
         assert_eq!(n.dlq, "courier-dlq");
         assert_eq!(n.schedule_group, "courier-schedules");
-    }
-
-    #[test]
-    fn the_visibility_timeout_outlasts_the_sender() {
-        const { assert!(QUEUE_VISIBILITY_TIMEOUT_S >= SENDER_TIMEOUT_S) };
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::helpers::{Reply, Target, TestStack, bin_dir, eventually, stack_options};
+use crate::helpers::{Reply, Target, TestStack, bin_dir, eventually, stack_options, wait_until_queue_empty};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -140,7 +140,9 @@ async fn replay_of_hundreds_of_failed_tasks_counts_dry_runs_survives_interruptio
     // Start, interrupt with Ctrl-C (SIGINT), resume.
     let child = courier_cmd(&stack, &["replay", "--status", "failed", "--rate", "40/s"]).spawn().expect("spawn");
     let pid = child.id().expect("pid");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Interrupt once the first page has landed: a replayed task was delivered.
+    let landed = eventually(WAIT, || async { (target.received().len() > N).then_some(()) }).await;
+    assert!(landed.is_some(), "a replayed task is delivered");
     let kill = tokio::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().await.expect("kill");
     assert!(kill.success());
     let out = child.wait_with_output().await.expect("exit");
@@ -155,7 +157,9 @@ async fn replay_of_hundreds_of_failed_tasks_counts_dry_runs_survives_interruptio
     .await
     .expect("the first pages land");
     assert_eq!(paused["status"], "cancelled");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The chain's next page message is handled (and stops) and the replayed
+    // tasks delivered once the queue is empty.
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
     let (_, settled) = stack.api.get(&format!("/v1/replays/{replay_id}")).await;
     let first = settled["replayed"].as_u64().expect("count");
     assert!(first < N as u64, "interrupted part-way: {settled}");

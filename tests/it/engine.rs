@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::delivery::receive_all;
-use crate::helpers::{Reply, Target, TestStack, eventually, sdk, stack_options};
+use crate::helpers::{Reply, Target, TestStack, eventually, sdk, stack_options, wait_until_queue_empty};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -225,14 +225,16 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
     opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
     opts.reconcile_every = None; // run it by hand
     let stack = TestStack::start(opts).await;
-    // What the API does when SQS fails right after the DynamoDB write: the task exists, no message does.
+    // What the API does when SQS fails right after the DynamoDB write: the task
+    // exists, no message does. It was due 2 s ago, past the 1 s grace, so the
+    // reconciler's pass (driven here) finds it at once.
     let store = courier::dynamo::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&sdk().await),
         &stack.outputs().names.table,
         90,
     )
     .with_reconcile_grace(1_000);
-    let now = courier::domain::now_millis();
+    let now = courier::domain::now_millis() - 2_000;
     let input = courier::domain::parse_create_task(
         json!({"request": {"method": "POST", "url": target.url("/lost")}}).to_string().as_bytes(),
         now,
@@ -251,8 +253,6 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
     use courier::ports::TaskStore;
     store.create(&task, None).await.expect("stored");
     let id = task.id.to_string();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(target.received().is_empty(), "nothing was sent yet");
     let report =
         stack.local.reconciler.invoke(&courier_local::stack::scheduled_event("it")).await.expect("reconciler runs");
     assert_eq!((&report["requeued"], &report["sample"]), (&json!(1), &json!([id])), "{report}");
@@ -289,21 +289,8 @@ async fn a_retry_wait_beyond_what_sqs_holds_becomes_a_one_time_schedule() {
     let fire = due_t - time::Duration::seconds(60);
     let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
     assert!(expr.starts_with(&format!("at({}", fire.format(&f).expect("fmt"))), "{expr} vs due {due}");
-    // The queue holds no message for it any more.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(&stack.outputs().queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-        .send()
-        .await
-        .expect("attrs")
-        .attributes
-        .unwrap_or_default();
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let count = |a: A| attrs.get(&a).and_then(|v| v.parse::<u32>().ok()).unwrap_or(99);
-    assert_eq!((count(A::ApproximateNumberOfMessages), count(A::ApproximateNumberOfMessagesNotVisible)), (0, 0));
+    // The queue holds no message for it any more: the wait is the schedule's alone.
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
 }
 
 #[tokio::test]
@@ -337,7 +324,10 @@ async fn a_task_cancelled_mid_send_finishes_that_attempt_and_is_not_retried() {
     assert!(sending.is_some(), "the attempt is under way");
     let (status, t) = stack.api.delete(&format!("/v1/tasks/{id}")).await;
     assert_eq!((status, t["status"].as_str()), (200, Some("cancelled")), "{t}");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The attempt ends and is recorded; a retry would keep its message in flight.
+    let recorded = eventually(WAIT, || async { (!history(&stack, &id).await.is_empty()).then_some(()) }).await;
+    assert!(recorded.is_some(), "the attempt in flight is recorded");
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
     let (_, t) = stack.api.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(t["status"], "cancelled");
     assert_eq!(target.received().len(), 1, "the 500 is not retried");

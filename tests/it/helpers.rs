@@ -320,3 +320,38 @@ impl Api {
         }
     }
 }
+
+/// Waits until `queue_url` holds no message — none visible, in flight or
+/// delayed — so every message sent to it so far has been handled and deleted
+/// (a retry or a deferral keeps its message in flight). The positive signal
+/// before asserting that something did not happen. Panics after `timeout`.
+pub async fn wait_until_queue_empty(queue_url: &str, timeout: Duration) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
+    let last = Mutex::new(String::new());
+    let empty = eventually(timeout, || async {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .ok()?
+            .attributes
+            .unwrap_or_default();
+        let counts: Vec<&str> = [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+            A::ApproximateNumberOfMessagesDelayed,
+        ]
+        .iter()
+        .map(|a| attrs.get(a).map_or("?", String::as_str))
+        .collect();
+        *last.lock().expect("lock") = format!("visible, in flight, delayed: {counts:?}");
+        (counts == ["0", "0", "0"]).then_some(())
+    })
+    .await;
+    assert!(empty.is_some(), "queue {queue_url} did not empty: {}", last.lock().expect("lock"));
+}

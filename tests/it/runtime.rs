@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use courier_local::runtime::{FunctionHost, FunctionSpec};
+use courier_local::runtime::{FunctionHost, FunctionSpec, InvokeError};
 
 use crate::delivery::receive_all;
 use crate::helpers::{bin_dir, sdk, unique_stack};
@@ -61,4 +61,36 @@ async fn the_sender_binary_parks_a_message_for_an_unknown_task_on_the_dlq() {
         .collect();
     reasons.sort();
     assert_eq!(reasons, ["no task tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3", "unreadable message body"]);
+}
+
+#[tokio::test]
+async fn a_function_process_that_dies_mid_invocation_fails_it_at_once_and_is_replaced() {
+    std::fs::create_dir_all(bin_dir().join("it-logs")).expect("logs");
+    let timeout = Duration::from_secs(30);
+    let host = FunctionHost::start(FunctionSpec {
+        name: "crashing".to_owned(),
+        binary: bin_dir().join("courier-test-function"),
+        env: Vec::new(),
+        timeout,
+        instances: 1,
+        log_file: Some(bin_dir().join("it-logs").join(format!("{}-crashing.log", unique_stack("rt-exit")))),
+    })
+    .await
+    .expect("function starts");
+    let first = host.invoke(&serde_json::json!({"n": 1})).await.expect("first invocation");
+    let first_pid = first["pid"].as_u64().expect("pid");
+
+    let started = std::time::Instant::now();
+    let died = host.invoke(&serde_json::json!({"exit": 3})).await;
+    let took = started.elapsed();
+    let Err(InvokeError::Function(doc)) = died else { panic!("the invocation fails: {died:?}") };
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("error document");
+    assert_eq!(doc["errorType"], "Runtime.ExitError", "{doc}");
+    assert!(took < Duration::from_secs(5), "failed after {took:?}, not at once (timeout {timeout:?})");
+
+    let next = host.invoke(&serde_json::json!({"n": 2})).await.expect("a new process answers");
+    assert_eq!(next["event"]["n"], 2);
+    let next_pid = next["pid"].as_u64().expect("pid");
+    assert_ne!(next_pid, first_pid, "another process");
+    assert_eq!(host.pids(), [next_pid as u32]);
 }

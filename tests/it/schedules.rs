@@ -10,7 +10,7 @@ use courier_local::scheduler::Bridge;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::helpers::{Target, TestStack, eventually, sdk, stack_options};
+use crate::helpers::{Target, TestStack, eventually, sdk, stack_options, wait_until_queue_empty};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -65,7 +65,7 @@ async fn a_far_future_task_gets_a_one_time_schedule_fired_early_with_the_rest_as
     let task = stack
         .api
         .create_task(
-            json!({"request": {"method": "GET", "url": "https://example.com/far"}, "schedule": {"at": rfc3339(due)}}),
+            json!({"request": {"method": "GET", "url": "https://far.invalid/far"}, "schedule": {"at": rfc3339(due)}}),
         )
         .await;
     let id = task["id"].as_str().expect("id");
@@ -185,7 +185,9 @@ async fn cron_tasks_run_per_firing_once_each_and_pause() {
     })
     .await
     .expect("two runs succeed");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The duplicate firing went in before the second run: once the queue is
+    // empty it has been handled.
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
     let got = target.received();
     assert_eq!(got.len(), 2, "one request per run, the duplicate firing sent nothing");
     assert_eq!(got[0].header("courier-scheduled-time"), Some(format_millis(first.unix_timestamp() * 1000).as_str()));
@@ -195,16 +197,21 @@ async fn cron_tasks_run_per_firing_once_each_and_pause() {
     let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
     assert_eq!(attempts["attempts"].as_array().map(Vec::len), Some(2));
 
-    // Paused: the schedule is disabled, and a firing that still arrives sends nothing.
+    // Paused: the schedule is disabled, and a firing that still arrives sends
+    // nothing, though its run (a minute never fired, already due) would be sent
+    // at once were the task active.
     let (status, paused) = api.post(&format!("/v1/tasks/{id}/pause"), "").await;
     assert_eq!((status, paused["status"].as_str()), (200, Some("paused")), "{paused}");
     assert!(paused["next_run_at"].is_null());
     let s = scheduler.get_schedule().group_name(&group).name(&id).send().await.expect("schedule");
     assert_eq!(s.state().map(|s| s.as_str()), Some("DISABLED"));
-    let third = json!({"type": "cron.v1", "task_id": id, "scheduled_time": "2030-01-01T00:00:00Z"}).to_string();
+    let missed = (t0 - time::Duration::minutes(1)).format(&time::format_description::well_known::Rfc3339).expect("fmt");
+    let third = json!({"type": "cron.v1", "task_id": id, "scheduled_time": missed}).to_string();
     sqs.send_message().queue_url(&stack.outputs().queue_url).message_body(third).send().await.expect("send");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(target.received().len(), 2);
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
+    assert_eq!(target.received().len(), 2, "the paused task's firing sent nothing");
+    let (_, t) = api.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["runs"].as_array().map(Vec::len), Some(2), "no run started: {t}");
     let (status, resumed) = api.post(&format!("/v1/tasks/{id}/resume"), "").await;
     assert_eq!((status, resumed["status"].as_str()), (200, Some("active")));
     // Cancelled: the schedule is gone.

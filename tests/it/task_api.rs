@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Target, TestStack, eventually, stack_options};
+use crate::helpers::{Target, TestStack, eventually, stack_options, wait_until_queue_empty};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -65,7 +65,7 @@ async fn tasks_are_found_by_id_business_id_status_host_and_time_with_paging() {
     let gone = Target::start(&[404, 404]).await;
     let stack = TestStack::start(stack_options("lookup")).await;
     let api = &stack.api;
-    let before = time_now();
+    let before = rfc3339_now_plus_ms(-1);
     let mut ids = Vec::new();
     for i in 0..3 {
         let t = api
@@ -84,7 +84,7 @@ async fn tasks_are_found_by_id_business_id_status_host_and_time_with_paging() {
     for id in &failing {
         api.wait_for_status(id, "failed", WAIT).await;
     }
-    let after = time_now();
+    let after = rfc3339_now_plus_ms(1);
 
     let (_, t) = api.get("/v1/tasks/by-business-id/biz-1").await;
     assert_eq!(t["id"], ids[1].as_str());
@@ -147,10 +147,10 @@ async fn tasks_are_found_by_id_business_id_status_host_and_time_with_paging() {
     }
 }
 
-fn time_now() -> String {
-    std::thread::sleep(Duration::from_millis(5));
-    let t = time::OffsetDateTime::now_utc();
-    std::thread::sleep(Duration::from_millis(5));
+/// Now plus `ms`: a millisecond off now is strictly before every task created
+/// after it (or after every task created before it) at the API's millisecond grain.
+fn rfc3339_now_plus_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
     t.format(&time::format_description::well_known::Rfc3339).expect("format")
 }
 
@@ -185,13 +185,19 @@ async fn attempts_page_through_a_retried_task() {
 
 #[tokio::test]
 async fn cancel_and_update_follow_the_task_state() {
+    // Thresholds lowered, and the Scheduler bridge on, so a task beyond 2 s
+    // goes through a Scheduler schedule that really fires within seconds.
     let target = Target::start(&[]).await;
-    let stack = TestStack::start(stack_options("cancel")).await;
+    let mut opts = stack_options("cancel");
+    opts.scheduler_tick = Some(Duration::from_millis(200));
+    opts.extra_env.push(("COURIER_SQS_DELAY_MAX_S".into(), "2".into()));
+    opts.extra_env.push(("COURIER_SCHEDULE_EARLY_S".into(), "2".into()));
+    let stack = TestStack::start(opts).await;
     let api = &stack.api;
 
-    // A task an hour away: cancelled, its schedule deleted, cancelling again is 409.
+    // A task 4 s away: cancelled, its schedule deleted, cancelling again is 409.
     let later = api
-        .create_task(json!({"request": {"method": "POST", "url": target.url("/later")}, "schedule": {"delay": "1h"}, "business_id": "later-1"}))
+        .create_task(json!({"request": {"method": "POST", "url": target.url("/later")}, "schedule": {"delay": "4s"}, "business_id": "later-1"}))
         .await;
     let later_id = later["id"].as_str().expect("id");
     assert_eq!(later["status"], "scheduled");
@@ -206,9 +212,10 @@ async fn cancel_and_update_follow_the_task_state() {
     let (status, _) = api.patch(&format!("/v1/tasks/{later_id}"), r#"{"request":{"timeout_ms":100}}"#).await;
     assert_eq!(status, 409);
 
-    // A task a few seconds away: its URL and headers change before it runs.
+    // A task due after the cancelled one: its URL and headers change before it
+    // runs, and once it has run the cancelled one would have too.
     let soon = api
-        .create_task(json!({"request": {"method": "POST", "url": target.url("/old")}, "schedule": {"delay": "3s"}}))
+        .create_task(json!({"request": {"method": "POST", "url": target.url("/old")}, "schedule": {"delay": "8s"}}))
         .await;
     let soon_id = soon["id"].as_str().expect("id");
     let (status, patched) = api
@@ -224,8 +231,9 @@ async fn cancel_and_update_follow_the_task_state() {
     let (status, e) = api.patch(&format!("/v1/tasks/{soon_id}"), r#"{"request":{"method":"GET"}}"#).await;
     assert_eq!((status, e["error"]["field"].as_str()), (400, Some("request.method")));
     api.wait_for_status(soon_id, "succeeded", WAIT).await;
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
     let got = target.received();
-    assert_eq!(got.len(), 1, "the cancelled task never ran");
+    assert_eq!(got.len(), 1, "the cancelled task never ran: {got:?}");
     assert_eq!((got[0].path.as_str(), got[0].header("x-v")), ("/new", Some("2")));
 
     // Finished tasks cannot be cancelled or changed.
@@ -257,10 +265,11 @@ async fn a_batch_creates_valid_items_and_reports_each_result() {
     assert_eq!(results[14]["status"], 200, "the second `dup` finds the first");
     assert_eq!(results[14]["task"]["id"], results[13]["task"]["id"]);
     assert_eq!(resp["created"], 13);
-    let received = eventually(WAIT, || async { (target.received().len() >= 13).then_some(()) }).await;
-    assert!(received.is_some(), "13 requests arrive, got {}", target.received().len());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(target.received().len(), 13);
+    for r in results.iter().filter(|r| r["status"] == 201) {
+        api.wait_for_status(r["task"]["id"].as_str().expect("id"), "succeeded", WAIT).await;
+    }
+    wait_until_queue_empty(&stack.outputs().queue_url, WAIT).await;
+    assert_eq!(target.received().len(), 13, "one request per task, none for the duplicate");
     for bad in [r#"{"tasks": []}"#, r#"{"items": [{}]}"#, "[1]"] {
         let (status, e) = api.post("/v1/tasks/batch", bad).await;
         assert_eq!((status, e["error"]["field"].as_str()), (400, Some("tasks")), "{bad}");

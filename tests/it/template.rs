@@ -86,6 +86,14 @@ fn template_queues_have_the_bootstrap_settings() {
 }
 
 #[test]
+fn the_deployed_queue_hides_a_batch_for_longer_than_the_sender_may_run() {
+    let t = template();
+    let visibility = int(&resource(&t, "DeliveryQueue")["VisibilityTimeout"]);
+    let sender = int(&resource(&t, "SenderFunction")["Timeout"]);
+    assert!(visibility >= sender, "a batch still being sent ({sender} s) reappears after {visibility} s");
+}
+
+#[test]
 fn template_functions_run_on_al2023_arm64_with_partial_batch_responses() {
     // cfn-lint accepts a misspelled FunctionResponseTypes value or runtime: check them here.
     let t = template();

@@ -76,21 +76,17 @@ impl From<ScheduleError> for ApiError {
     }
 }
 
-/// An error and every cause below it, `: `-separated: the store's or queue's
-/// own error is the interesting part, and it sits at the bottom of the chain.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
-
 /// The `field` of an error about the request body as a whole.
 pub(super) const DOCUMENT: &str = FieldError::DOCUMENT;
+
+/// Every cause under `e`, outermost first, joined with `: `: the SDK's
+/// own error ("store unavailable") says nothing of why; the root cause
+/// (a refused connection, a throttling code) is at the end of the chain.
+/// SDK and store errors name the operation and the service's answer, never
+/// the request's headers or body, so no secret of a task reaches the log.
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(e.source(), |e| e.source()).map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
 
 /// The JSON error document.
 fn error_body(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
@@ -127,14 +123,14 @@ impl IntoResponse for ApiError {
                 }
                 r
             }
-            Self::Unavailable(source) => {
-                tracing::error!(error = %self, source = %causes(source.as_ref()), "dependency unavailable");
+            Self::Unavailable(_) => {
+                tracing::error!(error = %self, causes = %cause_chain(&self), "dependency unavailable");
                 let mut r = body(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly", None);
                 r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
                 r
             }
-            Self::Internal(source) => {
-                tracing::error!(error = %self, source = %causes(source.as_ref()), "internal error");
+            Self::Internal(_) => {
+                tracing::error!(error = %self, causes = %cause_chain(&self), "internal error");
                 body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error", None)
             }
         }
@@ -143,6 +139,8 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     #[derive(Debug, thiserror::Error)]
@@ -163,10 +161,50 @@ mod tests {
         assert!(!resp.headers().contains_key("retry-after"));
     }
 
+    /// Captures what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(e: ApiError) -> (StatusCode, String) {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).json().finish();
+        let status = tracing::subscriber::with_default(subscriber, || e.into_response().status());
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
+        (status, text)
+    }
+
     #[test]
-    fn the_logged_cause_reaches_the_store_error_underneath() {
-        let e = ApiError::from(StoreError::Permanent(Box::new(Cause)));
-        let ApiError::Internal(source) = &e else { panic!("internal: {e:?}") };
-        assert_eq!(causes(source.as_ref()), "store call cannot succeed as deployed: the table does not exist");
+    fn an_unavailable_store_is_logged_with_its_whole_cause_chain() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused by 127.0.0.1:1");
+        let sdk = QueueError(Box::new(root));
+        let e = ApiError::from(StoreError::Unavailable(Box::new(sdk)));
+        let (status, log) = logged(e);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let line: serde_json::Value = serde_json::from_str(log.trim()).expect("one JSON line");
+        assert_eq!(
+            line["fields"]["causes"],
+            "store unavailable: delivery queue unavailable: connection refused by 127.0.0.1:1",
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn an_internal_error_is_logged_with_its_cause_and_answered_without_it() {
+        let e = ApiError::from(StoreError::Corrupt { id: "tsk_1".into(), what: "no status".into() });
+        let (status, log) = logged(e);
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(log.contains("stored item for tsk_1 is malformed: no status"), "{log}");
     }
 }

@@ -73,12 +73,24 @@ mod tests {
 
     #[test]
     fn default_policy_allows_three_retries_with_doubling_waits() {
+        // The default is jittered: the largest draw gives just under each bound.
+        let p = RetryPolicy::default();
+        let top = 0.999_999;
+        assert_eq!(p.delay_after(1, top), Some(Duration::from_millis(999)));
+        assert_eq!(p.delay_after(2, top), Some(Duration::from_millis(1_999)));
+        assert_eq!(p.delay_after(3, top), Some(Duration::from_millis(3_999)));
+        assert_eq!(p.delay_after(4, top), None);
+        assert_eq!(p.delay_after(1, 0.0), Some(Duration::ZERO), "full jitter");
+        assert_eq!(p.max_attempts(), 4);
+    }
+
+    #[test]
+    fn backoff_without_jitter_doubles_exactly() {
         let p = exact();
         assert_eq!(p.delay_after(1, 0.5), Some(Duration::from_secs(1)));
         assert_eq!(p.delay_after(2, 0.5), Some(Duration::from_secs(2)));
         assert_eq!(p.delay_after(3, 0.5), Some(Duration::from_secs(4)));
         assert_eq!(p.delay_after(4, 0.5), None);
-        assert_eq!(RetryPolicy::default().max_attempts(), 4);
     }
 
     #[test]
