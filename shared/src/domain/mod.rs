@@ -1,6 +1,6 @@
 //! The domain: what a task is, how a request is validated, how an outcome is
 //! classified and how long to wait before the next attempt. Pure: no AWS
-//! types, no I/O, unit-tested inline.
+//! types, no I/O, unit-tested beside the code (big test modules in sibling files).
 
 mod counts;
 mod ids;
