@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, Schedule, TaskId};
+use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, Schedule, TaskId, TenantId};
 
 /// Where a task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -79,7 +79,7 @@ impl TaskKind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTask {
     pub id: TaskId,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub spec: RequestSpec,
     pub retry: RetryPolicy,
     pub schedule: Schedule,
@@ -134,7 +134,7 @@ pub struct TaskState {
     /// For a cron run: its scheduled time (the run's identity).
     pub run: Option<EpochMillis>,
     pub kind: TaskKind,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub business_id: Option<String>,
     pub status: TaskStatus,
     /// Attempts started so far (the one in flight included).
@@ -224,7 +224,7 @@ mod tests {
             id: crate::domain::TaskId::generate(),
             run: None,
             kind: TaskKind::Once,
-            tenant: "t".into(),
+            tenant: TenantId::generate(),
             business_id: None,
             status: TaskStatus::Failed,
             attempts,

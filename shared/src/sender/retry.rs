@@ -22,7 +22,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     pub(super) async fn schedule_retry(&self, unit: &Unit, delay: Duration) -> Result<(), ()> {
         let due = now_millis() + delay.as_millis() as i64;
         let handoff = crate::domain::scheduler_handoff(due, Duration::from_secs(self.settings.schedule_early_s));
-        let msg = QueueMessage::DeliverV1 { task_id: unit.task.to_string(), run: unit.run };
+        let msg = QueueMessage::DeliverV1 { task_id: unit.task.clone(), run: unit.run };
         let name = format!("{}-r{}", unit.task, now_millis());
         match self.scheduler.create_at(&name, handoff.fire_at, &msg, handoff.delay).await {
             Ok(()) => {

@@ -198,12 +198,12 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{RequestSpec, RetryPolicy};
+    use crate::domain::{RequestSpec, RetryPolicy, TenantId};
 
     fn task(schedule: Schedule) -> NewTask {
         NewTask {
             id: TaskId::generate(),
-            tenant: "t".into(),
+            tenant: TenantId::generate(),
             spec: RequestSpec::example(),
             retry: RetryPolicy::default(),
             schedule,
