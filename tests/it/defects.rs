@@ -48,6 +48,7 @@ fn new_task(tenant: &TenantId, url: &str, business_id: Option<&str>, due_at: Epo
         business_id: business_id.map(str::to_owned),
         created_at: now,
         due_at,
+        on_scheduler: false,
     }
 }
 

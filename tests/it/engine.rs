@@ -247,6 +247,7 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
         business_id: None,
         created_at: now,
         due_at: now,
+        on_scheduler: false,
     };
     use courier::ports::TaskStore;
     store.create(&task, None).await.expect("stored");
@@ -416,6 +417,7 @@ async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
         business_id: None,
         created_at: now,
         due_at: now,
+        on_scheduler: false,
     };
     store.create(&task, None).await.expect("stored");
     // The claim reaches DynamoDB and is applied; its answer is lost; the SDK

@@ -28,7 +28,7 @@ pub use request::{
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};
 pub use target::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
-pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
+pub use task::{Attempt, NewTask, SchedulerHold, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, same_secret};
 pub use validate::{
     CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,

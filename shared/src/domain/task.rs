@@ -87,6 +87,9 @@ pub struct NewTask {
     pub created_at: EpochMillis,
     /// The first run (for cron: the first firing).
     pub due_at: EpochMillis,
+    /// Whether the API hands it to Scheduler (a cron task, or one due
+    /// further ahead than the queue can wait), under a schedule named by its id.
+    pub on_scheduler: bool,
 }
 
 impl NewTask {
@@ -114,6 +117,11 @@ impl NewTask {
             host: self.spec.url.host().to_owned(),
             failure_reason: None,
             last_status: None,
+            scheduler: if self.on_scheduler {
+                SchedulerHold::Schedule(self.id.as_str().to_owned())
+            } else {
+                SchedulerHold::Nothing
+            },
         }
     }
 
@@ -155,6 +163,21 @@ pub struct TaskState {
     pub failure_reason: Option<String>,
     /// The status code of the last failed attempt, if it got a response.
     pub last_status: Option<u16>,
+    /// Which Scheduler schedule holds the task, as recorded when it was handed over.
+    pub scheduler: SchedulerHold,
+}
+
+/// Whether a task waits in EventBridge Scheduler: recorded on the task's
+/// state when the API (or the sender, for a retry wait the queue cannot
+/// hold) hands it over, so a cancel knows which schedule to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchedulerHold {
+    /// Stored before this was recorded: the caller derives it (see cancel).
+    Unrecorded,
+    /// No schedule was made for the task.
+    Nothing,
+    /// The schedule of this name fires the task.
+    Schedule(String),
 }
 
 impl TaskState {
@@ -235,6 +258,7 @@ mod tests {
             updated_at: 0,
             due_at: None,
             lease_until: None,
+            scheduler: SchedulerHold::Nothing,
             host: "example.invalid".into(),
             failure_reason: None,
             last_status: None,

@@ -7,7 +7,7 @@ use super::errors::corrupt;
 use super::keys::{SPEC, STATE, key, shard, task_pk, unique_pk};
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
-    EpochMillis, NewTask, Quotas, RequestSpec, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
+    EpochMillis, NewTask, Quotas, RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
 };
 use crate::ports::{StoreError, UniqueKey};
 use crate::resources::{
@@ -89,6 +89,12 @@ pub(super) fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -
         host: get_s(sid, i, "host")?.to_owned(),
         failure_reason: opt_s(i, "failure_reason").map(str::to_owned),
         last_status: get_n(sid, i, "last_status")?,
+        scheduler: match i.get("on_scheduler").and_then(|v| v.as_bool().ok()) {
+            None => SchedulerHold::Unrecorded,
+            Some(false) => SchedulerHold::Nothing,
+            // Handed over by the API under the task's id, or renamed by the sender's retry.
+            Some(true) => SchedulerHold::Schedule(opt_s(i, "schedule_name").unwrap_or(sid).to_owned()),
+        },
     })
 }
 
@@ -134,6 +140,7 @@ impl DynamoStore {
             ("updated_at".into(), n(task.created_at)),
             ("due_at".into(), n(task.due_at)),
             ("host".into(), s(task.spec.url.host())),
+            ("on_scheduler".into(), AttributeValue::Bool(task.on_scheduler)),
             (GPK.into(), s(format!("TENANT#{}", task.tenant))),
             (GSK.into(), s(task.id.as_str())),
         ]);

@@ -27,6 +27,10 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
         match self.scheduler.create_at(&name, handoff.fire_at, &msg, handoff.delay).await {
             Ok(()) => {
                 tracing::info!(task_id = %unit.task, schedule = %name, due = %format_millis(due), "long retry wait handed to Scheduler");
+                if let Err(e) = self.store.record_on_scheduler(unit, &name).await {
+                    // The retry still fires; a cancel meanwhile leaves the schedule to find the task cancelled.
+                    tracing::warn!(task_id = %unit.task, error = %e, "could not record the retry's schedule on the task");
+                }
                 Ok(())
             }
             Err(e) => {
