@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::QueueAttributeName;
+use courier::domain::{DeadLetter, format_millis};
 use serde_json::{Value, json};
 
 use crate::api::{Api, Settings, enc};
@@ -352,14 +353,25 @@ async fn peek(sqs: &aws_sdk_sqs::Client, url: &str, limit: usize) -> anyhow::Res
     Ok(out)
 }
 
+/// A parked message as listed and shown: its summary fields, read as a
+/// [`DeadLetter`] (a document of a version this CLI does not know shows its raw
+/// fields), and the document itself.
 fn parked(m: &aws_sdk_sqs::types::Message) -> Value {
-    let doc: Value = serde_json::from_str(m.body().unwrap_or_default()).unwrap_or(Value::Null);
+    let body = m.body().unwrap_or_default();
+    let doc: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let (kind, task_id, tenant, reason) = match DeadLetter::from_body(body) {
+        Some(DeadLetter::TaskFailedV1 { task_id, tenant, reason, .. }) => {
+            (json!("task.failed.v1"), json!(task_id), json!(tenant), json!(reason))
+        }
+        Some(DeadLetter::PoisonV1 { reason, .. }) => (json!("poison.v1"), Value::Null, Value::Null, json!(reason)),
+        None => (doc["type"].clone(), doc["task_id"].clone(), doc["tenant"].clone(), doc["reason"].clone()),
+    };
     json!({
         "message_id": m.message_id(),
-        "type": doc["type"],
-        "task_id": doc["task_id"],
-        "tenant": doc["tenant"],
-        "reason": doc["reason"],
+        "type": kind,
+        "task_id": task_id,
+        "tenant": tenant,
+        "reason": reason,
         "body": doc,
     })
 }
@@ -420,19 +432,23 @@ async fn dlq(settings: &Settings, out: Output, c: DlqCommand) -> anyhow::Result<
                     break;
                 }
                 for m in fresh {
-                    let doc = parked(&m);
+                    let doc = DeadLetter::from_body(m.body().unwrap_or_default());
                     let receipt = m.receipt_handle().unwrap_or_default();
-                    let verdict = match doc["task_id"].as_str().filter(|_| doc["type"] == "task.failed.v1") {
-                        // Poison (no task to retry): it stays for a person to read.
+                    let verdict = match doc.as_ref().and_then(DeadLetter::task) {
+                        // Poison, or unreadable (no task to retry): it stays for a person to read.
                         None => None,
-                        Some(task) => {
+                        Some((task, run)) => {
                             // A cron task's failed run is retried by naming the run.
-                            let body = match doc["body"]["run"].as_str() {
-                                Some(run) => json!({"run": run}),
+                            let body = match run {
+                                Some(run) => json!({"run": format_millis(run)}),
                                 None => json!({}),
                             };
                             let (status, _) = api
-                                .raw(reqwest::Method::POST, &format!("/v1/tasks/{}/retry", enc(task)), Some(&body))
+                                .raw(
+                                    reqwest::Method::POST,
+                                    &format!("/v1/tasks/{}/retry", enc(task.as_str())),
+                                    Some(&body),
+                                )
                                 .await?;
                             match status {
                                 200 => Some(true),

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{QueueMessage, Replay, ReplayStatus, TaskId, now_millis};
+use crate::domain::{QueueMessage, Replay, ReplayId, ReplayStatus, TaskId, now_millis};
 use crate::ports::{DeliveryQueue, ListFilter, QueueError, ReplayStore, Retried, StoreError, TaskStore, TenantStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +38,11 @@ pub async fn kick<Q: DeliveryQueue>(queue: &Q, r: &Replay) -> Result<(), QueueEr
 
 /// Advances replay `id` by one page, if `chain` is its current chain and
 /// `page` its current page (a duplicate delivery of a page message does nothing).
-#[tracing::instrument(skip_all, fields(replay_id = id, chain, page))]
+#[tracing::instrument(skip_all, fields(replay_id = %id, chain, page))]
 pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
     store: &S,
     queue: &Q,
-    id: &str,
+    id: &ReplayId,
     chain: u64,
     page: u64,
 ) -> Result<(), ReplayError> {
@@ -124,7 +124,7 @@ pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
     }
     tracing::info!(replayed, skipped, errored, status = ?doc.status, "replay page done");
     if advanced && doc.status == ReplayStatus::Running {
-        let next = QueueMessage::ReplayV1 { replay_id: id.to_owned(), chain, page: doc.page };
+        let next = QueueMessage::ReplayV1 { replay_id: id.clone(), chain, page: doc.page };
         queue.enqueue(&next, Duration::from_secs(1)).await?;
     }
     Ok(())

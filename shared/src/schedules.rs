@@ -53,7 +53,7 @@ const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 /// The input of a cron task's schedule: a cron firing whose scheduled time
 /// Scheduler fills in.
 pub fn cron_message(task: &TaskId) -> QueueMessage {
-    QueueMessage::CronV1 { task_id: task.as_str().to_owned(), scheduled_time: SCHEDULED_TIME_PLACEHOLDER.to_owned() }
+    QueueMessage::CronV1 { task_id: task.clone(), scheduled_time: SCHEDULED_TIME_PLACEHOLDER.to_owned() }
 }
 
 /// The Scheduler expression of a 5-field cron: `cron(min hour dom month dow
@@ -234,7 +234,7 @@ mod tests {
         let QueueMessage::CronV1 { task_id, .. } = QueueMessage::from_body(&body).expect("parses") else {
             panic!("a cron firing")
         };
-        assert_eq!(task_id, id.as_str());
+        assert_eq!(task_id, id);
     }
 
     #[test]

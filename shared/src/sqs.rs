@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use crate::domain::QueueMessage;
+use crate::domain::{DeadLetter, QueueMessage};
 use crate::ports::{DeliveryQueue, QueueError};
 
 /// The longest `DelaySeconds` SQS accepts.
@@ -89,8 +89,8 @@ impl DeliveryQueue for SqsQueue {
         Ok(())
     }
 
-    async fn dead_letter(&self, body: String) -> Result<(), QueueError> {
-        self.client.send_message().queue_url(&self.dlq_url).message_body(body).send().await.map_err(err)?;
+    async fn dead_letter(&self, doc: &DeadLetter) -> Result<(), QueueError> {
+        self.client.send_message().queue_url(&self.dlq_url).message_body(doc.to_body()).send().await.map_err(err)?;
         Ok(())
     }
 }

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use courier::domain::{EpochMillis, NewTask, Quotas, Replay, ReplayFilter, ReplayStatus, TaskId, TaskStatus, Tenant};
+use courier::domain::{
+    EpochMillis, NewTask, Quotas, Replay, ReplayFilter, ReplayId, ReplayStatus, TaskId, TaskStatus, Tenant, TenantId,
+};
 use courier::dynamo::DynamoStore;
 use courier::ports::{
     Claim, CountStore, Created, DeliveryLedger, ReplayStore, TaskStore, TenantStore, Transition, UniqueKey, Unit,
@@ -30,7 +32,7 @@ async fn queue(stack: &TestStack) -> SqsQueue {
 }
 
 /// A valid one-off task of `tenant` sending to `url`, due at `due_at`.
-fn new_task(tenant: &str, url: &str, business_id: Option<&str>, due_at: EpochMillis) -> NewTask {
+fn new_task(tenant: &TenantId, url: &str, business_id: Option<&str>, due_at: EpochMillis) -> NewTask {
     let now = courier::domain::now_millis();
     let input = courier::domain::parse_create_task(
         json!({"request": {"method": "POST", "url": url}, "retry": {"intervals": []}}).to_string().as_bytes(),
@@ -39,13 +41,14 @@ fn new_task(tenant: &str, url: &str, business_id: Option<&str>, due_at: EpochMil
     .expect("valid");
     NewTask {
         id: TaskId::generate(),
-        tenant: tenant.to_owned(),
+        tenant: tenant.clone(),
         spec: input.spec,
         retry: input.retry,
         schedule: input.schedule,
         business_id: business_id.map(str::to_owned),
         created_at: now,
         due_at,
+        on_scheduler: false,
     }
 }
 
@@ -104,12 +107,12 @@ async fn a_create_takes_a_unique_key_whose_orphaned_holder_vanished_instead_of_s
     let stack = TestStack::start(quiet_stack("d-orphan")).await;
     let store = store(&stack).await;
     // A creator died after taking the key: it names a task that never got a state.
-    let dead = new_task(&stack.tenant, "https://hook.invalid/a", Some("order-1"), courier::domain::now_millis());
+    let dead = new_task(&stack.tenant_id(), "https://hook.invalid/a", Some("order-1"), courier::domain::now_millis());
     let key = UniqueKey::BusinessId("order-1".into());
     assert_eq!(store.create(&dead, Some(&key)).await.expect("first"), Created::New);
     delete_item(&stack, format!("TASK#{}", dead.id), "STATE").await;
     // While the next create waits for the orphan's creator, the key goes away (its TTL, a discard).
-    let next = new_task(&stack.tenant, "https://hook.invalid/b", Some("order-1"), courier::domain::now_millis());
+    let next = new_task(&stack.tenant_id(), "https://hook.invalid/b", Some("order-1"), courier::domain::now_millis());
     let creating = tokio::spawn({
         let store = store.clone();
         let (next, key) = (next.clone(), key.clone());
@@ -123,7 +126,7 @@ async fn a_create_takes_a_unique_key_whose_orphaned_holder_vanished_instead_of_s
         .expect("joined")
         .expect("created");
     assert_eq!(created, Created::New);
-    assert_eq!(store.find_by_key(&stack.tenant, &key).await.expect("read"), Some(next.id));
+    assert_eq!(store.find_by_key(&stack.tenant_id(), &key).await.expect("read"), Some(next.id));
 }
 
 #[tokio::test]
@@ -135,7 +138,7 @@ async fn the_counter_applies_every_tenant_of_a_stream_batch_once() {
     // More tenants than one transaction holds (two writes each, 100 items at most).
     let tenants: Vec<Tenant> = (0..60)
         .map(|i| Tenant {
-            id: format!("ten_{i:03}_{}", &stack.outputs().stack),
+            id: TenantId::generate(),
             name: format!("t{i}"),
             enabled: true,
             quotas: Quotas::default(),
@@ -156,7 +159,7 @@ async fn the_counter_applies_every_tenant_of_a_stream_batch_once() {
         .map(|(i, t)| {
             json!({"eventID": format!("ev{i}"), "eventName": "MODIFY", "dynamodb": {
                 "Keys": {"pk": {"S": format!("TASK#tsk_{i}")}, "sk": {"S": "STATE"}},
-                "OldImage": image(&t.id, "pending"), "NewImage": image(&t.id, "succeeded")}})
+                "OldImage": image(t.id.as_str(), "pending"), "NewImage": image(t.id.as_str(), "succeeded")}})
         })
         .collect();
     assert!(courier::counter::apply(&store, &records).await.expect("applied"));
@@ -182,8 +185,8 @@ async fn a_claimed_task_without_its_spec_ends_failed_and_gives_its_slot_back() {
     let stack = TestStack::start(opts).await;
     let store = store(&stack).await;
     // What a partial batch write leaves (or a retry after the spec expired): a state, no spec.
-    let task = new_task(&stack.tenant, "https://hook.invalid/x", None, courier::domain::now_millis());
-    let tenant = store.get_tenant(&stack.tenant).await.expect("tenant").expect("exists");
+    let task = new_task(&stack.tenant_id(), "https://hook.invalid/x", None, courier::domain::now_millis());
+    let tenant = store.get_tenant(&stack.tenant_id()).await.expect("tenant").expect("exists");
     assert!(store.reserve_active(&tenant, 1).await.expect("reserve"));
     store.create(&task, None).await.expect("stored");
     delete_item(&stack, format!("TASK#{}", task.id), "SPEC").await;
@@ -240,15 +243,15 @@ async fn a_duplicate_replay_page_message_does_not_fork_the_chain() {
     let (store, queue) = (store(&stack).await, queue(&stack).await);
     let mut ids = Vec::new();
     for i in 0..3 {
-        let t = new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, courier::domain::now_millis());
+        let t = new_task(&stack.tenant_id(), &format!("https://hook.invalid/{i}"), None, courier::domain::now_millis());
         store.create(&t, None).await.expect("stored");
         fail(&store, &t.id).await;
         ids.push(t.id);
     }
     let now = courier::domain::now_millis();
     let replay = Replay {
-        id: Replay::new_id(),
-        tenant: stack.tenant.clone(),
+        id: ReplayId::generate(),
+        tenant: stack.tenant_id(),
         filter: ReplayFilter {
             status: TaskStatus::Failed,
             host: None,
@@ -287,16 +290,20 @@ async fn purge_keeps_a_business_id_another_task_holds_now() {
     let stack = TestStack::start(quiet_stack("d-purge")).await;
     let store = store(&stack).await;
     let now = courier::domain::now_millis();
-    let old = new_task(&stack.tenant, "https://hook.invalid/old", Some("order-9"), now);
+    let old = new_task(&stack.tenant_id(), "https://hook.invalid/old", Some("order-9"), now);
     let key = UniqueKey::BusinessId("order-9".into());
     store.create(&old, Some(&key)).await.expect("stored");
     fail(&store, &old.id).await;
     // The old task's key expired and a new task took the business id.
     delete_item(&stack, format!("UNIQUE#{}#B#order-9", stack.tenant), "UNIQUE").await;
-    let new = new_task(&stack.tenant, "https://hook.invalid/new", Some("order-9"), now);
+    let new = new_task(&stack.tenant_id(), "https://hook.invalid/new", Some("order-9"), now);
     assert_eq!(store.create(&new, Some(&key)).await.expect("stored"), Created::New);
     assert!(store.purge(&old.id).await.expect("purged"));
-    assert_eq!(store.find_by_key(&stack.tenant, &key).await.expect("read"), Some(new.id), "the new holder keeps it");
+    assert_eq!(
+        store.find_by_key(&stack.tenant_id(), &key).await.expect("read"),
+        Some(new.id),
+        "the new holder keeps it"
+    );
 }
 
 #[tokio::test]
@@ -307,7 +314,7 @@ async fn the_reconciler_pages_resumes_from_its_watermarks_and_reports_a_bounded_
     // is not due for another look during the test.
     let due = courier::domain::now_millis() - 120_000;
     let tasks: Vec<NewTask> =
-        (0..30).map(|i| new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, due)).collect();
+        (0..30).map(|i| new_task(&stack.tenant_id(), &format!("https://hook.invalid/{i}"), None, due)).collect();
     assert!(store.create_many(&tasks).await.expect("stored").iter().all(|ok| *ok));
     // One candidate per page, eight pages per run: a run stops part-way and the next goes on.
     let reconciler =
@@ -439,7 +446,7 @@ async fn a_replay_page_cut_short_by_a_store_error_gives_back_the_slots_it_did_no
     let stack = TestStack::start(opts).await;
     let (plain, queue) = (store(&stack).await, queue(&stack).await);
     for i in 0..3 {
-        let t = new_task(&stack.tenant, &format!("https://hook.invalid/{i}"), None, courier::domain::now_millis());
+        let t = new_task(&stack.tenant_id(), &format!("https://hook.invalid/{i}"), None, courier::domain::now_millis());
         plain.create(&t, None).await.expect("stored");
         fail(&plain, &t.id).await;
     }
@@ -449,8 +456,8 @@ async fn a_replay_page_cut_short_by_a_store_error_gives_back_the_slots_it_did_no
     let faulty = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), &stack.outputs().names.table, 90);
     let now = courier::domain::now_millis();
     let replay = Replay {
-        id: Replay::new_id(),
-        tenant: stack.tenant.clone(),
+        id: ReplayId::generate(),
+        tenant: stack.tenant_id(),
         filter: ReplayFilter {
             status: TaskStatus::Failed,
             host: None,
@@ -471,7 +478,7 @@ async fn a_replay_page_cut_short_by_a_store_error_gives_back_the_slots_it_did_no
         page: 0,
     };
     plain.put_replay(&replay).await.expect("stored");
-    let active = || async { plain.get_tenant(&stack.tenant).await.expect("read").expect("tenant").active };
+    let active = || async { plain.get_tenant(&stack.tenant_id()).await.expect("read").expect("tenant").active };
     assert_eq!(active().await, 0);
     // The page reserves three slots, replays one task, then the store fails.
     assert!(courier::replays::step(&faulty, &queue, &replay.id, 0, 0).await.is_err());

@@ -242,13 +242,14 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
     .expect("valid");
     let task = courier::domain::NewTask {
         id: courier::domain::TaskId::generate(),
-        tenant: stack.tenant.clone(),
+        tenant: stack.tenant_id(),
         spec: input.spec,
         retry: input.retry,
         schedule: input.schedule,
         business_id: None,
         created_at: now,
         due_at: now,
+        on_scheduler: false,
     };
     use courier::ports::TaskStore;
     store.create(&task, None).await.expect("stored");
@@ -399,13 +400,14 @@ async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
     .expect("valid");
     let task = courier::domain::NewTask {
         id: courier::domain::TaskId::generate(),
-        tenant: "tnt_claim".into(),
+        tenant: courier::domain::TenantId::generate(),
         spec: input.spec,
         retry: input.retry,
         schedule: input.schedule,
         business_id: None,
         created_at: now,
         due_at: now,
+        on_scheduler: false,
     };
     store.create(&task, None).await.expect("stored");
     // The claim reaches DynamoDB and is applied; its answer is lost; the SDK

@@ -209,6 +209,11 @@ pub struct TestStack {
 }
 
 impl TestStack {
+    /// The stack's tenant as the typed id the store's ports take.
+    pub fn tenant_id(&self) -> courier::domain::TenantId {
+        courier::domain::TenantId::parse(&self.tenant).expect("the stack's tenant id is well formed")
+    }
+
     pub async fn start(mut opts: StackOptions) -> Self {
         opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(ADMIN_KEY)));
         let local = start_stack(opts).await;

@@ -412,29 +412,24 @@ async fn the_store_reports_input_dynamodb_refuses_as_invalid_not_unavailable() {
     input.spec.auth = Some(courier::domain::Auth::Bearer { token: "t".repeat(500_000) });
     let task = courier::domain::NewTask {
         id: courier::domain::TaskId::generate(),
-        tenant: "tnt_0000000000000000".into(),
+        tenant: courier::domain::TenantId::parse("tnt_0000000000000000").expect("id"),
         spec: input.spec,
         retry: input.retry,
         schedule: input.schedule,
         business_id: None,
         created_at: now,
         due_at: now,
+        on_scheduler: false,
     };
     let err = store.create(&task, None).await.expect_err("DynamoDB refuses an item over 400 KB");
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
-    // A key past DynamoDB's 2048-byte partition key limit.
-    let tenant = courier::domain::Tenant {
-        id: "a".repeat(3_000),
-        name: "long".into(),
-        enabled: true,
-        quotas: courier::domain::Quotas::default(),
-        active: 0,
-        created_at: now,
-    };
-    let err = store.create_tenant(&tenant).await.expect_err("DynamoDB refuses the key");
+    // A key past DynamoDB's 2048-byte partition key limit (a business id the API would refuse).
+    let long = courier::ports::UniqueKey::BusinessId("a".repeat(3_000));
+    let err = store.find_by_key(&task.tenant, &long).await.expect_err("DynamoDB refuses the key");
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
     // A plain read of a missing item is no error at all.
-    assert!(store.get_tenant("tnt_0000000000000000").await.expect("read").is_none());
+    let missing = courier::domain::TenantId::parse("tnt_0000000000000000").expect("id");
+    assert!(store.get_tenant(&missing).await.expect("read").is_none());
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod defects;
 mod delivery;
 mod engine;
 mod guard;
+mod handover;
 mod helpers;
 mod http_api;
 mod iam;

@@ -65,7 +65,7 @@ async fn create_tenant(sdk: &aws_config::SdkConfig, stack: &str, name: &str) -> 
     let names = courier::resources::StackNames::for_stack(stack);
     let store = courier::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), names.table, 90);
     let (tenant, key) = courier::api::create_tenant_with_key(&store, name, courier::domain::Quotas::default()).await?;
-    Ok((tenant.id, key.secret))
+    Ok((tenant.id.into(), key.secret))
 }
 
 /// Prints the verdict on an IAM log; an error when any call is not granted or none was recorded.

@@ -174,13 +174,6 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
     axum::response::Response::from_parts(parts, axum::body::Body::from(doc.to_string()))
 }
 
-/// Whether a path id could name something this API created (tenant, key and
-/// replay ids are short ASCII words): anything else is a 404 without a store
-/// call, so no key the store cannot hold ever reaches it.
-fn plausible_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-}
-
 async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth};
 use crate::domain::{
-    CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayStatus, TaskStatus, decode_document,
-    format_millis, now_millis,
+    CodeMatch, EpochMillis, FieldError, QueueMessage, Replay, ReplayFilter, ReplayId, ReplayStatus, TaskStatus,
+    TenantId, decode_document, format_millis, now_millis,
 };
 use crate::ports::{
     DeliveryLedger, DeliveryQueue, ListFilter, ReplayStore, Retried, StoredTask, TaskStore, TenantStore, Unit,
@@ -111,7 +111,7 @@ pub async fn create_replay<S: ReplayStore + TaskStore + TenantStore, Q: Delivery
     super::tasks::time_window(since, until, "since", "until")?;
     let now = now_millis();
     let replay = Replay {
-        id: Replay::new_id(),
+        id: ReplayId::generate(),
         tenant: tenant.id.clone(),
         filter: ReplayFilter { status: TaskStatus::Failed, host, created_after: since, created_before: until, code },
         rate,
@@ -141,16 +141,17 @@ pub async fn create_replay<S: ReplayStore + TaskStore + TenantStore, Q: Delivery
 
 async fn owned_replay<S: ReplayStore, Q, C>(
     app: &AppState<S, Q, C>,
-    tenant: &str,
+    tenant: &TenantId,
     id: &str,
 ) -> Result<Replay, ApiError> {
-    if !super::plausible_id(id) {
+    // A malformed id names no replay: 404 without a store call, as for any unknown id.
+    let Ok(replay_id) = ReplayId::parse(id) else {
         return Err(ApiError::NotFound(format!("no replay {id}")));
-    }
+    };
     app.store
-        .get_replay(id)
+        .get_replay(&replay_id)
         .await?
-        .filter(|r| r.tenant == tenant)
+        .filter(|r| &r.tenant == tenant)
         .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))
 }
 
@@ -258,7 +259,7 @@ pub(super) async fn retry_run<S: DeliveryLedger + TaskStore, Q: DeliveryQueue, C
         Retried::Missing => return Err(ApiError::NotFound(format!("task {id} has no run {}", format_millis(run)))),
     }
     // The run is pending now; if this send fails, the reconciler enqueues it.
-    let msg = QueueMessage::DeliverV1 { task_id: id.to_string(), run: Some(run) };
+    let msg = QueueMessage::DeliverV1 { task_id: id.clone(), run: Some(run) };
     if let Err(e) = app.queue.enqueue(&msg, std::time::Duration::ZERO).await {
         tracing::warn!(task_id = %id, run, error = %e, "run retry not enqueued; the reconciler will");
     }

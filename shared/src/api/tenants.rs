@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, views};
-use crate::domain::{FieldError, NewApiKey, Quotas, Tenant, decode_document, new_tenant_id, now_millis};
+use crate::domain::{FieldError, KeyId, NewApiKey, Quotas, Tenant, TenantId, decode_document, now_millis};
 use crate::ports::TenantStore;
 
 #[derive(Deserialize)]
@@ -54,7 +54,7 @@ pub async fn create_tenant_with_key<S: TenantStore>(
 ) -> Result<(Tenant, NewApiKey), ApiError> {
     let now = now_millis();
     let tenant =
-        Tenant { id: new_tenant_id(), name: name.to_owned(), enabled: true, quotas, active: 0, created_at: now };
+        Tenant { id: TenantId::generate(), name: name.to_owned(), enabled: true, quotas, active: 0, created_at: now };
     store.create_tenant(&tenant).await?;
     let key = NewApiKey::generate();
     store.put_key(&tenant.id, &key.key_id, &key.hash, now).await?;
@@ -84,14 +84,13 @@ pub async fn create<S: TenantStore, Q, C>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// A 404 for a path id no tenant or key could have (before it reaches the
-/// store as a key).
-fn known_shape(what: &str, id: &str) -> Result<(), ApiError> {
-    if super::plausible_id(id) { Ok(()) } else { Err(ApiError::NotFound(format!("no {what} {id}"))) }
+/// The tenant a path segment names: a malformed id names no tenant, so it is
+/// a 404 without a store call, as for any unknown id.
+fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).map_err(|_| ApiError::NotFound(format!("no tenant {id}")))
 }
 
-async fn tenant_view<S: TenantStore>(store: &S, id: &str) -> Result<Value, ApiError> {
-    known_shape("tenant", id)?;
+async fn tenant_view<S: TenantStore>(store: &S, id: &TenantId) -> Result<Value, ApiError> {
     let t = store.get_tenant(id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     Ok(views::tenant(&t, &store.list_keys(id).await?))
 }
@@ -102,7 +101,7 @@ pub async fn get_one<S: TenantStore, Q, C>(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth::admin(&app, &headers)?;
-    Ok(Json(tenant_view(&app.store, &id).await?))
+    Ok(Json(tenant_view(&app.store, &tenant_id(&id)?).await?))
 }
 
 pub async fn update<S: TenantStore, Q, C>(
@@ -113,7 +112,7 @@ pub async fn update<S: TenantStore, Q, C>(
 ) -> Result<Json<Value>, ApiError> {
     auth::admin(&app, &headers)?;
     let dto = parse(&body)?;
-    known_shape("tenant", &id)?;
+    let id = tenant_id(&id)?;
     if dto.name.is_some() {
         return Err(FieldError::new("unknown_field", "name", "a tenant's name does not change").into());
     }
@@ -134,7 +133,7 @@ pub async fn create_key<S: TenantStore, Q, C>(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     auth::admin(&app, &headers)?;
-    known_shape("tenant", &id)?;
+    let id = tenant_id(&id)?;
     app.store.get_tenant(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     let key = NewApiKey::generate();
     app.store.put_key(&id, &key.key_id, &key.hash, now_millis()).await?;
@@ -148,10 +147,10 @@ pub async fn revoke_key<S: TenantStore, Q, C>(
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     auth::admin(&app, &headers)?;
-    known_shape("tenant", &id)?;
-    if !super::plausible_id(&key_id) {
+    let id = tenant_id(&id)?;
+    let Ok(key_id) = KeyId::parse(&key_id) else {
         return Err(ApiError::NotFound(format!("tenant {id} has no key {key_id}")));
-    }
+    };
     if !app.store.revoke_key(&id, &key_id, now_millis()).await? {
         return Err(ApiError::NotFound(format!("tenant {id} has no key {key_id}")));
     }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::domain::{
-    Attempt, EpochMillis, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
+    Attempt, EpochMillis, KeyId, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
 };
 use crate::ports::StoredTask;
 
@@ -125,7 +125,7 @@ pub fn attempt(a: &Attempt) -> Value {
     })
 }
 
-pub fn tenant(t: &Tenant, keys: &[(String, EpochMillis, Option<EpochMillis>)]) -> Value {
+pub fn tenant(t: &Tenant, keys: &[(KeyId, EpochMillis, Option<EpochMillis>)]) -> Value {
     json!({
         "id": t.id,
         "name": t.name,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EpochMillis, TaskId};
+use super::{EpochMillis, ReplayId, TaskId};
 
 /// One message on the delivery queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,19 +12,19 @@ pub enum QueueMessage {
     /// Deliver the task (or, with `run`, one run of a cron task) now.
     #[serde(rename = "deliver.v1")]
     DeliverV1 {
-        task_id: String,
+        task_id: TaskId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run: Option<EpochMillis>,
     },
     /// A cron firing from the Scheduler: `scheduled_time` (RFC 3339, filled in
     /// by the Scheduler on each firing) is the run's identity.
     #[serde(rename = "cron.v1")]
-    CronV1 { task_id: String, scheduled_time: String },
+    CronV1 { task_id: TaskId, scheduled_time: String },
     /// Advance a replay by page `page` of chain `chain`: a message whose page is
     /// not the replay's current page (a duplicate delivery) does nothing.
     #[serde(rename = "replay.v1")]
     ReplayV1 {
-        replay_id: String,
+        replay_id: ReplayId,
         #[serde(default)]
         chain: u64,
         #[serde(default)]
@@ -34,7 +34,7 @@ pub enum QueueMessage {
 
 impl QueueMessage {
     pub fn deliver(id: &TaskId) -> Self {
-        Self::DeliverV1 { task_id: id.as_str().to_owned(), run: None }
+        Self::DeliverV1 { task_id: id.clone(), run: None }
     }
 
     /// A cron firing's run: its scheduled time (Scheduler's RFC 3339) in epoch ms.
@@ -46,6 +46,8 @@ impl QueueMessage {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Reads a body; `None` if it is not a message of a known version or an
+    /// id in it is malformed (ids are parsed here, once).
     pub fn from_body(body: &str) -> Option<Self> {
         serde_json::from_str(body).ok()
     }
@@ -68,10 +70,38 @@ mod tests {
 
     #[test]
     fn a_cron_firing_names_its_run_by_the_scheduled_time() {
-        let m = QueueMessage::from_body(r#"{"type":"cron.v1","task_id":"t","scheduled_time":"2026-11-22T02:00:00Z"}"#)
-            .expect("parses");
+        let m = QueueMessage::from_body(
+            r#"{"type":"cron.v1","task_id":"tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3","scheduled_time":"2026-11-22T02:00:00Z"}"#,
+        )
+        .expect("parses");
         let QueueMessage::CronV1 { scheduled_time, .. } = m else { panic!("a cron firing") };
         assert_eq!(QueueMessage::scheduled_run(&scheduled_time), Ok(1_795_312_800_000));
         assert!(QueueMessage::scheduled_run("yesterday").is_err());
+    }
+
+    #[test]
+    fn messages_written_before_ids_were_typed_read_the_same() {
+        let deliver = r#"{"type":"deliver.v1","task_id":"tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3","run":1795312800000}"#;
+        let id = TaskId::parse("tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3").expect("id");
+        assert_eq!(
+            QueueMessage::from_body(deliver),
+            Some(QueueMessage::DeliverV1 { task_id: id, run: Some(1_795_312_800_000) })
+        );
+        assert_eq!(QueueMessage::from_body(deliver).expect("parses").to_body(), deliver);
+        let replay = r#"{"type":"replay.v1","replay_id":"rpl_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3"}"#;
+        let Some(QueueMessage::ReplayV1 { replay_id, chain: 0, page: 0 }) = QueueMessage::from_body(replay) else {
+            panic!("an old replay message without chain and page reads as the first page");
+        };
+        assert_eq!(replay_id.as_str(), "rpl_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3");
+    }
+
+    #[test]
+    fn a_message_with_a_malformed_id_is_unreadable() {
+        assert_eq!(QueueMessage::from_body(r#"{"type":"deliver.v1","task_id":"x"}"#), None);
+        assert_eq!(QueueMessage::from_body(r#"{"type":"cron.v1","task_id":"tsk_","scheduled_time":"x"}"#), None);
+        assert_eq!(
+            QueueMessage::from_body(r#"{"type":"replay.v1","replay_id":"tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3"}"#),
+            None
+        );
     }
 }

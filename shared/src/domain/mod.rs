@@ -3,6 +3,7 @@
 //! types, no I/O, unit-tested beside the code (big test modules in sibling files).
 
 mod counts;
+mod dead_letter;
 mod ids;
 mod message;
 mod outcome;
@@ -16,7 +17,8 @@ mod tenant;
 mod validate;
 
 pub use counts::{Deltas, TenantDelta};
-pub use ids::{InvalidId, TaskId};
+pub use dead_letter::DeadLetter;
+pub use ids::{InvalidId, KeyId, ReplayId, TaskId, TenantId};
 pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
 pub use replay::{CodeMatch, Replay, ReplayFilter, ReplayStatus};
@@ -26,8 +28,8 @@ pub use request::{
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};
 pub use target::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
-pub use task::{Attempt, NewTask, TaskKind, TaskState, TaskStatus};
-pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, new_tenant_id, same_secret};
+pub use task::{Attempt, NewTask, SchedulerHold, TaskKind, TaskState, TaskStatus};
+pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, same_secret};
 pub use validate::{
     CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,
     parse_create_task, parse_create_value, parse_document, parse_idempotency_key, parse_patch, parse_time,

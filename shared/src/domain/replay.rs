@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EpochMillis, TaskStatus};
+use super::{EpochMillis, ReplayId, TaskStatus, TenantId};
 
 /// Which response status codes a replay selects by (the failed attempt's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +55,8 @@ pub enum ReplayStatus {
 /// A replay and its progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replay {
-    pub id: String,
-    pub tenant: String,
+    pub id: ReplayId,
+    pub tenant: TenantId,
     pub filter: ReplayFilter,
     /// Tasks re-queued per second, at most.
     pub rate: u32,
@@ -79,12 +79,6 @@ pub struct Replay {
     /// conditional save of each page, so one delivery of a page advances it.
     #[serde(default)]
     pub page: u64,
-}
-
-impl Replay {
-    pub fn new_id() -> String {
-        format!("rpl_{}", uuid::Uuid::now_v7().simple())
-    }
 }
 
 #[cfg(test)]

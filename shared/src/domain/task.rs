@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, Schedule, TaskId};
+use super::{EpochMillis, Outcome, RequestSpec, RetryPolicy, Schedule, TaskId, TenantId};
 
 /// Where a task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -79,7 +79,7 @@ impl TaskKind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTask {
     pub id: TaskId,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub spec: RequestSpec,
     pub retry: RetryPolicy,
     pub schedule: Schedule,
@@ -87,6 +87,9 @@ pub struct NewTask {
     pub created_at: EpochMillis,
     /// The first run (for cron: the first firing).
     pub due_at: EpochMillis,
+    /// Whether the API hands it to Scheduler (a cron task, or one due
+    /// further ahead than the queue can wait), under a schedule named by its id.
+    pub on_scheduler: bool,
 }
 
 impl NewTask {
@@ -114,6 +117,11 @@ impl NewTask {
             host: self.spec.url.host().to_owned(),
             failure_reason: None,
             last_status: None,
+            scheduler: if self.on_scheduler {
+                SchedulerHold::Schedule(self.id.as_str().to_owned())
+            } else {
+                SchedulerHold::Nothing
+            },
         }
     }
 
@@ -134,7 +142,7 @@ pub struct TaskState {
     /// For a cron run: its scheduled time (the run's identity).
     pub run: Option<EpochMillis>,
     pub kind: TaskKind,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub business_id: Option<String>,
     pub status: TaskStatus,
     /// Attempts started so far (the one in flight included).
@@ -155,6 +163,21 @@ pub struct TaskState {
     pub failure_reason: Option<String>,
     /// The status code of the last failed attempt, if it got a response.
     pub last_status: Option<u16>,
+    /// Which Scheduler schedule holds the task, as recorded when it was handed over.
+    pub scheduler: SchedulerHold,
+}
+
+/// Whether a task waits in EventBridge Scheduler: recorded on the task's
+/// state when the API (or the sender, for a retry wait the queue cannot
+/// hold) hands it over, so a cancel knows which schedule to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchedulerHold {
+    /// Stored before this was recorded: the caller derives it (see cancel).
+    Unrecorded,
+    /// No schedule was made for the task.
+    Nothing,
+    /// The schedule of this name fires the task.
+    Schedule(String),
 }
 
 impl TaskState {
@@ -224,7 +247,7 @@ mod tests {
             id: crate::domain::TaskId::generate(),
             run: None,
             kind: TaskKind::Once,
-            tenant: "t".into(),
+            tenant: TenantId::generate(),
             business_id: None,
             status: TaskStatus::Failed,
             attempts,
@@ -235,6 +258,7 @@ mod tests {
             updated_at: 0,
             due_at: None,
             lease_until: None,
+            scheduler: SchedulerHold::Nothing,
             host: "example.invalid".into(),
             failure_reason: None,
             last_status: None,

@@ -4,12 +4,12 @@
 
 use sha2::{Digest, Sha256};
 
-use super::EpochMillis;
+use super::{EpochMillis, KeyId, TenantId};
 
 /// A tenant: one calling system, with its quotas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant {
-    pub id: String,
+    pub id: TenantId,
     pub name: String,
     pub enabled: bool,
     pub quotas: Quotas,
@@ -35,7 +35,7 @@ impl Default for Quotas {
 /// A new API key: the secret (shown once) and what is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewApiKey {
-    pub key_id: String,
+    pub key_id: KeyId,
     /// `ck_<key_id>_<secret>`: the bearer token.
     pub secret: String,
     pub hash: String,
@@ -44,7 +44,7 @@ pub struct NewApiKey {
 impl NewApiKey {
     /// A random key (122 + 122 bits from the OS generator via UUIDv4).
     pub fn generate() -> Self {
-        let key_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let key_id = KeyId::generate();
         let secret = format!("ck_{key_id}_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let hash = hash_key(&secret);
         Self { key_id, secret, hash }
@@ -54,11 +54,6 @@ impl NewApiKey {
 /// The stored form of a key: hex SHA-256.
 pub fn hash_key(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new tenant id: `tnt_` + 16 hex digits.
-pub fn new_tenant_id() -> String {
-    format!("tnt_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
 /// Compares two secrets without an early exit (same-length digests).
@@ -79,7 +74,7 @@ mod tests {
         assert!(a.secret.starts_with(&format!("ck_{}_", a.key_id)));
         assert_eq!(a.hash, hash_key(&a.secret));
         assert_eq!(a.hash.len(), 64);
-        assert!(!a.hash.contains(&a.key_id));
+        assert!(!a.hash.contains(a.key_id.as_str()));
     }
 
     #[test]

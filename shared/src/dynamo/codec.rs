@@ -6,7 +6,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::errors::corrupt;
 use super::keys::{SPEC, STATE, key, shard, task_pk, unique_pk};
 use super::{DAY_MS, DynamoStore, Item};
-use crate::domain::{EpochMillis, NewTask, Quotas, RequestSpec, TaskId, TaskKind, TaskState, TaskStatus, Tenant};
+use crate::domain::{
+    EpochMillis, NewTask, Quotas, RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
+};
 use crate::ports::{StoreError, UniqueKey};
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
@@ -30,6 +32,11 @@ pub(super) fn ttl_secs(at_ms: EpochMillis) -> AttributeValue {
 
 pub(super) fn get_s<'a>(id: &str, item: &'a Item, k: &str) -> Result<&'a str, StoreError> {
     opt_s(item, k).ok_or_else(|| corrupt(id, format!("missing string `{k}`")))
+}
+
+/// A stored tenant id, parsed: a malformed one is a corrupt item.
+pub(super) fn get_tenant(id: &str, item: &Item, k: &str) -> Result<TenantId, StoreError> {
+    TenantId::parse(get_s(id, item, k)?).map_err(|e| corrupt(id, format!("`{k}`: {e}")))
 }
 
 pub(super) fn opt_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
@@ -68,7 +75,7 @@ pub(super) fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -
         id: id.clone(),
         run,
         kind: if opt_s(i, "kind") == Some("cron") { TaskKind::Cron } else { TaskKind::Once },
-        tenant: get_s(sid, i, "tenant")?.to_owned(),
+        tenant: get_tenant(sid, i, "tenant")?,
         business_id: opt_s(i, "business_id").map(str::to_owned),
         status: TaskStatus::parse(status).ok_or_else(|| corrupt(sid, format!("unknown status `{status}`")))?,
         attempts: req_n(sid, i, "attempts")?,
@@ -82,11 +89,20 @@ pub(super) fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -
         host: get_s(sid, i, "host")?.to_owned(),
         failure_reason: opt_s(i, "failure_reason").map(str::to_owned),
         last_status: get_n(sid, i, "last_status")?,
+        scheduler: match i.get("on_scheduler").and_then(|v| v.as_bool().ok()) {
+            None => SchedulerHold::Unrecorded,
+            Some(false) => SchedulerHold::Nothing,
+            // Handed over by the API under the task's id, or renamed by the sender's retry.
+            Some(true) => SchedulerHold::Schedule(opt_s(i, "schedule_name").unwrap_or(sid).to_owned()),
+        },
     })
 }
 
 pub(super) fn tenant_from_item(i: &Item) -> Result<Tenant, StoreError> {
-    let id = opt_s(i, PK).and_then(|p| p.strip_prefix("TENANT#")).unwrap_or_default().to_owned();
+    let pk = opt_s(i, PK).unwrap_or_default();
+    let tenant_id =
+        TenantId::parse(pk.strip_prefix("TENANT#").unwrap_or_default()).map_err(|e| corrupt(pk, e.to_string()))?;
+    let id = tenant_id.as_str().to_owned();
     Ok(Tenant {
         name: get_s(&id, i, "name")?.to_owned(),
         enabled: i.get("enabled").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
@@ -97,7 +113,7 @@ pub(super) fn tenant_from_item(i: &Item) -> Result<Tenant, StoreError> {
         // Never below zero (slots given back for tasks created around the API, say).
         active: get_n::<i64>(&id, i, "active")?.unwrap_or(0).max(0) as u64,
         created_at: req_n(&id, i, "created_at")?,
-        id,
+        id: tenant_id,
     })
 }
 
@@ -124,6 +140,7 @@ impl DynamoStore {
             ("updated_at".into(), n(task.created_at)),
             ("due_at".into(), n(task.due_at)),
             ("host".into(), s(task.spec.url.host())),
+            ("on_scheduler".into(), AttributeValue::Bool(task.on_scheduler)),
             (GPK.into(), s(format!("TENANT#{}", task.tenant))),
             (GSK.into(), s(task.id.as_str())),
         ]);

@@ -7,7 +7,7 @@ use super::codec::{get_n, n, ttl_secs};
 use super::errors::{is_transaction_cancelled, store_error};
 use super::keys::{key, tenant_pk};
 use super::{DAY_MS, DynamoStore};
-use crate::domain::{Deltas, TaskStatus, TenantDelta};
+use crate::domain::{Deltas, TaskStatus, TenantDelta, TenantId};
 use crate::ports::{CountStore, StoreError};
 use crate::resources::{TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL};
 
@@ -93,7 +93,8 @@ impl CountStore for DynamoStore {
         Ok(any)
     }
 
-    async fn counts(&self, tenant: &str) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
+    async fn counts(&self, tenant: &TenantId) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
+        let tenant = tenant.as_str();
         let out = self.get_item(key(tenant_pk(tenant), "COUNTS")).await?;
         let item = out.unwrap_or_default();
         TaskStatus::ALL

@@ -1,6 +1,6 @@
 //! [`DeliveryLedger`] on DynamoDB: claims under a lease, attempts, transitions, cron runs.
 
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use super::DynamoStore;
 use super::codec::{get_n, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
@@ -183,6 +183,23 @@ impl DeliveryLedger for DynamoStore {
         applied(req.send().await)
     }
 
+    async fn record_on_scheduler(&self, unit: &Unit, schedule: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(&unit.task), state_sk(unit.run))))
+            .update_expression("SET on_scheduler = :t, schedule_name = :n")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":n", s(schedule))
+            .send()
+            .await;
+        // A unit gone meanwhile (purged) has nothing to cancel.
+        applied(res).map(|_| ())
+    }
+
     async fn start_run(&self, parent: &TaskState, run: EpochMillis) -> Result<(), StoreError> {
         let mut item = key(task_pk(&parent.id), state_sk(Some(run)));
         item.extend([
@@ -197,6 +214,8 @@ impl DeliveryLedger for DynamoStore {
             ("updated_at".into(), n(run)),
             ("due_at".into(), n(run)),
             ("host".into(), s(&parent.host)),
+            // A run is fired by its task's schedule; none is made for it.
+            ("on_scheduler".into(), AttributeValue::Bool(false)),
             (TTL.into(), ttl_secs(run + self.retention_ms)),
             // Runs are reconciled like one-off tasks: a lost message is found again.
             (RPK.into(), s(format!("RECON#{}", shard(&parent.id)))),

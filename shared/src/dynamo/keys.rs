@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::Item;
 use super::codec::{opt_s, s};
-use crate::domain::{EpochMillis, TaskId};
+use crate::domain::{EpochMillis, TaskId, TenantId};
 use crate::ports::UniqueKey;
 use crate::resources::{RECONCILE_SHARDS, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK};
 
@@ -44,13 +44,15 @@ pub(super) fn attempt_sk(run: Option<EpochMillis>, n: u32) -> String {
     }
 }
 
-pub(super) fn unique_pk(tenant: &str, k: &UniqueKey) -> String {
+pub(super) fn unique_pk(tenant: &TenantId, k: &UniqueKey) -> String {
     match k {
         UniqueKey::BusinessId(b) => format!("UNIQUE#{tenant}#B#{b}"),
         UniqueKey::IdempotencyKey(i) => format!("UNIQUE#{tenant}#I#{i}"),
     }
 }
 
+/// A tenant's partition key; takes text because the counter's deltas name
+/// tenants as read from stream images.
 pub(super) fn tenant_pk(id: &str) -> String {
     format!("TENANT#{id}")
 }

@@ -4,7 +4,7 @@ use super::DynamoStore;
 use super::codec::{json, n, s, to_json, ttl_secs};
 use super::errors::{applied, store_error};
 use super::keys::key;
-use crate::domain::Replay;
+use crate::domain::{Replay, ReplayId};
 use crate::ports::{ReplayStore, StoreError};
 use crate::resources::{TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL};
 
@@ -23,9 +23,9 @@ impl ReplayStore for DynamoStore {
         Ok(())
     }
 
-    async fn get_replay(&self, id: &str) -> Result<Option<Replay>, StoreError> {
+    async fn get_replay(&self, id: &ReplayId) -> Result<Option<Replay>, StoreError> {
         let out = self.get_item(key(format!("REPLAY#{id}"), "REPLAY")).await?;
-        out.map(|i| json(id, &i, "doc")).transpose()
+        out.map(|i| json(id.as_str(), &i, "doc")).transpose()
     }
 
     async fn save_replay(&self, r: &Replay) -> Result<bool, StoreError> {

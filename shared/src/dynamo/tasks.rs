@@ -14,6 +14,7 @@ use super::keys::{
 use super::{DynamoStore, Item};
 use crate::domain::{
     Attempt, EpochMillis, NewTask, RequestSpec, RetryPolicy, Schedule, TaskId, TaskKind, TaskState, TaskStatus,
+    TenantId,
 };
 use crate::ports::{
     Cancelled, Created, DeliveryLedger, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey, Unit,
@@ -157,14 +158,14 @@ impl TaskStore for DynamoStore {
         }))
     }
 
-    async fn find_by_key(&self, tenant: &str, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
+    async fn find_by_key(&self, tenant: &TenantId, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
         let out = self.get_item(key(unique_pk(tenant, k), "UNIQUE")).await?;
         Ok(out.as_ref().and_then(|i| opt_s(i, "task_id")).and_then(|id| TaskId::parse(id).ok()))
     }
 
     async fn list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: &ListFilter,
         limit: usize,
         cursor: Option<&str>,

@@ -6,13 +6,13 @@ use super::codec::{get_n, n, opt_s, req_n, s, tenant_from_item};
 use super::errors::{applied, is_conditional_failure, store_error};
 use super::keys::{key, tenant_pk};
 use super::{DynamoStore, Item};
-use crate::domain::{EpochMillis, Quotas, Tenant};
+use crate::domain::{EpochMillis, KeyId, Quotas, Tenant, TenantId};
 use crate::ports::{StoreError, TenantStore};
 use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL};
 
 impl TenantStore for DynamoStore {
     async fn create_tenant(&self, t: &Tenant) -> Result<(), StoreError> {
-        let mut item = key(tenant_pk(&t.id), "TENANT");
+        let mut item = key(tenant_pk(t.id.as_str()), "TENANT");
         item.extend([
             ("name".into(), s(&t.name)),
             ("enabled".into(), AttributeValue::Bool(t.enabled)),
@@ -30,14 +30,20 @@ impl TenantStore for DynamoStore {
         Ok(())
     }
 
-    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        let out = self.get_item(key(tenant_pk(id), "TENANT")).await?;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let out = self.get_item(key(tenant_pk(id.as_str()), "TENANT")).await?;
         out.as_ref().map(tenant_from_item).transpose()
     }
 
-    async fn update_tenant(&self, id: &str, enabled: Option<bool>, quotas: Option<Quotas>) -> Result<bool, StoreError> {
+    async fn update_tenant(
+        &self,
+        id: &TenantId,
+        enabled: Option<bool>,
+        quotas: Option<Quotas>,
+    ) -> Result<bool, StoreError> {
         let mut sets = Vec::new();
-        let mut req = self.client.update_item().table_name(&self.table).set_key(Some(key(tenant_pk(id), "TENANT")));
+        let mut req =
+            self.client.update_item().table_name(&self.table).set_key(Some(key(tenant_pk(id.as_str()), "TENANT")));
         if let Some(e) = enabled {
             sets.push("enabled = :e");
             req = req.expression_attribute_values(":e", AttributeValue::Bool(e));
@@ -60,10 +66,10 @@ impl TenantStore for DynamoStore {
         applied(res)
     }
 
-    async fn put_key(&self, tenant: &str, key_id: &str, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
+    async fn put_key(&self, tenant: &TenantId, key_id: &KeyId, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
         let mut lookup = key(format!("APIKEY#{hash}"), "APIKEY");
         lookup.extend([("tenant".into(), s(tenant)), ("key_id".into(), s(key_id)), ("created_at".into(), n(now))]);
-        let mut listed = key(tenant_pk(tenant), format!("KEY#{key_id}"));
+        let mut listed = key(tenant_pk(tenant.as_str()), format!("KEY#{key_id}"));
         listed.extend([("hash".into(), s(hash)), ("created_at".into(), n(now))]);
         let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
             let p = Put::builder().table_name(&self.table).set_item(Some(item)).build().map_err(store_error)?;
@@ -79,17 +85,24 @@ impl TenantStore for DynamoStore {
         Ok(())
     }
 
-    async fn tenant_of_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
+    async fn tenant_of_key(&self, hash: &str) -> Result<Option<TenantId>, StoreError> {
         let out = self.get_item(key(format!("APIKEY#{hash}"), "APIKEY")).await?;
-        Ok(out.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned)))
+        let Some(tenant) =
+            out.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned))
+        else {
+            return Ok(None);
+        };
+        TenantId::parse(&tenant)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { id: format!("APIKEY#{hash}"), what: e.to_string() })
     }
 
-    async fn revoke_key(&self, tenant: &str, key_id: &str, now: EpochMillis) -> Result<bool, StoreError> {
-        let listed = self.get_item(key(tenant_pk(tenant), format!("KEY#{key_id}"))).await?;
+    async fn revoke_key(&self, tenant: &TenantId, key_id: &KeyId, now: EpochMillis) -> Result<bool, StoreError> {
+        let listed = self.get_item(key(tenant_pk(tenant.as_str()), format!("KEY#{key_id}"))).await?;
         let Some(hash) = listed.as_ref().and_then(|i| opt_s(i, "hash")).map(str::to_owned) else {
             return Ok(false);
         };
-        for k in [key(format!("APIKEY#{hash}"), "APIKEY"), key(tenant_pk(tenant), format!("KEY#{key_id}"))] {
+        for k in [key(format!("APIKEY#{hash}"), "APIKEY"), key(tenant_pk(tenant.as_str()), format!("KEY#{key_id}"))] {
             self.client
                 .update_item()
                 .table_name(&self.table)
@@ -103,7 +116,7 @@ impl TenantStore for DynamoStore {
         Ok(true)
     }
 
-    async fn list_keys(&self, tenant: &str) -> Result<Vec<(String, EpochMillis, Option<EpochMillis>)>, StoreError> {
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<(KeyId, EpochMillis, Option<EpochMillis>)>, StoreError> {
         let out = self
             .client
             .query()
@@ -111,7 +124,7 @@ impl TenantStore for DynamoStore {
             .key_condition_expression("#pk = :pk AND begins_with(#sk, :k)")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":pk", s(tenant_pk(tenant.as_str())))
             .expression_attribute_values(":k", s("KEY#"))
             .send()
             .await
@@ -120,8 +133,11 @@ impl TenantStore for DynamoStore {
             .unwrap_or_default()
             .iter()
             .map(|i| {
-                let id = opt_s(i, SK).and_then(|k| k.strip_prefix("KEY#")).unwrap_or_default().to_owned();
-                Ok((id.clone(), req_n(&id, i, "created_at")?, get_n(&id, i, "revoked_at")?))
+                let sk = opt_s(i, SK).unwrap_or_default();
+                let id = KeyId::parse(sk.strip_prefix("KEY#").unwrap_or_default()).map_err(|e| {
+                    StoreError::Corrupt { id: format!("{}/{sk}", tenant_pk(tenant.as_str())), what: e.to_string() }
+                })?;
+                Ok((id.clone(), req_n(sk, i, "created_at")?, get_n(sk, i, "revoked_at")?))
             })
             .collect()
     }
@@ -132,7 +148,7 @@ impl TenantStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(&t.id), "TENANT")))
+            .set_key(Some(key(tenant_pk(t.id.as_str()), "TENANT")))
             .update_expression("ADD active :k")
             .condition_expression("attribute_exists(#pk) AND (attribute_not_exists(active) OR active <= :lim)")
             .expression_attribute_names("#pk", PK)
@@ -143,12 +159,12 @@ impl TenantStore for DynamoStore {
         applied(res)
     }
 
-    async fn release_active(&self, tenant: &str, count: u64) -> Result<(), StoreError> {
+    async fn release_active(&self, tenant: &TenantId, count: u64) -> Result<(), StoreError> {
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(tenant), "TENANT")))
+            .set_key(Some(key(tenant_pk(tenant.as_str()), "TENANT")))
             .update_expression("ADD active :k")
             .condition_expression("active >= :n")
             .expression_attribute_values(":k", AttributeValue::N(format!("-{count}")))

@@ -5,7 +5,7 @@ use super::DynamoStore;
 use super::codec::s;
 use super::errors::{Busy, applied};
 use super::keys::{key, unique_pk};
-use crate::domain::{NewTask, TaskId};
+use crate::domain::{NewTask, TaskId, TenantId};
 use crate::ports::{DeliveryLedger, StoreError, TaskStore, UniqueKey, Unit};
 use crate::resources::TABLE_HASH_KEY as PK;
 
@@ -68,7 +68,7 @@ impl DynamoStore {
     /// Deletes a unique key only if it names `task` (another task may hold it now).
     pub(super) async fn delete_unique_if_mine(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         k: &UniqueKey,
         task: &TaskId,
     ) -> Result<bool, StoreError> {

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use super::StoreError;
-use crate::domain::{Deltas, TaskStatus};
+use crate::domain::{Deltas, TaskStatus, TenantId};
 
 /// Status counts per tenant.
 pub trait CountStore: Send + Sync + 'static {
@@ -11,5 +11,5 @@ pub trait CountStore: Send + Sync + 'static {
     /// `Ok(false)` if this batch was applied before.
     fn apply_counts(&self, batch_id: &str, deltas: &Deltas) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// A tenant's task counts by status.
-    fn counts(&self, tenant: &str) -> impl Future<Output = Result<Vec<(TaskStatus, i64)>, StoreError>> + Send;
+    fn counts(&self, tenant: &TenantId) -> impl Future<Output = Result<Vec<(TaskStatus, i64)>, StoreError>> + Send;
 }

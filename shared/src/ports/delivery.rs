@@ -77,6 +77,9 @@ pub trait DeliveryLedger: Send + Sync + 'static {
         transition: &Transition,
         now: EpochMillis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records that the unit now waits in Scheduler under `schedule` (a retry
+    /// wait the queue cannot hold), so a cancel deletes that schedule.
+    fn record_on_scheduler(&self, unit: &Unit, schedule: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Creates the state of a cron run on its first firing (idempotent).
     fn start_run(&self, parent: &TaskState, run: EpochMillis) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Ends a cron run that will not be sent (its task is paused, cancelled or

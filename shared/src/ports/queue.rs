@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{QueueError, ScheduleError};
-use crate::domain::{CronSchedule, EpochMillis, QueueMessage, TaskId};
+use crate::domain::{CronSchedule, DeadLetter, EpochMillis, QueueMessage, TaskId};
 
 /// The delivery queue and its dead-letter queue.
 pub trait DeliveryQueue: Send + Sync + 'static {
@@ -19,8 +19,8 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// Makes a received message reappear after `delay` (at most 12 hours).
     fn retry_later(&self, receipt_handle: &str, delay: Duration)
     -> impl Future<Output = Result<(), QueueError>> + Send;
-    /// Parks a JSON document on the dead-letter queue.
-    fn dead_letter(&self, body: String) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Parks a document on the dead-letter queue.
+    fn dead_letter(&self, doc: &DeadLetter) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// EventBridge Scheduler, for far-future and recurring tasks.

@@ -5,6 +5,7 @@ use std::future::Future;
 use super::StoreError;
 use crate::domain::{
     Attempt, CodeMatch, EpochMillis, NewTask, RequestSpec, RetryPolicy, Schedule, TaskId, TaskState, TaskStatus,
+    TenantId,
 };
 
 /// A task as read back for display.
@@ -85,13 +86,13 @@ pub trait TaskStore: Send + Sync + 'static {
     fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
     fn find_by_key(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &UniqueKey,
     ) -> impl Future<Output = Result<Option<TaskId>, StoreError>> + Send;
     /// The tenant's tasks, newest first.
     fn list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: &ListFilter,
         limit: usize,
         cursor: Option<&str>,

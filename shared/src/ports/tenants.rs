@@ -3,44 +3,44 @@
 use std::future::Future;
 
 use super::StoreError;
-use crate::domain::{EpochMillis, Quotas, Tenant};
+use crate::domain::{EpochMillis, KeyId, Quotas, Tenant, TenantId};
 
 /// Tenants, keys and quotas.
 pub trait TenantStore: Send + Sync + 'static {
     fn create_tenant(&self, tenant: &Tenant) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn get_tenant(&self, id: &str) -> impl Future<Output = Result<Option<Tenant>, StoreError>> + Send;
+    fn get_tenant(&self, id: &TenantId) -> impl Future<Output = Result<Option<Tenant>, StoreError>> + Send;
     /// Changes status and quotas; `Ok(false)` if there is no such tenant.
     fn update_tenant(
         &self,
-        id: &str,
+        id: &TenantId,
         enabled: Option<bool>,
         quotas: Option<Quotas>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn put_key(
         &self,
-        tenant: &str,
-        key_id: &str,
+        tenant: &TenantId,
+        key_id: &KeyId,
         hash: &str,
         now: EpochMillis,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The tenant of a live (unrevoked) key hash.
-    fn tenant_of_key(&self, hash: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    fn tenant_of_key(&self, hash: &str) -> impl Future<Output = Result<Option<TenantId>, StoreError>> + Send;
     /// Revokes a key; `Ok(false)` if the tenant has no such key.
     fn revoke_key(
         &self,
-        tenant: &str,
-        key_id: &str,
+        tenant: &TenantId,
+        key_id: &KeyId,
         now: EpochMillis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// The tenant's key ids with their revocation times.
     fn list_keys(
         &self,
-        tenant: &str,
-    ) -> impl Future<Output = Result<Vec<(String, EpochMillis, Option<EpochMillis>)>, StoreError>> + Send;
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<(KeyId, EpochMillis, Option<EpochMillis>)>, StoreError>> + Send;
     /// Reserves `n` active-task slots; `Ok(false)` if that would exceed the quota.
     fn reserve_active(&self, tenant: &Tenant, n: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Gives back `n` slots (tasks finished, cancelled or never created).
-    fn release_active(&self, tenant: &str, n: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release_active(&self, tenant: &TenantId, n: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Counts `n` creations against this second's rate; `Ok(false)` if over.
     fn take_rate(
         &self,

@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 
 use super::retry::Decision;
 use super::{DeliveryOutcome, RECORD_MARGIN_MS, Sender, decide};
-use crate::domain::{Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, format_millis, now_millis};
+use crate::domain::{
+    Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, TenantId, format_millis, now_millis,
+};
 use crate::metrics;
 use crate::ports::{Claim, DeliveryLedger, DeliveryQueue, Scheduler, StoreError, Transition, Unit};
 
@@ -25,7 +27,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
         &self,
         unit: &Unit,
         deadline: Option<EpochMillis>,
-    ) -> Result<(DeliveryOutcome, Option<String>), StoreError> {
+    ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
         let now = now_millis();
         let budget = deadline.map(|d| d - now - RECORD_MARGIN_MS);
         if budget.is_some_and(|b| b < 1) {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::StreamExt;
 
-use crate::domain::{EpochMillis, QueueMessage, TaskId, TaskStatus, now_millis};
+use crate::domain::{DeadLetter, EpochMillis, QueueMessage, TaskId, TaskStatus, now_millis};
 use crate::metrics;
 use crate::ports::{DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, StoreError, TaskStore, TenantStore, Unit};
 
@@ -139,13 +139,14 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
                 }
                 return Handled { keep: res.is_err() };
             }
-            Some(QueueMessage::DeliverV1 { task_id, run }) => (task_id, Ok(run)),
+            Some(QueueMessage::DeliverV1 { task_id, run }) => (Some(task_id), Ok(run)),
             Some(QueueMessage::CronV1 { task_id, scheduled_time }) => {
-                (task_id, QueueMessage::scheduled_run(&scheduled_time).map(Some))
+                (Some(task_id), QueueMessage::scheduled_run(&scheduled_time).map(Some))
             }
-            None => (String::new(), Err("unreadable message body".to_owned())),
+            // Ids are parsed with the body: a malformed one makes it unreadable.
+            None => (None, Err("unreadable message body".to_owned())),
         };
-        let (unit, outcome) = match self.unit_of(&task_id, run).await {
+        let (unit, outcome) = match self.unit_of(task_id.as_ref(), run).await {
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
@@ -158,7 +159,7 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
         match outcome {
             Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
             Ok(DeliveryOutcome::NoTime) => {
-                tracing::info!(task_id = %task_id, "no time left for this request in this invocation; it comes back soon");
+                tracing::info!(task_id = ?task_id.as_ref().map(TaskId::as_str), "no time left for this request in this invocation; it comes back soon");
                 keep(self.retry_later(record, NO_TIME_RETRY).await)
             }
             Ok(DeliveryOutcome::Delivered { .. }) => keep(false),
@@ -174,11 +175,12 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
                 keep(self.retry_later(record, delay).await)
             }
             Ok(DeliveryOutcome::Failed { reason, .. }) => {
-                keep(self.park(dlq::failed_doc(unit.as_ref(), &reason)).await.is_err())
+                let task = unit.as_ref().map(|(u, tenant)| (&u.task, u.run, tenant));
+                keep(self.park(DeadLetter::failed(task, &reason)).await.is_err())
             }
             Ok(DeliveryOutcome::Poison { reason }) => {
                 tracing::error!(reason = %reason, "poison message");
-                keep(self.park(dlq::poison_doc(&reason, body)).await.is_err())
+                keep(self.park(DeadLetter::poison(&reason, body)).await.is_err())
             }
             Err(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
@@ -202,16 +204,13 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
     /// costs a read here (of its task); a one-off task is read by its claim.
     async fn unit_of(
         &self,
-        task_id: &str,
+        task_id: Option<&TaskId>,
         run: Result<Option<EpochMillis>, String>,
     ) -> Result<Result<Option<Unit>, String>, StoreError> {
-        let run = match run {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        let task = match TaskId::parse(task_id) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e.to_string())),
+        let (task, run) = match (task_id, run) {
+            (Some(t), Ok(r)) => (t.clone(), r),
+            (_, Err(e)) => return Ok(Err(e)),
+            (None, Ok(_)) => return Ok(Err("unreadable message body".to_owned())),
         };
         if let Some(run) = run {
             let Some(parent) = self.store.read_state(&Unit { task: task.clone(), run: None }).await? else {

@@ -22,11 +22,15 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     pub(super) async fn schedule_retry(&self, unit: &Unit, delay: Duration) -> Result<(), ()> {
         let due = now_millis() + delay.as_millis() as i64;
         let handoff = crate::domain::scheduler_handoff(due, Duration::from_secs(self.settings.schedule_early_s));
-        let msg = QueueMessage::DeliverV1 { task_id: unit.task.to_string(), run: unit.run };
+        let msg = QueueMessage::DeliverV1 { task_id: unit.task.clone(), run: unit.run };
         let name = format!("{}-r{}", unit.task, now_millis());
         match self.scheduler.create_at(&name, handoff.fire_at, &msg, handoff.delay).await {
             Ok(()) => {
                 tracing::info!(task_id = %unit.task, schedule = %name, due = %format_millis(due), "long retry wait handed to Scheduler");
+                if let Err(e) = self.store.record_on_scheduler(unit, &name).await {
+                    // The retry still fires; a cancel meanwhile leaves the schedule to find the task cancelled.
+                    tracing::warn!(task_id = %unit.task, error = %e, "could not record the retry's schedule on the task");
+                }
                 Ok(())
             }
             Err(e) => {

@@ -13,7 +13,8 @@ use serde_json::Value;
 use super::{full_view, owned, owned_by_business_id, reserve};
 use crate::api::{ApiError, AppState, auth};
 use crate::domain::{
-    FieldError, QueueMessage, Schedule, TaskKind, TaskStatus, check_stored_size, check_target, now_millis, parse_patch,
+    FieldError, QueueMessage, Schedule, SchedulerHold, TaskKind, TaskStatus, check_stored_size, check_target,
+    now_millis, parse_patch,
 };
 use crate::ports::{Cancelled, DeliveryLedger, DeliveryQueue, Retried, Scheduler, StoredTask, TaskStore, TenantStore};
 
@@ -24,12 +25,22 @@ async fn cancel_task<S: TaskStore + TenantStore, Q, C: Scheduler>(
     let id = task.state.id.clone();
     match app.store.cancel(&id, now_millis()).await? {
         Cancelled::Done(before) => {
-            let scheduled = match &task.schedule {
-                Schedule::Cron(_) => true,
-                Schedule::At { at } => *at - before.created_at > app.settings.sqs_delay_max_s as i64 * 1000,
-                Schedule::Now => false,
+            let schedule = match before.scheduler {
+                SchedulerHold::Schedule(name) => Some(name),
+                SchedulerHold::Nothing => None,
+                // Only for a task stored before the hand-over was recorded on
+                // it: derived as it was then, from when it was created.
+                SchedulerHold::Unrecorded => match &task.schedule {
+                    Schedule::Cron(_) => Some(id.as_str().to_owned()),
+                    Schedule::At { at } if *at - before.created_at > app.settings.sqs_delay_max_s as i64 * 1000 => {
+                        Some(id.as_str().to_owned())
+                    }
+                    Schedule::At { .. } | Schedule::Now => None,
+                },
             };
-            if scheduled && let Err(e) = app.scheduler.delete(id.as_str()).await {
+            if let Some(name) = schedule
+                && let Err(e) = app.scheduler.delete(&name).await
+            {
                 // The task is cancelled either way: a firing finds it so and sends nothing.
                 tracing::warn!(task_id = %id, error = %e, "could not delete the schedule of a cancelled task");
             }

@@ -115,7 +115,7 @@ async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
     let mut created: Vec<(usize, NewTask, Option<UniqueKey>)> = Vec::new();
     for (i, input) in valid {
         let key = input.business_id.clone().map(UniqueKey::BusinessId);
-        let task = new_task(tenant, input, now);
+        let task = new_task(&app.settings, tenant, input, now);
         match key {
             None => plain.push((i, task)),
             Some(k) => match app.store.create(&task, Some(&k)).await {

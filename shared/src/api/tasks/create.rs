@@ -49,13 +49,15 @@ pub(super) fn route(settings: &ApiSettings, task: &NewTask, now: EpochMillis) ->
     }
 }
 
-pub(super) fn new_task(tenant: &Tenant, input: CreateTask, now: EpochMillis) -> NewTask {
+/// The task to store; whether it goes to Scheduler is recorded on it (the
+/// route [`dispatch`] takes at the same `now`), so a cancel knows.
+pub(super) fn new_task(settings: &ApiSettings, tenant: &Tenant, input: CreateTask, now: EpochMillis) -> NewTask {
     let due_at = match &input.schedule {
         Schedule::Now => now,
         Schedule::At { at } => *at,
         Schedule::Cron(c) => c.next_after(now).unwrap_or(now),
     };
-    NewTask {
+    let mut task = NewTask {
         id: TaskId::generate(),
         tenant: tenant.id.clone(),
         spec: input.spec,
@@ -64,7 +66,10 @@ pub(super) fn new_task(tenant: &Tenant, input: CreateTask, now: EpochMillis) -> 
         business_id: input.business_id,
         created_at: now,
         due_at,
-    }
+        on_scheduler: false,
+    };
+    task.on_scheduler = !matches!(route(settings, &task, now), Route::Queue { .. });
+    task
 }
 
 fn unique_key(input: &CreateTask, headers: &HeaderMap) -> Result<Option<UniqueKey>, ApiError> {
@@ -169,7 +174,7 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     }
     check_rate(&app, &tenant, 1).await?;
     reserve(&app, &tenant, 1).await?;
-    let task = new_task(&tenant, input, now);
+    let task = new_task(&app.settings, &tenant, input, now);
     tracing::Span::current().record("task_id", task.id.as_str());
     match app.store.create(&task, key.as_ref()).await {
         Ok(Created::New) => {}
@@ -198,18 +203,19 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{RequestSpec, RetryPolicy};
+    use crate::domain::{RequestSpec, RetryPolicy, TenantId};
 
     fn task(schedule: Schedule) -> NewTask {
         NewTask {
             id: TaskId::generate(),
-            tenant: "t".into(),
+            tenant: TenantId::generate(),
             spec: RequestSpec::example(),
             retry: RetryPolicy::default(),
             schedule,
             business_id: None,
             created_at: 0,
             due_at: 0,
+            on_scheduler: false,
         }
     }
 
