@@ -425,7 +425,7 @@ async fn the_store_reports_input_dynamodb_refuses_as_invalid_not_unavailable() {
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
     // A key past DynamoDB's 2048-byte partition key limit (a business id the API would refuse).
     let long = courier::ports::UniqueKey::BusinessId("a".repeat(3_000));
-    let err = store.find_by_key(&task.tenant, &long).await.expect_err("DynamoDB refuses the key");
+    let err = store.create(&task, Some(&long)).await.expect_err("DynamoDB refuses the key");
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
     // A plain read of a missing item is no error at all.
     let missing = courier::domain::TenantId::parse("tnt_0000000000000000").expect("id");

@@ -7,7 +7,7 @@
 //!
 //! | pk | sk | what |
 //! | --- | --- | --- |
-//! | `TASK#<id>` | `STATE` | the small mutable state every status change rewrites; indexed by tenant |
+//! | `TASK#<id>` | `STATE` | the small mutable state every status change rewrites; indexed by tenant; `on_scheduler` (and `schedule_name` for a retry's schedule) says which schedule holds it |
 //! | `TASK#<id>` | `SPEC` | request, retry policy and schedule (rewritten only by PATCH) |
 //! | `TASK#<id>` | `RUN#<ms>` | the state of one cron run, named by its scheduled time |
 //! | `TASK#<id>` | `ATTEMPT#[R<ms>#]<n>` | one per attempt |
