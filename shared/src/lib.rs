@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod counter;
 pub mod domain;
@@ -31,5 +32,7 @@ pub mod schedules;
 pub mod sender;
 pub mod sqs;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use config::Config;
