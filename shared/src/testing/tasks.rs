@@ -1,5 +1,6 @@
-//! The fake store's tasks as the API sees them. Listings page by offset
-//! (newest first); the conditions follow the adapter: a cancel or an update
+//! The fake store's tasks as the API sees them. A listing's cursor names
+//! the last task returned, like the adapter's key cursor, so a task that
+//! leaves the filter between pages does not shift the next page; the conditions follow the adapter: a cancel or an update
 //! only before the end, a manual retry only of a failed one-off task, a purge
 //! only once final.
 
@@ -94,8 +95,15 @@ impl TaskStore for FakeStore {
             .filter(|s| filter.code.is_none_or(|c| c.matches(s.last_status)))
             .cloned()
             .collect();
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.as_str().cmp(a.id.as_str())));
-        Ok(page_of(&all, limit, cursor))
+        // Newest first; the cursor is the last returned task's (created_at, id).
+        let order = |s: &TaskState| std::cmp::Reverse((s.created_at, s.id.as_str().to_owned()));
+        all.sort_by_key(order);
+        let after = cursor.and_then(|c| c.split_once(':')).and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())));
+        all.retain(|s| after.as_ref().is_none_or(|a| order(s) > std::cmp::Reverse(a.clone())));
+        let more = all.len() > limit.max(1);
+        all.truncate(limit.max(1));
+        let cursor = all.last().filter(|_| more).map(|s| format!("{}:{}", s.created_at, s.id));
+        Ok(Page { items: all, cursor })
     }
 
     async fn attempts(&self, id: &TaskId, limit: usize, cursor: Option<&str>) -> Result<Page<Attempt>, StoreError> {
