@@ -262,14 +262,4 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::RequestSpec;
-
-    #[test]
-    fn the_longest_request_fits_in_a_fresh_invocation_with_its_recording_margin() {
-        // Otherwise a task with the longest timeout would come back every second, never sent.
-        let invocation_ms = i64::from(crate::resources::SENDER_TIMEOUT_S) * 1000;
-        assert!(RequestSpec::MAX_TIMEOUT_MS as i64 + RECORD_MARGIN_MS + 1_000 < invocation_ms);
-    }
-}
+mod tests;

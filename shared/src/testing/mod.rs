@@ -168,3 +168,22 @@ impl FakeStore {
 pub fn shard_of(id: &TaskId) -> u32 {
     id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % RECONCILE_SHARDS
 }
+
+/// A one-off task of `tenant` sending the example request to `url`, due
+/// (and created) at `due_at`.
+pub fn new_task(tenant: &str, url: &str, due_at: EpochMillis, retry: RetryPolicy) -> NewTask {
+    let spec = RequestSpec {
+        url: crate::domain::TargetUrl::parse(url).unwrap_or_else(|e| panic!("{e}")),
+        ..RequestSpec::example()
+    };
+    NewTask {
+        id: TaskId::generate(),
+        tenant: tenant.to_owned(),
+        spec,
+        retry,
+        schedule: Schedule::Now,
+        business_id: None,
+        created_at: due_at,
+        due_at,
+    }
+}

@@ -10,23 +10,6 @@ use crate::ports::{
 
 const NOW: EpochMillis = 1_700_000_000_000;
 
-pub(crate) fn new_task(tenant: &str, url: &str, due_at: EpochMillis, retry: RetryPolicy) -> NewTask {
-    let spec = RequestSpec {
-        url: crate::domain::TargetUrl::parse(url).unwrap_or_else(|e| panic!("{e}")),
-        ..RequestSpec::example()
-    };
-    NewTask {
-        id: TaskId::generate(),
-        tenant: tenant.to_owned(),
-        spec,
-        retry,
-        schedule: Schedule::Now,
-        business_id: None,
-        created_at: due_at,
-        due_at,
-    }
-}
-
 fn unit(t: &NewTask) -> Unit {
     Unit { task: t.id.clone(), run: None }
 }
