@@ -175,3 +175,6 @@ pub async fn dry_run<S: TaskStore>(store: &S, r: &Replay, cap: usize) -> Result<
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
