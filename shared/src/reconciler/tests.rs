@@ -27,7 +27,7 @@ async fn a_pass_requeues_a_due_unqueued_task_leaves_one_within_its_grace_and_mov
     // Its check time came, but its due time moved since: still within the grace.
     let recent = pending(&store, NOW - 10_000, NOW - 30_000);
     let later = pending(&store, NOW, NOW + 60_000);
-    let report = reconciler.run_once(NOW).await.unwrap();
+    let report = reconciler.run_once(NOW).await.expect("the fakes never fail");
     assert_eq!((report.examined, report.requeued, report.complete), (2, 1, true));
     assert_eq!(report.sample, [stuck.id.to_string()]);
     assert_eq!(queue.sent(), [(QueueMessage::deliver(&stuck.id), Duration::ZERO)]);
@@ -46,8 +46,8 @@ async fn the_next_pass_starts_at_the_watermark_and_does_not_requeue_again() {
     let (store, queue) = (FakeStore::new(), FakeQueue::default());
     let reconciler = Reconciler::new(store.clone(), queue.clone(), GRACE);
     let stuck = pending(&store, NOW - 120_000, NOW - 60_000);
-    reconciler.run_once(NOW).await.unwrap();
-    let report = reconciler.run_once(NOW + 30_000).await.unwrap();
+    reconciler.run_once(NOW).await.expect("the fakes never fail");
+    let report = reconciler.run_once(NOW + 30_000).await.expect("the fakes never fail");
     assert_eq!((report.examined, report.requeued), (0, 0));
     assert_eq!(queue.sent().len(), 1);
     assert_eq!(store.watermark_of(shard_of(&stuck.id)), Some(NOW + 30_000));
@@ -66,7 +66,7 @@ async fn a_pass_cut_short_by_its_page_budget_keeps_the_watermark_where_it_stoppe
     }
     store.put_state(same_shard[0].clone(), Some(NOW - 90_000));
     store.put_state(same_shard[1].clone(), Some(NOW - 80_000));
-    let report = reconciler.run_once(NOW).await.unwrap();
+    let report = reconciler.run_once(NOW).await.expect("the fakes never fail");
     assert_eq!((report.requeued, report.complete), (1, false));
     assert_eq!(report.sample, [same_shard[0].id.to_string()]);
     assert_eq!(store.watermark_of(0), Some(NOW - 90_000));

@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::retry::Decision;
 use super::{DeliveryOutcome, RECORD_MARGIN_MS, Sender, decide};
-use crate::domain::{Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, format_millis, now_millis};
 use crate::clock::Clock;
+use crate::domain::{Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, format_millis, now_millis};
 use crate::metrics;
 use crate::ports::{Claim, DeliveryLedger, DeliveryQueue, Scheduler, StoreError, Transition, Unit};
 

@@ -210,9 +210,7 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
                 emit(metrics::DEFERRED, unit.as_ref().map(|(u, _)| &u.task), None);
                 self.retry_later(record, *delay).await
             }
-            DeliveryOutcome::Failed { reason, .. } => {
-                self.park(dlq::failed_doc(unit.as_ref(), reason)).await.is_err()
-            }
+            DeliveryOutcome::Failed { reason, .. } => self.park(dlq::failed_doc(unit.as_ref(), reason)).await.is_err(),
             DeliveryOutcome::Poison { reason } => {
                 tracing::error!(reason = %reason, "poison message");
                 self.park(dlq::poison_doc(reason, body)).await.is_err()

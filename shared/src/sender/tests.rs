@@ -62,7 +62,8 @@ const NOW: EpochMillis = 1_700_000_000_000;
 fn fixture() -> Fixture {
     let (store, queue, clock) = (FakeStore::new(), FakeQueue::default(), ManualClock::at(NOW));
     let http = HttpClients::new(TargetGuard::new(TargetPolicy::LocalOnly, vec![])).expect("clients");
-    let settings = SenderSettings { concurrency: 4, response_body_limit: 1024, lease_margin_ms: 5_000, schedule_early_s: 60 };
+    let settings =
+        SenderSettings { concurrency: 4, response_body_limit: 1024, lease_margin_ms: 5_000, schedule_early_s: 60 };
     let sender = Sender::new(store.clone(), queue.clone(), FakeScheduler::default(), http, settings)
         .with_clock(Arc::new(clock.clone()));
     Fixture { store, queue, clock, sender }
@@ -109,11 +110,17 @@ async fn a_due_task_is_delivered_once_with_one_attempt_recorded() {
     let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
     f.store.insert(&t);
     let handled = f.sender.handle_each(batch(vec![message("m1", deliver(&t))]), None).await;
-    assert_eq!(outcome_of(&handled, "m1"), (false, MessageOutcome::Delivery(DeliveryOutcome::Delivered { attempt: 1 })));
+    assert_eq!(
+        outcome_of(&handled, "m1"),
+        (false, MessageOutcome::Delivery(DeliveryOutcome::Delivered { attempt: 1 }))
+    );
     assert_eq!(target.hits.load(Ordering::SeqCst), 1);
     assert_eq!(f.store.state(&unit(&t)).map(|s| s.status), Some(TaskStatus::Succeeded));
     let attempts = f.store.attempts_of(&unit(&t));
-    assert_eq!(attempts.iter().map(|a| (a.number, a.status_code, a.started_at)).collect::<Vec<_>>(), [(1, Some(200), NOW)]);
+    assert_eq!(
+        attempts.iter().map(|a| (a.number, a.status_code, a.started_at)).collect::<Vec<_>>(),
+        [(1, Some(200), NOW)]
+    );
 }
 
 #[tokio::test]
@@ -163,7 +170,8 @@ async fn a_failing_target_schedules_a_retry_on_the_message_and_reports_it_as_a_b
     let fine = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
     f.store.insert(&failing);
     f.store.insert(&fine);
-    let resp = f.sender.handle(batch(vec![message("m1", deliver(&failing)), message("m2", deliver(&fine))]), None).await;
+    let resp =
+        f.sender.handle(batch(vec![message("m1", deliver(&failing)), message("m2", deliver(&fine))]), None).await;
     let failures: Vec<&str> = resp.batch_item_failures.iter().map(|b| b.item_identifier.as_str()).collect();
     assert_eq!(failures, ["m1"]);
     // The first wait of the policy, on the message's visibility.

@@ -66,7 +66,11 @@ impl TenantStore for FakeStore {
 
     async fn list_keys(&self, tenant: &str) -> Result<Vec<(String, EpochMillis, Option<EpochMillis>)>, StoreError> {
         let t = self.lock();
-        Ok(t.keys.values().filter(|k| k.tenant == tenant).map(|k| (k.key_id.clone(), k.created_at, k.revoked_at)).collect())
+        Ok(t.keys
+            .values()
+            .filter(|k| k.tenant == tenant)
+            .map(|k| (k.key_id.clone(), k.created_at, k.revoked_at))
+            .collect())
     }
 
     /// Like the adapter, against the stored count, not the caller's copy.

@@ -115,13 +115,22 @@ impl TaskStore for FakeStore {
 
     async fn last_attempt(&self, id: &TaskId) -> Result<Option<Attempt>, StoreError> {
         let t = self.lock();
-        Ok(t.attempts.iter().filter(|(((task, run), _), _)| task == id.as_str() && run.is_none()).map(|(_, a)| a).last().cloned())
+        Ok(t.attempts
+            .iter()
+            .filter(|(((task, run), _), _)| task == id.as_str() && run.is_none())
+            .map(|(_, a)| a)
+            .next_back()
+            .cloned())
     }
 
     async fn runs(&self, id: &TaskId, limit: usize) -> Result<Vec<TaskState>, StoreError> {
         let t = self.lock();
-        let mut runs: Vec<TaskState> =
-            t.states.iter().filter(|((task, run), _)| task == id.as_str() && run.is_some()).map(|(_, r)| r.state.clone()).collect();
+        let mut runs: Vec<TaskState> = t
+            .states
+            .iter()
+            .filter(|((task, run), _)| task == id.as_str() && run.is_some())
+            .map(|(_, r)| r.state.clone())
+            .collect();
         runs.reverse();
         runs.truncate(limit);
         Ok(runs)
