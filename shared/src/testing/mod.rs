@@ -173,8 +173,14 @@ pub fn shard_of(id: &TaskId) -> u32 {
 /// (and created) at `due_at`.
 pub fn new_task(tenant: &str, url: &str, due_at: EpochMillis, retry: RetryPolicy) -> NewTask {
     let spec = RequestSpec {
-        url: crate::domain::TargetUrl::parse(url).unwrap_or_else(|e| panic!("{e}")),
-        ..RequestSpec::example()
+        method: crate::domain::HttpMethod::Post,
+        url: crate::domain::TargetUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}")),
+        headers: vec![],
+        body: None,
+        auth: None,
+        timeout_ms: 1000,
+        follow_redirects: false,
+        rules: crate::domain::ResponseRules::default(),
     };
     NewTask {
         id: TaskId::generate(),
