@@ -15,6 +15,9 @@
 //! The wiring is in each function's `main` (`functions/*/src/main.rs`): it
 //! reads the [`Config`], builds the SDK clients and adapters once per cold
 //! start and hands them to a use case inside the Lambda runtime's loop.
+//! The workers read the time from a [`clock::Clock`] it passes in; unit tests
+//! pass a hand-set one and the in-memory fakes of the ports (`testing`,
+//! compiled for tests and behind the `test-support` feature).
 
 pub mod api;
 pub mod aws;

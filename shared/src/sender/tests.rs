@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 
 use super::*;
 use crate::domain::{NewTask, RequestSpec, RetryPolicy, TargetGuard, TargetPolicy};
-use crate::testing::{FakeQueue, FakeScheduler, FakeStore, ManualClock};
+use crate::testing::{FakeQueue, FakeScheduler, FakeStore, ManualClock, RecordedSchedule};
 
 #[test]
 fn the_longest_request_fits_in_a_fresh_invocation_with_its_recording_margin() {
@@ -54,19 +54,21 @@ struct Fixture {
     store: FakeStore,
     queue: FakeQueue,
     clock: ManualClock,
+    scheduler: FakeScheduler,
     sender: Sender<FakeStore, FakeQueue, FakeScheduler>,
 }
 
 const NOW: EpochMillis = 1_700_000_000_000;
 
 fn fixture() -> Fixture {
+    let scheduler = FakeScheduler::default();
     let (store, queue, clock) = (FakeStore::new(), FakeQueue::default(), ManualClock::at(NOW));
     let http = HttpClients::new(TargetGuard::new(TargetPolicy::LocalOnly, vec![])).expect("clients");
     let settings =
         SenderSettings { concurrency: 4, response_body_limit: 1024, lease_margin_ms: 5_000, schedule_early_s: 60 };
-    let sender = Sender::new(store.clone(), queue.clone(), FakeScheduler::default(), http, settings)
+    let sender = Sender::new(store.clone(), queue.clone(), scheduler.clone(), http, settings)
         .with_clock(Arc::new(clock.clone()));
-    Fixture { store, queue, clock, sender }
+    Fixture { store, queue, clock, scheduler, sender }
 }
 
 fn no_jitter(max_attempts: u32) -> RetryPolicy {
@@ -214,4 +216,22 @@ async fn no_request_starts_when_the_invocation_has_no_time_left() {
     assert_eq!(outcome_of(&handled, "m1"), (true, MessageOutcome::Delivery(DeliveryOutcome::NoTime)));
     assert_eq!(f.queue.retried(), [("rh-m1".to_owned(), NO_TIME_RETRY)]);
     assert_eq!(target.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_retry_wait_longer_than_the_visibility_timeout_goes_to_a_one_time_schedule() {
+    let (f, target) = (fixture(), target().await);
+    let thirteen_hours = 13 * 3_600_000;
+    let t = task(&format!("{}/fail", target.base), NOW, RetryPolicy::Intervals { intervals_ms: vec![thirteen_hours] });
+    f.store.insert(&t);
+    let handled = f.sender.handle_each(batch(vec![message("m1", deliver(&t))]), None).await;
+    let retry = DeliveryOutcome::RetryScheduled { attempt: 1, delay: Duration::from_millis(thirteen_hours) };
+    // Handed over: the message itself goes.
+    assert_eq!(outcome_of(&handled, "m1"), (false, MessageOutcome::Delivery(retry)));
+    assert!(f.queue.retried().is_empty());
+    let schedules: Vec<RecordedSchedule> = f.scheduler.schedules().into_values().collect();
+    let [RecordedSchedule::At { fire_at, msg, delay }] = schedules.as_slice() else { panic!("{schedules:?}") };
+    assert_eq!(msg, &QueueMessage::deliver(&t.id));
+    // It fires early and the message's delay makes up the rest: due on time.
+    assert_eq!(*fire_at + delay.as_millis() as i64, NOW + thirteen_hours as i64);
 }
