@@ -15,9 +15,13 @@
 //! The wiring is in each function's `main` (`functions/*/src/main.rs`): it
 //! reads the [`Config`], builds the SDK clients and adapters once per cold
 //! start and hands them to a use case inside the Lambda runtime's loop.
+//! The workers read the time from a [`clock::Clock`] it passes in; unit tests
+//! pass a hand-set one and the in-memory fakes of the ports (`testing`,
+//! compiled for tests and behind the `test-support` feature).
 
 pub mod api;
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod counter;
 pub mod domain;
@@ -31,5 +35,7 @@ pub mod schedules;
 pub mod sender;
 pub mod sqs;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use config::Config;

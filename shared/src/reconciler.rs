@@ -181,3 +181,6 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

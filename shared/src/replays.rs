@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{QueueMessage, Replay, ReplayId, ReplayStatus, TaskId, now_millis};
 use crate::ports::{DeliveryQueue, ListFilter, QueueError, ReplayStore, Retried, StoreError, TaskStore, TenantStore};
 
@@ -17,6 +18,19 @@ pub enum ReplayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+/// What one page message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The replay does not exist (purged): the message is dropped.
+    NoSuchReplay,
+    /// Not the replay's current chain and page (a duplicate or an old chain),
+    /// or the replay is no longer running: nothing was done.
+    Stale,
+    /// A page was done. `advanced`: this delivery moved the replay on (and,
+    /// unless `done`, sent the next page's message).
+    Page { replayed: u64, skipped: u64, errored: u64, advanced: bool, done: bool },
 }
 
 /// The listing filter a replay selects with.
@@ -38,23 +52,35 @@ pub async fn kick<Q: DeliveryQueue>(queue: &Q, r: &Replay) -> Result<(), QueueEr
 
 /// Advances replay `id` by one page, if `chain` is its current chain and
 /// `page` its current page (a duplicate delivery of a page message does nothing).
-#[tracing::instrument(skip_all, fields(replay_id = %id, chain, page))]
 pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
     store: &S,
     queue: &Q,
     id: &ReplayId,
     chain: u64,
     page: u64,
-) -> Result<(), ReplayError> {
+) -> Result<StepOutcome, ReplayError> {
+    step_with(store, queue, &SystemClock, id, chain, page).await
+}
+
+/// [`step`], reading the time from `clock`.
+#[tracing::instrument(skip_all, fields(replay_id = %id, chain, page))]
+pub async fn step_with<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
+    store: &S,
+    queue: &Q,
+    clock: &dyn Clock,
+    id: &ReplayId,
+    chain: u64,
+    page: u64,
+) -> Result<StepOutcome, ReplayError> {
     let Some(r) = store.get_replay(id).await? else {
         tracing::warn!("no such replay; message dropped");
-        return Ok(());
+        return Ok(StepOutcome::NoSuchReplay);
     };
     if r.status != ReplayStatus::Running || r.chain != chain || r.page != page {
         tracing::info!(current_chain = r.chain, current_page = r.page, "stale page message; nothing to do");
-        return Ok(());
+        return Ok(StepOutcome::Stale);
     }
-    let now = now_millis();
+    let now = clock.now();
     let listed = store.list(&r.tenant, &list_filter(&r), r.rate.max(1) as usize, r.cursor.as_deref(), now).await?;
     let (mut replayed, mut skipped, mut errored) = (0u64, 0u64, 0u64);
     let mut messages = Vec::new();
@@ -67,7 +93,7 @@ pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
     let mut interrupted: Option<StoreError> = None;
     if reserved {
         for st in &listed.items {
-            match store.retry_failed(&st.id, st.round_attempts(), now_millis()).await {
+            match store.retry_failed(&st.id, st.round_attempts(), clock.now()).await {
                 Ok(Retried::Done) => {
                     replayed += 1;
                     messages.push((QueueMessage::deliver(&st.id), Duration::ZERO));
@@ -109,14 +135,14 @@ pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
                 doc.status = ReplayStatus::Done;
             }
         }
-        doc.updated_at = now_millis();
+        doc.updated_at = clock.now();
         doc.version += 1;
         if store.save_replay(&doc).await? {
             break advance;
         }
         match store.get_replay(id).await? {
             Some(fresh) => doc = fresh,
-            None => return Ok(()),
+            None => return Ok(StepOutcome::NoSuchReplay),
         }
     };
     if let Some(e) = interrupted {
@@ -127,7 +153,8 @@ pub async fn step<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue>(
         let next = QueueMessage::ReplayV1 { replay_id: id.clone(), chain, page: doc.page };
         queue.enqueue(&next, Duration::from_secs(1)).await?;
     }
-    Ok(())
+    let done = doc.status == ReplayStatus::Done;
+    Ok(StepOutcome::Page { replayed, skipped, errored, advanced, done })
 }
 
 /// Counts what a replay would select (at most `cap` tasks examined) and
@@ -148,3 +175,6 @@ pub async fn dry_run<S: TaskStore>(store: &S, r: &Replay, cap: usize) -> Result<
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use courier::domain::now_millis;
+use courier::clock::{Clock, SystemClock};
 use courier::dynamo::DynamoStore;
 use courier::reconciler::Reconciler;
 use courier::sqs::SqsQueue;
@@ -21,7 +21,7 @@ async fn main() -> Result<(), Error> {
     let reconciler = Reconciler::new(store, queue, Duration::from_secs(config.reconcile_grace_s));
     let reconciler = &reconciler;
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| async move {
-        reconciler.run_once(now_millis()).await.map_err(Error::from)
+        reconciler.run_once(SystemClock.now()).await.map_err(Error::from)
     }))
     .await
 }

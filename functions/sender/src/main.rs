@@ -2,7 +2,10 @@
 //! failures reported for redelivery. The clients are built here, once per
 //! cold start; every invocation borrows the one [`Sender`].
 
+use std::sync::Arc;
+
 use aws_lambda_events::event::sqs::SqsEvent;
+use courier::clock::SystemClock;
 use courier::domain::EpochMillis;
 use courier::dynamo::DynamoStore;
 use courier::schedules::EventBridgeScheduler;
@@ -26,7 +29,8 @@ async fn main() -> Result<(), Error> {
         &config.queue_arn,
     );
     let http = HttpClients::new(config.target_guard.clone())?;
-    let sender = Sender::new(store, queue, scheduler, http, SenderSettings::from_config(&config));
+    let sender = Sender::new(store, queue, scheduler, http, SenderSettings::from_config(&config))
+        .with_clock(Arc::new(SystemClock));
     let sender = &sender;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = Some(event.context.deadline as EpochMillis).filter(|d| *d > 0);

@@ -9,23 +9,14 @@ use tower::ServiceExt;
 
 use super::*;
 
-/// A router whose clients point nowhere: fine, because every request here
-/// is answered before any AWS call (routing, or 401 without a key).
+/// A router on the in-memory fakes: every request here is answered before
+/// any store call (routing, or 401 without a key), and a test that reached
+/// one would see an empty store, not a network error.
 fn offline_router() -> Router {
-    let region = aws_config::Region::new("us-east-1");
-    let ddb = aws_sdk_dynamodb::Config::builder().behavior_version_latest().region(region.clone()).build();
-    let sqs = aws_sdk_sqs::Config::builder().behavior_version_latest().region(region.clone()).build();
-    let sch = aws_sdk_scheduler::Config::builder().behavior_version_latest().region(region).build();
     router(Arc::new(AppState {
-        store: crate::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(ddb), "t", 90),
-        queue: crate::sqs::SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), "q", "d"),
-        scheduler: crate::schedules::EventBridgeScheduler::new(
-            aws_sdk_scheduler::Client::from_conf(sch),
-            "g",
-            "r",
-            "q",
-            "arn",
-        ),
+        store: crate::testing::FakeStore::new(),
+        queue: crate::testing::FakeQueue::default(),
+        scheduler: crate::testing::FakeScheduler::default(),
         settings: ApiSettings {
             sqs_delay_max_s: 900,
             schedule_early_s: 60,

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::retry::Decision;
 use super::{DeliveryOutcome, RECORD_MARGIN_MS, Sender, decide};
+use crate::clock::Clock;
 use crate::domain::{
     Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, TenantId, format_millis, now_millis,
 };
@@ -28,7 +29,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
         unit: &Unit,
         deadline: Option<EpochMillis>,
     ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
-        let now = now_millis();
+        let now = self.clock.now();
         let budget = deadline.map(|d| d - now - RECORD_MARGIN_MS);
         if budget.is_some_and(|b| b < 1) {
             return Ok((DeliveryOutcome::NoTime, None));
@@ -57,7 +58,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
             // Nothing can ever be sent: end it (its slot comes back), then park the message.
             let reason = format!("task {} has no request spec", unit.task);
             let failed = Transition::Failed { reason: reason.clone(), status: None };
-            if !self.store.finish(unit, state.attempts, &failed, now_millis()).await? {
+            if !self.store.finish(unit, state.attempts, &failed, self.clock.now()).await? {
                 return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
@@ -81,8 +82,8 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
             "attempt"
         );
         // The request went out: losing its record now would send it again.
-        persist(deadline, || self.store.record_attempt(unit, &attempt)).await?;
-        let at = now_millis();
+        persist(&*self.clock, deadline, || self.store.record_attempt(unit, &attempt)).await?;
+        let at = self.clock.now();
         let (transition, result, metric) = match decision {
             Decision::Succeed => {
                 (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }, metrics::DELIVERED)
@@ -98,7 +99,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
                 metrics::FAILED,
             ),
         };
-        if !persist(deadline, || self.store.finish(unit, number, &transition, at)).await? {
+        if !persist(&*self.clock, deadline, || self.store.finish(unit, number, &transition, at)).await? {
             return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
         }
         let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);
@@ -136,7 +137,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
 /// Runs a store write that must not be lost (the request it records was
 /// sent), trying again a few times past the SDK's own retries while the
 /// invocation has time.
-async fn persist<T, F, Fut>(deadline: Option<EpochMillis>, mut write: F) -> Result<T, StoreError>
+async fn persist<T, F, Fut>(clock: &dyn Clock, deadline: Option<EpochMillis>, mut write: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -146,7 +147,7 @@ where
     loop {
         match write().await {
             Err(StoreError::Unavailable(e))
-                if tries < 4 && deadline.is_none_or(|d| now_millis() + wait.as_millis() as i64 + 1_000 < d) =>
+                if tries < 4 && deadline.is_none_or(|d| clock.now() + wait.as_millis() as i64 + 1_000 < d) =>
             {
                 tracing::warn!(error = %e, tries, "store write failed after the request was sent; trying again");
                 tokio::time::sleep(wait).await;

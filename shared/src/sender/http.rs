@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::Sender;
 use crate::domain::{
     Attempt, Blocked, Outcome, ReceiverHints, RequestSpec, TargetGuard, TaskState, format_millis, mask_headers,
-    mask_url, now_millis,
+    mask_url,
 };
 use crate::ports::{DeliveryLedger, DeliveryQueue, Scheduler};
 
@@ -145,7 +145,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
         if let Some(body) = &spec.body {
             req = req.body(body.to_bytes());
         }
-        let started_at = now_millis();
+        let started_at = self.clock.now();
         let clock = Instant::now();
         let mut hints = ReceiverHints::default();
         let mut response_headers = Vec::new();
@@ -163,7 +163,7 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
                     .take(MAX_RESPONSE_HEADERS)
                     .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                     .collect();
-                hints = ReceiverHints::from_response(status, now_millis(), |name| {
+                hints = ReceiverHints::from_response(status, self.clock.now(), |name| {
                     raw.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
                 });
                 response_headers = mask_headers(&raw);

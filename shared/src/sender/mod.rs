@@ -19,12 +19,14 @@ mod dlq;
 mod http;
 mod retry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::StreamExt;
 
-use crate::domain::{DeadLetter, EpochMillis, QueueMessage, TaskId, TaskStatus, now_millis};
+use crate::clock::{Clock, SystemClock};
+use crate::domain::{DeadLetter, EpochMillis, QueueMessage, TaskId, TaskStatus};
 use crate::metrics;
 use crate::ports::{DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, StoreError, TaskStore, TenantStore, Unit};
 
@@ -89,55 +91,84 @@ pub struct Sender<S, Q, C> {
     scheduler: C,
     http: HttpClients,
     settings: SenderSettings,
+    clock: Arc<dyn Clock>,
 }
 
-/// One record's result: keep it on the queue for redelivery or not.
-struct Handled {
-    keep: bool,
+/// What the sender did with one message of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handled {
+    pub message_id: String,
+    /// Reported in `batchItemFailures`: the message stays on the queue for redelivery.
+    pub keep: bool,
+    pub outcome: MessageOutcome,
+}
+
+/// What one message led to, for the logs' and the tests' sake.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessageOutcome {
+    /// A delivery message (one-off task or cron firing) and what its delivery did.
+    Delivery(DeliveryOutcome),
+    /// A replay page message: the step's outcome, or why it failed (retried).
+    Replay(Result<crate::replays::StepOutcome, String>),
+    /// A store call failed mid-delivery: the message is redelivered.
+    Interrupted(String),
 }
 
 // The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
 impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     pub fn new(store: S, queue: Q, scheduler: C, http: HttpClients, settings: SenderSettings) -> Self {
-        Self { store, queue, scheduler, http, settings }
+        Self { store, queue, scheduler, http, settings, clock: Arc::new(SystemClock) }
+    }
+
+    /// Reads the time from `clock` instead of the system's (tests set it).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Handles one SQS batch: every record concurrently, failures reported by
     /// id. `deadline` (epoch ms) is when the invocation ends: no request starts
     /// that could not finish and be recorded before it.
     pub async fn handle(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> SqsBatchResponse {
-        let handled: Vec<(String, Handled)> = futures_util::stream::iter(event.records)
-            .map(|record| async move {
-                (record.message_id.clone().unwrap_or_default(), self.process(&record, deadline).await)
-            })
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
         let mut resp = SqsBatchResponse::default();
-        for (message_id, h) in handled {
+        for h in self.handle_each(event, deadline).await {
             if h.keep {
                 let mut f = BatchItemFailure::default();
-                f.item_identifier = message_id;
+                f.item_identifier = h.message_id;
                 resp.batch_item_failures.push(f);
             }
         }
         resp
     }
 
+    /// Handles one SQS batch like [`Sender::handle`] and returns what each
+    /// message led to (in completion order).
+    pub async fn handle_each(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
+        futures_util::stream::iter(event.records)
+            .map(|record| async move {
+                let (keep, outcome) = self.process(&record, deadline).await;
+                Handled { message_id: record.message_id.clone().unwrap_or_default(), keep, outcome }
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await
+    }
+
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
-    async fn process(&self, record: &SqsMessage, deadline: Option<EpochMillis>) -> Handled {
-        if deadline.is_some_and(|d| now_millis() + RECORD_MARGIN_MS >= d) {
+    async fn process(&self, record: &SqsMessage, deadline: Option<EpochMillis>) -> (bool, MessageOutcome) {
+        if deadline.is_some_and(|d| self.clock.now() + RECORD_MARGIN_MS >= d) {
             tracing::info!("no time left in this invocation; the message comes back soon");
-            return Handled { keep: self.retry_later(record, NO_TIME_RETRY).await };
+            return (self.retry_later(record, NO_TIME_RETRY).await, MessageOutcome::Delivery(DeliveryOutcome::NoTime));
         }
         let body = record.body.as_deref().unwrap_or_default();
         let (task_id, run) = match QueueMessage::from_body(body) {
             Some(QueueMessage::ReplayV1 { replay_id, chain, page }) => {
-                let res = crate::replays::step(&self.store, &self.queue, &replay_id, chain, page).await;
+                let res =
+                    crate::replays::step_with(&self.store, &self.queue, &*self.clock, &replay_id, chain, page).await;
                 if let Err(e) = &res {
                     tracing::error!(replay_id = %replay_id, error = %e, "replay page failed; it will be retried");
                 }
-                return Handled { keep: res.is_err() };
+                return (res.is_err(), MessageOutcome::Replay(res.map_err(|e| e.to_string())));
             }
             Some(QueueMessage::DeliverV1 { task_id, run }) => (Some(task_id), Ok(run)),
             Some(QueueMessage::CronV1 { task_id, scheduled_time }) => {
@@ -155,38 +186,41 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
                 Err(e) => (None, Err(e)),
             },
         };
-        let keep = |keep: bool| Handled { keep };
-        match outcome {
-            Ok(DeliveryOutcome::Skipped { .. }) => keep(false),
-            Ok(DeliveryOutcome::NoTime) => {
-                tracing::info!(task_id = ?task_id.as_ref().map(TaskId::as_str), "no time left for this request in this invocation; it comes back soon");
-                keep(self.retry_later(record, NO_TIME_RETRY).await)
-            }
-            Ok(DeliveryOutcome::Delivered { .. }) => keep(false),
-            Ok(DeliveryOutcome::RetryScheduled { delay, .. }) => {
-                let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
-                match (&unit, wait_needs_scheduler(delay, sent_at, now_millis())) {
-                    (Some((u, _)), true) => keep(self.schedule_retry(u, delay).await.is_err()),
-                    _ => keep(self.retry_later(record, delay).await),
-                }
-            }
-            Ok(DeliveryOutcome::Deferred { delay }) => {
-                emit(metrics::DEFERRED, unit.as_ref().map(|(u, _)| &u.task), None);
-                keep(self.retry_later(record, delay).await)
-            }
-            Ok(DeliveryOutcome::Failed { reason, .. }) => {
-                let task = unit.as_ref().map(|(u, tenant)| (&u.task, u.run, tenant));
-                keep(self.park(DeadLetter::failed(task, &reason)).await.is_err())
-            }
-            Ok(DeliveryOutcome::Poison { reason }) => {
-                tracing::error!(reason = %reason, "poison message");
-                keep(self.park(DeadLetter::poison(&reason, body)).await.is_err())
-            }
+        let outcome = match outcome {
+            Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
-                keep(true)
+                return (true, MessageOutcome::Interrupted(e.to_string()));
             }
-        }
+        };
+        let keep = match &outcome {
+            DeliveryOutcome::Skipped { .. } => false,
+            DeliveryOutcome::NoTime => {
+                tracing::info!(task_id = ?task_id.as_ref().map(TaskId::as_str), "no time left for this request in this invocation; it comes back soon");
+                self.retry_later(record, NO_TIME_RETRY).await
+            }
+            DeliveryOutcome::Delivered { .. } => false,
+            DeliveryOutcome::RetryScheduled { delay, .. } => {
+                let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+                match (&unit, wait_needs_scheduler(*delay, sent_at, self.clock.now())) {
+                    (Some((u, _)), true) => self.schedule_retry(u, *delay).await.is_err(),
+                    _ => self.retry_later(record, *delay).await,
+                }
+            }
+            DeliveryOutcome::Deferred { delay } => {
+                emit(metrics::DEFERRED, unit.as_ref().map(|(u, _)| &u.task), None);
+                self.retry_later(record, *delay).await
+            }
+            DeliveryOutcome::Failed { reason, .. } => {
+                let task = unit.as_ref().map(|(u, tenant)| (&u.task, u.run, tenant));
+                self.park(DeadLetter::failed(task, reason)).await.is_err()
+            }
+            DeliveryOutcome::Poison { reason } => {
+                tracing::error!(reason = %reason, "poison message");
+                self.park(DeadLetter::poison(reason, body)).await.is_err()
+            }
+        };
+        (keep, MessageOutcome::Delivery(outcome))
     }
 
     /// Leaves the message for redelivery after `delay`; always true (keep it).
@@ -227,14 +261,4 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::RequestSpec;
-
-    #[test]
-    fn the_longest_request_fits_in_a_fresh_invocation_with_its_recording_margin() {
-        // Otherwise a task with the longest timeout would come back every second, never sent.
-        let invocation_ms = i64::from(crate::resources::SENDER_TIMEOUT_S) * 1000;
-        assert!(RequestSpec::MAX_TIMEOUT_MS as i64 + RECORD_MARGIN_MS + 1_000 < invocation_ms);
-    }
-}
+mod tests;

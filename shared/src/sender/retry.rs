@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Sender;
 use crate::domain::{
-    Attempt, EpochMillis, Outcome, QueueMessage, ReceiverHints, RequestSpec, RetryPolicy, format_millis, now_millis,
+    Attempt, EpochMillis, Outcome, QueueMessage, ReceiverHints, RequestSpec, RetryPolicy, format_millis,
 };
 use crate::ports::{DeliveryLedger, DeliveryQueue, Scheduler, Unit};
 use crate::resources::QUEUE_RETENTION_S;
@@ -20,10 +20,11 @@ const RETENTION_MARGIN_MS: i64 = 3_600_000;
 impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     /// A retry SQS cannot wait for: a one-time schedule, then the message goes.
     pub(super) async fn schedule_retry(&self, unit: &Unit, delay: Duration) -> Result<(), ()> {
-        let due = now_millis() + delay.as_millis() as i64;
+        let now = self.clock.now();
+        let due = now + delay.as_millis() as i64;
         let handoff = crate::domain::scheduler_handoff(due, Duration::from_secs(self.settings.schedule_early_s));
         let msg = QueueMessage::DeliverV1 { task_id: unit.task.clone(), run: unit.run };
-        let name = format!("{}-r{}", unit.task, now_millis());
+        let name = format!("{}-r{}", unit.task, now);
         match self.scheduler.create_at(&name, handoff.fire_at, &msg, handoff.delay).await {
             Ok(()) => {
                 tracing::info!(task_id = %unit.task, schedule = %name, due = %format_millis(due), "long retry wait handed to Scheduler");

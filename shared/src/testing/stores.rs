@@ -1,0 +1,132 @@
+//! The fake store's replays (saved under a version check), tenants with
+//! their keys and quota counters, and status counts applied once per batch.
+
+use super::{FakeStore, KeyRow};
+use crate::domain::{Deltas, EpochMillis, KeyId, Quotas, Replay, ReplayId, TaskStatus, Tenant, TenantId};
+use crate::ports::{CountStore, ReplayStore, StoreError, TenantStore};
+
+impl ReplayStore for FakeStore {
+    async fn put_replay(&self, r: &Replay) -> Result<(), StoreError> {
+        self.lock().replays.entry(r.id.clone()).or_insert_with(|| r.clone());
+        Ok(())
+    }
+
+    async fn get_replay(&self, id: &ReplayId) -> Result<Option<Replay>, StoreError> {
+        Ok(self.lock().replays.get(id).cloned())
+    }
+
+    async fn save_replay(&self, r: &Replay) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        match t.replays.get_mut(&r.id) {
+            Some(stored) if stored.version + 1 == r.version => {
+                *stored = r.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl TenantStore for FakeStore {
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.lock().tenants.insert(tenant.id.clone(), tenant.clone());
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.lock().tenants.get(id).cloned())
+    }
+
+    async fn update_tenant(
+        &self,
+        id: &TenantId,
+        enabled: Option<bool>,
+        quotas: Option<Quotas>,
+    ) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        let Some(tenant) = t.tenants.get_mut(id) else { return Ok(false) };
+        tenant.enabled = enabled.unwrap_or(tenant.enabled);
+        tenant.quotas = quotas.unwrap_or(tenant.quotas);
+        Ok(true)
+    }
+
+    async fn put_key(&self, tenant: &TenantId, key_id: &KeyId, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
+        let row = KeyRow { tenant: tenant.clone(), key_id: key_id.clone(), created_at: now, revoked_at: None };
+        self.lock().keys.insert(hash.to_owned(), row);
+        Ok(())
+    }
+
+    async fn tenant_of_key(&self, hash: &str) -> Result<Option<TenantId>, StoreError> {
+        Ok(self.lock().keys.get(hash).filter(|k| k.revoked_at.is_none()).map(|k| k.tenant.clone()))
+    }
+
+    async fn revoke_key(&self, tenant: &TenantId, key_id: &KeyId, now: EpochMillis) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        let Some(k) = t.keys.values_mut().find(|k| k.tenant == *tenant && k.key_id == *key_id) else {
+            return Ok(false);
+        };
+        k.revoked_at.get_or_insert(now);
+        Ok(true)
+    }
+
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<(KeyId, EpochMillis, Option<EpochMillis>)>, StoreError> {
+        let t = self.lock();
+        Ok(t.keys
+            .values()
+            .filter(|k| k.tenant == *tenant)
+            .map(|k| (k.key_id.clone(), k.created_at, k.revoked_at))
+            .collect())
+    }
+
+    /// Like the adapter, against the stored count, not the caller's copy.
+    async fn reserve_active(&self, tenant: &Tenant, n: u64) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        let Some(stored) = t.tenants.get_mut(&tenant.id) else { return Ok(false) };
+        if stored.active + n > tenant.quotas.max_active_tasks {
+            return Ok(false);
+        }
+        stored.active += n;
+        Ok(true)
+    }
+
+    async fn release_active(&self, tenant: &TenantId, n: u64) -> Result<(), StoreError> {
+        if let Some(stored) = self.lock().tenants.get_mut(tenant).filter(|t| t.active >= n) {
+            stored.active -= n;
+        }
+        Ok(())
+    }
+
+    async fn take_rate(&self, tenant: &Tenant, n: u64, now: EpochMillis) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        let used = t.rates.entry((tenant.id.clone(), now / 1000)).or_default();
+        if *used + n > tenant.quotas.create_rate_per_second {
+            return Ok(false);
+        }
+        *used += n;
+        Ok(true)
+    }
+}
+
+impl CountStore for FakeStore {
+    async fn apply_counts(&self, batch_id: &str, deltas: &Deltas) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        if !t.applied_batches.insert(batch_id.to_owned()) {
+            return Ok(false);
+        }
+        for (tenant, d) in deltas {
+            let counts = t.counts.entry(tenant.clone()).or_default();
+            for (status, n) in &d.statuses {
+                *counts.entry(*status).or_default() += n;
+            }
+            if let Some(stored) = TenantId::parse(tenant).ok().and_then(|id| t.tenants.get_mut(&id)) {
+                stored.active = stored.active.saturating_add_signed(d.active);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn counts(&self, tenant: &TenantId) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
+        let t = self.lock();
+        Ok(t.counts.get(tenant.as_str()).map(|c| c.iter().map(|(s, n)| (*s, *n)).collect()).unwrap_or_default())
+    }
+}
