@@ -98,6 +98,17 @@ pub fn send_message_input(queue_url: &str, msg: &QueueMessage, delay: Duration) 
 }
 
 impl EventBridgeScheduler {
+    /// The deployed schedule group, role and target queue, from `config`.
+    pub fn from_config(config: &crate::Config, sdk: &aws_config::SdkConfig) -> Self {
+        Self::new(
+            aws_sdk_scheduler::Client::new(sdk),
+            &config.schedule_group,
+            &config.scheduler_role_arn,
+            &config.queue_url,
+            &config.queue_arn,
+        )
+    }
+
     pub fn new(
         client: Client,
         group: impl Into<String>,

@@ -27,6 +27,11 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// The deployed delivery queue and its dead-letter queue, from `config`.
+    pub fn from_config(config: &crate::Config, sdk: &aws_config::SdkConfig) -> Self {
+        Self::new(Client::new(sdk), &config.queue_url, &config.dlq_url)
+    }
+
     pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> Self {
         Self { client, queue_url: queue_url.into(), dlq_url: dlq_url.into() }
     }

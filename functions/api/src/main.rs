@@ -14,16 +14,9 @@ async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;
     let sdk = courier::aws::load().await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table, config.retention_days)
-        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000);
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), &config.queue_url, &config.dlq_url);
-    let scheduler = EventBridgeScheduler::new(
-        aws_sdk_scheduler::Client::new(&sdk),
-        &config.schedule_group,
-        &config.scheduler_role_arn,
-        &config.queue_url,
-        &config.queue_arn,
-    );
+    let store = DynamoStore::from_config(&config, &sdk);
+    let queue = SqsQueue::from_config(&config, &sdk);
+    let scheduler = EventBridgeScheduler::from_config(&config, &sdk);
     let settings = ApiSettings::from_config(&config);
     let state = Arc::new(AppState { store, queue, scheduler, settings });
     lambda_http::run(courier::api::router(state)).await

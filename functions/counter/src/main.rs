@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;
     let sdk = courier::aws::load().await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table, config.retention_days);
+    let store = DynamoStore::from_config(&config, &sdk);
     let store = &store;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
         courier::counter::handle(store, &event.payload).await.map_err(Error::from)

@@ -15,9 +15,8 @@ async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;
     let sdk = courier::aws::load().await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table, config.retention_days)
-        .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000);
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), &config.queue_url, &config.dlq_url);
+    let store = DynamoStore::from_config(&config, &sdk);
+    let queue = SqsQueue::from_config(&config, &sdk);
     let reconciler = Reconciler::new(store, queue, Duration::from_secs(config.reconcile_grace_s));
     let reconciler = &reconciler;
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| async move {

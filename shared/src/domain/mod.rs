@@ -4,6 +4,7 @@
 
 mod counts;
 mod dead_letter;
+mod guard;
 mod ids;
 mod message;
 mod outcome;
@@ -11,13 +12,13 @@ mod replay;
 mod request;
 mod retry;
 mod schedule;
-mod target;
 mod task;
 mod tenant;
 mod validate;
 
 pub use counts::{Deltas, TenantDelta};
 pub use dead_letter::DeadLetter;
+pub use guard::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
 pub use ids::{InvalidId, KeyId, ReplayId, TaskId, TenantId};
 pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
@@ -27,7 +28,6 @@ pub use request::{
 };
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};
-pub use target::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
 pub use task::{Attempt, NewTask, SchedulerHold, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, same_secret};
 pub use validate::{

@@ -54,6 +54,12 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// The deployed store: the table, retention and reconcile grace from `config`.
+    pub fn from_config(config: &crate::Config, sdk: &aws_config::SdkConfig) -> Self {
+        Self::new(Client::new(sdk), &config.table, config.retention_days)
+            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000)
+    }
+
     pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
         Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS, reconcile_grace_ms: 120_000 }
     }
