@@ -249,28 +249,7 @@ async fn a_duplicate_replay_page_message_does_not_fork_the_chain() {
         ids.push(t.id);
     }
     let now = courier::domain::now_millis();
-    let replay = Replay {
-        id: ReplayId::generate(),
-        tenant: stack.tenant_id(),
-        filter: ReplayFilter {
-            status: TaskStatus::Failed,
-            host: None,
-            created_after: None,
-            created_before: None,
-            code: None,
-        },
-        rate: 1,
-        status: ReplayStatus::Running,
-        cursor: None,
-        replayed: 0,
-        skipped: 0,
-        errored: 0,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        chain: 0,
-        page: 0,
-    };
+    let replay = Replay::start(ReplayId::generate(), stack.tenant_id(), ReplayFilter::all_failed(), 1, now);
     store.put_replay(&replay).await.expect("stored");
     // The first page's message, delivered twice.
     courier::replays::step(&store, &queue, &replay.id, 0, 0).await.expect("page");
@@ -455,28 +434,7 @@ async fn a_replay_page_cut_short_by_a_store_error_gives_back_the_slots_it_did_no
         .build();
     let faulty = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), &stack.outputs().names.table, 90);
     let now = courier::domain::now_millis();
-    let replay = Replay {
-        id: ReplayId::generate(),
-        tenant: stack.tenant_id(),
-        filter: ReplayFilter {
-            status: TaskStatus::Failed,
-            host: None,
-            created_after: None,
-            created_before: None,
-            code: None,
-        },
-        rate: 3,
-        status: ReplayStatus::Running,
-        cursor: None,
-        replayed: 0,
-        skipped: 0,
-        errored: 0,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        chain: 0,
-        page: 0,
-    };
+    let replay = Replay::start(ReplayId::generate(), stack.tenant_id(), ReplayFilter::all_failed(), 3, now);
     plain.put_replay(&replay).await.expect("stored");
     let active = || async { plain.get_tenant(&stack.tenant_id()).await.expect("read").expect("tenant").active };
     assert_eq!(active().await, 0);

@@ -110,22 +110,8 @@ pub async fn create_replay<S: ReplayStore + TaskStore + TenantStore, Q: Delivery
     let (since, until) = (time("since", dto.since.as_deref())?, time("until", dto.until.as_deref())?);
     super::tasks::time_window(since, until, "since", "until")?;
     let now = now_millis();
-    let replay = Replay {
-        id: ReplayId::generate(),
-        tenant: tenant.id.clone(),
-        filter: ReplayFilter { status: TaskStatus::Failed, host, created_after: since, created_before: until, code },
-        rate,
-        status: ReplayStatus::Running,
-        cursor: None,
-        replayed: 0,
-        skipped: 0,
-        errored: 0,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        chain: 0,
-        page: 0,
-    };
+    let filter = ReplayFilter { status: TaskStatus::Failed, host, created_after: since, created_before: until, code };
+    let replay = Replay::start(ReplayId::generate(), tenant.id.clone(), filter, rate, now);
     if dto.dry_run {
         let (matched, sample, complete) = replays::dry_run(&app.store, &replay, DRY_RUN_CAP).await?;
         let sample: Vec<&str> = sample.iter().map(|s| s.as_str()).collect();

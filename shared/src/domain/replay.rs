@@ -81,6 +81,36 @@ pub struct Replay {
     pub page: u64,
 }
 
+impl ReplayFilter {
+    /// Every failed task of the tenant: no host, time or code condition.
+    pub fn all_failed() -> Self {
+        Self { status: TaskStatus::Failed, host: None, created_after: None, created_before: None, code: None }
+    }
+}
+
+impl Replay {
+    /// A new replay of `tenant`'s tasks matching `filter`, running from the
+    /// first page at `rate` tasks a second.
+    pub fn start(id: ReplayId, tenant: TenantId, filter: ReplayFilter, rate: u32, now: EpochMillis) -> Self {
+        Self {
+            id,
+            tenant,
+            filter,
+            rate,
+            status: ReplayStatus::Running,
+            cursor: None,
+            replayed: 0,
+            skipped: 0,
+            errored: 0,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            chain: 0,
+            page: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,24 +29,7 @@ async fn arrange(store: &FakeStore) -> Vec<TaskState> {
         store.put_state(st.clone(), None);
         failed.push(st);
     }
-    let filter =
-        ReplayFilter { status: TaskStatus::Failed, host: None, created_after: None, created_before: None, code: None };
-    let replay = Replay {
-        id: rpl1(),
-        tenant: t1(),
-        filter,
-        rate: 2,
-        status: ReplayStatus::Running,
-        cursor: None,
-        replayed: 0,
-        skipped: 0,
-        errored: 0,
-        created_at: NOW,
-        updated_at: NOW,
-        version: 1,
-        chain: 0,
-        page: 0,
-    };
+    let replay = Replay::start(rpl1(), t1(), ReplayFilter::all_failed(), 2, NOW);
     store.put_replay(&replay).await.expect("the fakes never fail");
     failed
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::domain::{Quotas, ReplayFilter, ReplayStatus, TaskKind};
+use crate::domain::{Quotas, ReplayFilter, TaskKind};
 use crate::ports::{
     Claim, DeliveryLedger, DeliveryQueue, ListFilter, ReconcileIndex, ReplayStore, TaskStore, TenantStore, Transition,
 };
@@ -93,28 +93,7 @@ async fn the_reconcile_index_pages_in_check_time_order_and_reports_how_far_it_re
 #[tokio::test]
 async fn a_replay_saves_only_over_the_version_it_read() {
     let store = FakeStore::new();
-    let mut r = Replay {
-        id: rpl1(),
-        tenant: t1(),
-        filter: ReplayFilter {
-            status: TaskStatus::Failed,
-            host: None,
-            created_after: None,
-            created_before: None,
-            code: None,
-        },
-        rate: 1,
-        status: ReplayStatus::Running,
-        cursor: None,
-        replayed: 0,
-        skipped: 0,
-        errored: 0,
-        created_at: NOW,
-        updated_at: NOW,
-        version: 1,
-        chain: 0,
-        page: 0,
-    };
+    let mut r = Replay::start(rpl1(), t1(), ReplayFilter::all_failed(), 1, NOW);
     store.put_replay(&r).await.expect("the fakes never fail");
     r.version = 2;
     assert!(store.save_replay(&r).await.expect("the fakes never fail"));
