@@ -165,7 +165,7 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
             tracing::warn!(task_id = %st.id, run = st.run, status = st.status.as_str(), "stuck unit re-enqueued");
             // Looked at again later, in case this message is lost too.
             self.store.push_reconcile(&unit, now + self.grace_ms).await?;
-            messages.push((QueueMessage::DeliverV1 { task_id: st.id.clone(), run: st.run }, Duration::ZERO));
+            messages.push((QueueMessage::deliver_run(&st.id, st.run, None), Duration::ZERO));
             report.requeued += 1;
             if report.sample.len() < SAMPLE {
                 report.sample.push(match st.run {

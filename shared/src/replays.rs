@@ -96,7 +96,7 @@ pub async fn step_with<S: ReplayStore + TaskStore + TenantStore, Q: DeliveryQueu
             match store.retry_failed(&st.id, st.round_attempts(), clock.now()).await {
                 Ok(Retried::Done) => {
                     replayed += 1;
-                    messages.push((QueueMessage::deliver(&st.id), Duration::ZERO));
+                    messages.push((QueueMessage::deliver(&st.id, None), Duration::ZERO));
                 }
                 Ok(Retried::NotFailed(_) | Retried::Missing) => skipped += 1,
                 Err(e) => {

@@ -53,7 +53,12 @@ const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 /// The input of a cron task's schedule: a cron firing whose scheduled time
 /// Scheduler fills in.
 pub fn cron_message(task: &TaskId) -> QueueMessage {
-    QueueMessage::CronV1 { task_id: task.clone(), scheduled_time: SCHEDULED_TIME_PLACEHOLDER.to_owned() }
+    QueueMessage::CronV1 {
+        task_id: task.clone(),
+        scheduled_time: SCHEDULED_TIME_PLACEHOLDER.to_owned(),
+        flow: None,
+        held: 0,
+    }
 }
 
 /// The Scheduler expression of a 5-field cron: `cron(min hour dom month dow
@@ -251,10 +256,13 @@ mod tests {
     #[test]
     fn the_send_message_input_carries_the_delay() {
         let id = crate::domain::TaskId::generate();
-        let input = send_message_input("http://q", &QueueMessage::deliver(&id), Duration::from_secs(55));
+        let input = send_message_input("http://q", &QueueMessage::deliver(&id, None), Duration::from_secs(55));
         let v: serde_json::Value = serde_json::from_str(&input).expect("JSON");
         assert_eq!(v["QueueUrl"], "http://q");
         assert_eq!(v["DelaySeconds"], 55);
-        assert_eq!(QueueMessage::from_body(v["MessageBody"].as_str().expect("body")), Some(QueueMessage::deliver(&id)));
+        assert_eq!(
+            QueueMessage::from_body(v["MessageBody"].as_str().expect("body")),
+            Some(QueueMessage::deliver(&id, None))
+        );
     }
 }

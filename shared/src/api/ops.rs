@@ -245,7 +245,7 @@ pub(super) async fn retry_run<S: DeliveryLedger + TaskStore, Q: DeliveryQueue, C
         Retried::Missing => return Err(ApiError::NotFound(format!("task {id} has no run {}", format_millis(run)))),
     }
     // The run is pending now; if this send fails, the reconciler enqueues it.
-    let msg = QueueMessage::DeliverV1 { task_id: id.clone(), run: Some(run) };
+    let msg = QueueMessage::deliver_run(id, Some(run), Some(task.spec.flow_ref(&task.state.tenant)));
     if let Err(e) = app.queue.enqueue(&msg, std::time::Duration::ZERO).await {
         tracing::warn!(task_id = %id, run, error = %e, "run retry not enqueued; the reconciler will");
     }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EpochMillis, ReplayId, TaskId};
+use super::{EpochMillis, FlowRef, ReplayId, TaskId};
 
 /// One message on the delivery queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,11 +15,26 @@ pub enum QueueMessage {
         task_id: TaskId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run: Option<EpochMillis>,
+        /// The flow keys that govern it, so the sender gates it before the
+        /// claim (absent in messages written before flow control: the sender
+        /// then reads the task's request first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<FlowRef>,
+        /// Times flow control held it back (never an attempt).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        held: u32,
     },
     /// A cron firing from the Scheduler: `scheduled_time` (RFC 3339, filled in
     /// by the Scheduler on each firing) is the run's identity.
     #[serde(rename = "cron.v1")]
-    CronV1 { task_id: TaskId, scheduled_time: String },
+    CronV1 {
+        task_id: TaskId,
+        scheduled_time: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<FlowRef>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        held: u32,
+    },
     /// Advance a replay by page `page` of chain `chain`: a message whose page is
     /// not the replay's current page (a duplicate delivery) does nothing.
     #[serde(rename = "replay.v1")]
@@ -32,9 +47,37 @@ pub enum QueueMessage {
     },
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl QueueMessage {
-    pub fn deliver(id: &TaskId) -> Self {
-        Self::DeliverV1 { task_id: id.clone(), run: None }
+    /// Deliver a one-off task; `flow`: the keys that govern it (see [`FlowRef::of`]).
+    pub fn deliver(id: &TaskId, flow: Option<FlowRef>) -> Self {
+        Self::DeliverV1 { task_id: id.clone(), run: None, flow, held: 0 }
+    }
+
+    /// Deliver a run of a cron task (or a one-off task with `run: None`).
+    pub fn deliver_run(id: &TaskId, run: Option<EpochMillis>, flow: Option<FlowRef>) -> Self {
+        Self::DeliverV1 { task_id: id.clone(), run, flow, held: 0 }
+    }
+
+    /// The flow keys the message carries.
+    pub fn flow(&self) -> Option<&FlowRef> {
+        match self {
+            Self::DeliverV1 { flow, .. } | Self::CronV1 { flow, .. } => flow.as_ref(),
+            Self::ReplayV1 { .. } => None,
+        }
+    }
+
+    /// The same message held back once more by flow control, with its keys.
+    pub fn held_again(&self, keys: FlowRef) -> Self {
+        let mut m = self.clone();
+        if let Self::DeliverV1 { flow, held, .. } | Self::CronV1 { flow, held, .. } = &mut m {
+            *flow = Some(keys);
+            *held += 1;
+        }
+        m
     }
 
     /// A cron firing's run: its scheduled time (Scheduler's RFC 3339) in epoch ms.
@@ -60,10 +103,10 @@ mod tests {
     #[test]
     fn round_trips_through_a_versioned_body() {
         let id = TaskId::generate();
-        let body = QueueMessage::deliver(&id).to_body();
+        let body = QueueMessage::deliver(&id, None).to_body();
         assert!(body.contains(r#""type":"deliver.v1""#));
         assert!(!body.contains("run"));
-        assert_eq!(QueueMessage::from_body(&body), Some(QueueMessage::deliver(&id)));
+        assert_eq!(QueueMessage::from_body(&body), Some(QueueMessage::deliver(&id, None)));
         assert_eq!(QueueMessage::from_body("not json"), None);
         assert_eq!(QueueMessage::from_body(r#"{"type":"deliver.v9","task_id":"x"}"#), None);
     }
@@ -85,7 +128,7 @@ mod tests {
         let id = TaskId::parse("tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3").expect("id");
         assert_eq!(
             QueueMessage::from_body(deliver),
-            Some(QueueMessage::DeliverV1 { task_id: id, run: Some(1_795_312_800_000) })
+            Some(QueueMessage::DeliverV1 { task_id: id, run: Some(1_795_312_800_000), flow: None, held: 0 })
         );
         assert_eq!(QueueMessage::from_body(deliver).expect("parses").to_body(), deliver);
         let replay = r#"{"type":"replay.v1","replay_id":"rpl_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3"}"#;

@@ -4,6 +4,7 @@
 
 mod counts;
 mod dead_letter;
+mod flow;
 mod guard;
 mod ids;
 mod message;
@@ -18,6 +19,12 @@ mod validate;
 
 pub use counts::{Deltas, TenantDelta};
 pub use dead_letter::DeadLetter;
+pub use flow::{
+    BreakerPosition, BreakerSettings, BucketForm, BucketId, BucketWrite, Cas, FlowChange, FlowEvent, FlowKey,
+    FlowPolicy, FlowRef, FlowShared, FlowSnapshot, HALVE_SPACING_MS, Hold, MAX_PARALLELISM, MIN_FACTOR, PolicyScope,
+    RESTORE_AFTER_MS, Rate, Reservation, Tally, check_name as check_flow_name, halved, humanize, plan_bucket, restored,
+    slot_at,
+};
 pub use guard::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
 pub use ids::{InvalidId, KeyId, ReplayId, TaskId, TenantId};
 pub use message::QueueMessage;

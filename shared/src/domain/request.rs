@@ -207,6 +207,16 @@ pub struct RequestSpec {
     /// Which statuses succeed or retry, beyond the defaults.
     #[serde(default, skip_serializing_if = "super::ResponseRules::is_empty")]
     pub rules: super::ResponseRules,
+    /// The task's flow key name (`flow_key`): limits shared by every task naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_key: Option<String>,
+}
+
+impl RequestSpec {
+    /// The flow keys governing this request when `tenant` sends it.
+    pub fn flow_ref(&self, tenant: &super::TenantId) -> super::FlowRef {
+        super::FlowRef::of(self.url.url(), self.flow_key.as_deref(), tenant)
+    }
 }
 
 impl RequestSpec {
@@ -228,6 +238,7 @@ impl RequestSpec {
             auth: None,
             timeout_ms: 1000,
             follow_redirects: false,
+            flow_key: None,
             rules: super::ResponseRules::default(),
         }
     }

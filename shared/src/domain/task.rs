@@ -93,6 +93,11 @@ pub struct NewTask {
 }
 
 impl NewTask {
+    /// The flow keys its deliveries carry.
+    pub fn flow_ref(&self) -> super::FlowRef {
+        self.spec.flow_ref(&self.tenant)
+    }
+
     pub fn kind(&self) -> TaskKind {
         if matches!(self.schedule, Schedule::Cron(_)) { TaskKind::Cron } else { TaskKind::Once }
     }

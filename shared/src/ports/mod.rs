@@ -10,6 +10,7 @@ use std::error::Error as StdError;
 
 mod counts;
 mod delivery;
+mod flows;
 mod queue;
 mod reconcile;
 mod replays;
@@ -18,6 +19,7 @@ mod tenants;
 
 pub use counts::CountStore;
 pub use delivery::{Claim, DeliveryLedger, Transition, Unit};
+pub use flows::{FlowLimiter, FlowPolicies};
 pub use queue::{DeliveryQueue, Scheduler};
 pub use reconcile::{CandidatePage, ReconcileIndex};
 pub use replays::ReplayStore;

@@ -30,7 +30,7 @@ async fn a_pass_requeues_a_due_unqueued_task_leaves_one_within_its_grace_and_mov
     let report = reconciler.run_once(NOW).await.expect("the fakes never fail");
     assert_eq!((report.examined, report.requeued, report.complete), (2, 1, true));
     assert_eq!(report.sample, [stuck.id.to_string()]);
-    assert_eq!(queue.sent(), [(QueueMessage::deliver(&stuck.id), Duration::ZERO)]);
+    assert_eq!(queue.sent(), [(QueueMessage::deliver(&stuck.id, None), Duration::ZERO)]);
     // Looked at again after the grace, in case this message is lost too.
     assert_eq!(store.recon_at(&unit(&stuck)), Some(NOW + 60_000));
     assert_eq!(store.recon_at(&unit(&recent)), Some(NOW - 30_000));

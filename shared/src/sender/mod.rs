@@ -170,8 +170,8 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
                 }
                 return (res.is_err(), MessageOutcome::Replay(res.map_err(|e| e.to_string())));
             }
-            Some(QueueMessage::DeliverV1 { task_id, run }) => (Some(task_id), Ok(run)),
-            Some(QueueMessage::CronV1 { task_id, scheduled_time }) => {
+            Some(QueueMessage::DeliverV1 { task_id, run, .. }) => (Some(task_id), Ok(run)),
+            Some(QueueMessage::CronV1 { task_id, scheduled_time, .. }) => {
                 (Some(task_id), QueueMessage::scheduled_run(&scheduled_time).map(Some))
             }
             // Ids are parsed with the body: a malformed one makes it unreadable.
@@ -203,7 +203,7 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
             DeliveryOutcome::RetryScheduled { delay, .. } => {
                 let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
                 match (&unit, wait_needs_scheduler(*delay, sent_at, self.clock.now())) {
-                    (Some((u, _)), true) => self.schedule_retry(u, *delay).await.is_err(),
+                    (Some((u, _)), true) => self.schedule_retry(u, *delay, None).await.is_err(),
                     _ => self.retry_later(record, *delay).await,
                 }
             }

@@ -19,11 +19,16 @@ const RETENTION_MARGIN_MS: i64 = 3_600_000;
 
 impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     /// A retry SQS cannot wait for: a one-time schedule, then the message goes.
-    pub(super) async fn schedule_retry(&self, unit: &Unit, delay: Duration) -> Result<(), ()> {
+    pub(super) async fn schedule_retry(
+        &self,
+        unit: &Unit,
+        delay: Duration,
+        flow: Option<crate::domain::FlowRef>,
+    ) -> Result<(), ()> {
         let now = self.clock.now();
         let due = now + delay.as_millis() as i64;
         let handoff = crate::domain::scheduler_handoff(due, Duration::from_secs(self.settings.schedule_early_s));
-        let msg = QueueMessage::DeliverV1 { task_id: unit.task.clone(), run: unit.run };
+        let msg = QueueMessage::deliver_run(&unit.task, unit.run, flow);
         let name = format!("{}-r{}", unit.task, now);
         match self.scheduler.create_at(&name, handoff.fire_at, &msg, handoff.delay).await {
             Ok(()) => {

@@ -88,7 +88,7 @@ fn message(id: &str, body: String) -> SqsMessage {
 }
 
 fn deliver(t: &NewTask) -> String {
-    QueueMessage::deliver(&t.id).to_body()
+    QueueMessage::deliver(&t.id, None).to_body()
 }
 
 fn batch(messages: Vec<SqsMessage>) -> SqsEvent {
@@ -231,7 +231,7 @@ async fn a_retry_wait_longer_than_the_visibility_timeout_goes_to_a_one_time_sche
     assert!(f.queue.retried().is_empty());
     let schedules: Vec<RecordedSchedule> = f.scheduler.schedules().into_values().collect();
     let [RecordedSchedule::At { fire_at, msg, delay }] = schedules.as_slice() else { panic!("{schedules:?}") };
-    assert_eq!(msg, &QueueMessage::deliver(&t.id));
+    assert_eq!(msg, &QueueMessage::deliver(&t.id, None));
     // It fires early and the message's delay makes up the rest: due on time.
     assert_eq!(*fire_at + delay.as_millis() as i64, NOW + thirteen_hours as i64);
     // Recorded on the task, so a cancel deletes that schedule.

@@ -192,6 +192,7 @@ pub fn new_task(tenant: &TenantId, url: &str, due_at: EpochMillis, retry: RetryP
         timeout_ms: 1000,
         follow_redirects: false,
         rules: crate::domain::ResponseRules::default(),
+        flow_key: None,
     };
     NewTask {
         id: TaskId::generate(),

@@ -136,10 +136,10 @@ async fn the_queue_fake_records_messages_with_their_delays() {
     let queue = FakeQueue::default();
     let id = TaskId::generate();
     queue
-        .enqueue(&crate::domain::QueueMessage::deliver(&id), Duration::from_secs(3))
+        .enqueue(&crate::domain::QueueMessage::deliver(&id, None), Duration::from_secs(3))
         .await
         .expect("the fakes never fail");
     queue.retry_later("rh-1", Duration::from_secs(9)).await.expect("the fakes never fail");
-    assert_eq!(queue.sent(), [(crate::domain::QueueMessage::deliver(&id), Duration::from_secs(3))]);
+    assert_eq!(queue.sent(), [(crate::domain::QueueMessage::deliver(&id, None), Duration::from_secs(3))]);
     assert_eq!(queue.retried(), [("rh-1".to_owned(), Duration::from_secs(9))]);
 }

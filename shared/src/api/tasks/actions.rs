@@ -140,7 +140,11 @@ pub async fn retry<S: DeliveryLedger + TaskStore + TenantStore, Q: DeliveryQueue
         }
     }
     // The task is pending now; if this send fails, the reconciler enqueues it.
-    if let Err(e) = app.queue.enqueue(&QueueMessage::deliver(&task.state.id), Duration::ZERO).await {
+    if let Err(e) = app
+        .queue
+        .enqueue(&QueueMessage::deliver(&task.state.id, Some(task.spec.flow_ref(&task.state.tenant))), Duration::ZERO)
+        .await
+    {
         tracing::warn!(task_id = %task.state.id, error = %e, "retry not enqueued; the reconciler will");
     }
     tracing::info!(task_id = %task.state.id, "task retried");

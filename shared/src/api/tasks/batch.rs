@@ -170,7 +170,7 @@ async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
         match route(&app.settings, task, now) {
             Route::Queue { delay } => {
                 queued.push((ci, messages.len()));
-                messages.push((QueueMessage::deliver(&task.id), delay));
+                messages.push((QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay));
             }
             _ => {
                 if dispatch(app, task, now).await.is_err() {

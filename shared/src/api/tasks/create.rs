@@ -108,9 +108,12 @@ pub(super) async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
     now: EpochMillis,
 ) -> Result<(), ApiError> {
     match route(&app.settings, task, now) {
-        Route::Queue { delay } => app.queue.enqueue(&QueueMessage::deliver(&task.id), delay).await?,
+        Route::Queue { delay } => {
+            app.queue.enqueue(&QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay).await?
+        }
         Route::ScheduleAt { fire_at, delay } => {
-            app.scheduler.create_at(task.id.as_str(), fire_at, &QueueMessage::deliver(&task.id), delay).await?
+            let msg = QueueMessage::deliver(&task.id, Some(task.flow_ref()));
+            app.scheduler.create_at(task.id.as_str(), fire_at, &msg, delay).await?
         }
         Route::Cron => {
             let Schedule::Cron(c) = &task.schedule else { unreachable!("routed as cron") };

@@ -43,6 +43,7 @@ pub struct PatchTask {
     pub auth: Option<Auth>,
     pub timeout_ms: Option<u64>,
     pub retry: Option<RetryPolicy>,
+    pub flow_key: Option<String>,
 }
 
 impl PatchTask {
@@ -69,6 +70,9 @@ impl PatchTask {
         }
         if let Some(r) = self.retry {
             *retry = r;
+        }
+        if let Some(k) = self.flow_key {
+            spec.flow_key = Some(k);
         }
     }
 }
@@ -118,6 +122,7 @@ struct CreateDto {
     schedule: Option<ScheduleDto>,
     retry: Option<RetryDto>,
     business_id: Option<String>,
+    flow_key: Option<String>,
     success_codes: Option<Vec<u16>>,
     retry_codes: Option<Vec<u16>>,
 }
@@ -175,6 +180,7 @@ struct BackoffDto {
 struct PatchDto {
     request: Option<PatchRequestDto>,
     retry: Option<RetryDto>,
+    flow_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +235,7 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
             success_codes: parse_codes("success_codes", dto.success_codes)?,
             retry_codes: parse_codes("retry_codes", dto.retry_codes)?,
         },
+        flow_key: dto.flow_key.map(|k| parse_flow_key(&k)).transpose()?,
     };
     let business_id = dto.business_id.map(|b| parse_business_id(&b)).transpose()?;
     check_stored_size(&spec)?;
@@ -238,6 +245,12 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
         retry: dto.retry.map(parse_retry).transpose()?.unwrap_or_default(),
         business_id,
     })
+}
+
+/// A task's `flow_key` name.
+fn parse_flow_key(k: &str) -> Result<String, FieldError> {
+    super::check_flow_name(k).map_err(|m| FieldError::new("invalid", "flow_key", m))?;
+    Ok(k.to_owned())
 }
 
 /// Parses a PATCH body.
@@ -254,11 +267,12 @@ pub fn parse_patch(bytes: &[u8]) -> Result<PatchTask, FieldError> {
         patch.timeout_ms = parse_timeout(r.timeout_ms)?;
     }
     patch.retry = dto.retry.map(parse_retry).transpose()?;
+    patch.flow_key = dto.flow_key.map(|k| parse_flow_key(&k)).transpose()?;
     if patch.is_empty() {
         return Err(FieldError::new(
             "required",
             FieldError::DOCUMENT,
-            "nothing to change: give request fields or retry",
+            "nothing to change: give request fields, retry or flow_key",
         ));
     }
     Ok(patch)

@@ -44,6 +44,7 @@ const SCHEMA: &[&str] = &[
     "retry.intervals",
     "retry.intervals[*]",
     "business_id",
+    "flow_key",
     "success_codes",
     "success_codes[*]",
     "retry_codes",
@@ -138,7 +139,7 @@ fn key() -> impl Strategy<Value = String> {
             "request", "method", "url", "headers", "body", "body_base64", "json", "form", "auth", "type",
             "username", "password", "token", "timeout_ms", "follow_redirects", "schedule", "delay", "at",
             "cron", "timezone", "retry", "max_attempts", "backoff", "initial", "multiplier", "max", "jitter",
-            "intervals", "business_id", "success_codes", "retry_codes",
+            "intervals", "business_id", "flow_key", "success_codes", "retry_codes",
         ])
         .prop_map(str::to_owned),
         1 => text(),
