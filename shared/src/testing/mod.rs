@@ -6,6 +6,7 @@
 //! reservations); nothing more. Compiled for the crate's tests and, behind the
 //! `test-support` feature, for other crates' tests.
 
+mod flows;
 mod ledger;
 mod queue;
 mod stores;
@@ -25,6 +26,7 @@ use crate::domain::{
 use crate::ports::Unit;
 use crate::resources::RECONCILE_SHARDS;
 
+pub use flows::FlowWrites;
 pub use queue::{FakeQueue, FakeScheduler, RecordedSchedule};
 
 /// A clock that moves only when told; clones share the time.
@@ -93,6 +95,7 @@ struct Tables {
     counts: BTreeMap<String, BTreeMap<TaskStatus, i64>>,
     applied_batches: BTreeSet<String>,
     watermarks: BTreeMap<u32, EpochMillis>,
+    flows: flows::FlowTables,
 }
 
 /// One in-memory store implementing every store port; clones share the data,
