@@ -47,6 +47,23 @@ pub struct Config {
     /// `COURIER_TARGET_ALLOWLIST` (comma list of CIDRs and host names, each
     /// with an optional `:port`): which addresses tasks may reach.
     pub target_guard: TargetGuard,
+    /// Flow control's settings (see [`FlowConfig`]).
+    pub flow: FlowConfig,
+}
+
+/// Flow control's settings: how long a sender trusts its cached policies,
+/// how far ahead it reserves rate slots, and the breaker every key without
+/// a policy of its own gets.
+#[derive(Clone, Debug)]
+pub struct FlowConfig {
+    /// `COURIER_FLOW_CACHE_MS` (default 5000): how long a sender reuses the policies and holds it read.
+    pub cache_ms: u64,
+    /// `COURIER_FLOW_HORIZON_MS` (default 1000): how far ahead one write reserves rate slots.
+    pub horizon_ms: u64,
+    /// `COURIER_BREAKER_MIN_REQUESTS` (10), `COURIER_BREAKER_FAILURE_PERCENT` (70),
+    /// `COURIER_BREAKER_WINDOW_S` (300), `COURIER_BREAKER_OPEN_MIN_S` (30),
+    /// `COURIER_BREAKER_OPEN_MAX_S` (600), `COURIER_BREAKER_PROBES` (3): the default breaker.
+    pub breaker: crate::domain::BreakerSettings,
 }
 
 /// The SHA-256 of the admin key: all a function holds of it, so the key is in
@@ -148,6 +165,19 @@ impl Config {
             schedule_early_s: number("COURIER_SCHEDULE_EARLY_S", 60, 900, "an integer in 1..=900")?,
             reconcile_grace_s: number("COURIER_RECONCILE_GRACE_S", 120, 86_400, "an integer in 1..=86400")?,
             admin_key: admin_key_hash(&get)?,
+            flow: FlowConfig {
+                cache_ms: number("COURIER_FLOW_CACHE_MS", 5_000, 600_000, "an integer in 1..=600000")?,
+                horizon_ms: number("COURIER_FLOW_HORIZON_MS", 1_000, 10_000, "an integer in 1..=10000")?,
+                breaker: crate::domain::BreakerSettings {
+                    enabled: true,
+                    min_requests: number("COURIER_BREAKER_MIN_REQUESTS", 10, 10_000, "an integer in 1..=10000")? as u32,
+                    failure_percent: number("COURIER_BREAKER_FAILURE_PERCENT", 70, 100, "an integer in 1..=100")? as u8,
+                    window_ms: number("COURIER_BREAKER_WINDOW_S", 300, 3_600, "an integer in 1..=3600")? * 1_000,
+                    open_min_ms: number("COURIER_BREAKER_OPEN_MIN_S", 30, 600, "an integer in 1..=600")? * 1_000,
+                    open_max_ms: number("COURIER_BREAKER_OPEN_MAX_S", 600, 3_600, "an integer in 1..=3600")? * 1_000,
+                    probes: number("COURIER_BREAKER_PROBES", 3, 10, "an integer in 1..=10")? as u32,
+                },
+            },
             target_guard: TargetGuard::new(
                 match get("COURIER_TARGET_POLICY").filter(|p| !p.is_empty()) {
                     None => TargetPolicy::default(),

@@ -22,6 +22,9 @@ pub const METRICS: &[(&str, &str)] = &[
     (DEFERRED, "Count"),
     (ATTEMPT_DURATION_MS, "Milliseconds"),
     (SCHEDULE_LAG_MS, "Milliseconds"),
+    (THROTTLED, "Count"),
+    (BREAKER_OPENED, "Count"),
+    (BREAKER_CLOSED, "Count"),
 ];
 
 pub const DELIVERED: &str = "Delivered";
@@ -30,6 +33,10 @@ pub const RETRIED: &str = "Retried";
 pub const DEFERRED: &str = "Deferred";
 pub const ATTEMPT_DURATION_MS: &str = "AttemptDurationMs";
 pub const SCHEDULE_LAG_MS: &str = "ScheduleLagMs";
+/// A delivery flow control held back (a rate slot, a parallelism cap, a pause or an open breaker).
+pub const THROTTLED: &str = "Throttled";
+pub const BREAKER_OPENED: &str = "BreakerOpened";
+pub const BREAKER_CLOSED: &str = "BreakerClosed";
 
 /// One EMF document: `values` are metric name → value (names from [`METRICS`]);
 /// `properties` are searchable log fields that are not dimensions (task id…).
