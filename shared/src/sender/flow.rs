@@ -31,6 +31,10 @@ use crate::ports::{FlowLimiter, FlowPolicies};
 /// Longest a held message waits before it is looked at again (the SQS delay limit).
 pub(super) const MAX_HOLD: Duration = Duration::from_secs(900);
 
+/// A view of a key's leases older than this is checked by the write itself
+/// before a group is held for a full cap (another sender may have released).
+const STALE_LEASES_MS: i64 = 250;
+
 /// What the gate decided for one message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Admission {
@@ -340,7 +344,7 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
         members: &[usize],
         deadline: Option<EpochMillis>,
     ) -> (Vec<(usize, EpochMillis, Option<(u32, i64)>)>, Vec<(usize, i64, &'static str)>) {
-        let mut view = self.flow.view(key).map_or_else(FlowShared::new, |(_, s)| s);
+        let (mut view_at, mut view) = self.flow.view(key).unwrap_or((0, FlowShared::new()));
         let n = members.len() as u32;
         let horizon_us = self.flow.config.horizon_ms as i64 * 1_000;
         let timeout = if flow.timeout_ms > 0 { flow.timeout_ms } else { crate::domain::RequestSpec::MAX_TIMEOUT_MS };
@@ -381,7 +385,15 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
             let mut lease_slots: Vec<u32> = Vec::new();
             for (policy, base) in [(limits.own, 0), (limits.share, share_lease_base(flow))] {
                 if let Some(p) = policy.and_then(|p| p.parallelism) {
-                    let free = free_leases(&view, base, p, now);
+                    let mut free = free_leases(&view, base, p, now);
+                    if free.is_empty() && round == 0 && now - view_at >= STALE_LEASES_MS {
+                        // Another sender may have given its leases back since this view: the
+                        // write's condition is the authority (refused, it brings the fresh state).
+                        let mut soonest: Vec<(i64, u32)> =
+                            (base..base + p).map(|i| (view.leases.get(&i).copied().unwrap_or(0), i)).collect();
+                        soonest.sort_unstable();
+                        free = soonest.into_iter().map(|(_, i)| i).collect();
+                    }
                     if free.is_empty() {
                         return hold_all(jitter(1_000, 100), "parallelism");
                     }
@@ -462,6 +474,7 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
                     self.flow.remember(key, now, &s);
                     tracing::debug!(flow_key = %key, round, "flow.reserve refused");
                     view = s;
+                    view_at = now;
                 }
                 Err(e) => {
                     tracing::warn!(flow_key = %key, error = %e, "flow reservation failed; holding the group");
@@ -508,8 +521,19 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
             by_key.entry(k).or_default().push(l);
         }
         for (key, ls) in by_key {
-            if let Err(e) = self.store.release(&key, &ls).await {
-                tracing::warn!(flow_key = %key, error = %e, "could not release leases; they expire");
+            match self.store.release(&key, &ls).await {
+                Ok(()) => {
+                    // This sender's own view must not keep a lease it gave back.
+                    let mut st = self.flow.lock();
+                    if let Some((_, view)) = st.views.get_mut(&key) {
+                        for (slot, value) in &ls {
+                            if view.leases.get(slot) == Some(value) {
+                                view.leases.remove(slot);
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(flow_key = %key, error = %e, "could not release leases; they expire"),
             }
         }
     }

@@ -271,3 +271,35 @@ async fn repeated_429s_halve_a_limited_rate_and_a_clean_minute_restores_it() {
     let (_, history) = store.flow_state(&key, 10).await.expect("state");
     assert_eq!(history.iter().rev().map(|e| e.to.as_str()).collect::<Vec<_>>(), ["rate_halved", "rate_restored"]);
 }
+
+#[tokio::test]
+async fn leases_another_sender_gave_back_are_found_by_the_write_not_waited_out() {
+    use crate::ports::FlowLimiter;
+    let (store, clock) = (FakeStore::new(), ManualClock::at(NOW));
+    let t = target(200).await;
+    let a = sender(&store, &FakeQueue::default(), &clock);
+    let (ts, batch) = tasks(&store, &format!("{}/ok", t.base), 1);
+    let key = ts[0].flow_ref().host_key();
+    store.put_policy(&key, &PolicyScope::Admin, &policy(serde_json::json!({"parallelism": 1}))).await.expect("put");
+    // Another sender holds the one slot for a minute.
+    let lease = (0, (NOW + 60_000) * 1_000 + 7);
+    let other = crate::domain::Reservation { buckets: vec![], leases: vec![lease], now: NOW };
+    assert!(matches!(store.reserve(&key, &other).await, Ok(crate::domain::Cas::Written(_))));
+    let handled = a.handle_each(batch, None).await;
+    assert_eq!(held(&handled), ["parallelism"]);
+    // It gives the slot back. A's fresh view still shows it taken: held without a write.
+    store.release(&key, &[lease]).await.expect("release");
+    let writes = store.flow_writes().get(&key).copied();
+    let (_, batch) = tasks(&store, &format!("{}/ok", t.base), 1);
+    assert_eq!(held(&a.handle_each(batch, None).await), ["parallelism"]);
+    assert_eq!(store.flow_writes().get(&key).copied(), writes);
+    // Once the view is 250 ms old the write checks for itself, and the slot is free.
+    clock.advance(300);
+    let (_, batch) = tasks(&store, &format!("{}/ok", t.base), 1);
+    assert!(held(&a.handle_each(batch, None).await).is_empty());
+    assert_eq!(t.hits.load(Ordering::SeqCst), 1);
+    // A's release dropped the lease from its own view: the next batch goes at once.
+    let (_, batch) = tasks(&store, &format!("{}/ok", t.base), 1);
+    assert!(held(&a.handle_each(batch, None).await).is_empty());
+    assert_eq!(t.hits.load(Ordering::SeqCst), 2);
+}
