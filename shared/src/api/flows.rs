@@ -336,3 +336,7 @@ async fn view<S: FlowPolicies, Q, C>(app: &AppState<S, Q, C>, t: &Target) -> Res
     }
     Ok(v)
 }
+
+#[cfg(test)]
+#[path = "flows_tests.rs"]
+mod tests;
