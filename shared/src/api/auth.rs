@@ -86,7 +86,13 @@ mod tests {
             store: (),
             queue: (),
             scheduler: (),
-            settings: ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key, guard: Default::default(), flow_breaker: Default::default() },
+            settings: ApiSettings {
+                sqs_delay_max_s: 900,
+                schedule_early_s: 60,
+                admin_key,
+                guard: Default::default(),
+                flow_breaker: Default::default(),
+            },
         }
     }
 

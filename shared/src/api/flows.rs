@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use super::auth::{self, Caller};
 use super::{ApiError, AppState};
 use crate::domain::{
-    BreakerSettings, EpochMillis, FieldError, FlowEvent, FlowKey, FlowPolicy, FlowShared, PolicyScope, Rate,
-    TenantId, decode_document, format_millis, humanize, now_millis,
+    BreakerSettings, EpochMillis, FieldError, FlowEvent, FlowKey, FlowPolicy, FlowShared, PolicyScope, Rate, TenantId,
+    decode_document, format_millis, humanize, now_millis,
 };
 use crate::ports::{FlowPolicies, TenantStore};
 
@@ -264,9 +264,9 @@ fn lower<T>(a: Option<T>, b: Option<T>, le: impl Fn(&T, &T) -> bool) -> Option<T
 /// The limits deliveries to the key meet for the target's scope: on a host
 /// key the lower of the admin's and the tenant's share.
 fn effective(policies: &[&FlowPolicy], factor: f64) -> Value {
-    let rate = policies.iter().fold(None, |acc: Option<Rate>, p| {
-        lower(acc, p.rate, |a: &Rate, b: &Rate| a.per_second() <= b.per_second())
-    });
+    let rate = policies
+        .iter()
+        .fold(None, |acc: Option<Rate>, p| lower(acc, p.rate, |a: &Rate, b: &Rate| a.per_second() <= b.per_second()));
     let burst = rate.map(|_| policies.iter().filter(|p| p.rate.is_some()).map(|p| p.burst()).min().unwrap_or(1));
     let parallelism = policies.iter().filter_map(|p| p.parallelism).min();
     json!({

@@ -81,7 +81,8 @@ async fn flow_routes_answer_401_without_a_key_and_to_an_unknown_key() {
 async fn the_admin_sets_a_host_policy_with_201_then_200_and_deletes_it_with_204_then_404() {
     let w = world().await;
     let uri = "/v1/flows/api.example.invalid:443";
-    let body = json!({"rate": "10/s", "burst": 5, "parallelism": 4, "breaker": {"failure_percent": 50, "window": "1m"}});
+    let body =
+        json!({"rate": "10/s", "burst": 5, "parallelism": 4, "breaker": {"failure_percent": 50, "window": "1m"}});
     let (status, view) = w.call(Some(ADMIN), "PUT", uri, Some(body.clone())).await;
     assert_eq!(status, StatusCode::CREATED, "{view}");
     assert_eq!(view["key"], "api.example.invalid:443");

@@ -8,7 +8,8 @@ use super::errors::corrupt;
 use super::keys::{HOLD_PREFIX, SPEC, STATE, key, shard, task_pk, unique_pk};
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
-    BreakerPosition, EpochMillis, FlowEvent, FlowKey, FlowPolicy, FlowShared, Hold, NewTask, PolicyScope, Quotas, RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
+    BreakerPosition, EpochMillis, FlowEvent, FlowKey, FlowPolicy, FlowShared, Hold, NewTask, PolicyScope, Quotas,
+    RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
 };
 use crate::ports::{StoreError, UniqueKey};
 use crate::resources::{

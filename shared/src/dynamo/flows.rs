@@ -15,9 +15,7 @@ use super::codec::{
     ttl_secs,
 };
 use super::errors::{applied, is_conditional_failure, store_error};
-use super::keys::{
-    HIST_PREFIX, HOLD_PREFIX, POLICY_PREFIX, STATE, flow_pk, flows_pk, hist_sk, hold_sk, policy_sk,
-};
+use super::keys::{HIST_PREFIX, HOLD_PREFIX, POLICY_PREFIX, STATE, flow_pk, flows_pk, hist_sk, hold_sk, policy_sk};
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
     BreakerPosition, BucketForm, BucketId, Cas, EpochMillis, FlowChange, FlowEvent, FlowKey, FlowPolicy, FlowShared,
@@ -218,9 +216,8 @@ impl Update {
     fn prune(&mut self) {
         let text = format!("{} {}", self.expression(), self.condition().unwrap_or_default());
         let used = |p: &str| {
-            text.match_indices(p).any(|(i, _)| {
-                !text[i + p.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            })
+            text.match_indices(p)
+                .any(|(i, _)| !text[i + p.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
         };
         self.names.retain(|p, _| used(p));
         self.values.retain(|p, _| used(p));
@@ -269,7 +266,13 @@ impl DynamoStore {
     }
 
     /// Writes a hold item of the policy partition (every sender reads it with the policies).
-    async fn put_hold(&self, key: &FlowKey, kind: &str, until: EpochMillis, now: EpochMillis) -> Result<(), StoreError> {
+    async fn put_hold(
+        &self,
+        key: &FlowKey,
+        kind: &str,
+        until: EpochMillis,
+        now: EpochMillis,
+    ) -> Result<(), StoreError> {
         let mut item = super::keys::key(flows_pk(), hold_sk(key));
         item.extend([
             ("key".into(), s(key.as_str())),
@@ -512,9 +515,9 @@ impl FlowLimiter for DynamoStore {
                 self.put_hold(key, kind, until, now).await?;
             }
             let until = match change {
-                FlowChange::Open { until, .. }
-                | FlowChange::Reopen { until, .. }
-                | FlowChange::Pause { until, .. } => Some(*until),
+                FlowChange::Open { until, .. } | FlowChange::Reopen { until, .. } | FlowChange::Pause { until, .. } => {
+                    Some(*until)
+                }
                 _ => None,
             };
             let event = FlowEvent { at: now, to: change.name().to_owned(), why: why(change), until };
