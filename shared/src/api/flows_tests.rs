@@ -282,3 +282,14 @@ async fn a_created_task_shows_its_flow_key() {
     assert_eq!(status, StatusCode::OK, "{view}");
     assert_eq!(view["flow_key"], "orders", "{view}");
 }
+
+#[tokio::test]
+async fn a_disabled_tenant_is_refused_with_403() {
+    use crate::ports::TenantStore;
+    let w = world().await;
+    assert!(w.store.update_tenant(&w.a.0, Some(false), None).await.expect("update"));
+    assert_eq!(w.call(w.a_key(), "GET", "/v1/flows", None).await.0, StatusCode::FORBIDDEN);
+    let (status, _) = w.call(w.a_key(), "PUT", "/v1/flows/orders", Some(json!({"rate": "1/s"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(w.call(w.b_key(), "GET", "/v1/flows", None).await.0, StatusCode::OK);
+}
