@@ -7,7 +7,7 @@
 # Usage: infra/fuzz.sh [short|long]
 #   long (`make fuzz`): boundary values of every parameter (coverage phase)
 #     plus 40 random cases per operation, as tenant and as admin.
-#   short (`make test`): 15 random cases per operation (admin: tenant routes).
+#   short (`make test`): 15 random cases per operation (admin: tenant and flow routes).
 #
 # Nothing is delivered: the stack runs without queue pollers, scheduler bridge
 # or reconciler (`courier-local up --no-delivery`), so the made-up target URLs
@@ -84,7 +84,7 @@ run() { # run NAME KEY [st options…]
 }
 if [ "$mode" = short ]; then
   run tenant "$tenant_key" --phases examples,fuzzing --max-examples 15
-  run admin "$COURIER_ADMIN_KEY" --phases examples,fuzzing --max-examples 15 --include-path-regex '^/v1/tenants'
+  run admin "$COURIER_ADMIN_KEY" --phases examples,fuzzing --max-examples 15 --include-path-regex '^/v1/(tenants|flows)'
 else
   run tenant "$tenant_key" --phases examples,coverage,fuzzing --max-examples 40
   run admin "$COURIER_ADMIN_KEY" --phases examples,coverage,fuzzing --max-examples 40

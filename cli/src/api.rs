@@ -98,6 +98,10 @@ impl Api {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::DELETE, path, None).await
     }

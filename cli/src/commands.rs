@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tasks(c) => tasks(&Api::new(&settings)?, out, c).await,
         Command::Replay(args) => replay(&Api::new(&settings)?, out, args).await,
         Command::Dlq(c) => dlq(&settings, out, c).await,
+        Command::Flows(c) => crate::flows::run(&Api::new(&settings)?, out, c).await,
         Command::Purge { status, before, dry_run } => {
             purge(&Api::new(&settings)?, out, &status, &before, dry_run).await
         }

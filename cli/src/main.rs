@@ -5,6 +5,7 @@
 
 mod api;
 mod commands;
+mod flows;
 mod output;
 
 use std::path::PathBuf;
@@ -17,12 +18,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 const GLOBAL: &str = "Global options";
 
 #[derive(Parser)]
-#[command(name = "courier", version, about = "Operate Courier: status, tasks, replays, the DLQ, purges")]
+#[command(name = "courier", version, about = "Operate Courier: status, tasks, replays, the DLQ, purges, flow policies")]
 pub struct Cli {
     /// Courier's API base URL (env COURIER_URL, or `url` in the config file).
     #[arg(long, global = true, help_heading = GLOBAL)]
     url: Option<String>,
-    /// A tenant API key (env COURIER_API_KEY, or `api_key` in the config file).
+    /// An API key: a tenant's, or the admin key for `flows` as admin (env COURIER_API_KEY, or `api_key`).
     #[arg(long, global = true, help_heading = GLOBAL)]
     api_key: Option<String>,
     /// The delivery queue URL, for queue depths (env COURIER_QUEUE_URL, or `queue_url`).
@@ -65,6 +66,9 @@ pub enum Command {
     /// Inspect and redrive the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Flow policies: rate limits, parallelism caps and breakers per target host or flow key.
+    #[command(subcommand)]
+    Flows(flows::FlowsCommand),
     /// Delete finished tasks before their retention ends.
     Purge {
         /// The finished status to purge: `succeeded`, `failed` or `cancelled`.

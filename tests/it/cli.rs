@@ -306,3 +306,61 @@ async fn purge_deletes_finished_tasks_before_a_time_with_a_dry_run() {
     assert_eq!(code, 1);
     assert!(err.contains("(status)"), "{err}");
 }
+
+#[tokio::test]
+async fn flows_set_show_list_and_delete_round_trip_through_the_api() {
+    let mut opts = stack_options("cli-flows");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let as_admin = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--api-key".to_owned(), crate::helpers::ADMIN_KEY.to_owned()]);
+        all
+    };
+    let key = "api.example.invalid:443";
+    let args = as_admin(&[
+        "flows",
+        "set",
+        key,
+        "--rate",
+        "10/s",
+        "--burst",
+        "3",
+        "--parallelism",
+        "4",
+        "--breaker-window",
+        "1m",
+        "--probes",
+        "2",
+        "--no-adaptive",
+    ]);
+    let set = courier_json(&stack, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(set["policy"]["rate"], "10/s", "{set}");
+    assert_eq!(set["policy"]["adaptive"], false, "{set}");
+    assert_eq!(set["breaker_settings"]["window"], "1m", "{set}");
+    assert_eq!(set["breaker_settings"]["probes"], 2, "{set}");
+
+    // The tenant's share, above the admin's rate, is refused with the API's reason.
+    let (code, _, err) = courier(&stack, &["flows", "set", key, "--rate", "20/s"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("above_admin_limit") && err.contains("(rate)"), "{err}");
+    let share = courier_json(&stack, &["flows", "set", key, "--rate", "2/s"]).await;
+    assert_eq!(share["effective"]["rate"], "2/s", "{share}");
+
+    let args = as_admin(&["flows", "show", key]);
+    let (code, human, err) = courier(&stack, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(human.contains("rate 10/s, burst 3, parallelism 4") && human.contains("closed"), "{human}");
+    let args = as_admin(&["flows", "list", "--tenant", &stack.tenant]);
+    let list = courier_json(&stack, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "only the tenant's share: {list}");
+    assert_eq!(list["items"][0]["policy"]["rate"], "2/s", "{list}");
+
+    let args = as_admin(&["flows", "delete", key]);
+    let (code, out, err) = courier(&stack, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    let (code, _, err) = courier(&stack, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_ne!(code, 0, "a second delete finds nothing");
+    assert!(err.contains("not_found"), "{err}");
+}

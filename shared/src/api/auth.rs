@@ -45,6 +45,34 @@ pub fn admin<S, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<()
     }
 }
 
+/// Who is calling a route both the admin and tenants use.
+#[derive(Debug)]
+pub enum Caller {
+    Admin,
+    Tenant(Tenant),
+}
+
+impl Caller {
+    /// `admin` or the tenant id: what `updated_by` records.
+    pub fn id(&self) -> String {
+        match self {
+            Self::Admin => "admin".to_owned(),
+            Self::Tenant(t) => t.id.as_str().to_owned(),
+        }
+    }
+}
+
+/// The admin (its key is compared first, by hash, so it never costs a
+/// store read) or else the tenant owning the key: 401 without a valid key,
+/// 403 when the tenant is disabled.
+pub async fn caller<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let key = bearer(headers)?;
+    if app.settings.admin_key.as_ref().is_some_and(|admin| admin.matches(key)) {
+        return Ok(Caller::Admin);
+    }
+    Ok(Caller::Tenant(tenant(app, headers).await?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,7 +86,13 @@ mod tests {
             store: (),
             queue: (),
             scheduler: (),
-            settings: ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key, guard: Default::default() },
+            settings: ApiSettings {
+                sqs_delay_max_s: 900,
+                schedule_early_s: 60,
+                admin_key,
+                guard: Default::default(),
+                flow_breaker: Default::default(),
+            },
         }
     }
 

@@ -3,11 +3,12 @@
 //!
 //! Every `/v1` route but health and the OpenAPI document needs
 //! `Authorization: Bearer <key>`: a tenant's API key for tasks, the admin key
-//! for tenants and keys. A tenant only ever sees its own tasks: another
+//! for tenants and keys, either for flow policies. A tenant only ever sees its own tasks: another
 //! tenant's task is answered 404, like a missing one.
 
 mod auth;
 mod error;
+mod flows;
 mod ops;
 mod tasks;
 mod tenants;
@@ -26,7 +27,9 @@ use serde_json::json;
 pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
-use crate::ports::{CountStore, DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, TaskStore, TenantStore};
+use crate::ports::{
+    CountStore, DeliveryLedger, DeliveryQueue, FlowPolicies, ReplayStore, Scheduler, TaskStore, TenantStore,
+};
 
 /// The largest request body the API accepts (a task's body is at most 256 KiB
 /// of that, more after JSON escaping; a batch of 100 small tasks fits).
@@ -63,6 +66,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/tenants/{id}"),
     ("POST", "/v1/tenants/{id}/keys"),
     ("DELETE", "/v1/tenants/{id}/keys/{key_id}"),
+    ("GET", "/v1/flows"),
+    ("GET", "/v1/flows/{key}"),
+    ("PUT", "/v1/flows/{key}"),
+    ("DELETE", "/v1/flows/{key}"),
 ];
 
 /// Routing settings the handlers need.
@@ -76,6 +83,8 @@ pub struct ApiSettings {
     pub admin_key: Option<crate::config::AdminKeyHash>,
     /// Literal target addresses the guard blocks are refused at create and change.
     pub guard: crate::domain::TargetGuard,
+    /// The breaker of every key whose policy sets none (`COURIER_BREAKER_*`).
+    pub flow_breaker: crate::domain::BreakerSettings,
 }
 
 impl ApiSettings {
@@ -86,6 +95,7 @@ impl ApiSettings {
             schedule_early_s: config.schedule_early_s,
             admin_key: config.admin_key.clone(),
             guard: config.target_guard.clone(),
+            flow_breaker: config.flow.breaker.clone(),
         }
     }
 }
@@ -101,7 +111,7 @@ pub struct AppState<S, Q, C> {
 /// The whole API.
 pub fn router<S, Q, C>(state: Arc<AppState<S, Q, C>>) -> Router
 where
-    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore,
+    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore + FlowPolicies,
     Q: DeliveryQueue,
     C: Scheduler,
 {
@@ -131,6 +141,11 @@ where
         .route("/v1/tenants/{id}", get(tenants::get_one::<S, Q, C>).patch(tenants::update::<S, Q, C>))
         .route("/v1/tenants/{id}/keys", post(tenants::create_key::<S, Q, C>))
         .route("/v1/tenants/{id}/keys/{key_id}", axum::routing::delete(tenants::revoke_key::<S, Q, C>))
+        .route("/v1/flows", get(flows::list::<S, Q, C>))
+        .route(
+            "/v1/flows/{key}",
+            get(flows::get_one::<S, Q, C>).put(flows::put::<S, Q, C>).delete(flows::delete::<S, Q, C>),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))

@@ -22,6 +22,7 @@ fn offline_router() -> Router {
             schedule_early_s: 60,
             admin_key: None,
             guard: Default::default(),
+            flow_breaker: Default::default(),
         },
     }))
 }

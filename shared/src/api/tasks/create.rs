@@ -224,7 +224,13 @@ mod tests {
 
     #[test]
     fn tasks_due_within_fifteen_minutes_go_to_sqs_and_later_ones_to_the_scheduler() {
-        let s = ApiSettings { sqs_delay_max_s: 900, schedule_early_s: 60, admin_key: None, guard: Default::default() };
+        let s = ApiSettings {
+            sqs_delay_max_s: 900,
+            schedule_early_s: 60,
+            admin_key: None,
+            guard: Default::default(),
+            flow_breaker: Default::default(),
+        };
         assert_eq!(route(&s, &task(Schedule::Now), 0), Route::Queue { delay: Duration::ZERO });
         assert_eq!(route(&s, &task(Schedule::At { at: 90_500 }), 0), Route::Queue { delay: Duration::from_secs(91) });
         assert_eq!(route(&s, &task(Schedule::At { at: 900_000 }), 0), Route::Queue { delay: Duration::from_secs(900) });
