@@ -121,7 +121,7 @@ pub async fn run(api: &Api, out: Output, c: FlowsCommand) -> anyhow::Result<Exit
                 q.extend(cursor.as_deref().map(|c| format!("cursor={}", enc(c))));
                 let page = api.get(&format!("/v1/flows?{}", q.join("&"))).await?;
                 items.extend(page["items"].as_array().cloned().unwrap_or_default());
-                match page["cursor"].as_str() {
+                match page["next_cursor"].as_str() {
                     Some(c) => cursor = Some(c.to_owned()),
                     None => break,
                 }

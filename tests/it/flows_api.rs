@@ -57,7 +57,7 @@ async fn the_admin_sets_host_limits_and_a_tenant_only_lowers_its_share() {
     assert_eq!(keys, ["api.example.invalid:443", "orders"], "the tenant sees its share and its named key: {list}");
     let (_, all) = stack.admin.get("/v1/flows?limit=1").await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
-    let cursor = all["cursor"].as_str().expect("a second page");
+    let cursor = all["next_cursor"].as_str().expect("a second page");
     let (_, rest) = stack.admin.get(&format!("/v1/flows?limit=100&cursor={cursor}")).await;
     assert_eq!(rest["items"].as_array().map(Vec::len), Some(2), "{rest}");
 

@@ -189,7 +189,7 @@ pub async fn list<S: TenantStore + FlowPolicies, Q, C>(
             })
         })
         .collect();
-    Ok(Json(json!({"items": items, "cursor": cursor})))
+    Ok(Json(json!({"items": items, "next_cursor": cursor})))
 }
 
 fn encode_cursor((key, scope): &(String, String)) -> String {

@@ -236,7 +236,7 @@ async fn listings_show_each_caller_its_own_policies_in_pages() {
         let items = page["items"].as_array().expect("items");
         assert!(items.len() <= 2);
         seen.extend(items.iter().map(|i| (i["key"].to_string(), i["tenant"].to_string())));
-        match page["cursor"].as_str() {
+        match page["next_cursor"].as_str() {
             Some(c) => uri = format!("/v1/flows?limit=2&cursor={c}"),
             None => break,
         }
