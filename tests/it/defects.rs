@@ -191,7 +191,7 @@ async fn a_claimed_task_without_its_spec_ends_failed_and_gives_its_slot_back() {
     store.create(&task, None).await.expect("stored");
     delete_item(&stack, format!("TASK#{}", task.id), "SPEC").await;
     let sqs = aws_sdk_sqs::Client::new(&sdk().await);
-    let body = courier::domain::QueueMessage::deliver(&task.id).to_body();
+    let body = courier::domain::QueueMessage::deliver(&task.id, None).to_body();
     sqs.send_message().queue_url(&stack.outputs().queue_url).message_body(body).send().await.expect("send");
     let unit = Unit { task: task.id.clone(), run: None };
     let ended = eventually(WAIT, || async {

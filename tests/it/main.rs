@@ -8,6 +8,7 @@ mod cli;
 mod defects;
 mod delivery;
 mod engine;
+mod flows;
 mod guard;
 mod handover;
 mod helpers;
