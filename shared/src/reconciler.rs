@@ -70,7 +70,23 @@ pub struct Reconciler<S, Q> {
 
 /// The reconciler reads the index; it reads a run's parent and ends stuck
 /// runs through the ledger.
-impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
+/// A task flow control holds back is due but in no claim: the reconciler
+/// leaves it to the held message for this long past its due time.
+pub const FLOW_HOLD_GRACE_MS: i64 = 30 * 60_000;
+
+/// Hosts (without port) that have a flow policy or a live hold: their due
+/// tasks may be waiting on purpose.
+fn flow_hosts(snap: &crate::domain::FlowSnapshot, now: EpochMillis) -> std::collections::HashSet<String> {
+    let limited = snap.policies.iter().filter(|(_, p)| p.limits()).map(|((k, _), _)| k);
+    let held = snap.holds.iter().filter(|(_, h)| h.until > now).map(|(k, _)| k);
+    limited
+        .chain(held)
+        .filter(|k| k.is_host())
+        .filter_map(|k| k.display().rsplit_once(':').map(|(h, _)| h.to_owned()))
+        .collect()
+}
+
+impl<S: ReconcileIndex + DeliveryLedger + crate::ports::FlowPolicies, Q: DeliveryQueue> Reconciler<S, Q> {
     pub fn new(store: S, queue: Q, grace: Duration) -> Self {
         Self { store, queue, grace_ms: grace.as_millis() as i64, page_limit: PAGE_LIMIT, max_pages: MAX_PAGES }
     }
@@ -86,6 +102,13 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
     pub async fn run_once(&self, now: EpochMillis) -> Result<Report, ReconcileError> {
         let mut report = Report { complete: true, ..Report::default() };
         let mut busy_pages = 0;
+        let held_hosts = match self.store.flow_snapshot().await {
+            Ok(snap) => flow_hosts(&snap, now),
+            Err(e) => {
+                tracing::warn!(error = %e, "flow policies unavailable; held tasks may be re-enqueued (harmless duplicates)");
+                Default::default()
+            }
+        };
         'shards: for shard in 0..RECONCILE_SHARDS {
             let from = self.store.watermark(shard).await?.unwrap_or(now - FIRST_LOOKBACK_MS) - OVERLAP_MS;
             let mut cursor: Option<String> = None;
@@ -101,7 +124,7 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
                 if !page.items.is_empty() {
                     busy_pages += 1;
                 }
-                self.handle(page.items, now, &mut report).await?;
+                self.handle(page.items, now, &held_hosts, &mut report).await?;
                 self.store.set_watermark(shard, page.checked_to).await?;
                 cursor = page.next;
                 if cursor.is_none() {
@@ -126,6 +149,7 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
         &self,
         candidates: Vec<crate::domain::TaskState>,
         now: EpochMillis,
+        held_hosts: &std::collections::HashSet<String>,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
         let mut messages = Vec::new();
@@ -147,6 +171,15 @@ impl<S: ReconcileIndex + DeliveryLedger, Q: DeliveryQueue> Reconciler<S, Q> {
                 _ => false,
             };
             if !stuck {
+                continue;
+            }
+            // Waiting for its host's rate slot, lease, pause or breaker: its held message brings it.
+            let waiting = st.status != TaskStatus::Sending
+                && held_hosts.contains(&st.host)
+                && st.due_at.is_some_and(|due| due + FLOW_HOLD_GRACE_MS > now);
+            if waiting {
+                self.store.push_reconcile(&unit, now + self.grace_ms).await?;
+                report.postponed += 1;
                 continue;
             }
             if st.run.is_some() {

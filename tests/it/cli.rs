@@ -116,7 +116,10 @@ async fn status_and_task_commands_work_against_the_api() {
 async fn replay_of_hundreds_of_failed_tasks_counts_dry_runs_survives_interruption_and_resumes() {
     const N: usize = 240;
     let target = Target::start_with(vec![Reply::status(503); N]).await;
-    let stack = TestStack::start(stack_options("cli-replay")).await;
+    let mut opts = stack_options("cli-replay");
+    // Replaying failures needs failures: the target's breaker would hold most of these 240 instead.
+    opts.function_env.insert("sender".into(), vec![("COURIER_BREAKER_MIN_REQUESTS".into(), "10000".into())]);
+    let stack = TestStack::start(opts).await;
     for chunk in 0..N / 80 {
         let tasks: Vec<Value> = (0..80)
             .map(|i| json!({"request": {"method": "POST", "url": target.url(&format!("/r/{}", chunk * 80 + i))}, "retry": {"intervals": []}}))

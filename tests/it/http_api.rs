@@ -110,7 +110,9 @@ async fn a_created_task_is_stored_enqueued_and_readable_with_secrets_masked() {
         .unwrap_or_default();
     assert_eq!(msgs.len(), 1);
     let msg: serde_json::Value = serde_json::from_str(msgs[0].body().unwrap_or_default()).expect("JSON body");
-    assert_eq!(msg, serde_json::json!({"type": "deliver.v1", "task_id": id}));
+    assert_eq!((&msg["type"], &msg["task_id"]), (&serde_json::json!("deliver.v1"), &serde_json::json!(id)));
+    // The flow keys ride along, so the sender gates the delivery before claiming it.
+    assert_eq!(msg["flow"]["h"], "example.com:443", "{msg}");
 }
 
 #[tokio::test]

@@ -133,6 +133,13 @@ pub struct FlowRef {
     pub name: Option<String>,
     #[serde(rename = "t")]
     pub tenant: TenantId,
+    /// The request's timeout (ms; 0: unknown), which bounds a lease or a probe.
+    #[serde(rename = "o", default, skip_serializing_if = "is_zero")]
+    pub timeout_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl FlowRef {
@@ -140,7 +147,18 @@ impl FlowRef {
     pub fn of(url: &url::Url, name: Option<&str>, tenant: &TenantId) -> Self {
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let port = url.port_or_known_default().unwrap_or(0);
-        Self { host: format!("{host}:{port}"), name: name.map(str::to_owned), tenant: tenant.clone() }
+        Self { host: format!("{host}:{port}"), name: name.map(str::to_owned), tenant: tenant.clone(), timeout_ms: 0 }
+    }
+
+    /// The same keys, with the request's timeout.
+    pub fn with_timeout(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    /// The keys alone (what a batch's messages are grouped by).
+    pub fn keys(&self) -> Self {
+        Self { timeout_ms: 0, ..self.clone() }
     }
 
     pub fn host_key(&self) -> FlowKey {

@@ -215,7 +215,7 @@ pub struct RequestSpec {
 impl RequestSpec {
     /// The flow keys governing this request when `tenant` sends it.
     pub fn flow_ref(&self, tenant: &super::TenantId) -> super::FlowRef {
-        super::FlowRef::of(self.url.url(), self.flow_key.as_deref(), tenant)
+        super::FlowRef::of(self.url.url(), self.flow_key.as_deref(), tenant).with_timeout(self.timeout_ms)
     }
 }
 

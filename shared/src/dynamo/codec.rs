@@ -1,18 +1,20 @@
 //! The mapping between items and domain values: attribute helpers, a task's
-//! state and a tenant read back, a new task's items written.
+//! state and a tenant read back, a new task's items written, a flow key's
+//! shared state, policies, holds and history read back.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::errors::corrupt;
-use super::keys::{SPEC, STATE, key, shard, task_pk, unique_pk};
+use super::keys::{HOLD_PREFIX, SPEC, STATE, key, shard, task_pk, unique_pk};
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
-    EpochMillis, NewTask, Quotas, RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
+    BreakerPosition, EpochMillis, FlowEvent, FlowKey, FlowPolicy, FlowShared, Hold, NewTask, PolicyScope, Quotas,
+    RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
 };
 use crate::ports::{StoreError, UniqueKey};
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
-    TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL,
+    TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL,
 };
 
 /// Idempotency keys are remembered this long.
@@ -114,6 +116,101 @@ pub(super) fn tenant_from_item(i: &Item) -> Result<Tenant, StoreError> {
         active: get_n::<i64>(&id, i, "active")?.unwrap_or(0).max(0) as u64,
         created_at: req_n(&id, i, "created_at")?,
         id: tenant_id,
+    })
+}
+
+/// The short attribute names of a flow key's `STATE` item (it is read and
+/// written on every batch, so it stays small: under 1 KB).
+pub(super) mod flow_attr {
+    /// The key's own rate bucket: next free slot, µs.
+    pub const NEXT: &str = "nx";
+    /// A tenant share's bucket: `nx_<tenant hex>`.
+    pub const SHARE_PREFIX: &str = "nx_";
+    /// A parallelism lease: `l<slot>`.
+    pub const LEASE_PREFIX: &str = "l";
+    pub const PAUSED_UNTIL: &str = "pu";
+    pub const FACTOR: &str = "f";
+    pub const FACTOR_AT: &str = "fa";
+    pub const THROTTLES: &str = "tc";
+    pub const THROTTLED_AT: &str = "tl";
+    pub const BREAKER: &str = "br";
+    pub const BREAKER_UNTIL: &str = "bu";
+    pub const BREAKER_SINCE: &str = "bs";
+    pub const TRIPS: &str = "bt";
+    pub const TOKEN: &str = "tok";
+    pub const CLOSED_AT: &str = "bcl";
+    pub const WINDOW: &str = "w";
+    pub const WINDOW_REQUESTS: &str = "wr";
+    pub const WINDOW_FAILURES: &str = "wf";
+
+    /// The attribute of a lease slot.
+    pub fn lease(slot: u32) -> String {
+        format!("{LEASE_PREFIX}{slot}")
+    }
+
+    /// The lease slot an attribute names, if it names one.
+    pub fn slot_of(attr: &str) -> Option<u32> {
+        let digits = attr.strip_prefix(LEASE_PREFIX)?;
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+    }
+}
+
+/// A flow key's `STATE` item read back; absent attributes are the defaults.
+pub(super) fn flow_shared_from_item(id: &str, i: &Item) -> Result<FlowShared, StoreError> {
+    use flow_attr as a;
+    let mut s = FlowShared::new();
+    for (k, v) in i {
+        let number = || v.as_n().ok().and_then(|x| x.parse::<i64>().ok());
+        if let Some(hex) = k.strip_prefix(a::SHARE_PREFIX) {
+            s.shares.insert(hex.to_owned(), number().ok_or_else(|| corrupt(id, format!("`{k}` is not a number")))?);
+        } else if let Some(slot) = a::slot_of(k) {
+            s.leases.insert(slot, number().ok_or_else(|| corrupt(id, format!("`{k}` is not a number")))?);
+        }
+    }
+    s.next_us = get_n(id, i, a::NEXT)?;
+    s.paused_until = get_n(id, i, a::PAUSED_UNTIL)?;
+    s.factor = get_n(id, i, a::FACTOR)?.unwrap_or(1.0);
+    s.factor_at = get_n(id, i, a::FACTOR_AT)?;
+    s.throttles = get_n(id, i, a::THROTTLES)?.unwrap_or(0);
+    s.throttled_at = get_n(id, i, a::THROTTLED_AT)?;
+    s.breaker = opt_s(i, a::BREAKER).map_or(BreakerPosition::Closed, BreakerPosition::from_code);
+    s.breaker_until = get_n(id, i, a::BREAKER_UNTIL)?;
+    s.breaker_since = get_n(id, i, a::BREAKER_SINCE)?;
+    s.trips = get_n(id, i, a::TRIPS)?.unwrap_or(0);
+    s.probe_token = opt_s(i, a::TOKEN).map(str::to_owned);
+    s.closed_at = get_n(id, i, a::CLOSED_AT)?;
+    s.window_start = get_n(id, i, a::WINDOW)?;
+    s.window_requests = get_n(id, i, a::WINDOW_REQUESTS)?.unwrap_or(0);
+    s.window_failures = get_n(id, i, a::WINDOW_FAILURES)?.unwrap_or(0);
+    Ok(s)
+}
+
+/// A `POL#` item of the policy partition read back.
+pub(super) fn policy_from_item(i: &Item) -> Result<(FlowKey, PolicyScope, FlowPolicy), StoreError> {
+    let id = opt_s(i, SK).unwrap_or_default();
+    let key = FlowKey::parse(get_s(id, i, "key")?).ok_or_else(|| corrupt(id, "`key` is not a flow key"))?;
+    let scope = PolicyScope::parse(get_s(id, i, "scope")?).ok_or_else(|| corrupt(id, "`scope` is not a scope"))?;
+    Ok((key, scope, json(id, i, "policy")?))
+}
+
+/// A `HOLD#` item of the policy partition read back.
+pub(super) fn hold_from_item(i: &Item) -> Result<(FlowKey, Hold), StoreError> {
+    let id = opt_s(i, SK).unwrap_or_default();
+    let key = id
+        .strip_prefix(HOLD_PREFIX)
+        .and_then(FlowKey::parse)
+        .ok_or_else(|| corrupt(id, "the sort key names no flow key"))?;
+    Ok((key, Hold { kind: get_s(id, i, "kind")?.to_owned(), until: req_n(id, i, "until")? }))
+}
+
+/// A `HIST#` item read back.
+pub(super) fn event_from_item(i: &Item) -> Result<FlowEvent, StoreError> {
+    let id = opt_s(i, SK).unwrap_or_default();
+    Ok(FlowEvent {
+        at: req_n(id, i, "at")?,
+        to: get_s(id, i, "to")?.to_owned(),
+        why: opt_s(i, "why").unwrap_or_default().to_owned(),
+        until: get_n(id, i, "until")?,
     })
 }
 

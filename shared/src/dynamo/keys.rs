@@ -1,5 +1,5 @@
-//! Keys and cursors: how tasks, runs, attempts, unique keys and tenants are
-//! named in the table, and the opaque cursors handed to callers.
+//! Keys and cursors: how tasks, runs, attempts, unique keys, tenants and
+//! flow keys are named in the table, and the opaque cursors handed to callers.
 
 use std::collections::HashMap;
 
@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::Item;
 use super::codec::{opt_s, s};
-use crate::domain::{EpochMillis, TaskId, TenantId};
+use crate::domain::{EpochMillis, FlowKey, PolicyScope, TaskId, TenantId};
 use crate::ports::UniqueKey;
 use crate::resources::{RECONCILE_SHARDS, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK};
 
@@ -16,6 +16,9 @@ pub(super) const STATE: &str = "STATE";
 pub(super) const SPEC: &str = "SPEC";
 pub(super) const ATTEMPT_PREFIX: &str = "ATTEMPT#";
 pub(super) const RUN_PREFIX: &str = "RUN#";
+pub(super) const POLICY_PREFIX: &str = "POL#";
+pub(super) const HOLD_PREFIX: &str = "HOLD#";
+pub(super) const HIST_PREFIX: &str = "HIST#";
 
 /// The reconcile shard of a task: spreads the index's writes.
 pub(super) fn shard(id: &TaskId) -> u32 {
@@ -57,6 +60,30 @@ pub(super) fn tenant_pk(id: &str) -> String {
     format!("TENANT#{id}")
 }
 
+/// The partition every sender reads whole: all policies and holds.
+pub(super) fn flows_pk() -> &'static str {
+    "FLOWS"
+}
+
+pub(super) fn policy_sk(key: &FlowKey, scope: &PolicyScope) -> String {
+    format!("{POLICY_PREFIX}{key}#{}", scope.as_str())
+}
+
+pub(super) fn hold_sk(key: &FlowKey) -> String {
+    format!("{HOLD_PREFIX}{key}")
+}
+
+/// The partition of one key's shared state and its history.
+pub(super) fn flow_pk(key: &FlowKey) -> String {
+    format!("FLOW#{key}")
+}
+
+/// A history entry: sorted by time; the random tail keeps two entries of
+/// the same millisecond apart.
+pub(super) fn hist_sk(at: EpochMillis) -> String {
+    format!("{HIST_PREFIX}{:015}#{:04x}", at.max(0), fastrand::u16(..))
+}
+
 /// Reads the task id back from a `pk`.
 pub(super) fn id_of(item: &Item) -> Option<TaskId> {
     opt_s(item, PK).and_then(|pk| pk.strip_prefix("TASK#")).and_then(|id| TaskId::parse(id).ok())
@@ -96,6 +123,16 @@ mod tests {
         assert!(attempt_sk(Some(5), 1) < attempt_sk(Some(10), 1));
         assert!(state_sk(Some(999)) < state_sk(Some(1000)));
         assert!(attempt_sk(None, 1).as_str() < SPEC && state_sk(Some(1)).as_str() < SPEC);
+    }
+
+    #[test]
+    fn history_entries_sort_by_time_and_policies_name_key_and_scope() {
+        assert!(hist_sk(999) < hist_sk(1_000));
+        assert!(hist_sk(1_000).starts_with(HIST_PREFIX));
+        let key = FlowKey::host("api.example.invalid:443");
+        assert_eq!(policy_sk(&key, &PolicyScope::Admin), "POL#h:api.example.invalid:443#admin");
+        assert_eq!(hold_sk(&key), "HOLD#h:api.example.invalid:443");
+        assert_eq!(flow_pk(&key), "FLOW#h:api.example.invalid:443");
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! | `TENANT#<id>` | `TENANT` / `KEY#<key id>` | a tenant (quotas, active count) and its keys |
 //! | `APIKEY#<sha256>` | `APIKEY` | key lookup by hash |
 //! | `RATE#<tenant>#<second>` | `RATE` | creations in one second |
+//! | `FLOWS` | `POL#<flow key>#<scope>` | a flow policy (`admin` or the tenant's); the partition every sender reads whole |
+//! | `FLOWS` | `HOLD#<flow key>` | what holds a key's deliveries (`open`, `paused`, `closed`) and until when |
+//! | `FLOW#<flow key>` | `STATE` | a key's shared state: rate slots, leases, pause, factor, breaker (short names, < 1 KB) |
+//! | `FLOW#<flow key>` | `HIST#<ms>#<rand>` | one breaker, pause or factor transition |
 
 use std::collections::HashMap;
 
@@ -28,6 +32,7 @@ mod codec;
 mod counts;
 mod delivery;
 mod errors;
+mod flows;
 mod keys;
 mod reconcile;
 mod replays;

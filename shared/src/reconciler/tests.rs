@@ -71,3 +71,22 @@ async fn a_pass_cut_short_by_its_page_budget_keeps_the_watermark_where_it_stoppe
     assert_eq!(report.sample, [same_shard[0].id.to_string()]);
     assert_eq!(store.watermark_of(0), Some(NOW - 90_000));
 }
+
+#[tokio::test]
+async fn a_task_held_back_by_its_hosts_flow_limit_is_left_to_its_held_message_for_half_an_hour() {
+    use crate::domain::{FlowKey, FlowPolicy, PolicyScope};
+    use crate::ports::FlowPolicies;
+    let (store, queue) = (FakeStore::new(), FakeQueue::default());
+    let reconciler = Reconciler::new(store.clone(), queue.clone(), GRACE);
+    let policy = FlowPolicy::parse_input(&serde_json::json!({"rate": "1/s"}), false).expect("policy");
+    store.put_policy(&FlowKey::host("a.invalid:443"), &PolicyScope::Admin, &policy).await.expect("put");
+    let held = pending(&store, NOW - 120_000, NOW - 60_000);
+    let report = reconciler.run_once(NOW).await.expect("the fakes never fail");
+    assert_eq!((report.requeued, report.postponed), (0, 1));
+    assert!(queue.sent().is_empty());
+    assert_eq!(store.recon_at(&unit(&held)), Some(NOW + 60_000));
+    // Half an hour overdue, the reconciler no longer trusts the held message.
+    let later = NOW + FLOW_HOLD_GRACE_MS;
+    let report = reconciler.run_once(later).await.expect("the fakes never fail");
+    assert_eq!(report.requeued, 1);
+}

@@ -7,30 +7,45 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::retry::Decision;
-use super::{DeliveryOutcome, RECORD_MARGIN_MS, Sender, decide};
+use super::{DeliveryOutcome, RECORD_MARGIN_MS, Sender, Ticket, decide};
 use crate::clock::Clock;
 use crate::domain::{
     Attempt, EpochMillis, Outcome, RequestSpec, TaskId, TaskState, TenantId, format_millis, now_millis,
 };
 use crate::metrics;
-use crate::ports::{Claim, DeliveryLedger, DeliveryQueue, Scheduler, StoreError, Transition, Unit};
+use crate::ports::{
+    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Scheduler, StoreError, Transition, Unit,
+};
 
 /// What the sender says about an attempt a stopped sender left unfinished.
 pub const INTERRUPTED_REASON: &str = "sender stopped during the attempt (lease expired)";
 
-impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     /// Delivers one unit: claim, send, record, transition. Returns what
     /// happened and, once claimed, the task's tenant. With a `deadline`, the
     /// claim only takes a task whose request timeout fits before it with
     /// [`RECORD_MARGIN_MS`] to spare.
-    #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
     pub async fn deliver(
         &self,
         unit: &Unit,
         deadline: Option<EpochMillis>,
     ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
+        self.deliver_with(unit, deadline, &Ticket::default()).await
+    }
+
+    /// [`Sender::deliver`] with what flow control granted: the request
+    /// waits for its rate slot after the claim (so the claim's latency does
+    /// not bunch requests), and its result counts towards its key's breaker.
+    #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
+    pub async fn deliver_with(
+        &self,
+        unit: &Unit,
+        deadline: Option<EpochMillis>,
+        ticket: &Ticket,
+    ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
         let now = self.clock.now();
-        let budget = deadline.map(|d| d - now - RECORD_MARGIN_MS);
+        let start = ticket.not_before.map_or(now, |t| t.max(now));
+        let budget = deadline.map(|d| d - start - RECORD_MARGIN_MS);
         if budget.is_some_and(|b| b < 1) {
             return Ok((DeliveryOutcome::NoTime, None));
         }
@@ -67,7 +82,12 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
             self.note_interrupted(unit, &state, &spec, started_at).await;
         }
         let number = state.attempts;
+        if let Some(at) = ticket.not_before {
+            self.clock.sleep_until(at).await;
+        }
         let (mut attempt, hints) = self.send(&state, &spec).await;
+        let flow = spec.flow_ref(&state.tenant);
+        self.flow.observe(&flow, &attempt, hints.retry_after, ticket.probe, self.clock.now());
         let decision = decide(&retry, &spec, &attempt, hints, number - state.retry_base, fastrand::f64());
         if let Decision::Retry(delay) = decision {
             attempt.next_delay_ms = Some(delay.as_millis() as u64);

@@ -16,9 +16,11 @@
 
 mod deliver;
 mod dlq;
+mod flow;
 mod http;
 mod retry;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +28,16 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use futures_util::StreamExt;
 
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{DeadLetter, EpochMillis, QueueMessage, TaskId, TaskStatus};
+use crate::domain::{DeadLetter, EpochMillis, FlowKey, FlowRef, QueueMessage, TaskId, TaskStatus};
 use crate::metrics;
-use crate::ports::{DeliveryLedger, DeliveryQueue, ReplayStore, Scheduler, StoreError, TaskStore, TenantStore, Unit};
+use crate::ports::{
+    DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, ReplayStore, Scheduler, StoreError, TaskStore,
+    TenantStore, Unit,
+};
 
 pub use deliver::INTERRUPTED_REASON;
 use deliver::emit;
+pub use flow::{Admission, FlowGate, Ticket};
 pub use http::{HttpClientError, HttpClients, VERSION};
 pub use retry::{Decision, MAX_VISIBILITY_WAIT, decide, wait_needs_scheduler};
 
@@ -70,6 +76,8 @@ pub struct SenderSettings {
     pub lease_margin_ms: u64,
     /// A one-time schedule for a long retry fires this long before its time.
     pub schedule_early_s: u64,
+    /// Flow control: policy cache, slot horizon, default breaker.
+    pub flow: crate::config::FlowConfig,
 }
 
 impl SenderSettings {
@@ -80,6 +88,7 @@ impl SenderSettings {
             response_body_limit: config.response_body_limit,
             lease_margin_ms: config.lease_margin_ms,
             schedule_early_s: config.schedule_early_s,
+            flow: config.flow.clone(),
         }
     }
 }
@@ -92,6 +101,8 @@ pub struct Sender<S, Q, C> {
     http: HttpClients,
     settings: SenderSettings,
     clock: Arc<dyn Clock>,
+    /// Flow control's cache; lives as long as the warm container.
+    flow: FlowGate,
 }
 
 /// What the sender did with one message of a batch.
@@ -112,12 +123,21 @@ pub enum MessageOutcome {
     Replay(Result<crate::replays::StepOutcome, String>),
     /// A store call failed mid-delivery: the message is redelivered.
     Interrupted(String),
+    /// Flow control held it back (a rate slot, a parallelism cap, a pause, an
+    /// open breaker): re-sent to come back after `wait`; not an attempt.
+    Held { reason: &'static str, wait: Duration },
 }
 
 // The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
-impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+impl<
+    S: DeliveryLedger + ReplayStore + TaskStore + TenantStore + FlowPolicies + FlowLimiter,
+    Q: DeliveryQueue,
+    C: Scheduler,
+> Sender<S, Q, C>
+{
     pub fn new(store: S, queue: Q, scheduler: C, http: HttpClients, settings: SenderSettings) -> Self {
-        Self { store, queue, scheduler, http, settings, clock: Arc::new(SystemClock) }
+        let flow = FlowGate::new(settings.flow.clone(), settings.lease_margin_ms);
+        Self { store, queue, scheduler, http, settings, clock: Arc::new(SystemClock), flow }
     }
 
     /// Reads the time from `clock` instead of the system's (tests set it).
@@ -144,18 +164,123 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
     /// Handles one SQS batch like [`Sender::handle`] and returns what each
     /// message led to (in completion order).
     pub async fn handle_each(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
-        futures_util::stream::iter(event.records)
-            .map(|record| async move {
-                let (keep, outcome) = self.process(&record, deadline).await;
+        let records = event.records;
+        let messages: Vec<Option<QueueMessage>> =
+            records.iter().map(|r| QueueMessage::from_body(r.body.as_deref().unwrap_or_default())).collect();
+        // Flow control first, before any claim: group the deliveries by the keys they carry.
+        let mut groups: HashMap<FlowRef, Vec<usize>> = HashMap::new();
+        let mut timeouts: HashMap<FlowRef, u64> = HashMap::new();
+        let mut primaries: HashMap<FlowKey, FlowRef> = HashMap::new();
+        for (i, m) in messages.iter().enumerate() {
+            let Some(flow) = self.flow_of(m.as_ref()).await else { continue };
+            let keys = flow.keys();
+            let t = timeouts.entry(keys.clone()).or_default();
+            *t = (*t).max(flow.timeout_ms);
+            primaries.insert(flow.primary(), keys.clone());
+            groups.entry(keys).or_default().push(i);
+        }
+        let mut tickets: Vec<Option<Ticket>> = vec![Some(Ticket::default()); records.len()];
+        let mut held = Vec::new();
+        for (keys, members) in groups {
+            let flow = keys.clone().with_timeout(timeouts.get(&keys).copied().unwrap_or_default());
+            for (i, admission) in self.admit(&flow, &members, deadline).await {
+                match admission {
+                    Admission::Go(t) => tickets[i] = Some(t),
+                    hold @ Admission::Hold { .. } => {
+                        tickets[i] = None;
+                        held.push((i, hold));
+                    }
+                }
+            }
+        }
+        let mut out = self.hold_back(&records, &messages, held).await;
+        let leases: Vec<(FlowKey, (u32, i64))> = tickets.iter().flatten().flat_map(|t| t.leases.clone()).collect();
+        let sent: Vec<Handled> = futures_util::stream::iter(records.iter().zip(tickets))
+            .filter_map(|(record, ticket)| async move { ticket.map(|t| (record, t)) })
+            .map(|(record, ticket)| async move {
+                let (keep, outcome) = self.process(record, deadline, &ticket).await;
                 Handled { message_id: record.message_id.clone().unwrap_or_default(), keep, outcome }
             })
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
-            .await
+            .await;
+        out.extend(sent);
+        self.release_all(leases).await;
+        self.settle(&primaries).await;
+        out
+    }
+
+    /// The flow keys of a delivery message: carried in it, or (a message
+    /// written before flow control, by the reconciler or by Scheduler for a
+    /// cron firing) read from its task. `None`: not a delivery, or no such task.
+    async fn flow_of(&self, msg: Option<&QueueMessage>) -> Option<FlowRef> {
+        let task = match msg? {
+            QueueMessage::DeliverV1 { flow: Some(f), .. } | QueueMessage::CronV1 { flow: Some(f), .. } => {
+                return Some(f.clone());
+            }
+            QueueMessage::DeliverV1 { task_id, .. } | QueueMessage::CronV1 { task_id, .. } => task_id,
+            QueueMessage::ReplayV1 { .. } => return None,
+        };
+        let state = self.store.read_state(&Unit { task: task.clone(), run: None }).await.ok().flatten()?;
+        let (spec, _) = self.store.get_spec(task).await.ok().flatten()?;
+        Some(spec.flow_ref(&state.tenant))
+    }
+
+    /// Re-sends each held message as a new one that comes back after its
+    /// wait, then lets the old one go (its receive count never grows). A
+    /// message that cannot be re-sent stays, invisible for the wait.
+    async fn hold_back(
+        &self,
+        records: &[SqsMessage],
+        messages: &[Option<QueueMessage>],
+        held: Vec<(usize, Admission)>,
+    ) -> Vec<Handled> {
+        let mut again = Vec::new();
+        let mut what = Vec::new();
+        for (i, a) in held {
+            let (Some(msg), Admission::Hold { wait, reason, key, flow }) = (&messages[i], a) else { continue };
+            let next = msg.held_again(flow);
+            let (task, times) = match &next {
+                QueueMessage::DeliverV1 { task_id, held, .. } | QueueMessage::CronV1 { task_id, held, .. } => {
+                    (Some(task_id.as_str().to_owned()), *held)
+                }
+                QueueMessage::ReplayV1 { .. } => (None, 0),
+            };
+            flow::emit_throttled(&key, reason, task.as_deref(), times);
+            tracing::info!(flow_key = %key, reason, wait_ms = wait.as_millis() as u64, held = times, task_id = task.as_deref(), "delivery held back");
+            again.push((next, wait));
+            what.push((i, reason, wait));
+        }
+        if again.is_empty() {
+            return Vec::new();
+        }
+        let failed = match self.queue.enqueue_many(&again).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-send held messages; they wait in place");
+                (0..again.len()).collect()
+            }
+        };
+        let mut out = Vec::new();
+        for (j, (i, reason, wait)) in what.into_iter().enumerate() {
+            let record = &records[i];
+            let keep = failed.contains(&j) && self.retry_later(record, wait).await;
+            out.push(Handled {
+                message_id: record.message_id.clone().unwrap_or_default(),
+                keep,
+                outcome: MessageOutcome::Held { reason, wait },
+            });
+        }
+        out
     }
 
     #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
-    async fn process(&self, record: &SqsMessage, deadline: Option<EpochMillis>) -> (bool, MessageOutcome) {
+    async fn process(
+        &self,
+        record: &SqsMessage,
+        deadline: Option<EpochMillis>,
+        ticket: &Ticket,
+    ) -> (bool, MessageOutcome) {
         if deadline.is_some_and(|d| self.clock.now() + RECORD_MARGIN_MS >= d) {
             tracing::info!("no time left in this invocation; the message comes back soon");
             return (self.retry_later(record, NO_TIME_RETRY).await, MessageOutcome::Delivery(DeliveryOutcome::NoTime));
@@ -181,7 +306,7 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
-            Ok(Ok(Some(unit))) => match self.deliver(&unit, deadline).await {
+            Ok(Ok(Some(unit))) => match self.deliver_with(&unit, deadline, ticket).await {
                 Ok((outcome, tenant)) => (tenant.map(|t| (unit, t)), Ok(outcome)),
                 Err(e) => (None, Err(e)),
             },
@@ -203,7 +328,10 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
             DeliveryOutcome::RetryScheduled { delay, .. } => {
                 let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
                 match (&unit, wait_needs_scheduler(*delay, sent_at, self.clock.now())) {
-                    (Some((u, _)), true) => self.schedule_retry(u, *delay, None).await.is_err(),
+                    (Some((u, _)), true) => {
+                        let flow = QueueMessage::from_body(body).and_then(|m| m.flow().cloned());
+                        self.schedule_retry(u, *delay, flow).await.is_err()
+                    }
                     _ => self.retry_later(record, *delay).await,
                 }
             }
@@ -260,5 +388,7 @@ impl<S: DeliveryLedger + ReplayStore + TaskStore + TenantStore, Q: DeliveryQueue
     }
 }
 
+#[cfg(test)]
+mod flow_tests;
 #[cfg(test)]
 mod tests;

@@ -64,11 +64,24 @@ fn fixture() -> Fixture {
     let scheduler = FakeScheduler::default();
     let (store, queue, clock) = (FakeStore::new(), FakeQueue::default(), ManualClock::at(NOW));
     let http = HttpClients::new(TargetGuard::new(TargetPolicy::LocalOnly, vec![])).expect("clients");
-    let settings =
-        SenderSettings { concurrency: 4, response_body_limit: 1024, lease_margin_ms: 5_000, schedule_early_s: 60 };
+    let settings = settings();
     let sender = Sender::new(store.clone(), queue.clone(), scheduler.clone(), http, settings)
         .with_clock(Arc::new(clock.clone()));
     Fixture { store, queue, clock, scheduler, sender }
+}
+
+pub(super) fn settings() -> SenderSettings {
+    SenderSettings {
+        concurrency: 4,
+        response_body_limit: 1024,
+        lease_margin_ms: 5_000,
+        schedule_early_s: 60,
+        flow: crate::config::FlowConfig {
+            cache_ms: 500,
+            horizon_ms: 1_000,
+            breaker: crate::domain::BreakerSettings::default(),
+        },
+    }
 }
 
 fn no_jitter(max_attempts: u32) -> RetryPolicy {

@@ -51,6 +51,11 @@ impl Clock for ManualClock {
     fn now(&self) -> EpochMillis {
         self.0.load(Ordering::SeqCst)
     }
+
+    fn sleep_until(&self, at: EpochMillis) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.0.fetch_max(at, Ordering::SeqCst);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// A unit's state row, with what the table keeps beside the state.
