@@ -29,7 +29,7 @@ use crate::metrics;
 use crate::ports::{FlowLimiter, FlowPolicies};
 
 /// Longest a held message waits before it is looked at again (the SQS delay limit).
-const MAX_HOLD: Duration = Duration::from_secs(900);
+pub(super) const MAX_HOLD: Duration = Duration::from_secs(900);
 
 /// What the gate decided for one message.
 #[derive(Clone, Debug, PartialEq)]

@@ -246,6 +246,14 @@ impl<
                 }
                 QueueMessage::ReplayV1 { .. } => (None, 0),
             };
+            // A long backlog on a limited key would otherwise come round every second or two:
+            // each time a message is held again it may wait up to half a second longer.
+            let wait = match reason {
+                "rate" | "parallelism" => (wait
+                    + Duration::from_millis(fastrand::u64(0..=u64::from(times.min(40)) * 500)))
+                .min(flow::MAX_HOLD),
+                _ => wait,
+            };
             flow::emit_throttled(&key, reason, task.as_deref(), times);
             tracing::info!(flow_key = %key, reason, wait_ms = wait.as_millis() as u64, held = times, task_id = task.as_deref(), "delivery held back");
             again.push((next, wait));
