@@ -26,9 +26,9 @@ fmt:
 clean:
 	rm -rf .local
 
-## bench: cost per delivery and speed on the local stack, release build (prints figures)
+## bench: cost per delivery and speed on the local stack, release build, then flow control's overshoot and cost (prints figures)
 bench:
-	infra/bench.sh
+	BENCH_ARGS="--flows $${BENCH_ARGS:-}" infra/bench.sh
 
 ## fuzz: schemathesis against /v1/openapi.json on a local stack that delivers nothing (prints counts)
 fuzz:

@@ -1,5 +1,6 @@
 //! Shared test plumbing: SDK config for the emulator, unique stack names,
-//! the function binaries' location, a scriptable loopback target, polling.
+//! the function binaries' location, a scriptable loopback target (that also
+//! counts the requests it holds open at once), polling.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -104,14 +105,30 @@ impl Reply {
     }
 }
 
-#[derive(Default)]
 struct TargetState {
     script: VecDeque<Reply>,
+    /// The answer once the script has run out.
+    otherwise: Reply,
     received: Vec<Received>,
+    /// Requests being answered right now, and the most there ever were.
+    open: usize,
+    max_open: usize,
+}
+
+/// Counts a request as open until its handler ends (answered, or dropped
+/// because the client went away), so no path leaves the count high.
+struct OpenGuard(Arc<Mutex<TargetState>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.open = s.open.saturating_sub(1);
+    }
 }
 
 /// A loopback HTTP target that records what it receives and answers with
-/// scripted statuses (200 once the script runs out).
+/// scripted replies, then with a reply that can be switched while it runs
+/// (200 unless told otherwise).
 pub struct Target {
     pub addr: SocketAddr,
     state: Arc<Mutex<TargetState>>,
@@ -125,7 +142,13 @@ impl Target {
 
     /// A target answering with `script` in order (then 200).
     pub async fn start_with(script: Vec<Reply>) -> Self {
-        let state = Arc::new(Mutex::new(TargetState { script: script.into_iter().collect(), ..Default::default() }));
+        let state = Arc::new(Mutex::new(TargetState {
+            script: script.into_iter().collect(),
+            otherwise: Reply::status(200),
+            received: Vec::new(),
+            open: 0,
+            max_open: 0,
+        }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind target");
         let addr = listener.local_addr().expect("addr");
         let app = Router::new().fallback(answer).with_state(state.clone());
@@ -141,6 +164,27 @@ impl Target {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().expect("lock").received.clone()
+    }
+
+    /// From now on, answer every request past the script with `reply`
+    /// (a status, a hang, a delay; requests already arrived keep theirs).
+    pub fn answer_with(&self, reply: Reply) {
+        self.state.lock().expect("lock").otherwise = reply;
+    }
+
+    /// Requests open right now and the most that were ever open at once.
+    pub fn open(&self) -> (usize, usize) {
+        let s = self.state.lock().expect("lock");
+        (s.open, s.max_open)
+    }
+
+    /// Requests received per task (Courier's `courier-task-id` header).
+    pub fn per_task(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for r in self.state.lock().expect("lock").received.iter() {
+            *counts.entry(r.header("courier-task-id").unwrap_or_default().to_owned()).or_default() += 1;
+        }
+        counts
     }
 }
 
@@ -166,8 +210,11 @@ async fn answer(State(state): State<Arc<Mutex<TargetState>>>, req: Request) -> a
                 .collect(),
             body,
         });
-        s.script.pop_front().unwrap_or_else(|| Reply::status(200))
+        s.open += 1;
+        s.max_open = s.max_open.max(s.open);
+        s.script.pop_front().unwrap_or_else(|| s.otherwise.clone())
     };
+    let _open = OpenGuard(state.clone());
     tokio::time::sleep(reply.delay).await;
     let mut resp =
         (StatusCode::from_u16(reply.status).expect("status"), format!("answer {}", reply.status)).into_response();
@@ -281,6 +328,11 @@ impl Api {
 
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
         let (s, _, v) = self.call("DELETE", path, None, &[]).await;
+        (s, v)
+    }
+
+    pub async fn put(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (s, _, v) = self.call("PUT", path, Some(body), &[]).await;
         (s, v)
     }
 

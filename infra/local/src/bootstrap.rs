@@ -44,6 +44,13 @@ impl Outputs {
 /// Creates (or finds) the table, the delivery queue with its DLQ and redrive
 /// policy, and the schedule group of `stack`.
 pub async fn bootstrap(sdk: &SdkConfig, stack: &str) -> anyhow::Result<Outputs> {
+    bootstrap_with_redrive(sdk, stack, MAX_RECEIVE_COUNT).await
+}
+
+/// [`bootstrap`] with the queue's redrive after `max_receive_count` receives
+/// instead of the deployed count, so a test can show that something (a task
+/// held back by flow control) does not count towards it.
+pub async fn bootstrap_with_redrive(sdk: &SdkConfig, stack: &str, max_receive_count: i32) -> anyhow::Result<Outputs> {
     let names = StackNames::for_stack(stack);
     create_table(&aws_sdk_dynamodb::Client::new(sdk), &names.table).await?;
 
@@ -52,7 +59,7 @@ pub async fn bootstrap(sdk: &SdkConfig, stack: &str) -> anyhow::Result<Outputs> 
         create_queue(&sqs, &names.dlq, &[(QueueAttributeName::MessageRetentionPeriod, QUEUE_RETENTION_S.to_string())])
             .await?;
     let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
-    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}).to_string();
+    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string();
     let queue_url = create_queue(
         &sqs,
         &names.queue,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use tokio::task::JoinHandle;
 
-use crate::bootstrap::{Outputs, bootstrap};
+use crate::bootstrap::{Outputs, bootstrap_with_redrive};
 use crate::event_source::{self, Mapping};
 use crate::proxy::{RunningProxy, SERVICES, Upstreams};
 use crate::runtime::{FunctionHost, FunctionSpec};
@@ -48,6 +48,9 @@ pub struct StackOptions {
     /// lines of [`crate::iam::Record`] appended to this file, for the IAM check.
     /// Default: `COURIER_IAM_LOG` (unset or empty: no recording).
     pub iam_log: Option<PathBuf>,
+    /// Receives after which the delivery queue moves a message to the DLQ
+    /// (default: the deployed [`courier::resources::MAX_RECEIVE_COUNT`]).
+    pub max_receive_count: i32,
 }
 
 impl StackOptions {
@@ -67,6 +70,7 @@ impl StackOptions {
             reconcile_every: Some(Duration::from_secs(60)),
             stream_counter: true,
             iam_log: std::env::var_os("COURIER_IAM_LOG").filter(|v| !v.is_empty()).map(PathBuf::from),
+            max_receive_count: courier::resources::MAX_RECEIVE_COUNT,
         }
     }
 }
@@ -102,7 +106,7 @@ pub fn scheduled_event(rule: &str) -> serde_json::Value {
 
 impl LocalStack {
     pub async fn start(sdk: &SdkConfig, opts: StackOptions) -> anyhow::Result<Self> {
-        let outputs = bootstrap(sdk, &opts.stack).await?;
+        let outputs = bootstrap_with_redrive(sdk, &opts.stack, opts.max_receive_count).await?;
         let mut env = outputs.function_env();
         // Local stacks send nothing off the machine unless the caller's environment says otherwise.
         for (name, default) in [("COURIER_TARGET_POLICY", "local-only"), ("COURIER_TARGET_ALLOWLIST", "")] {

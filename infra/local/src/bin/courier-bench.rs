@@ -9,6 +9,11 @@
 //! the functions and of the local event source goes through a counting proxy
 //! in front of the emulator. Then it measures the release sender's Lambda init
 //! time (process start to its first Runtime API `/next`).
+//!
+//! `--flows` adds flow control's figures: the DynamoDB units spent on flow
+//! items (key `pk` starting with `FLOW`) per delivery without a policy, and
+//! a phase with two senders and a 20/s policy on the target: overshoot over
+//! the limit in the worst 1-s window, sustained rate, flow units per delivery.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,6 +47,12 @@ struct Args {
     init_samples: usize,
     #[arg(long, default_value = "infra/prices.json")]
     prices: PathBuf,
+    /// Also run the flow-control phase (2 senders, a 20/s policy on the target).
+    #[arg(long)]
+    flows: bool,
+    /// Tasks of the flow-control phase.
+    #[arg(long, default_value_t = 600)]
+    flow_tasks: usize,
 }
 
 /// Usage counted by one proxy (one caller: a function, or the event source).
@@ -50,6 +61,10 @@ struct Meter {
     ops: Mutex<HashMap<String, u64>>,
     wcu: Mutex<f64>,
     rcu: Mutex<f64>,
+    /// The part of `wcu`/`rcu` spent on flow control's items.
+    flow_wcu: Mutex<f64>,
+    flow_rcu: Mutex<f64>,
+    flow_calls: AtomicUsize,
 }
 
 impl Meter {
@@ -57,6 +72,9 @@ impl Meter {
         self.ops.lock().expect("lock").clear();
         *self.wcu.lock().expect("lock") = 0.0;
         *self.rcu.lock().expect("lock") = 0.0;
+        *self.flow_wcu.lock().expect("lock") = 0.0;
+        *self.flow_rcu.lock().expect("lock") = 0.0;
+        self.flow_calls.store(0, Ordering::Relaxed);
     }
 
     fn count(&self, prefix: &str) -> u64 {
@@ -106,6 +124,30 @@ fn key_of(item: &Value) -> String {
 fn index_writes(item: &Value) -> f64 {
     let has = |a: &str, b: &str| item.get(a).is_some() && item.get(b).is_some();
     f64::from(u8::from(has("gsi1pk", "gsi1sk")) + u8::from(has("recon_pk", "recon_at")))
+}
+
+/// Whether a DynamoDB call touches flow control's items: a key, an item or a
+/// key condition value whose `pk` starts with `FLOW` (`FLOWS`, `FLOW#<key>`).
+fn is_flow_call(req: &Value) -> bool {
+    let flow_pk = |v: &Value| v["pk"]["S"].as_str().is_some_and(|pk| pk.starts_with("FLOW"));
+    let flow_value = |v: &Value| v["S"].as_str().is_some_and(|s| s.starts_with("FLOW"));
+    flow_pk(&req["Key"])
+        || flow_pk(&req["Item"])
+        || req["ExpressionAttributeValues"]
+            .as_object()
+            .is_some_and(|o| req["KeyConditionExpression"].is_string() && o.values().any(flow_value))
+        || req["TransactItems"].as_array().is_some_and(|items| {
+            items.iter().any(|t| {
+                t.as_object().is_some_and(|o| o.values().any(|op| flow_pk(&op["Key"]) || flow_pk(&op["Item"])))
+            })
+        })
+        || req["RequestItems"].as_object().is_some_and(|tables| {
+            tables.values().any(|reqs| {
+                reqs.as_array().is_some_and(|l| {
+                    l.iter().any(|w| flow_pk(&w["PutRequest"]["Item"]) || flow_pk(&w["DeleteRequest"]["Key"]))
+                }) || reqs["Keys"].as_array().is_some_and(|keys| keys.iter().any(flow_pk))
+            })
+        })
 }
 
 fn write_units(size: usize) -> f64 {
@@ -184,6 +226,11 @@ impl Proxy {
         }
         *self.meter.wcu.lock().expect("lock") += w;
         *self.meter.rcu.lock().expect("lock") += r;
+        if is_flow_call(req) {
+            *self.meter.flow_wcu.lock().expect("lock") += w;
+            *self.meter.flow_rcu.lock().expect("lock") += r;
+            self.meter.flow_calls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -290,8 +337,8 @@ async fn main() -> anyhow::Result<()> {
     opts.stream_counter = false;
     opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
     opts.extra_env.push(("RUST_LOG".into(), "info".into()));
-    opts.function_env.insert("api".into(), vec![("AWS_ENDPOINT_URL".into(), api_proxy)]);
-    opts.function_env.insert("sender".into(), vec![("AWS_ENDPOINT_URL".into(), sender_proxy)]);
+    opts.function_env.insert("api".into(), vec![("AWS_ENDPOINT_URL".into(), api_proxy.clone())]);
+    opts.function_env.insert("sender".into(), vec![("AWS_ENDPOINT_URL".into(), sender_proxy.clone())]);
     let local = LocalStack::start(&esm_sdk, opts).await?;
 
     // A target that answers 200 and counts.
@@ -411,6 +458,11 @@ async fn main() -> anyhow::Result<()> {
     println!("DynamoDB write units   {:>8.3}  (API {wcu_api:.3}, sender {wcu_sender:.3})", wcu_api + wcu_sender);
     println!("DynamoDB read units    {:>8.3}  (API {rcu_api:.3}, sender {rcu_sender:.3})", rcu_api + rcu_sender);
     println!(
+        "flow write units       {:>8.3}  (no policy; flow read units {:.3})",
+        per(*sender_m.flow_wcu.lock().expect("lock")),
+        per(*sender_m.flow_rcu.lock().expect("lock"))
+    );
+    println!(
         "SQS requests           {:>8.3}  (API {sqs_api:.3}, sender {sqs_sender:.3}, event source receive+delete {sqs_esm_work:.3})",
         sqs_api + sqs_sender + sqs_esm_work
     );
@@ -435,6 +487,12 @@ async fn main() -> anyhow::Result<()> {
         sender_ops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     );
     drop(local);
+
+    if args.flows {
+        let phase =
+            FlowPhase { bin_dir: &bin_dir, esm_sdk: &esm_sdk, api_proxy: &api_proxy, sender_proxy: &sender_proxy };
+        phase.run(args.flow_tasks, &sender_m).await?;
+    }
 
     let spec = |name: &str| FunctionSpec {
         name: format!("bench-{name}"),
@@ -464,6 +522,137 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the flow-control phase shares with the cost run: the binaries and the counting proxies.
+struct FlowPhase<'a> {
+    bin_dir: &'a PathBuf,
+    esm_sdk: &'a aws_config::SdkConfig,
+    api_proxy: &'a str,
+    sender_proxy: &'a str,
+}
+
+impl FlowPhase<'_> {
+    /// Two senders, a 20/s policy on a loopback target, `n` tasks (at most
+    /// 300 waiting): prints the overshoot in the worst 1-s window after the
+    /// first second, the sustained rate over the middle 80 %, and the flow
+    /// units the senders spent per delivery.
+    async fn run(&self, n: usize, sender_m: &Meter) -> anyhow::Result<()> {
+        const LIMIT: f64 = 20.0;
+        let stack = format!("bench-flows-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let admin_key = format!("bench-admin-{}", uuid::Uuid::new_v4().simple());
+        let mut opts = StackOptions::new(&stack, self.bin_dir);
+        opts.log_file = Some(PathBuf::from(format!(".local/{stack}.log")));
+        opts.scheduler_tick = None;
+        opts.reconcile_every = None;
+        opts.stream_counter = false;
+        opts.sender_instances = 2;
+        opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
+        opts.function_env.insert("api".into(), vec![("AWS_ENDPOINT_URL".into(), self.api_proxy.to_owned())]);
+        opts.function_env.insert("sender".into(), vec![("AWS_ENDPOINT_URL".into(), self.sender_proxy.to_owned())]);
+        let local = LocalStack::start(self.esm_sdk, opts).await?;
+
+        let arrivals = Arc::new(Mutex::new(Vec::<i64>::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = arrivals.clone();
+        tokio::spawn(async move {
+            let app = Router::new().fallback(move || {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("lock").push(courier::domain::now_millis());
+                    "ok"
+                }
+            });
+            axum::serve(listener, app).await
+        });
+        let http = reqwest::Client::new();
+        let policy = http
+            .put(format!("{}/v1/flows/{addr}", local.api_url))
+            .bearer_auth(&admin_key)
+            .json(&json!({"rate": "20/s"}))
+            .send()
+            .await?;
+        anyhow::ensure!(policy.status().is_success(), "PUT /v1/flows/{addr} answered {}", policy.status());
+        let tenant = http
+            .post(format!("{}/v1/tenants", local.api_url))
+            .bearer_auth(&admin_key)
+            .json(&json!({"name": "bench-flows", "max_active_tasks": 10_000_000, "create_rate_per_second": 100_000}))
+            .send()
+            .await?
+            .json::<Value>()
+            .await?;
+        let key = tenant["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {tenant}"))?.to_owned();
+        sender_m.reset();
+        println!("\n== flow control: 2 senders, policy 20/s on the target, {n} tasks");
+        let t0 = Instant::now();
+        let mut created = 0;
+        while created < n {
+            let delivered = arrivals.lock().expect("lock").len();
+            if created - delivered.min(created) + 100 > 300 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let k = (n - created).min(100);
+            let tasks: Vec<Value> = (0..k)
+                .map(|i| json!({"request": {"method": "POST", "url": format!("http://{addr}/f"), "json": {"n": created + i}}}))
+                .collect();
+            let resp = http
+                .post(format!("{}/v1/tasks/batch", local.api_url))
+                .bearer_auth(&key)
+                .json(&json!({"tasks": tasks}))
+                .send()
+                .await?
+                .json::<Value>()
+                .await?;
+            anyhow::ensure!(resp["created"] == k, "batch create failed: {resp}");
+            created += k;
+        }
+        while arrivals.lock().expect("lock").len() < n {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "not every flow task was delivered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut at = arrivals.lock().expect("lock").clone();
+        at.sort_unstable();
+        let max_window = max_per_second(&at, at[0] + 1000);
+        let nf = n as f64;
+        println!("max requests in 1 s    {max_window:>8}  (after the first second)");
+        println!("overshoot              {:>8.1} %", (max_window as f64 - LIMIT) / LIMIT * 100.0);
+        println!("sustained rate         {:>8.2} /s  (middle 80 % of arrivals)", sustained_rate(&at));
+        println!(
+            "flow write units       {:>8.3}  per delivery (flow read units {:.3}, flow calls {:.3})",
+            *sender_m.flow_wcu.lock().expect("lock") / nf,
+            *sender_m.flow_rcu.lock().expect("lock") / nf,
+            sender_m.flow_calls.load(Ordering::Relaxed) as f64 / nf
+        );
+        drop(local);
+        Ok(())
+    }
+}
+
+/// The most arrivals in any 1-s window that starts at an arrival at or after `from`.
+fn max_per_second(sorted_ms: &[i64], from: i64) -> usize {
+    let mut best = 0;
+    let mut end = 0;
+    for (i, &start) in sorted_ms.iter().enumerate() {
+        end = end.max(i);
+        while end < sorted_ms.len() && sorted_ms[end] < start + 1000 {
+            end += 1;
+        }
+        if start >= from {
+            best = best.max(end - i);
+        }
+    }
+    best
+}
+
+/// Requests per second over the middle 80 % of the arrivals.
+fn sustained_rate(sorted_ms: &[i64]) -> f64 {
+    let n = sorted_ms.len();
+    let middle = &sorted_ms[n / 10..n - n / 10];
+    let span = (middle[middle.len() - 1] - middle[0]) as f64 / 1000.0;
+    (middle.len() - 1) as f64 / span
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +666,24 @@ mod tests {
         assert_eq!(write_units(1025), 2.0);
         assert_eq!(read_units(100, false), 0.5);
         assert_eq!(index_writes(&json!({"gsi1pk": {}, "gsi1sk": {}, "recon_pk": {}, "recon_at": {}})), 2.0);
+    }
+
+    #[test]
+    fn flow_calls_are_the_ones_on_flow_items() {
+        assert!(is_flow_call(&json!({"Key": {"pk": {"S": "FLOW#h:a.example:443"}, "sk": {"S": "STATE"}}})));
+        assert!(is_flow_call(&json!({"Item": {"pk": {"S": "FLOWS"}, "sk": {"S": "POL#x#ADMIN"}}})));
+        assert!(is_flow_call(
+            &json!({"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "FLOWS"}}})
+        ));
+        assert!(!is_flow_call(&json!({"Key": {"pk": {"S": "TASK#tsk_1"}, "sk": {"S": "TASK"}}})));
+        assert!(!is_flow_call(&json!({"TransactItems": [{"Update": {"Key": {"pk": {"S": "TENANT#t"}}}}]})));
+    }
+
+    #[test]
+    fn the_worst_second_and_the_sustained_rate_come_from_arrival_times() {
+        assert_eq!(max_per_second(&[0, 100, 999, 1000, 1500, 2600], 0), 3);
+        assert_eq!(max_per_second(&[0, 10, 20, 30, 1500], 1000), 1, "windows before `from` do not count");
+        let even: Vec<i64> = (0..21).map(|i| i * 50).collect();
+        assert!((sustained_rate(&even) - 20.0).abs() < 1e-9);
     }
 }
