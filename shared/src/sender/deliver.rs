@@ -83,6 +83,7 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
         }
         let number = state.attempts;
         if let Some(at) = ticket.not_before {
+            self.flow.prepared_in(self.clock.now() - now);
             self.clock.sleep_until(at).await;
         }
         let (mut attempt, hints) = self.send(&state, &spec).await;

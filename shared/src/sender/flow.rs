@@ -81,11 +81,34 @@ pub struct FlowGate {
     config: FlowConfig,
     lease_margin_ms: i64,
     state: Mutex<GateState>,
+    /// Recent time from admission to the moment a request may leave (claim
+    /// and spec read), smoothed, in µs.
+    prepare_us: std::sync::atomic::AtomicI64,
 }
 
 impl FlowGate {
     pub fn new(config: FlowConfig, lease_margin_ms: u64) -> Self {
-        Self { config, lease_margin_ms: lease_margin_ms as i64, state: Mutex::default() }
+        Self {
+            config,
+            lease_margin_ms: lease_margin_ms as i64,
+            state: Mutex::default(),
+            prepare_us: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Notes how long one delivery took to get ready to send (claim, spec).
+    pub fn prepared_in(&self, ms: i64) {
+        use std::sync::atomic::Ordering;
+        let sample = ms.clamp(0, 5_000) * 1_000;
+        let _ = self.prepare_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(if old == 0 { sample } else { (old * 4 + sample) / 5 })
+        });
+    }
+
+    /// How far ahead of now a reservation's first slot goes: twice the
+    /// recent preparation time, at most half a second.
+    fn lead_ms(&self) -> i64 {
+        (2 * self.prepare_us.load(std::sync::atomic::Ordering::Relaxed) / 1_000).min(500)
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
@@ -354,7 +377,9 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
         self.restore_factor(key, limits, &view).await;
         for round in 0..2 {
             let now = self.clock.now();
-            let now_us = now * 1_000;
+            // Slots start once a claim has likely finished: a request whose claim
+            // ends after its slot leaves late and bunches with the next ones.
+            let now_us = (now + self.flow.lead_ms()) * 1_000;
             if view.paused_until.is_some_and(|p| p > now) {
                 return hold_all(view.paused_until.unwrap_or(now) - now, "paused");
             }
