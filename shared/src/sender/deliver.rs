@@ -82,13 +82,16 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             self.note_interrupted(unit, &state, &spec, started_at).await;
         }
         let number = state.attempts;
-        if let Some(at) = ticket.not_before {
+        if ticket.not_before.is_some() {
             self.flow.prepared_in(self.clock.now() - now);
-            self.clock.sleep_until(at).await;
+            if let Some(at) = self.reslot(ticket, deadline).await {
+                self.clock.sleep_until(at).await;
+            }
         }
         let (mut attempt, hints) = self.send(&state, &spec).await;
         let flow = spec.flow_ref(&state.tenant);
         self.flow.observe(&flow, &attempt, hints.retry_after, ticket.probe, self.clock.now());
+        self.write_pauses().await;
         let decision = decide(&retry, &spec, &attempt, hints, number - state.retry_base, fastrand::f64());
         if let Decision::Retry(delay) = decision {
             attempt.next_delay_ms = Some(delay.as_millis() as u64);

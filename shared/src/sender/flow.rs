@@ -53,7 +53,13 @@ pub struct Ticket {
     pub leases: Vec<(FlowKey, (u32, i64))>,
     /// Whether it is a half-open breaker's probe.
     pub probe: bool,
+    /// The keys its slot was reserved on (with `not_before`).
+    pub flow: Option<FlowRef>,
 }
+
+/// A request ready this much after its slot takes a new one instead: sent
+/// late, it would bunch with the requests on the slots after it.
+const LATE_MS: i64 = 50;
 
 /// A half-open breaker this sender probes.
 #[derive(Clone, Debug)]
@@ -280,6 +286,7 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
             for (i, at, lease) in granted {
                 let t = tickets.entry(i).or_default();
                 t.not_before = Some(t.not_before.map_or(at, |n| n.max(at)));
+                t.flow = Some(flow.clone());
                 t.leases.extend(lease.map(|l| (key.clone(), l)));
             }
         }
@@ -520,6 +527,53 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
         }
     }
 
+    /// When a request whose claim ended after its slot may leave: a fresh
+    /// slot on each rate-limited key (one write per key; parallelism leases
+    /// are already held), waiting for it while the invocation has time.
+    /// `None`: no slot came before the deadline; the request leaves now.
+    pub(super) async fn reslot(&self, ticket: &Ticket, deadline: Option<EpochMillis>) -> Option<EpochMillis> {
+        let (flow, slot) = (ticket.flow.as_ref()?, ticket.not_before?);
+        let now = self.clock.now();
+        if now <= slot + LATE_MS {
+            return Some(slot);
+        }
+        let snap = self.snapshot(now).await;
+        let rate_only = |p: Option<&FlowPolicy>| {
+            p.filter(|p| p.rate.is_some()).map(|p| FlowPolicy { parallelism: None, ..p.clone() })
+        };
+        let mut at = now;
+        for key in [Some(flow.host_key()), flow.named_key()].into_iter().flatten() {
+            let (own, share) = if key.is_host() {
+                (
+                    rate_only(snap.policy(&key, &PolicyScope::Admin)),
+                    rate_only(snap.policy(&key, &PolicyScope::Tenant(flow.tenant.clone()))),
+                )
+            } else {
+                (rate_only(snap.policy(&key, &PolicyScope::Tenant(flow.tenant.clone()))), None)
+            };
+            if own.is_none() && share.is_none() {
+                continue;
+            }
+            let limits = Limits { own: own.as_ref(), share: share.as_ref() };
+            for tries in 1.. {
+                let (granted, held) = self.reserve_for(&key, flow, &limits, &[0], deadline).await;
+                if let Some((_, t, _)) = granted.first() {
+                    at = at.max(*t);
+                    break;
+                }
+                let wait = held.first().map_or(1_000, |(_, w, _)| *w).max(LATE_MS);
+                let until = self.clock.now() + wait;
+                if tries >= 5 || deadline.is_some_and(|d| until + flow.timeout_ms as i64 + RECORD_MARGIN_MS >= d) {
+                    tracing::warn!(flow_key = %key, tries, "flow.late_send: no new slot in time; the claimed request leaves now");
+                    return None;
+                }
+                self.clock.sleep_until(until).await;
+            }
+        }
+        tracing::debug!(late_ms = now - slot, "flow.reslot");
+        Some(at)
+    }
+
     /// One clean minute after the last 429/503, a halved rate steps back up.
     async fn restore_factor(&self, key: &FlowKey, limits: &Limits<'_>, view: &FlowShared) {
         let now = self.clock.now();
@@ -649,6 +703,17 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
                 };
                 self.apply(&key, &change, now).await;
             }
+        }
+    }
+
+    /// Writes the Retry-After pauses this sender has seen, at once: every
+    /// other sender must stop before its next batch, not this one's end.
+    pub(super) async fn write_pauses(&self) {
+        let pauses: Vec<(FlowKey, EpochMillis)> = self.flow.lock().pauses.drain().collect();
+        let now = self.clock.now();
+        for (key, until) in pauses {
+            let change = FlowChange::Pause { until, why: "Retry-After on a 429/503".to_owned() };
+            self.apply(&key, &change, now).await;
         }
     }
 

@@ -303,3 +303,25 @@ async fn leases_another_sender_gave_back_are_found_by_the_write_not_waited_out()
     assert!(held(&a.handle_each(batch, None).await).is_empty());
     assert_eq!(t.hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_request_ready_after_its_slot_takes_a_fresh_slot_instead_of_bunching() {
+    let (store, queue, clock) = (FakeStore::new(), FakeQueue::default(), ManualClock::at(NOW));
+    let t = target(200).await;
+    let s = sender(&store, &queue, &clock);
+    let (ts, batch) = tasks(&store, &format!("{}/ok", t.base), 10);
+    let flow = ts[0].flow_ref();
+    let key = flow.host_key();
+    store.put_policy(&key, &PolicyScope::Admin, &policy(serde_json::json!({"rate": "10/s"}))).await.expect("put");
+    s.handle_each(batch, None).await;
+    let next = store.flow_shared(&key).and_then(|s| s.next_us).expect("reserved");
+    // A claim that ended 300 ms after its slot: it leaves on a new slot after every one granted so far.
+    let ticket = Ticket { not_before: Some(clock.now() - 300), flow: Some(flow.clone()), ..Ticket::default() };
+    let writes = store.flow_writes().get(&key).copied().unwrap_or(0);
+    let at = s.reslot(&ticket, None).await.expect("a new slot");
+    assert!(at * 1_000 >= next, "new slot {at} before the key's next free slot {next}");
+    assert_eq!(store.flow_writes().get(&key).copied(), Some(writes + 1));
+    // On time (within 50 ms): the slot it has.
+    let on_time = Ticket { not_before: Some(clock.now() - 10), flow: Some(flow), ..Ticket::default() };
+    assert_eq!(s.reslot(&on_time, None).await, on_time.not_before);
+}
