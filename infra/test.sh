@@ -31,6 +31,8 @@ mkdir -p "$(dirname "$COURIER_IAM_LOG")"
 : > "$COURIER_IAM_LOG"
 echo "== tests"
 cargo test --workspace --no-fail-fast -- ${TEST_ARGS:-}
+echo "== timed tests, one at a time on a quiet machine (rate windows and pauses measured at the target)"
+cargo test -p courier-tests --test it -- --ignored --test-threads=1 ${TEST_ARGS:-}
 echo "== IAM: every recorded call granted by its function's policy in template.yaml"
 target/debug/courier-local iam-check --template template.yaml --log "$COURIER_IAM_LOG"
 echo "== schemathesis (short)"

@@ -155,7 +155,10 @@ async fn the_target_counts_open_requests_and_switches_answers_while_running() {
     assert_eq!(at.len(), 6);
 }
 
+/// Timed at the target: `make test` runs it alone after the suite (`--ignored`), since
+/// on two busy cores the target's own clock and the senders' timers lag by hundreds of ms.
 #[tokio::test]
+#[ignore = "timed: make test runs it alone, after the suite"]
 async fn a_rate_limit_holds_across_two_senders() {
     let target = Target::start(&[]).await;
     let mut opts = flow_options("f-rate");
@@ -389,7 +392,9 @@ async fn a_dead_target_does_not_delay_another_tenant() {
     );
 }
 
+/// Timed at the target: run alone after the suite, like the rate test.
 #[tokio::test]
+#[ignore = "timed: make test runs it alone, after the suite"]
 async fn a_retry_after_pause_is_shared_by_two_senders() {
     let target = Target::start_with(vec![Reply::status(503).header("retry-after", "5")]).await;
     let mut opts = flow_options("f-pause");
@@ -406,7 +411,18 @@ async fn a_retry_after_pause_is_shared_by_two_senders() {
     let t0 = got.first().expect("the first request").at_ms;
     let all = arrivals(&target);
     let after = all.iter().filter(|t| **t >= t0 + 5000).count();
-    let at: Vec<i64> = all.iter().copied().filter(|t| *t > t0 + 1000 && *t < t0 + 5000).collect();
+    // The pause reaches the other sender through the store: it holds from the moment it
+    // was recorded plus one policy-cache period (300 ms here); a batch already under way
+    // may still land just after. Recorded ≈ at once after the 503 on a quiet machine.
+    let paused_at = log_lines(&stack)
+        .iter()
+        .find(|l| l["event"] == "flow.paused")
+        .map(|l| millis(&l["timestamp"]))
+        .expect("the pause is logged");
+    println!("the pause was recorded {} ms after the 503", paused_at - t0);
+    assert!(paused_at - t0 < 1_000, "recorded {} ms after the 503", paused_at - t0);
+    let quiet_from = (t0 + 1000).max(paused_at + 300 + 500);
+    let at: Vec<i64> = all.iter().copied().filter(|t| *t > quiet_from && *t < t0 + 5000).collect();
     println!(
         "Retry-After 5: of {} requests, {} in the first second, {} in (t0 + 1 s, t0 + 5 s), {after} from t0 + 5 s",
         got.len(),
