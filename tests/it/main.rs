@@ -8,6 +8,7 @@ mod cli;
 mod defects;
 mod delivery;
 mod engine;
+mod flow_store;
 mod flows;
 mod flows_api;
 mod guard;
