@@ -78,18 +78,26 @@ async fn an_idle_bucket_then_a_busy_one_are_written_and_a_busy_one_past_the_hori
     let key = host();
     let now = now_millis();
     let now_us = now * 1_000;
-    let first =
-        written(store.reserve(&key, &rate_only(now, vec![idle(BucketId::Key, now_us, 300_000)])).await.unwrap());
+    let first = written(
+        store
+            .reserve(&key, &rate_only(now, vec![idle(BucketId::Key, now_us, 300_000)]))
+            .await
+            .expect("the emulator answers"),
+    );
     assert_eq!(first.next_us, Some(now_us + 300_000));
     // Idle again is refused: the bucket is busy now.
-    let again =
-        refused(store.reserve(&key, &rate_only(now, vec![idle(BucketId::Key, now_us, 100_000)])).await.unwrap());
+    let again = refused(
+        store
+            .reserve(&key, &rate_only(now, vec![idle(BucketId::Key, now_us, 100_000)]))
+            .await
+            .expect("the emulator answers"),
+    );
     assert_eq!(again, first);
     let second = written(
         store
             .reserve(&key, &rate_only(now, vec![busy(BucketId::Key, now_us, now_us + 1_000_000, 200_000)]))
             .await
-            .unwrap(),
+            .expect("present"),
     );
     assert_eq!(second.next_us, Some(now_us + 500_000));
     // The ceiling is now below `next`: full past the horizon.
@@ -97,16 +105,19 @@ async fn an_idle_bucket_then_a_busy_one_are_written_and_a_busy_one_past_the_hori
         store
             .reserve(&key, &rate_only(now, vec![busy(BucketId::Key, now_us, now_us + 400_000, 100_000)]))
             .await
-            .unwrap(),
+            .expect("present"),
     );
     assert_eq!(full, second);
     // A busy form on a key never written is refused with a fresh state, and writes nothing.
     let other = FlowKey::host("other.example.invalid:443");
     let none = refused(
-        store.reserve(&other, &rate_only(now, vec![busy(BucketId::Key, now_us, now_us + 1_000, 1)])).await.unwrap(),
+        store
+            .reserve(&other, &rate_only(now, vec![busy(BucketId::Key, now_us, now_us + 1_000, 1)]))
+            .await
+            .expect("the emulator answers"),
     );
     assert_eq!(none, FlowShared::new());
-    assert_eq!(store.flow_state(&other, 5).await.unwrap(), (None, Vec::new()));
+    assert_eq!(store.flow_state(&other, 5).await.expect("the emulator answers"), (None, Vec::new()));
 }
 
 #[tokio::test]
@@ -120,16 +131,16 @@ async fn one_reservation_writes_the_key_bucket_and_two_tenant_shares_or_none_of_
         now,
         vec![idle(BucketId::Key, now_us, 10), idle(a.clone(), now_us - 5, 20), idle(b.clone(), now_us - 7, 30)],
     );
-    let s = written(store.reserve(&key, &r).await.unwrap());
+    let s = written(store.reserve(&key, &r).await.expect("the emulator answers"));
     assert_eq!(s.next_us, Some(now_us + 10));
     assert_eq!(s.next_of(&a), Some(now_us + 15));
     assert_eq!(s.next_of(&b), Some(now_us + 23));
     assert_eq!(s.shares.len(), 2);
     // Share `a` busy within its ceiling, share `b` idle (refused: it is busy): nothing moves.
     let r = rate_only(now, vec![busy(a.clone(), now_us - 100, now_us + 1_000, 20), idle(b.clone(), now_us - 100, 1)]);
-    assert_eq!(refused(store.reserve(&key, &r).await.unwrap()), s);
+    assert_eq!(refused(store.reserve(&key, &r).await.expect("the emulator answers")), s);
     let r = rate_only(now, vec![busy(a.clone(), now_us - 100, now_us + 1_000, 20)]);
-    assert_eq!(written(store.reserve(&key, &r).await.unwrap()).next_of(&a), Some(now_us + 35));
+    assert_eq!(written(store.reserve(&key, &r).await.expect("the emulator answers")).next_of(&a), Some(now_us + 35));
 }
 
 #[tokio::test]
@@ -142,29 +153,29 @@ async fn leases_are_taken_refused_while_live_free_after_expiry_and_released_only
         store
             .reserve(&key, &leases_only(now, vec![(0, lease(now + 5_000, 1)), (3, lease(now + 1_000, 2))]))
             .await
-            .unwrap(),
+            .expect("present"),
     );
     assert_eq!(s.leases, BTreeMap::from([(0, lease(now + 5_000, 1)), (3, lease(now + 1_000, 2))]));
     assert_eq!(s.in_flight(now), 2);
     // Slot 3 is live at `now`: refused, slot 1 untouched.
     let r = leases_only(now, vec![(1, lease(now + 5_000, 3)), (3, lease(now + 5_000, 3))]);
-    assert_eq!(refused(store.reserve(&key, &r).await.unwrap()), s);
+    assert_eq!(refused(store.reserve(&key, &r).await.expect("the emulator answers")), s);
     // After slot 3 expired, another sender takes it over.
     let later = now + 2_000;
     let r = leases_only(later, vec![(3, lease(later + 5_000, 4))]);
-    let s = written(store.reserve(&key, &r).await.unwrap());
+    let s = written(store.reserve(&key, &r).await.expect("the emulator answers"));
     assert_eq!(s.leases.get(&3), Some(&lease(later + 5_000, 4)));
     // The first sender gives back slots 0 and 3: only slot 0 still holds its value.
-    store.release(&key, &[(0, lease(now + 5_000, 1)), (3, lease(now + 1_000, 2))]).await.unwrap();
-    let (s, _) = store.flow_state(&key, 0).await.unwrap();
+    store.release(&key, &[(0, lease(now + 5_000, 1)), (3, lease(now + 1_000, 2))]).await.expect("the emulator answers");
+    let (s, _) = store.flow_state(&key, 0).await.expect("the emulator answers");
     assert_eq!(s.expect("state").leases, BTreeMap::from([(3, lease(later + 5_000, 4))]));
-    store.release(&key, &[(3, lease(later + 5_000, 4))]).await.unwrap();
-    let (s, _) = store.flow_state(&key, 0).await.unwrap();
+    store.release(&key, &[(3, lease(later + 5_000, 4))]).await.expect("the emulator answers");
+    let (s, _) = store.flow_state(&key, 0).await.expect("the emulator answers");
     assert!(s.expect("state").leases.is_empty());
     // Releasing on a key never written creates nothing.
     let other = FlowKey::host("other.example.invalid:443");
-    store.release(&other, &[(0, 1)]).await.unwrap();
-    assert_eq!(store.flow_state(&other, 0).await.unwrap().0, None);
+    store.release(&other, &[(0, 1)]).await.expect("the emulator answers");
+    assert_eq!(store.flow_state(&other, 0).await.expect("the emulator answers").0, None);
 }
 
 #[tokio::test]
@@ -174,17 +185,17 @@ async fn reports_add_to_their_window_restart_an_older_one_and_count_into_a_newer
     let now = now_millis();
     let (w1, w2) = (now - now % 60_000, now - now % 60_000 + 60_000);
     let t = |requests, failures, throttles| Tally { requests, failures, throttles };
-    let s = store.report(&key, &t(3, 1, 0), w1, now).await.unwrap();
+    let s = store.report(&key, &t(3, 1, 0), w1, now).await.expect("the emulator answers");
     assert_eq!((s.window_start, s.window_requests, s.window_failures), (Some(w1), 3, 1));
     assert_eq!((s.throttles, s.throttled_at), (0, None));
-    let s = store.report(&key, &t(2, 2, 1), w1, now + 1).await.unwrap();
+    let s = store.report(&key, &t(2, 2, 1), w1, now + 1).await.expect("the emulator answers");
     assert_eq!((s.window_start, s.window_requests, s.window_failures), (Some(w1), 5, 3));
     assert_eq!((s.throttles, s.throttled_at), (1, Some(now + 1)));
-    let s = store.report(&key, &t(1, 0, 2), w2, now + 2).await.unwrap();
+    let s = store.report(&key, &t(1, 0, 2), w2, now + 2).await.expect("the emulator answers");
     assert_eq!((s.window_start, s.window_requests, s.window_failures), (Some(w2), 1, 0));
     assert_eq!((s.throttles, s.throttled_at), (3, Some(now + 2)));
     // A late report of the older window counts into the stored, newer one.
-    let s = store.report(&key, &t(4, 4, 0), w1, now + 3).await.unwrap();
+    let s = store.report(&key, &t(4, 4, 0), w1, now + 3).await.expect("the emulator answers");
     assert_eq!((s.window_start, s.window_requests, s.window_failures), (Some(w2), 5, 4));
     assert_eq!(s.throttled_at, Some(now + 2));
 }
@@ -195,36 +206,55 @@ async fn the_breaker_opens_once_half_opens_only_when_due_and_closes_only_for_the
     let key = host();
     let now = now_millis();
     let open = FlowChange::Open { trips: 1, until: now + 1_000, why: "7 of 10 failed".into() };
-    let s = written(store.change(&key, &open, now).await.unwrap());
+    let s = written(store.change(&key, &open, now).await.expect("the emulator answers"));
     assert_eq!(
         (s.breaker, s.breaker_until, s.breaker_since, s.trips),
         (BreakerPosition::Open, Some(now + 1_000), Some(now), 1)
     );
-    assert_eq!(refused(store.change(&key, &open, now + 1).await.unwrap()), s);
+    assert_eq!(refused(store.change(&key, &open, now + 1).await.expect("the emulator answers")), s);
     // Open blocks every reservation.
-    assert_eq!(refused(store.reserve(&key, &leases_only(now, vec![(0, 1)])).await.unwrap()), s);
+    assert_eq!(refused(store.reserve(&key, &leases_only(now, vec![(0, 1)])).await.expect("the emulator answers")), s);
 
     let probe = |token: &str, until| FlowChange::HalfOpen { token: token.into(), until };
-    assert_eq!(refused(store.change(&key, &probe("a", now + 5_000), now + 999).await.unwrap()), s);
-    let s = written(store.change(&key, &probe("a", now + 5_000), now + 1_000).await.unwrap());
+    assert_eq!(
+        refused(store.change(&key, &probe("a", now + 5_000), now + 999).await.expect("the emulator answers")),
+        s
+    );
+    let s = written(store.change(&key, &probe("a", now + 5_000), now + 1_000).await.expect("the emulator answers"));
     assert_eq!(
         (s.breaker, s.probe_token.as_deref(), s.breaker_until),
         (BreakerPosition::HalfOpen, Some("a"), Some(now + 5_000))
     );
     // The prober's deadline has not passed: nobody else takes over.
-    assert_eq!(refused(store.change(&key, &probe("b", now + 9_000), now + 5_000).await.unwrap()), s);
-    assert_eq!(refused(store.change(&key, &FlowChange::Close { token: "b".into() }, now + 5_000).await.unwrap()), s);
+    assert_eq!(
+        refused(store.change(&key, &probe("b", now + 9_000), now + 5_000).await.expect("the emulator answers")),
+        s
+    );
+    assert_eq!(
+        refused(
+            store
+                .change(&key, &FlowChange::Close { token: "b".into() }, now + 5_000)
+                .await
+                .expect("the emulator answers")
+        ),
+        s
+    );
     // A dead prober: taken over after its deadline.
-    let s = written(store.change(&key, &probe("b", now + 9_000), now + 5_001).await.unwrap());
+    let s = written(store.change(&key, &probe("b", now + 9_000), now + 5_001).await.expect("the emulator answers"));
     assert_eq!(s.probe_token.as_deref(), Some("b"));
-    store.report(&key, &Tally { requests: 3, failures: 0, throttles: 0 }, now, now + 5_002).await.unwrap();
+    store
+        .report(&key, &Tally { requests: 3, failures: 0, throttles: 0 }, now, now + 5_002)
+        .await
+        .expect("the emulator answers");
 
-    let s = written(store.change(&key, &FlowChange::Close { token: "b".into() }, now + 6_000).await.unwrap());
+    let s = written(
+        store.change(&key, &FlowChange::Close { token: "b".into() }, now + 6_000).await.expect("the emulator answers"),
+    );
     assert_eq!(s.breaker, BreakerPosition::Closed);
     assert_eq!((s.breaker_until, s.probe_token.as_deref(), s.closed_at), (None, None, Some(now + 6_000)));
     assert_eq!((s.window_start, s.window_requests, s.window_failures), (None, 0, 0));
     assert_eq!(s.trips, 1);
-    let snap = store.flow_snapshot().await.unwrap();
+    let snap = store.flow_snapshot().await.expect("the emulator answers");
     assert_eq!(snap.holds.get(&key), Some(&Hold { kind: "closed".into(), until: now + 6_000 }));
 
     // Open again, probe, and the probe fails: reopened only by its owner.
@@ -232,22 +262,22 @@ async fn the_breaker_opens_once_half_opens_only_when_due_and_closes_only_for_the
         store
             .change(&key, &FlowChange::Open { trips: 2, until: now + 7_000, why: "again".into() }, now + 6_500)
             .await
-            .unwrap(),
+            .expect("present"),
     );
-    written(store.change(&key, &probe("c", now + 8_000), now + 7_000).await.unwrap());
+    written(store.change(&key, &probe("c", now + 8_000), now + 7_000).await.expect("the emulator answers"));
     let reopen = |token: &str| FlowChange::Reopen {
         token: token.into(),
         trips: 3,
         until: now + 20_000,
         why: "probe failed".into(),
     };
-    refused(store.change(&key, &reopen("b"), now + 7_500).await.unwrap());
-    let s = written(store.change(&key, &reopen("c"), now + 7_500).await.unwrap());
+    refused(store.change(&key, &reopen("b"), now + 7_500).await.expect("the emulator answers"));
+    let s = written(store.change(&key, &reopen("c"), now + 7_500).await.expect("the emulator answers"));
     assert_eq!(
         (s.breaker, s.trips, s.probe_token.as_deref(), s.breaker_until),
         (BreakerPosition::Open, 3, None, Some(now + 20_000))
     );
-    let snap = store.flow_snapshot().await.unwrap();
+    let snap = store.flow_snapshot().await.expect("the emulator answers");
     assert_eq!(snap.holds.get(&key), Some(&Hold { kind: "open".into(), until: now + 20_000 }));
 }
 
@@ -257,18 +287,18 @@ async fn a_pause_only_extends_and_holds_reservations_until_it_ends() {
     let key = host();
     let now = now_millis();
     let pause = |until| FlowChange::Pause { until, why: "Retry-After: 2".into() };
-    let s = written(store.change(&key, &pause(now + 2_000), now).await.unwrap());
+    let s = written(store.change(&key, &pause(now + 2_000), now).await.expect("the emulator answers"));
     assert_eq!(s.paused_until, Some(now + 2_000));
-    assert_eq!(refused(store.change(&key, &pause(now + 1_000), now).await.unwrap()), s);
-    assert_eq!(refused(store.change(&key, &pause(now + 2_000), now).await.unwrap()), s);
-    let s = written(store.change(&key, &pause(now + 3_000), now).await.unwrap());
+    assert_eq!(refused(store.change(&key, &pause(now + 1_000), now).await.expect("the emulator answers")), s);
+    assert_eq!(refused(store.change(&key, &pause(now + 2_000), now).await.expect("the emulator answers")), s);
+    let s = written(store.change(&key, &pause(now + 3_000), now).await.expect("the emulator answers"));
     assert_eq!(s.paused_until, Some(now + 3_000));
     assert_eq!(
-        store.flow_snapshot().await.unwrap().holds.get(&key),
+        store.flow_snapshot().await.expect("the emulator answers").holds.get(&key),
         Some(&Hold { kind: "paused".into(), until: now + 3_000 })
     );
-    refused(store.reserve(&key, &leases_only(now + 2_999, vec![(0, 1)])).await.unwrap());
-    written(store.reserve(&key, &leases_only(now + 3_000, vec![(0, 1)])).await.unwrap());
+    refused(store.reserve(&key, &leases_only(now + 2_999, vec![(0, 1)])).await.expect("the emulator answers"));
+    written(store.reserve(&key, &leases_only(now + 3_000, vec![(0, 1)])).await.expect("the emulator answers"));
 }
 
 #[tokio::test]
@@ -276,19 +306,25 @@ async fn the_adaptive_factor_changes_only_from_the_stored_factor_and_clears_thro
     let (store, _, _) = store().await;
     let key = host();
     let now = now_millis();
-    store.report(&key, &Tally { requests: 2, failures: 0, throttles: 2 }, now, now).await.unwrap();
+    store
+        .report(&key, &Tally { requests: 2, failures: 0, throttles: 2 }, now, now)
+        .await
+        .expect("the emulator answers");
     let factor = |from, to| FlowChange::Factor { from, to, why: "429s".into() };
-    refused(store.change(&key, &factor(0.5, 0.25), now).await.unwrap());
-    let s = written(store.change(&key, &factor(1.0, 0.5), now + 1).await.unwrap());
+    refused(store.change(&key, &factor(0.5, 0.25), now).await.expect("the emulator answers"));
+    let s = written(store.change(&key, &factor(1.0, 0.5), now + 1).await.expect("the emulator answers"));
     assert_eq!((s.factor, s.factor_at, s.throttles), (0.5, Some(now + 1), 0));
-    refused(store.change(&key, &factor(1.0, 0.5), now + 2).await.unwrap());
-    let s = written(store.change(&key, &factor(0.5, 1.0), now + 3).await.unwrap());
+    refused(store.change(&key, &factor(1.0, 0.5), now + 2).await.expect("the emulator answers"));
+    let s = written(store.change(&key, &factor(0.5, 1.0), now + 3).await.expect("the emulator answers"));
     assert_eq!(s.factor, 1.0);
     // Stored as 1 now (not absent): still the full rate.
-    assert_eq!(written(store.change(&key, &factor(1.0, 0.5), now + 4).await.unwrap()).factor, 0.5);
+    assert_eq!(
+        written(store.change(&key, &factor(1.0, 0.5), now + 4).await.expect("the emulator answers")).factor,
+        0.5
+    );
     // A key never written has the full rate.
     let other = FlowKey::host("other.example.invalid:443");
-    assert_eq!(written(store.change(&other, &factor(1.0, 0.5), now).await.unwrap()).factor, 0.5);
+    assert_eq!(written(store.change(&other, &factor(1.0, 0.5), now).await.expect("the emulator answers")).factor, 0.5);
 }
 
 #[tokio::test]
@@ -298,16 +334,21 @@ async fn policies_are_created_replaced_deleted_and_come_back_with_the_holds_in_o
     let tenant = TenantId::generate();
     let named = FlowKey::named(&tenant, "billing");
     let share = PolicyScope::Tenant(tenant.clone());
-    assert!(store.put_policy(&key, &PolicyScope::Admin, &policy("10/s")).await.unwrap());
-    assert!(!store.put_policy(&key, &PolicyScope::Admin, &policy("20/s")).await.unwrap());
-    assert!(store.put_policy(&key, &share, &policy("5/s")).await.unwrap());
-    assert!(store.put_policy(&named, &share, &policy("1/s")).await.unwrap());
-    assert_eq!(store.get_policy(&key, &PolicyScope::Admin).await.unwrap(), Some(policy("20/s")));
-    assert_eq!(store.get_policy(&named, &PolicyScope::Admin).await.unwrap(), None);
+    assert!(store.put_policy(&key, &PolicyScope::Admin, &policy("10/s")).await.expect("the emulator answers"));
+    assert!(!store.put_policy(&key, &PolicyScope::Admin, &policy("20/s")).await.expect("the emulator answers"));
+    assert!(store.put_policy(&key, &share, &policy("5/s")).await.expect("the emulator answers"));
+    assert!(store.put_policy(&named, &share, &policy("1/s")).await.expect("the emulator answers"));
+    assert_eq!(store.get_policy(&key, &PolicyScope::Admin).await.expect("the emulator answers"), Some(policy("20/s")));
+    assert_eq!(store.get_policy(&named, &PolicyScope::Admin).await.expect("the emulator answers"), None);
     let now = now_millis();
-    written(store.change(&named, &FlowChange::Pause { until: now + 60_000, why: "503".into() }, now).await.unwrap());
+    written(
+        store
+            .change(&named, &FlowChange::Pause { until: now + 60_000, why: "503".into() }, now)
+            .await
+            .expect("the emulator answers"),
+    );
 
-    let snap = store.flow_snapshot().await.unwrap();
+    let snap = store.flow_snapshot().await.expect("the emulator answers");
     assert_eq!(snap.policies.len(), 3);
     assert_eq!(snap.policy(&key, &PolicyScope::Admin), Some(&policy("20/s")));
     assert_eq!(snap.policy(&key, &share), Some(&policy("5/s")));
@@ -315,17 +356,17 @@ async fn policies_are_created_replaced_deleted_and_come_back_with_the_holds_in_o
     assert_eq!(snap.holds.len(), 1);
     assert_eq!(snap.holds.get(&named), Some(&Hold { kind: "paused".into(), until: now + 60_000 }));
 
-    assert!(store.delete_policy(&key, &share).await.unwrap());
-    assert!(!store.delete_policy(&key, &share).await.unwrap());
-    assert_eq!(store.get_policy(&key, &share).await.unwrap(), None);
-    assert_eq!(store.flow_snapshot().await.unwrap().policies.len(), 2);
+    assert!(store.delete_policy(&key, &share).await.expect("the emulator answers"));
+    assert!(!store.delete_policy(&key, &share).await.expect("the emulator answers"));
+    assert_eq!(store.get_policy(&key, &share).await.expect("the emulator answers"), None);
+    assert_eq!(store.flow_snapshot().await.expect("the emulator answers").policies.len(), 2);
 }
 
 #[tokio::test]
 async fn a_malformed_policy_item_is_skipped_by_the_snapshot() {
     let (store, client, table) = store().await;
     let key = host();
-    store.put_policy(&key, &PolicyScope::Admin, &policy("10/s")).await.unwrap();
+    store.put_policy(&key, &PolicyScope::Admin, &policy("10/s")).await.expect("the emulator answers");
     client
         .put_item()
         .table_name(&table)
@@ -337,7 +378,7 @@ async fn a_malformed_policy_item_is_skipped_by_the_snapshot() {
         .send()
         .await
         .expect("raw put");
-    let snap = store.flow_snapshot().await.unwrap();
+    let snap = store.flow_snapshot().await.expect("the emulator answers");
     assert_eq!(snap.policies.len(), 1);
     assert_eq!(snap.policy(&key, &PolicyScope::Admin), Some(&policy("10/s")));
 }
@@ -348,15 +389,32 @@ async fn flow_state_returns_the_state_and_the_last_transitions_newest_first() {
     let key = host();
     let now = now_millis();
     written(
-        store.change(&key, &FlowChange::Open { trips: 0, until: now + 10, why: "failing".into() }, now).await.unwrap(),
+        store
+            .change(&key, &FlowChange::Open { trips: 0, until: now + 10, why: "failing".into() }, now)
+            .await
+            .expect("the emulator answers"),
     );
-    written(store.change(&key, &FlowChange::HalfOpen { token: "t".into(), until: now + 100 }, now + 10).await.unwrap());
-    written(store.change(&key, &FlowChange::Close { token: "t".into() }, now + 20).await.unwrap());
-    written(store.change(&key, &FlowChange::Factor { from: 1.0, to: 0.5, why: "429".into() }, now + 30).await.unwrap());
+    written(
+        store
+            .change(&key, &FlowChange::HalfOpen { token: "t".into(), until: now + 100 }, now + 10)
+            .await
+            .expect("the emulator answers"),
+    );
+    written(
+        store.change(&key, &FlowChange::Close { token: "t".into() }, now + 20).await.expect("the emulator answers"),
+    );
+    written(
+        store
+            .change(&key, &FlowChange::Factor { from: 1.0, to: 0.5, why: "429".into() }, now + 30)
+            .await
+            .expect("the emulator answers"),
+    );
     // A refused change leaves no history.
-    refused(store.change(&key, &FlowChange::Close { token: "t".into() }, now + 40).await.unwrap());
+    refused(
+        store.change(&key, &FlowChange::Close { token: "t".into() }, now + 40).await.expect("the emulator answers"),
+    );
 
-    let (state, events) = store.flow_state(&key, 3).await.unwrap();
+    let (state, events) = store.flow_state(&key, 3).await.expect("the emulator answers");
     assert_eq!(state.expect("state").factor, 0.5);
     let seen: Vec<(EpochMillis, &str, &str, Option<EpochMillis>)> =
         events.iter().map(|e| (e.at, e.to.as_str(), e.why.as_str(), e.until)).collect();
@@ -368,7 +426,7 @@ async fn flow_state_returns_the_state_and_the_last_transitions_newest_first() {
             (now + 10, "half_open", "open span over: probing", None),
         ]
     );
-    let (_, all) = store.flow_state(&key, 10).await.unwrap();
+    let (_, all) = store.flow_state(&key, 10).await.expect("the emulator answers");
     assert_eq!(all.last().map(|e| (e.at, e.to.as_str(), e.until)), Some((now, "open", Some(now + 10))));
     assert_eq!(all.len(), 4);
 }
@@ -402,10 +460,13 @@ async fn a_busy_key_state_item_with_eight_shares_and_thirty_two_leases_stays_und
     let mut buckets = vec![idle(BucketId::Key, now_us, 123_457)];
     buckets.extend((0..8).map(|_| idle(BucketId::share(&TenantId::generate()), now_us, 987_653)));
     let leases = (0..32).map(|slot| (slot, (now + 30_000) * 1_000 + 999)).collect();
-    let s = written(store.reserve(&key, &Reservation { buckets, leases, now }).await.unwrap());
+    let s = written(store.reserve(&key, &Reservation { buckets, leases, now }).await.expect("the emulator answers"));
     assert_eq!((s.shares.len(), s.leases.len()), (8, 32));
     // Every other attribute set too: a breaker that tripped and is probing, a pause, a halved rate.
-    store.report(&key, &Tally { requests: 99, failures: 77, throttles: 12 }, now, now).await.unwrap();
+    store
+        .report(&key, &Tally { requests: 99, failures: 77, throttles: 12 }, now, now)
+        .await
+        .expect("the emulator answers");
     let token = uuid::Uuid::new_v4().to_string();
     for change in [
         FlowChange::Factor { from: 1.0, to: 0.0625, why: "throttled".into() },
@@ -413,7 +474,7 @@ async fn a_busy_key_state_item_with_eight_shares_and_thirty_two_leases_stays_und
         FlowChange::Open { trips: 12, until: now, why: "failing".into() },
         FlowChange::HalfOpen { token: token.clone(), until: now + 30_000 },
     ] {
-        written(store.change(&key, &change, now).await.unwrap());
+        written(store.change(&key, &change, now).await.expect("the emulator answers"));
     }
     let item = client
         .get_item()
@@ -457,10 +518,13 @@ async fn script<S: FlowLimiter + FlowPolicies>(store: &S, now: EpochMillis) -> V
         r(now + 60, vec![busy(share.clone(), now_us, now_us + 100, 10)], vec![]),
     ];
     for res in &reservations {
-        out.push(format!("reserve {:?}", store.reserve(&key, res).await.unwrap()));
+        out.push(format!("reserve {:?}", store.reserve(&key, res).await.expect("the emulator answers")));
     }
-    store.release(&key, &[(0, (now + 50) * 1_000 + 1), (1, (now + 50) * 1_000 + 2)]).await.unwrap();
-    out.push(format!("after release {:?}", store.flow_state(&key, 0).await.unwrap()));
+    store
+        .release(&key, &[(0, (now + 50) * 1_000 + 1), (1, (now + 50) * 1_000 + 2)])
+        .await
+        .expect("the emulator answers");
+    out.push(format!("after release {:?}", store.flow_state(&key, 0).await.expect("the emulator answers")));
     let t = |requests, failures, throttles| Tally { requests, failures, throttles };
     for (tally, w, at) in [
         (t(5, 4, 1), now, now + 1),
@@ -468,7 +532,7 @@ async fn script<S: FlowLimiter + FlowPolicies>(store: &S, now: EpochMillis) -> V
         (t(1, 1, 2), now - 10, now + 3),
         (t(2, 0, 0), now + 10, now + 4),
     ] {
-        out.push(format!("report {:?}", store.report(&key, &tally, w, at).await.unwrap()));
+        out.push(format!("report {:?}", store.report(&key, &tally, w, at).await.expect("the emulator answers")));
     }
     let changes = [
         FlowChange::Open { trips: 1, until: now + 100, why: "9 of 11 failed".into() },
@@ -487,21 +551,30 @@ async fn script<S: FlowLimiter + FlowPolicies>(store: &S, now: EpochMillis) -> V
     ];
     let times = [100, 150, 99, 100, 150, 160, 400, 450, 460, 470, 480, 490, 500];
     for (change, dt) in changes.iter().zip(times) {
-        out.push(format!("change {:?}", store.change(&key, change, now + dt).await.unwrap()));
+        out.push(format!("change {:?}", store.change(&key, change, now + dt).await.expect("the emulator answers")));
     }
     let pol = policy("10/s");
-    out.push(format!("put {}", store.put_policy(&key, &PolicyScope::Admin, &pol).await.unwrap()));
-    out.push(format!("put {}", store.put_policy(&key, &PolicyScope::Admin, &pol).await.unwrap()));
-    out.push(format!("put {}", store.put_policy(&key, &PolicyScope::Tenant(tenant.clone()), &pol).await.unwrap()));
-    out.push(format!("delete {}", store.delete_policy(&key, &PolicyScope::Tenant(tenant.clone())).await.unwrap()));
-    out.push(format!("delete {}", store.delete_policy(&key, &PolicyScope::Tenant(tenant)).await.unwrap()));
-    out.push(format!("get {:?}", store.get_policy(&key, &PolicyScope::Admin).await.unwrap()));
-    let snap = store.flow_snapshot().await.unwrap();
+    out.push(format!("put {}", store.put_policy(&key, &PolicyScope::Admin, &pol).await.expect("the emulator answers")));
+    out.push(format!("put {}", store.put_policy(&key, &PolicyScope::Admin, &pol).await.expect("the emulator answers")));
+    out.push(format!(
+        "put {}",
+        store.put_policy(&key, &PolicyScope::Tenant(tenant.clone()), &pol).await.expect("the emulator answers")
+    ));
+    out.push(format!(
+        "delete {}",
+        store.delete_policy(&key, &PolicyScope::Tenant(tenant.clone())).await.expect("the emulator answers")
+    ));
+    out.push(format!(
+        "delete {}",
+        store.delete_policy(&key, &PolicyScope::Tenant(tenant)).await.expect("the emulator answers")
+    ));
+    out.push(format!("get {:?}", store.get_policy(&key, &PolicyScope::Admin).await.expect("the emulator answers")));
+    let snap = store.flow_snapshot().await.expect("the emulator answers");
     let policies: BTreeMap<_, _> =
         snap.policies.iter().map(|((k, s), p)| (format!("{k} {s:?}"), format!("{p:?}"))).collect();
     let holds: BTreeMap<_, _> = snap.holds.iter().collect();
     out.push(format!("snapshot {policies:?} {holds:?}"));
-    out.push(format!("state {:?}", store.flow_state(&key, 20).await.unwrap()));
+    out.push(format!("state {:?}", store.flow_state(&key, 20).await.expect("the emulator answers")));
     out
 }
 
