@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use courier_local::arrivals::{max_per_second, per_second, sustained_rate};
 use courier_local::stack::StackOptions;
 use serde_json::{Value, json};
 
@@ -78,41 +79,6 @@ fn log_lines(stack: &TestStack) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
-}
-
-/// The most arrivals in any 1-s window that starts at an arrival at or after `from`.
-fn max_per_second(sorted_ms: &[i64], from: i64) -> usize {
-    let mut best = 0;
-    let mut end = 0;
-    for (i, &start) in sorted_ms.iter().enumerate() {
-        end = end.max(i);
-        while end < sorted_ms.len() && sorted_ms[end] < start + 1000 {
-            end += 1;
-        }
-        if start >= from {
-            best = best.max(end - i);
-        }
-    }
-    best
-}
-
-/// Requests per second over the middle 80 % of the arrivals: (n − 1) / (t_last − t_first).
-fn sustained_rate(sorted_ms: &[i64]) -> f64 {
-    let n = sorted_ms.len();
-    let middle = &sorted_ms[n / 10..n - n / 10];
-    let span = (middle[middle.len() - 1] - middle[0]) as f64 / 1000.0;
-    (middle.len() - 1) as f64 / span
-}
-
-/// Arrivals counted per whole second from the first one.
-fn per_second(sorted_ms: &[i64]) -> Vec<usize> {
-    let mut counts = Vec::new();
-    for t in sorted_ms {
-        let i = ((t - sorted_ms[0]) / 1000) as usize;
-        counts.resize(counts.len().max(i + 1), 0);
-        counts[i] += 1;
-    }
-    counts
 }
 
 fn millis(rfc3339: &Value) -> i64 {

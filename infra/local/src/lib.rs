@@ -18,6 +18,7 @@
 //! - [`chaos`] runs tasks through faults and sender kills and checks none is lost.
 //! - [`stack`] starts all of it together.
 
+pub mod arrivals;
 pub mod bootstrap;
 pub mod chaos;
 pub mod echo;

@@ -26,6 +26,7 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
+use courier_local::arrivals::{max_per_second, sustained_rate};
 use courier_local::runtime::{FunctionHost, FunctionSpec};
 use courier_local::stack::{LocalStack, StackOptions};
 use serde_json::{Value, json};
@@ -629,30 +630,6 @@ impl FlowPhase<'_> {
     }
 }
 
-/// The most arrivals in any 1-s window that starts at an arrival at or after `from`.
-fn max_per_second(sorted_ms: &[i64], from: i64) -> usize {
-    let mut best = 0;
-    let mut end = 0;
-    for (i, &start) in sorted_ms.iter().enumerate() {
-        end = end.max(i);
-        while end < sorted_ms.len() && sorted_ms[end] < start + 1000 {
-            end += 1;
-        }
-        if start >= from {
-            best = best.max(end - i);
-        }
-    }
-    best
-}
-
-/// Requests per second over the middle 80 % of the arrivals.
-fn sustained_rate(sorted_ms: &[i64]) -> f64 {
-    let n = sorted_ms.len();
-    let middle = &sorted_ms[n / 10..n - n / 10];
-    let span = (middle[middle.len() - 1] - middle[0]) as f64 / 1000.0;
-    (middle.len() - 1) as f64 / span
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,13 +654,5 @@ mod tests {
         ));
         assert!(!is_flow_call(&json!({"Key": {"pk": {"S": "TASK#tsk_1"}, "sk": {"S": "TASK"}}})));
         assert!(!is_flow_call(&json!({"TransactItems": [{"Update": {"Key": {"pk": {"S": "TENANT#t"}}}}]})));
-    }
-
-    #[test]
-    fn the_worst_second_and_the_sustained_rate_come_from_arrival_times() {
-        assert_eq!(max_per_second(&[0, 100, 999, 1000, 1500, 2600], 0), 3);
-        assert_eq!(max_per_second(&[0, 10, 20, 30, 1500], 1000), 1, "windows before `from` do not count");
-        let even: Vec<i64> = (0..21).map(|i| i * 50).collect();
-        assert!((sustained_rate(&even) - 20.0).abs() < 1e-9);
     }
 }
