@@ -15,17 +15,41 @@ one attribute it needs (same rule, same result), and the SQS model reads
 the clock as `time.time()` instead of through datetime arithmetic (its
 per-message visibility checks spent most of a receive there).
 
+One process per service (infra/emulator.sh): DynamoDB (with its streams,
+which moto keeps in the DynamoDB backend) and SQS each get a process of
+their own, so SQS and Scheduler calls no longer queue behind DynamoDB's lock
+or share one interpreter lock with it. The default endpoint's process serves
+Scheduler and the rest, and forwards DynamoDB and SQS requests it receives
+to their processes (EMULATOR_ROUTES="dynamodb=URL sqs=URL"), so a client that
+only knows AWS_ENDPOINT_URL sees one consistent emulator.
+
+The patches are written for one moto version (MOTO_VERSION): with any other
+the emulator refuses to start. infra/emulator_check.py tests them.
+
 Usage: python infra/emulator.py [moto_server arguments]
 """
 
+import http.client
+import os
 import sys
 import threading
 import time
+import urllib.parse
 
-from moto.dynamodb.responses import DynamoHandler
-from moto.server import main
-import moto.sqs.models
-from moto.sqs.models import SQSBackend
+import moto
+
+MOTO_VERSION = "5.2.5"
+if moto.__version__ != MOTO_VERSION:
+    sys.exit(
+        f"infra/emulator.py patches moto {MOTO_VERSION}, but moto {moto.__version__} is installed: "
+        f"run `make tools` (infra/requirements.txt pins it) or re-check the patches for the new version"
+    )
+
+import moto.server  # noqa: E402
+import moto.sqs.models  # noqa: E402
+from moto.dynamodb.responses import DynamoHandler  # noqa: E402
+from moto.server import main  # noqa: E402
+from moto.sqs.models import SQSBackend  # noqa: E402
 
 _ONE_AT_A_TIME = threading.Lock()
 _call_action = DynamoHandler.call_action
@@ -59,6 +83,79 @@ def _unix_time_millis(dt=None):
 
 moto.sqs.models.unix_time = _unix_time
 moto.sqs.models.unix_time_millis = _unix_time_millis
+
+
+def _service_of(environ):
+    """The service a request is for: its X-Amz-Target prefix (JSON
+    protocols) or its signature's credential scope (query protocols)."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        prefix = target.split(".", 1)[0]
+        if prefix.startswith("DynamoDB"):
+            return "dynamodb"
+        return "sqs" if prefix == "AmazonSQS" else None
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if "Credential=" in auth:
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        if len(scope) > 3:
+            return scope[3]
+    return None
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+class _Router:
+    """Forwards the requests of routed services to their processes (one
+    kept-alive connection per serving thread), serves the rest itself."""
+
+    def __init__(self, app, routes):
+        self.app = app
+        self.routes = {k: urllib.parse.urlsplit(v).netloc for k, v in routes.items()}
+        self.local = threading.local()
+
+    def __call__(self, environ, start_response):
+        netloc = self.routes.get(_service_of(environ))
+        if netloc is None:
+            return self.app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        for k in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(k):
+                headers[k.replace("_", "-").title()] = environ[k]
+        headers = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+        path = environ.get("REQUEST_URI") or urllib.parse.quote(environ.get("PATH_INFO", "/"))
+        if "REQUEST_URI" not in environ and environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+        conns = self.local.__dict__.setdefault("conns", {})
+        for attempt in (0, 1):
+            conn = conns.get(netloc) or http.client.HTTPConnection(netloc, timeout=120)
+            try:
+                conn.request(environ["REQUEST_METHOD"], path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conns[netloc] = conn
+                break
+            except (ConnectionError, http.client.HTTPException):
+                conn.close()
+                conns.pop(netloc, None)
+                if attempt:
+                    raise
+        out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"]
+        out.append(("Content-Length", str(len(data))))
+        start_response(f"{resp.status} {resp.reason}", out)
+        return [data]
+
+
+_ROUTES = dict(r.split("=", 1) for r in os.environ.get("EMULATOR_ROUTES", "").split() if "=" in r)
+if _ROUTES:
+    _Dispatcher = moto.server.DomainDispatcherApplication
+
+    def _routed_dispatcher(*args, **kwargs):
+        return _Router(_Dispatcher(*args, **kwargs), _ROUTES)
+
+    moto.server.DomainDispatcherApplication = _routed_dispatcher
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
