@@ -29,9 +29,11 @@ the emulator refuses to start. infra/emulator_check.py tests them.
 Usage: python infra/emulator.py [moto_server arguments]
 """
 
+import functools
 import http.client
 import os
 import sys
+import string
 import threading
 import time
 import urllib.parse
@@ -45,6 +47,9 @@ if moto.__version__ != MOTO_VERSION:
         f"run `make tools` (infra/requirements.txt pins it) or re-check the patches for the new version"
     )
 
+import moto.backends  # noqa: E402
+import moto.core.responses  # noqa: E402
+import moto.core.utils  # noqa: E402
 import moto.server  # noqa: E402
 import moto.sqs.models  # noqa: E402
 from moto.dynamodb.responses import DynamoHandler  # noqa: E402
@@ -83,6 +88,84 @@ def _unix_time_millis(dt=None):
 
 moto.sqs.models.unix_time = _unix_time
 moto.sqs.models.unix_time_millis = _unix_time_millis
+
+# SendMessage (and each entry of SendMessageBatch) reads one queue attribute,
+# ContentBasedDeduplication, through `Queue.attributes`, which builds every
+# attribute, the three message counts included: O(queued messages) per sent
+# message, half of an SQS process's time with a few hundred queued. While a
+# send runs, `attributes` answers with that one attribute, computed as the
+# full property computes it (FIFO queues only; booleans as "true"/"false").
+_Queue = moto.sqs.models.Queue
+_all_attributes = _Queue.attributes
+_sending = threading.local()
+
+
+def _attributes(self):
+    if not getattr(_sending, "active", False):
+        return _all_attributes.fget(self)
+    if not self.fifo_queue:
+        return {}
+    v = self.content_based_deduplication
+    return {"ContentBasedDeduplication": str(v).lower() if isinstance(v, bool) else v}
+
+
+_Queue.attributes = property(_attributes)
+_send_message = SQSBackend.send_message
+
+
+def _send_message_lean(self, *args, **kwargs):
+    _sending.active = True
+    try:
+        return _send_message(self, *args, **kwargs)
+    finally:
+        _sending.active = False
+
+
+SQSBackend.send_message = _send_message_lean
+
+# A receipt handle is 185 random lowercase letters; moto draws them one
+# `random.choice` call each (a quarter of a receive). Same alphabet, length
+# and random source, drawn in one `choices` call.
+moto.sqs.models.generate_receipt_handle = lambda: "".join(
+    moto.sqs.models.random.choices(string.ascii_lowercase, k=185)
+)
+
+
+def _delete_message(self, receipt_handle):
+    """Queue.delete_message in one pass over the queue instead of two, each
+    calling a property that builds a list per message; same checks, same
+    result (every message that ever had the handle goes; its handles are
+    remembered so that deleting again is a no-op)."""
+    if receipt_handle in self.deleted_messages:
+        return
+    kept, gone = [], []
+    for m in self._messages:
+        if m.receipt_handle == receipt_handle or receipt_handle in m._old_receipt_handles:
+            gone.append(m)
+        else:
+            kept.append(m)
+    if not gone:
+        raise moto.sqs.models.ReceiptHandleIsInvalid()
+    for m in gone:
+        self.pending_messages.discard(m)
+        self.deleted_messages.update(m.all_receipt_handles)
+    self._messages = kept
+
+
+_Queue.delete_message = _delete_message
+
+# Per-request work that does not depend on the request: routing every
+# request lists moto's package directory (a listdir and a stat per service,
+# ~0.7 ms), dispatching lists the handler class's methods through
+# `inspect.getmembers`, and action and attribute names are converted from
+# CamelCase character by character. All three are pure: computed once.
+_moto_modules = tuple(moto.backends.list_of_moto_modules())
+moto.backends.list_of_moto_modules = lambda: _moto_modules
+_method_names = functools.lru_cache(maxsize=None)(lambda cls: tuple(moto.core.utils.method_names_from_class(cls)))
+moto.core.responses.method_names_from_class = lambda cls: list(_method_names(cls))
+_camel = functools.lru_cache(maxsize=4096)(moto.core.utils.camelcase_to_underscores)
+moto.core.responses.camelcase_to_underscores = _camel
+moto.sqs.models.camelcase_to_underscores = _camel
 
 
 def _service_of(environ):
@@ -156,6 +239,33 @@ if _ROUTES:
         return _Router(_Dispatcher(*args, **kwargs), _ROUTES)
 
     moto.server.DomainDispatcherApplication = _routed_dispatcher
+
+_PROFILE = os.environ.get("EMULATOR_PROFILE")
+if _PROFILE:
+    # For finding hot spots: every request runs under one cProfile profiler
+    # (so one at a time), and the stats go to $EMULATOR_PROFILE every 200.
+    import cProfile
+
+    _profiler, _profile_lock, _profiled = cProfile.Profile(), threading.Lock(), [0]
+    _Plain = moto.server.DomainDispatcherApplication
+
+    def _profiled_dispatcher(*args, **kwargs):
+        app = _Plain(*args, **kwargs)
+
+        def call(environ, start_response):
+            with _profile_lock:
+                _profiler.enable()
+                try:
+                    return list(app(environ, start_response))
+                finally:
+                    _profiler.disable()
+                    _profiled[0] += 1
+                    if _profiled[0] % 200 == 0:
+                        _profiler.dump_stats(_PROFILE)
+
+        return call
+
+    moto.server.DomainDispatcherApplication = _profiled_dispatcher
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

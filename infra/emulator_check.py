@@ -187,6 +187,33 @@ def check_sqs():
     check(attrs(sqs, dlq) == (291, 0, 0) and attrs(sqs, url) == (0, 0, 0), "then redriven: 291 in the DLQ, source empty")
     sqs.delete_queue(QueueUrl=url)
     sqs.delete_queue(QueueUrl=dlq)
+    # Deletes: by the newest or an older receipt handle, twice, or an invalid one.
+    url = sqs.create_queue(QueueName=f"check-del-{tag}", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"d{i}"} for i in range(3)])
+    first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    time.sleep(1.1)
+    second = {m["Body"]: m for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]}
+    check(len(first) == 3 and len(second) == 3, "3 messages received twice")
+    old = next(m for m in first if m["Body"] == "d0")
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=old["ReceiptHandle"])
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=old["ReceiptHandle"])
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=second["d1"]["ReceiptHandle"])
+    check(attrs(sqs, url) == (0, 1, 0), "deleted by an old handle, again (no-op) and by the new one: 1 left in flight")
+    try:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle="not-a-handle")
+        check(False, "an invalid receipt handle is refused")
+    except ClientError as e:
+        check("ReceiptHandleIsInvalid" in e.response["Error"]["Code"], "an invalid receipt handle is refused")
+    sqs.delete_queue(QueueUrl=url)
+    # FIFO, content-based deduplication (the attribute SendMessage reads).
+    fifo = sqs.create_queue(QueueName=f"check-{tag}.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+    for _ in range(2):
+        sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
+    sqs.send_message(QueueUrl=fifo, MessageBody="other", MessageGroupId="g")
+    check(attrs(sqs, fifo)[0] == 2, "FIFO with content-based deduplication: a repeated body is dropped")
+    a = sqs.get_queue_attributes(QueueUrl=fifo, AttributeNames=["All"])["Attributes"]
+    check(a.get("ContentBasedDeduplication") == "true" and a.get("FifoQueue") == "true", "FIFO attributes still reported")
+    sqs.delete_queue(QueueUrl=fifo)
 
 
 def bench():
