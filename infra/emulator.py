@@ -47,7 +47,11 @@ if moto.__version__ != MOTO_VERSION:
         f"run `make tools` (infra/requirements.txt pins it) or re-check the patches for the new version"
     )
 
+import copy  # noqa: E402
+
 import moto.backends  # noqa: E402
+import moto.dynamodb.models  # noqa: E402
+import moto.dynamodb.models.dynamo_type  # noqa: E402
 import moto.core.responses  # noqa: E402
 import moto.core.utils  # noqa: E402
 import moto.server  # noqa: E402
@@ -122,6 +126,142 @@ def _send_message_lean(self, *args, **kwargs):
 
 
 SQSBackend.send_message = _send_message_lean
+
+# TransactWriteItems deep-copies every table it touches, once per action,
+# before applying anything, to roll back on failure: O(table size) under
+# DynamoDB's lock, so a transaction on a table of a few thousand items held
+# every other DynamoDB call for tens of milliseconds. Here the rollback
+# journal holds only what the actions can change: the item each action
+# targets (copied before the action) and the length of each stream's record
+# list; a failed transaction restores exactly those. The rest is moto's
+# transact_write_items as written (same checks, same order, same errors).
+_ddb = moto.dynamodb.models
+_DynamoType = moto.dynamodb.models.dynamo_type.DynamoType
+
+
+def _transact_write_items(self, transact_items):
+    if len(transact_items) > 100:
+        raise _ddb.TooManyTransactionsException()
+    journal = []  # (table, hash, range or None, hash present, item before or None)
+    streams = {}  # table name -> (shard, its record list, length)
+    for item in transact_items:
+        _, op = next(iter(item.items()))
+        table = self.tables.get(op.get("TableName")) if op.get("TableName") else None
+        if table is not None and table.stream_shard is not None and table.name not in streams:
+            streams[table.name] = (table.stream_shard, table.stream_shard.items, len(table.stream_shard.items))
+
+    def remember(table_name, key):
+        table = self.tables.get(table_name)
+        if table is None or table.hash_key_attr not in key:
+            return
+        h = _DynamoType(key[table.hash_key_attr])
+        r = None
+        if table.range_key_attr is not None:
+            if table.range_key_attr not in key:
+                return
+            r = _DynamoType(key[table.range_key_attr])
+        had = h in table.items
+        old = (table.items[h].get(r) if r is not None else table.items[h]) if had else None
+        journal.append((table, h, r, had, copy.deepcopy(old)))
+
+    def rollback():
+        for table, h, r, had, old in reversed(journal):
+            if r is None:
+                if old is None:
+                    table.items.pop(h, None)
+                else:
+                    table.items[h] = old
+            elif old is None:
+                table.items.get(h, {}).pop(r, None)
+                if not had and not table.items.get(h):
+                    table.items.pop(h, None)
+            else:
+                table.items[h][r] = old
+        for shard, records, n in streams.values():
+            del records[n:]
+            shard.items = records
+
+    target_items = set()
+
+    def check_unicity(table_name, key):
+        item = (str(table_name), str(dict(sorted(key.items()))))
+        if item in target_items:
+            raise _ddb.MultipleTransactionsException()
+        target_items.add(item)
+
+    errors = []
+    for item in transact_items:
+        original_item = None
+        if len(list(item.keys())) > 1:
+            raise _ddb.TransactWriteSingleOpException
+        try:
+            op_type, op = next(iter(item.items()))
+            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                raise ValueError("Unsupported transaction operation")
+            table_name = op["TableName"]
+            condition_expression = op.get("ConditionExpression")
+            expression_attribute_names = op.get("ExpressionAttributeNames")
+            expression_attribute_values = op.get("ExpressionAttributeValues")
+            return_values_on_condition_check_failure = op.get("ReturnValuesOnConditionCheckFailure")
+            if op_type == "Put":
+                attrs = op["Item"]
+                table = self.get_table(table_name)
+                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = attrs[table.range_key_attr]
+            else:
+                key = op["Key"]
+            check_unicity(table_name, key)
+            if op_type != "ConditionCheck":
+                remember(table_name, key)
+            current = self.get_item(table_name, key)
+            if condition_expression is not None:
+                condition_op = _ddb.get_filter_expression(
+                    condition_expression, expression_attribute_names, expression_attribute_values
+                )
+                if not condition_op.expr(current):
+                    if return_values_on_condition_check_failure == "ALL_OLD" and current:
+                        original_item = current.to_json()["Attributes"]
+                    raise _ddb.ConditionalCheckFailed(item=original_item)
+            if op_type == "Put":
+                self.put_item(
+                    table_name,
+                    op["Item"],
+                    condition_expression=condition_expression,
+                    expression_attribute_names=expression_attribute_names,
+                    expression_attribute_values=expression_attribute_values,
+                )
+            elif op_type == "Delete":
+                self.delete_item(
+                    table_name,
+                    key,
+                    condition_expression=condition_expression,
+                    expression_attribute_names=expression_attribute_names,
+                    expression_attribute_values=expression_attribute_values,
+                )
+            elif op_type == "Update":
+                self.update_item(
+                    table_name,
+                    key,
+                    update_expression=op["UpdateExpression"],
+                    condition_expression=condition_expression,
+                    expression_attribute_names=expression_attribute_names,
+                    expression_attribute_values=expression_attribute_values,
+                )
+            errors.append((None, None, None))
+        except (_ddb.MultipleTransactionsException, _ddb.MockValidationException):
+            rollback()
+            raise
+        except _ddb.ConditionalCheckFailed as e:
+            errors.append(("ConditionalCheckFailed", str(e.message), original_item))
+        except Exception as e:  # noqa: BLE001 (as moto: any other error cancels)
+            errors.append((type(e).__name__, str(e), original_item))
+    if any(code is not None for code, _, _ in errors):
+        rollback()
+        raise _ddb.TransactionCanceledException(errors)
+
+
+_ddb.DynamoDBBackend.transact_write_items = _transact_write_items
 
 # A receipt handle is 185 random lowercase letters; moto draws them one
 # `random.choice` call each (a quarter of a receive). Same alphabet, length

@@ -62,17 +62,20 @@ def check_dynamodb():
     name = f"check-{uuid.uuid4().hex[:8]}"
     table = make_table(ddb, name)
     key = lambda pk: {"pk": {"S": pk}, "sk": {"S": "s"}}  # noqa: E731
-    for i in range(3):
+    for i in range(4):
         ddb.put_item(TableName=name, Item=item(f"k{i}", i))
     # A transaction whose last condition fails leaves every item unchanged.
-    before = {i: ddb.get_item(TableName=name, Key=key(f"k{i}"), ConsistentRead=True)["Item"] for i in range(3)}
+    before = {i: ddb.get_item(TableName=name, Key=key(f"k{i}"), ConsistentRead=True)["Item"] for i in range(4)}
     try:
         ddb.transact_write_items(
             TransactItems=[
                 {"Put": {"TableName": name, "Item": item("k0", 100)}},
+                {"Put": {"TableName": name, "Item": item("fresh", 0)}},
                 {"Update": {"TableName": name, "Key": key("k1"), "UpdateExpression": "SET n = :v",
                             "ExpressionAttributeValues": {":v": {"N": "101"}}}},
-                {"Delete": {"TableName": name, "Key": key("new")}},
+                {"Delete": {"TableName": name, "Key": key("k3")}},
+                {"Update": {"TableName": name, "Key": key("upserted"), "UpdateExpression": "SET n = :v",
+                            "ExpressionAttributeValues": {":v": {"N": "1"}}}},
                 {"ConditionCheck": {"TableName": name, "Key": key("k2"), "ConditionExpression": "n = :x",
                                     "ExpressionAttributeValues": {":x": {"N": "999"}}}},
             ]
@@ -81,11 +84,27 @@ def check_dynamodb():
     except ClientError as e:
         check(e.response["Error"]["Code"] == "TransactionCanceledException", "failing transaction: TransactionCanceledException")
         reasons = [r["Code"] for r in e.response.get("CancellationReasons", [])]
-        check(reasons == ["None", "None", "None", "ConditionalCheckFailed"], f"cancellation reasons in order: {reasons}")
-    after = {i: ddb.get_item(TableName=name, Key=key(f"k{i}"), ConsistentRead=True)["Item"] for i in range(3)}
-    check(after == before, "failing transaction leaves every item unchanged")
+        check(reasons == ["None"] * 5 + ["ConditionalCheckFailed"], f"cancellation reasons in order: {reasons}")
+    after = {i: ddb.get_item(TableName=name, Key=key(f"k{i}"), ConsistentRead=True)["Item"] for i in range(4)}
+    check(after == before, "failing transaction leaves every item unchanged (put, update, delete)")
+    absent = [ddb.get_item(TableName=name, Key=key(k), ConsistentRead=True).get("Item") for k in ("fresh", "upserted")]
+    check(absent == [None, None], "failing transaction creates no item (put, upsert)")
+    count = ddb.scan(TableName=name, Select="COUNT", ConsistentRead=True)["Count"]
+    check(count == 4, f"failing transaction: still 4 items ({count})")
+    # Two transactions on one item: the one whose condition fails changes nothing.
+    try:
+        ddb.transact_write_items(TransactItems=[
+            {"Update": {"TableName": name, "Key": key("k2"), "UpdateExpression": "SET n = :v",
+                        "ConditionExpression": "n = :x",
+                        "ExpressionAttributeValues": {":v": {"N": "50"}, ":x": {"N": "999"}}}},
+            {"Put": {"TableName": name, "Item": item("k0", 55)}}])
+        check(False, "a transaction whose first condition fails is cancelled")
+    except ClientError as e:
+        check(e.response["Error"]["Code"] == "TransactionCanceledException", "a transaction whose first condition fails is cancelled")
+    k0 = ddb.get_item(TableName=name, Key=key("k0"), ConsistentRead=True)["Item"]
+    check(k0 == before[0], "and its later, valid action is rolled back")
     q = ddb.query(TableName=name, IndexName="by-g1", KeyConditionExpression="g1 = :g", ExpressionAttributeValues={":g": {"S": "a0"}})
-    check([i["pk"]["S"] for i in q["Items"]] == ["k0"], "failing transaction leaves the indexes unchanged")
+    check([i["pk"]["S"] for i in q["Items"]] == ["k0"], "failing transactions leave the indexes unchanged")
     # A transaction that succeeds applies every write.
     ddb.transact_write_items(
         TransactItems=[
@@ -138,10 +157,10 @@ def check_dynamodb():
         it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
         records += streams.get_records(ShardIterator=it, Limit=1000)["Records"]
     events = [(r["eventName"], r["dynamodb"]["Keys"]["pk"]["S"]) for r in records]
-    expected = [("INSERT", f"k{i}") for i in range(3)] + [("MODIFY", "k0"), ("MODIFY", "k1"), ("MODIFY", "k2")]
+    expected = [("INSERT", f"k{i}") for i in range(4)] + [("MODIFY", "k0"), ("MODIFY", "k1"), ("MODIFY", "k2")]
     expected += [e for r in range(25) for e in [("INSERT", f"race{r}"), ("MODIFY", f"race{r}")]]
     expected += [("INSERT", f"b{i}") for i in range(20)]
-    check(events == expected, f"stream records: one per write, in order ({len(events)})")
+    check(events == expected, f"stream records: one per write, none from cancelled transactions, in order ({len(events)})")
     ddb.delete_table(TableName=name)
 
 
