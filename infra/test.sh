@@ -27,6 +27,9 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   echo "== emulator on $AWS_ENDPOINT_URL (per service: $(env | grep -c '^AWS_ENDPOINT_URL_') endpoints)"
   echo "== emulator checks (the patched moto paths answer like DynamoDB and SQS)"
   .venv/bin/python infra/emulator_check.py
+  echo "== the Rust SDK takes the per-service endpoints (bootstrap with AWS_ENDPOINT_URL on a closed port)"
+  AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_ENDPOINT_URL_SCHEDULER=$AWS_ENDPOINT_URL \
+    target/debug/courier-local bootstrap --stack "endpoints-$port" > /dev/null
 fi
 # Every AWS call the functions make during the integration tests is recorded
 # here (one proxy per function), then checked against template.yaml.
