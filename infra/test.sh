@@ -28,7 +28,8 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   echo "== emulator checks (the patched moto paths answer like DynamoDB and SQS)"
   .venv/bin/python infra/emulator_check.py
   echo "== the Rust SDK takes the per-service endpoints (bootstrap with AWS_ENDPOINT_URL on a closed port)"
-  AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_ENDPOINT_URL_SCHEDULER=$AWS_ENDPOINT_URL \
+  default_endpoint=$AWS_ENDPOINT_URL
+  AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_ENDPOINT_URL_SCHEDULER=$default_endpoint \
     target/debug/courier-local bootstrap --stack "endpoints-$port" > /dev/null
 fi
 # Every AWS call the functions make during the integration tests is recorded
