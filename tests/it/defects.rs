@@ -49,6 +49,7 @@ fn new_task(tenant: &TenantId, url: &str, business_id: Option<&str>, due_at: Epo
         created_at: now,
         due_at,
         on_scheduler: false,
+        slot_taken: false,
     }
 }
 

@@ -250,6 +250,7 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
         created_at: now,
         due_at: now,
         on_scheduler: false,
+        slot_taken: false,
     };
     use courier::ports::TaskStore;
     store.create(&task, None).await.expect("stored");
@@ -408,6 +409,7 @@ async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
         created_at: now,
         due_at: now,
         on_scheduler: false,
+        slot_taken: false,
     };
     store.create(&task, None).await.expect("stored");
     // The claim reaches DynamoDB and is applied; its answer is lost; the SDK

@@ -29,6 +29,7 @@ use crate::domain::TaskId;
 use crate::ports::StoreError;
 
 mod codec;
+pub(crate) use codec::SLOT_TAKEN;
 mod counts;
 mod delivery;
 mod errors;

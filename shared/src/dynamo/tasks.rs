@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
+    Delete, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 
-use super::codec::{json, n, opt_s, s, state_from_item, to_json, ttl_secs};
+use super::codec::{INLINE_SPEC_MAX, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
 use super::keys::{
-    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, task_pk, unique_pk,
+    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, shard, task_pk, unique_pk,
 };
 use super::{DynamoStore, Item};
 use crate::domain::{
@@ -20,7 +20,7 @@ use crate::ports::{
     Cancelled, Created, DeliveryLedger, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey, Unit,
 };
 use crate::resources::{
-    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK,
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK,
     TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
 };
 
@@ -54,36 +54,54 @@ impl DynamoStore {
 
 impl TaskStore for DynamoStore {
     async fn create(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<Created, StoreError> {
-        if let Some(u) = unique
+        // A business id names its task (`TaskId::derive`): the state's own
+        // condition keeps it unique. An idempotency key has its own item.
+        if let Some(u @ UniqueKey::IdempotencyKey(_)) = unique
             && let Some(holder) = self.take_unique(task, u).await?
         {
             return Ok(Created::Existing(holder));
         }
         // The state last: it makes the task exist.
         let (spec, state) = self.new_items(task);
-        self.put(spec).send().await.map_err(store_error)?;
-        self.put(state)
+        if let Some(spec) = spec {
+            self.put(spec).send().await.map_err(store_error)?;
+        }
+        let res = self
+            .put(state)
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .send()
-            .await
-            .map_err(store_error)?;
-        Ok(Created::New)
+            .await;
+        match res {
+            Ok(_) => Ok(Created::New),
+            Err(e) if is_conditional_failure(&e) && matches!(unique, Some(UniqueKey::BusinessId(_))) => {
+                Ok(Created::Existing(task.id.clone()))
+            }
+            Err(e) => Err(store_error(e)),
+        }
     }
 
     async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
-        // BatchWriteItem takes 25 items: 12 tasks (spec + state) per call. A task
-        // whose items stay unprocessed after retries, or whose call failed, is
-        // reported as not stored (some of its items may be: the caller discards it).
+        // BatchWriteItem takes 25 items: a task is one item (its state) or two
+        // (with a SPEC item). A task whose items stay unprocessed after retries,
+        // or whose call failed, is reported as not stored (some of its items
+        // may be: the caller discards it).
         let mut stored = vec![true; tasks.len()];
-        for (chunk_no, chunk) in tasks.chunks(12).enumerate() {
-            let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len() * 2);
-            for task in chunk {
-                let (spec, state) = self.new_items(task);
-                for item in [spec, state] {
+        let mut start = 0;
+        while start < tasks.len() {
+            let mut requests: Vec<WriteRequest> = Vec::with_capacity(25);
+            let mut end = start;
+            while end < tasks.len() {
+                let (spec, state) = self.new_items(&tasks[end]);
+                let items: Vec<Item> = spec.into_iter().chain([state]).collect();
+                if requests.len() + items.len() > 25 {
+                    break;
+                }
+                for item in items {
                     let put = PutRequest::builder().set_item(Some(item)).build().map_err(store_error)?;
                     requests.push(WriteRequest::builder().put_request(put).build());
                 }
+                end += 1;
             }
             for attempt in 0..6 {
                 if requests.is_empty() {
@@ -104,10 +122,11 @@ impl TaskStore for DynamoStore {
             }
             for left in &requests {
                 let pk = left.put_request().and_then(|p| opt_s(&p.item, PK)).unwrap_or_default();
-                if let Some(i) = chunk.iter().position(|t| task_pk(&t.id) == pk) {
-                    stored[chunk_no * 12 + i] = false;
+                if let Some(i) = tasks[start..end].iter().position(|t| task_pk(&t.id) == pk) {
+                    stored[start + i] = false;
                 }
             }
+            start = end;
         }
         Ok(stored)
     }
@@ -148,7 +167,9 @@ impl TaskStore for DynamoStore {
             .map_err(store_error)?;
         let items = out.items.unwrap_or_default();
         let find = |sk: &str| items.iter().find(|i| opt_s(i, SK) == Some(sk));
-        let (Some(state), Some(spec)) = (find(STATE), find(SPEC)) else { return Ok(None) };
+        let Some(state) = find(STATE) else { return Ok(None) };
+        // A small request rides inline in the state item; a big one has its own.
+        let Some(spec) = find(SPEC).or(state.contains_key("spec").then_some(state)) else { return Ok(None) };
         let sid = id.as_str();
         Ok(Some(StoredTask {
             state: state_from_item(id, None, state)?,
@@ -159,6 +180,11 @@ impl TaskStore for DynamoStore {
     }
 
     async fn find_by_key(&self, tenant: &TenantId, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
+        if let UniqueKey::BusinessId(b) = k {
+            let id = TaskId::derive(tenant, b);
+            let found = self.get_item(key(task_pk(&id), STATE)).await?;
+            return Ok(found.filter(|i| opt_s(i, "tenant") == Some(tenant.as_str())).map(|_| id));
+        }
         let out = self.get_item(key(unique_pk(tenant, k), "UNIQUE")).await?;
         Ok(out.as_ref().and_then(|i| opt_s(i, "task_id")).and_then(|id| TaskId::parse(id).ok()))
     }
@@ -173,7 +199,11 @@ impl TaskStore for DynamoStore {
     ) -> Result<Page<TaskState>, StoreError> {
         let lo = id_bound(filter.created_after.unwrap_or(0), false);
         let hi = id_bound(filter.created_before.unwrap_or(0xffff_ffff_ffff), true);
-        let mut start = cursor.and_then(decode_cursor).and_then(|id| TaskId::parse(&id).ok());
+        // The cursor names the last task examined: its listing sort key and id.
+        let mut start: Option<(String, TaskId)> = cursor.and_then(decode_cursor).and_then(|c| {
+            let (gsk, id) = c.split_once(' ').unwrap_or((c.as_str(), c.as_str()));
+            Some((gsk.to_owned(), TaskId::parse(id).ok()?))
+        });
         let mut items = Vec::new();
         let mut examined = 0;
         loop {
@@ -190,27 +220,34 @@ impl TaskStore for DynamoStore {
                 .expression_attribute_values(":hi", s(&hi))
                 .scan_index_forward(false)
                 .limit(100);
-            if let Some(after) = &start {
+            if let Some((gsk, after)) = &start {
                 let mut k = key(task_pk(after), STATE);
                 k.insert(GPK.into(), s(format!("TENANT#{tenant}")));
-                k.insert(GSK.into(), s(after.as_str()));
+                k.insert(GSK.into(), s(gsk));
                 q = q.set_exclusive_start_key(Some(k));
             }
             let out = q.send().await.map_err(store_error)?;
-            let ids: Vec<TaskId> = out.items.unwrap_or_default().iter().filter_map(id_of).collect();
+            let found: Vec<(TaskId, String)> = out
+                .items
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|i| Some((id_of(i)?, opt_s(i, GSK)?.to_owned())))
+                .collect();
+            let ids: Vec<TaskId> = found.iter().map(|(id, _)| id.clone()).collect();
             let states = self.batch_get_states(&ids).await?;
-            for id in &ids {
+            let cursor_of = |(gsk, id): &(String, TaskId)| encode_cursor(&format!("{gsk} {id}"));
+            for (id, gsk) in found {
                 examined += 1;
-                start = Some(id.clone());
-                let Some(item) = states.get(&task_pk(id)) else { continue };
-                let st = state_from_item(id, None, item)?;
+                start = Some((gsk, id.clone()));
+                let Some(item) = states.get(&task_pk(&id)) else { continue };
+                let st = state_from_item(&id, None, item)?;
                 let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
                 let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
                 let code_ok = filter.code.is_none_or(|c| c.matches(st.last_status));
                 if status_ok && host_ok && code_ok {
                     items.push(st);
                     if items.len() == limit {
-                        return Ok(Page { items, cursor: Some(encode_cursor(id.as_str())) });
+                        return Ok(Page { items, cursor: start.as_ref().map(cursor_of) });
                     }
                 }
             }
@@ -219,7 +256,7 @@ impl TaskStore for DynamoStore {
             }
             if examined >= MAX_EXAMINED {
                 // A partial page: the cursor resumes where this call stopped.
-                return Ok(Page { items, cursor: start.map(|id| encode_cursor(id.as_str())) });
+                return Ok(Page { items, cursor: start.as_ref().map(cursor_of) });
             }
         }
     }
@@ -305,21 +342,17 @@ impl TaskStore for DynamoStore {
         schedule: &Schedule,
         now: EpochMillis,
     ) -> Result<bool, StoreError> {
-        let mut spec_item = key(task_pk(id), SPEC);
-        spec_item.insert("spec".into(), s(to_json(spec)));
-        spec_item.insert("retry".into(), s(to_json(retry)));
-        spec_item.insert("schedule".into(), s(to_json(schedule)));
-        if let Some(due) = match schedule {
-            Schedule::At { at } => Some(*at),
-            Schedule::Now => Some(now),
+        let request = [("spec", to_json(spec)), ("retry", to_json(retry)), ("schedule", to_json(schedule))];
+        let inline = request.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= INLINE_SPEC_MAX;
+        let ttl = match schedule {
+            Schedule::At { at } => Some(ttl_secs((*at).max(now) + self.retention_ms)),
+            Schedule::Now => Some(ttl_secs(now + self.retention_ms)),
             Schedule::Cron(_) => None,
-        } {
-            spec_item.insert(TTL.into(), ttl_secs(due.max(now) + self.retention_ms));
-        }
-        let update = Update::builder()
+        };
+        let mut sets = vec!["max_attempts = retry_base + :m", "host = :h", "timeout_ms = :t", "updated_at = :now"];
+        let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(id), STATE)))
-            .update_expression("SET max_attempts = retry_base + :m, host = :h, timeout_ms = :t, updated_at = :now")
             .condition_expression("attribute_exists(#pk) AND NOT #s IN (:succ, :fail, :canc)")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#s", "status")
@@ -329,15 +362,36 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":succ", s(TaskStatus::Succeeded.as_str()))
             .expression_attribute_values(":fail", s(TaskStatus::Failed.as_str()))
-            .expression_attribute_values(":canc", s(TaskStatus::Cancelled.as_str()))
-            .build()
-            .map_err(store_error)?;
-        let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(store_error)?;
+            .expression_attribute_values(":canc", s(TaskStatus::Cancelled.as_str()));
+        // The request goes inline (and any SPEC item away) or to its SPEC item
+        // (and any inline copy away), in one transaction with the state.
+        let other = if inline {
+            sets.extend(["spec = :spec", "retry = :retry", "schedule = :schedule"]);
+            for (k, v) in &request {
+                update = update.expression_attribute_values(format!(":{k}"), s(v));
+            }
+            if let Some(ttl) = &ttl {
+                sets.push("#ttl = :ttl");
+                update = update.expression_attribute_names("#ttl", TTL).expression_attribute_values(":ttl", ttl.clone());
+            }
+            let delete = Delete::builder().table_name(&self.table).set_key(Some(key(task_pk(id), SPEC)));
+            TransactWriteItem::builder().delete(delete.build().map_err(store_error)?).build()
+        } else {
+            let mut spec_item = key(task_pk(id), SPEC);
+            spec_item.extend(request.map(|(k, v)| (k.to_owned(), s(v))));
+            if let Some(ttl) = ttl {
+                spec_item.insert(TTL.into(), ttl);
+            }
+            let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(store_error)?;
+            TransactWriteItem::builder().put(put).build()
+        };
+        let remove = if inline { "" } else { " REMOVE spec, retry, schedule" };
+        let update = update.update_expression(format!("SET {}{remove}", sets.join(", "))).build().map_err(store_error)?;
         let res = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(other)
             .send()
             .await;
         match res {
@@ -355,10 +409,12 @@ impl TaskStore for DynamoStore {
             .set_key(Some(key(task_pk(id), STATE)))
             .update_expression(
                 "SET #s = :pending, due_at = :now, updated_at = :now, retry_base = attempts, \
-                 max_attempts = attempts + :more, #rsk = :recon REMOVE failure_reason, #ttl",
+                 max_attempts = attempts + :more, #rpk = :shard, #rsk = :recon REMOVE failure_reason, #ttl",
             )
             .condition_expression("#s = :failed AND kind = :once")
             .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#rpk", RPK)
+            .expression_attribute_values(":shard", s(format!("RECON#{}", shard(id))))
             .expression_attribute_names("#rsk", RSK)
             .expression_attribute_names("#ttl", TTL)
             .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
