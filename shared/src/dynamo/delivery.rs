@@ -5,7 +5,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use super::DynamoStore;
 use super::codec::{get_n, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, is_conditional_failure, store_error};
-use super::keys::{SPEC, attempt_sk, key, shard, state_sk, task_pk};
+use super::keys::{SPEC, STATE, attempt_sk, key, shard, state_sk, task_pk};
 use crate::domain::{Attempt, EpochMillis, RequestSpec, RetryPolicy, TaskId, TaskKind, TaskState, TaskStatus};
 use crate::ports::{Claim, DeliveryLedger, Retried, StoreError, Transition, Unit};
 use crate::resources::{
@@ -58,7 +58,17 @@ impl DeliveryLedger for DynamoStore {
             Some(budget) => req.expression_attribute_values(":budget", n(budget)),
             None => req,
         };
-        let res = req.send().await;
+        let mut res = req.clone().send().await;
+        if let Err(e) = &res
+            && is_conditional_failure(e)
+            && self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await?.is_some_and(|i| {
+                // Written just after our try (the API sends a queue-bound
+                // task's message before it writes the task): try once more.
+                opt_s(&i, "status") == Some(TaskStatus::Pending.as_str()) && i.get("attempts") == Some(&n(0))
+            })
+        {
+            res = req.send().await;
+        }
         match res {
             Ok(out) => {
                 let old = out.attributes.unwrap_or_default();
@@ -115,7 +125,22 @@ impl DeliveryLedger for DynamoStore {
             .send()
             .await
             .map_err(store_error)?;
-        out.item.map(|i| Ok((json(id.as_str(), &i, "spec")?, json(id.as_str(), &i, "retry")?))).transpose()
+        let item = match out.item {
+            Some(i) => Some(i),
+            // A small request rides inline in the state item.
+            None => self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key(task_pk(id), STATE)))
+                .projection_expression("spec, retry")
+                .send()
+                .await
+                .map_err(store_error)?
+                .item
+                .filter(|i| i.contains_key("spec")),
+        };
+        item.map(|i| Ok((json(id.as_str(), &i, "spec")?, json(id.as_str(), &i, "retry")?))).transpose()
     }
 
     async fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
