@@ -219,7 +219,7 @@ async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
 }
 
 #[tokio::test]
-async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
+async fn the_reconciler_enqueues_a_scheduler_bound_task_whose_hand_over_never_happened() {
     let target = Target::start(&[]).await;
     let mut opts = stack_options("e-recon");
     opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
@@ -249,7 +249,8 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
         business_id: None,
         created_at: now,
         due_at: now,
-        on_scheduler: false,
+        // Bound for Scheduler, written, then the hand-over never happened.
+        on_scheduler: true,
         slot_taken: false,
     };
     use courier::ports::TaskStore;
