@@ -173,15 +173,23 @@ async fn a_failed_task_retried_by_hand_continues_its_numbering() {
 
 #[tokio::test]
 async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
-    // The first answer takes 5 s; the task times out after 3 s; the lease
-    // (timeout + 1 s) expires; the reconciler (grace 1 s, every second)
-    // re-enqueues; a fresh sender delivers.
+    // The first answer takes 5 s; the task times out after 3 s; the sender is
+    // killed mid-request; its lease (timeout + 1 s) expires; the message
+    // comes back when the queue's visibility timeout ends (8 s here, 120 s
+    // deployed: the task is in the queue all along, no reconciler needed);
+    // a fresh sender delivers.
     let target = Target::start_with(vec![Reply::status(200).after(Duration::from_secs(5))]).await;
     let mut opts = stack_options("e-kill");
     opts.extra_env.push(("COURIER_LEASE_MARGIN_MS".into(), "1000".into()));
-    opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
-    opts.reconcile_every = Some(Duration::from_secs(1));
+    opts.reconcile_every = None;
     let stack = TestStack::start(opts).await;
+    aws_sdk_sqs::Client::new(&sdk().await)
+        .set_queue_attributes()
+        .queue_url(&stack.outputs().queue_url)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "8")
+        .send()
+        .await
+        .expect("visibility timeout");
     let t = stack
         .api
         .create_task(json!({"request": {"method": "POST", "url": target.url("/slow"), "timeout_ms": 3000}}))

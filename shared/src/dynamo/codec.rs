@@ -5,7 +5,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::errors::corrupt;
-use super::keys::{HOLD_PREFIX, SPEC, STATE, key, shard, task_pk, unique_pk};
+use super::keys::{HOLD_PREFIX, SPEC, STATE, key, list_pk, shard, task_pk, unique_pk};
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
     BreakerPosition, EpochMillis, FlowEvent, FlowKey, FlowPolicy, FlowShared, Hold, NewTask, PolicyScope, Quotas,
@@ -272,7 +272,7 @@ impl DynamoStore {
             ("due_at".into(), n(task.due_at)),
             ("host".into(), s(task.spec.url.host())),
             ("on_scheduler".into(), AttributeValue::Bool(task.on_scheduler)),
-            (GPK.into(), s(format!("TENANT#{}", task.tenant))),
+            (GPK.into(), s(list_pk(&task.tenant, &task.id))),
             (GSK.into(), s(list_sort_key(&task.id, task.created_at))),
         ]);
         if task.kind() == TaskKind::Once && task.on_scheduler {

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{
 use super::codec::{INLINE_SPEC_MAX, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
 use super::keys::{
-    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, shard, task_pk, unique_pk,
+    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard, task_pk, unique_pk,
 };
 use super::{DynamoStore, Item};
 use crate::domain::{
@@ -21,7 +21,7 @@ use crate::ports::{
 };
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK,
-    TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
+    LIST_SHARDS, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
 };
 
 /// A listing examines at most this many tasks per call before returning a partial page.
@@ -199,64 +199,74 @@ impl TaskStore for DynamoStore {
     ) -> Result<Page<TaskState>, StoreError> {
         let lo = id_bound(filter.created_after.unwrap_or(0), false);
         let hi = id_bound(filter.created_before.unwrap_or(0xffff_ffff_ffff), true);
-        // The cursor names the last task examined: its listing sort key and id.
-        let mut start: Option<(String, TaskId)> = cursor.and_then(decode_cursor).and_then(|c| {
-            let (gsk, id) = c.split_once(' ').unwrap_or((c.as_str(), c.as_str()));
-            Some((gsk.to_owned(), TaskId::parse(id).ok()?))
+        // The cursor names the last task examined by its listing sort key
+        // (unique, and ordered the same in every shard): the next page starts
+        // below it in each of the tenant's index keys.
+        let mut pos: Option<String> = cursor.and_then(decode_cursor).map(|c| match c.split_once(' ') {
+            Some((gsk, _id)) => gsk.to_owned(),
+            None => c,
         });
         let mut items = Vec::new();
         let mut examined = 0;
         loop {
-            let mut q = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(TASKS_BY_TENANT_INDEX)
-                .key_condition_expression("#g = :g AND #gs BETWEEN :lo AND :hi")
-                .expression_attribute_names("#g", GPK)
-                .expression_attribute_names("#gs", GSK)
-                .expression_attribute_values(":g", s(format!("TENANT#{tenant}")))
-                .expression_attribute_values(":lo", s(&lo))
-                .expression_attribute_values(":hi", s(&hi))
-                .scan_index_forward(false)
-                .limit(100);
-            if let Some((gsk, after)) = &start {
-                let mut k = key(task_pk(after), STATE);
-                k.insert(GPK.into(), s(format!("TENANT#{tenant}")));
-                k.insert(GSK.into(), s(gsk));
-                q = q.set_exclusive_start_key(Some(k));
-            }
-            let out = q.send().await.map_err(store_error)?;
-            let found: Vec<(TaskId, String)> = out
-                .items
-                .unwrap_or_default()
+            let upper = pos.as_deref().map_or(hi.as_str(), |p| p.min(hi.as_str())).to_owned();
+            let shards = (0..LIST_SHARDS).map(|n| {
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(TASKS_BY_TENANT_INDEX)
+                    .key_condition_expression("#g = :g AND #gs BETWEEN :lo AND :hi")
+                    .expression_attribute_names("#g", GPK)
+                    .expression_attribute_names("#gs", GSK)
+                    .expression_attribute_values(":g", s(list_shard_pk(tenant, n)))
+                    .expression_attribute_values(":lo", s(&lo))
+                    .expression_attribute_values(":hi", s(&upper))
+                    .scan_index_forward(false)
+                    .limit(100)
+                    .send()
+            });
+            let pages = futures_util::future::try_join_all(shards).await.map_err(store_error)?;
+            // Entries of a shard that has more may only be taken down to its
+            // last one: below it, that shard's unread entries interleave.
+            let floor = pages
                 .iter()
-                .filter_map(|i| Some((id_of(i)?, opt_s(i, GSK)?.to_owned())))
+                .filter(|p| p.last_evaluated_key.is_some())
+                .filter_map(|p| p.items().last().and_then(|i| opt_s(i, GSK)).map(str::to_owned))
+                .max();
+            let mut found: Vec<(String, TaskId)> = pages
+                .iter()
+                .flat_map(|p| p.items())
+                .filter_map(|i| Some((opt_s(i, GSK)?.to_owned(), id_of(i)?)))
+                .filter(|(gsk, _)| pos.as_deref() != Some(gsk.as_str()))
+                .filter(|(gsk, _)| floor.as_deref().is_none_or(|f| gsk.as_str() >= f))
                 .collect();
-            let ids: Vec<TaskId> = found.iter().map(|(id, _)| id.clone()).collect();
-            let states = self.batch_get_states(&ids).await?;
-            let cursor_of = |(gsk, id): &(String, TaskId)| encode_cursor(&format!("{gsk} {id}"));
-            for (id, gsk) in found {
-                examined += 1;
-                start = Some((gsk, id.clone()));
-                let Some(item) = states.get(&task_pk(&id)) else { continue };
-                let st = state_from_item(&id, None, item)?;
-                let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
-                let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
-                let code_ok = filter.code.is_none_or(|c| c.matches(st.last_status));
-                if status_ok && host_ok && code_ok {
-                    items.push(st);
-                    if items.len() == limit {
-                        return Ok(Page { items, cursor: start.as_ref().map(cursor_of) });
+            found.sort_by(|a, b| b.0.cmp(&a.0));
+            // States are read as the page fills, not all at once.
+            for chunk in found.chunks((limit - items.len()).clamp(10, 100)) {
+                let ids: Vec<TaskId> = chunk.iter().map(|(_, id)| id.clone()).collect();
+                let states = self.batch_get_states(&ids).await?;
+                for (gsk, id) in chunk {
+                    examined += 1;
+                    pos = Some(gsk.clone());
+                    let Some(item) = states.get(&task_pk(id)) else { continue };
+                    let st = state_from_item(id, None, item)?;
+                    let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
+                    let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
+                    let code_ok = filter.code.is_none_or(|c| c.matches(st.last_status));
+                    if status_ok && host_ok && code_ok {
+                        items.push(st);
+                        if items.len() == limit {
+                            return Ok(Page { items, cursor: Some(encode_cursor(&format!("{gsk} {id}"))) });
+                        }
                     }
                 }
             }
-            if out.last_evaluated_key.is_none() {
+            if floor.is_none() {
                 return Ok(Page { items, cursor: None });
             }
             if examined >= MAX_EXAMINED {
                 // A partial page: the cursor resumes where this call stopped.
-                return Ok(Page { items, cursor: start.as_ref().map(cursor_of) });
+                return Ok(Page { items, cursor: pos.map(|p| encode_cursor(&format!("{p} {p}"))) });
             }
         }
     }
