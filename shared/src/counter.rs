@@ -2,26 +2,23 @@
 //! of active-task quota slots.
 //!
 //! The table's stream (new and old images) feeds this function with every
-//! change of a task's `STATE` item; each batch becomes transactions (as many
-//! as its tenants need, each of at most 100 items: every tenant is applied)
-//! that add the batch's net change per tenant and status to the tenant's
-//! `COUNTS` item, count the active-task slots of tasks created (unless the
-//! API took the slot itself: near a tenant's quota, see `api::tasks::quota`)
-//! and give back those of tasks that left the active set (finished,
-//! cancelled, deleted), and record the identity of the batch's part
-//! (`<batch>`, `<batch>#1`, …), so a retried batch counts no part twice. A
-//! manual retry takes its slot in the API. Nothing on the sender's or the
-//! create path writes a counter: the counts cost one small transaction per
-//! stream batch.
+//! change of a task's `STATE` item; each batch becomes, per tenant, one read
+//! and one conditional write of the tenant's item (`dynamo::counts`) that
+//! adds the batch's net change per status, counts the active-task slots of
+//! tasks created (unless the API took the slot itself: near a tenant's quota,
+//! see `api::tasks::quota`) and gives back those of tasks that left the
+//! active set (finished, cancelled, deleted), and records the batch on that
+//! item, so a retried batch counts no tenant twice. A manual retry takes its
+//! slot in the API. Nothing on the sender's or the create path writes a
+//! counter: the counts cost one write per tenant per stream batch.
 //!
 //! Known limit: a batch retried with more records than the first time (the
-//! function died after its transaction committed, and more changes arrived
+//! function died after applying some tenants, and more changes arrived
 //! meanwhile) has another identity; its overlap would be counted twice. The
-//! window is the few milliseconds between commit and return. The same holds
-//! for a batch that Lambda bisects after a failure in its second part: the
-//! halves have other identities than the parts already applied. The mapping's
-//! retries are bounded (see `template.yaml`); a batch that still fails goes to
-//! the dead-letter queue, whose alarm calls for a person.
+//! same holds for a batch that Lambda bisects after a failure in its second
+//! part: the halves have other identities than the parts already applied.
+//! The mapping's retries are bounded (see `template.yaml`); a batch that
+//! still fails goes to the dead-letter queue, whose alarm calls for a person.
 
 use std::collections::HashMap;
 

@@ -194,6 +194,52 @@ async fn the_counter_applies_every_tenant_of_a_stream_batch_once() {
 }
 
 #[tokio::test]
+async fn a_batch_retried_after_a_partial_apply_counts_each_tenant_once_and_racing_batches_both_count() {
+    let mut opts = quiet_stack("d-count2");
+    opts.stream_counter = false; // the test is the stream
+    let stack = TestStack::start(opts).await;
+    let store = store(&stack).await;
+    let tenant = |name: &str| Tenant {
+        id: TenantId::generate(),
+        name: name.into(),
+        enabled: true,
+        quotas: Quotas::default(),
+        active: 0,
+        created_at: 0,
+    };
+    let (a, b) = (tenant("a"), tenant("b"));
+    store.create_tenant(&a).await.expect("a");
+    store.create_tenant(&b).await.expect("b");
+    let one = |active: i64| courier::domain::TenantDelta {
+        statuses: [(TaskStatus::Pending, 1)].into_iter().collect(),
+        active,
+    };
+    // The counter died after applying tenant a's part: Lambda retries the whole batch.
+    let only_a: courier::domain::Deltas = [(a.id.to_string(), one(1))].into_iter().collect();
+    let both: courier::domain::Deltas = [(a.id.to_string(), one(1)), (b.id.to_string(), one(1))].into_iter().collect();
+    assert!(store.apply_counts("ev1..ev2", &only_a).await.expect("first try"));
+    assert!(store.apply_counts("ev1..ev2", &both).await.expect("retry"), "b's part is new");
+    assert!(!store.apply_counts("ev1..ev2", &both).await.expect("again"), "nothing new");
+    // Counters of two stream shards apply their batches to one tenant at once.
+    let racing = futures_util::future::join_all((0..8).map(|i| {
+        let (store, deltas) = (store.clone(), only_a.clone());
+        async move { store.apply_counts(&format!("shard{i}..x"), &deltas).await.expect("applied") }
+    }))
+    .await;
+    assert!(racing.iter().all(|applied| *applied));
+    let pending = |t: TenantId| {
+        let store = store.clone();
+        async move {
+            let counts = store.counts(&t).await.expect("counts");
+            let active = store.get_tenant(&t).await.expect("read").expect("exists").active;
+            (counts.iter().find(|(s, _)| *s == TaskStatus::Pending).map(|(_, n)| *n), active)
+        }
+    };
+    assert_eq!(pending(a.id.clone()).await, (Some(9), 9), "once from the batch, once per racing batch");
+    assert_eq!(pending(b.id.clone()).await, (Some(1), 1));
+}
+
+#[tokio::test]
 async fn a_claimed_task_without_its_spec_ends_failed_and_gives_its_slot_back() {
     let mut opts = stack_options("d-nospec");
     opts.reconcile_every = None;

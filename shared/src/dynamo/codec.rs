@@ -240,11 +240,8 @@ impl DynamoStore {
     /// crash between the two can lose it (a retry puts it in that index). One
     /// handed to Scheduler is written first and watched by the reconciler.
     pub(super) fn new_items(&self, task: &NewTask) -> (Option<Item>, Item) {
-        let request = [
-            ("spec", to_json(&task.spec)),
-            ("retry", to_json(&task.retry)),
-            ("schedule", to_json(&task.schedule)),
-        ];
+        let request =
+            [("spec", to_json(&task.spec)), ("retry", to_json(&task.retry)), ("schedule", to_json(&task.schedule))];
         let inline = request.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= INLINE_SPEC_MAX;
         let mut state = key(task_pk(&task.id), STATE);
         let spec = if inline {

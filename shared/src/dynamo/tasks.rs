@@ -9,7 +9,8 @@ use aws_sdk_dynamodb::types::{
 use super::codec::{INLINE_SPEC_MAX, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
 use super::keys::{
-    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard, task_pk, unique_pk,
+    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard,
+    task_pk, unique_pk,
 };
 use super::{DynamoStore, Item};
 use crate::domain::{
@@ -20,8 +21,8 @@ use crate::ports::{
     Cancelled, Created, DeliveryLedger, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey, Unit,
 };
 use crate::resources::{
-    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK,
-    LIST_SHARDS, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, LIST_SHARDS, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
+    TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
 };
 
 /// A listing examines at most this many tasks per call before returning a partial page.
@@ -382,7 +383,8 @@ impl TaskStore for DynamoStore {
             }
             if let Some(ttl) = &ttl {
                 sets.push("#ttl = :ttl");
-                update = update.expression_attribute_names("#ttl", TTL).expression_attribute_values(":ttl", ttl.clone());
+                update =
+                    update.expression_attribute_names("#ttl", TTL).expression_attribute_values(":ttl", ttl.clone());
             }
             let delete = Delete::builder().table_name(&self.table).set_key(Some(key(task_pk(id), SPEC)));
             TransactWriteItem::builder().delete(delete.build().map_err(store_error)?).build()
@@ -396,7 +398,8 @@ impl TaskStore for DynamoStore {
             TransactWriteItem::builder().put(put).build()
         };
         let remove = if inline { "" } else { " REMOVE spec, retry, schedule" };
-        let update = update.update_expression(format!("SET {}{remove}", sets.join(", "))).build().map_err(store_error)?;
+        let update =
+            update.update_expression(format!("SET {}{remove}", sets.join(", "))).build().map_err(store_error)?;
         let res = self
             .client
             .transact_write_items()

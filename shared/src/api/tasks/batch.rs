@@ -109,7 +109,8 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
     held: &mut u64,
 ) -> Result<(), ApiError> {
     let unavailable = |i: usize| json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
-    let created_doc = |i: usize, task: &NewTask| json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
+    let created_doc =
+        |i: usize, task: &NewTask| json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
     let mut queued: Vec<(usize, NewTask)> = Vec::new();
     let mut scheduled: Vec<(usize, NewTask)> = Vec::new();
     for (i, input) in valid {
