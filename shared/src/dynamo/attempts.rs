@@ -132,7 +132,9 @@ impl DynamoStore {
             .items
             .unwrap_or_default()
             .first()
-            .map(|i| Ok::<_, StoreError>((opt_s(i, SK).unwrap_or_default().to_owned(), json(id.as_str(), i, "attempt")?)))
+            .map(|i| {
+                Ok::<_, StoreError>((opt_s(i, SK).unwrap_or_default().to_owned(), json(id.as_str(), i, "attempt")?))
+            })
             .transpose()?;
         let inline = match state? {
             Some(item) => inline_attempts(id, None, &item)?,

@@ -14,8 +14,7 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::ports::{
-    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, StoreError, Transition,
-    Unit,
+    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, StoreError, Transition, Unit,
 };
 
 /// What the sender says about an attempt a stopped sender left unfinished.
@@ -53,7 +52,9 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
         let budget = budget.map(|b| b as u64);
         let (state, interrupted_at, inline, item_bytes) =
             match self.store.claim(unit, now, self.settings.lease_margin_ms as i64, budget).await? {
-                Claim::Claimed { state, interrupted_at, inline, item_bytes } => (state, interrupted_at, inline, item_bytes),
+                Claim::Claimed { state, interrupted_at, inline, item_bytes } => {
+                    (state, interrupted_at, inline, item_bytes)
+                }
                 Claim::NoTime => return Ok((DeliveryOutcome::NoTime, None)),
                 Claim::NotDue(due) => {
                     return Ok((
