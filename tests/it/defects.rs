@@ -86,7 +86,7 @@ async fn fail(store: &DynamoStore, id: &TaskId) {
         panic!("claimable")
     };
     let t = Transition::Failed { reason: "HTTP 500".into(), status: Some(500) };
-    assert!(store.finish(&unit, st.attempts, &t, now).await.expect("finish"));
+    assert!(store.finish(&unit, st.attempts, &t, now, None).await.expect("finish"));
 }
 
 /// Every message on a queue (delayed ones included), each body parsed.

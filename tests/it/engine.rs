@@ -426,7 +426,7 @@ async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
     proxy.force(Service::DynamoDb, [Fault::ResetAfter]);
     let unit = Unit { task: task.id.clone(), run: None };
     let claim = store.claim(&unit, courier::domain::now_millis(), 1_000, None).await.expect("claim answers");
-    let Claim::Claimed { state, interrupted_at } = claim else { panic!("the claim is ours: {claim:?}") };
+    let Claim::Claimed { state, interrupted_at, .. } = claim else { panic!("the claim is ours: {claim:?}") };
     assert_eq!((state.attempts, interrupted_at), (1, None));
     let stats = proxy.stats();
     assert_eq!(stats.get(&Service::DynamoDb).and_then(|s| s.faults.get(&Fault::ResetAfter)), Some(&1), "{stats:?}");

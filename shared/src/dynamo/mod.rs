@@ -28,6 +28,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::domain::TaskId;
 use crate::ports::StoreError;
 
+mod attempts;
 mod codec;
 pub(crate) use codec::SLOT_TAKEN;
 mod counts;

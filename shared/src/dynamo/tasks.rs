@@ -273,27 +273,12 @@ impl TaskStore for DynamoStore {
     }
 
     async fn attempts(&self, id: &TaskId, limit: usize, cursor: Option<&str>) -> Result<Page<Attempt>, StoreError> {
-        let mut q = self.task_items(id, ATTEMPT_PREFIX).limit(limit as i32);
-        if let Some(sk) = cursor.and_then(decode_cursor).filter(|sk| sk.starts_with(ATTEMPT_PREFIX)) {
-            q = q.set_exclusive_start_key(Some(key(task_pk(id), sk)));
-        }
-        let out = q.send().await.map_err(store_error)?;
-        let items = out.items.unwrap_or_default();
-        let attempts = items.iter().map(|i| json(id.as_str(), i, "attempt")).collect::<Result<Vec<Attempt>, _>>()?;
-        let cursor = out.last_evaluated_key.as_ref().and_then(|k| opt_s(k, SK)).map(encode_cursor);
-        Ok(Page { items: attempts, cursor })
+        let after = cursor.and_then(decode_cursor).filter(|sk| sk.starts_with(ATTEMPT_PREFIX));
+        self.attempt_page(id, limit, after).await
     }
 
     async fn last_attempt(&self, id: &TaskId) -> Result<Option<Attempt>, StoreError> {
-        let out = self
-            .task_items(id, ATTEMPT_PREFIX)
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        out.items.unwrap_or_default().first().map(|i| json(id.as_str(), i, "attempt")).transpose()
+        self.latest_attempt(id).await
     }
 
     async fn runs(&self, id: &TaskId, limit: usize) -> Result<Vec<TaskState>, StoreError> {

@@ -14,7 +14,7 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::ports::{
-    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Scheduler, StoreError, Transition, Unit,
+    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, StoreError, Transition, Unit,
 };
 
 /// What the sender says about an attempt a stopped sender left unfinished.
@@ -50,9 +50,11 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             return Ok((DeliveryOutcome::NoTime, None));
         }
         let budget = budget.map(|b| b as u64);
-        let (state, interrupted_at) =
+        let (state, interrupted_at, inline, item_bytes) =
             match self.store.claim(unit, now, self.settings.lease_margin_ms as i64, budget).await? {
-                Claim::Claimed { state, interrupted_at } => (state, interrupted_at),
+                Claim::Claimed { state, interrupted_at, inline, item_bytes } => {
+                    (state, interrupted_at, inline, item_bytes)
+                }
                 Claim::NoTime => return Ok((DeliveryOutcome::NoTime, None)),
                 Claim::NotDue(due) => {
                     return Ok((
@@ -64,16 +66,19 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
                     tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
                     return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
                 }
-                Claim::Missing => {
-                    return Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None));
-                }
+                Claim::Missing => return Ok((DeliveryOutcome::Missing, None)),
             };
         let tenant = Some(state.tenant.clone());
-        let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
+        // A small request rides on the state item the claim returned: no read.
+        let spec = match inline {
+            Some(inline) => Some(*inline),
+            None => self.store.get_spec(&unit.task).await?,
+        };
+        let Some((spec, retry)) = spec else {
             // Nothing can ever be sent: end it (its slot comes back), then park the message.
             let reason = format!("task {} has no request spec", unit.task);
             let failed = Transition::Failed { reason: reason.clone(), status: None };
-            if !self.store.finish(unit, state.attempts, &failed, self.clock.now()).await? {
+            if !self.store.finish(unit, state.attempts, &failed, self.clock.now(), None).await? {
                 return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
@@ -105,8 +110,6 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             error = attempt.error.as_deref(),
             "attempt"
         );
-        // The request went out: losing its record now would send it again.
-        persist(&*self.clock, deadline, || self.store.record_attempt(unit, &attempt)).await?;
         let at = self.clock.now();
         let (transition, result, metric) = match decision {
             Decision::Succeed => {
@@ -123,7 +126,10 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
                 metrics::FAILED,
             ),
         };
-        if !persist(&*self.clock, deadline, || self.store.finish(unit, number, &transition, at)).await? {
+        // The request went out: losing its record now would send it again. A final
+        // attempt rides on the transition's write when it fits (one write, not two).
+        let record = Record { attempt: &attempt, item_bytes };
+        if !persist(&*self.clock, deadline, || self.store.finish(unit, number, &transition, at, Some(record))).await? {
             return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
         }
         let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);

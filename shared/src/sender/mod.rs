@@ -47,6 +47,15 @@ pub use retry::{Decision, MAX_VISIBILITY_WAIT, decide, wait_needs_scheduler};
 pub const RECORD_MARGIN_MS: i64 = 5_000;
 /// A message there is no time for in this invocation comes back this soon.
 const NO_TIME_RETRY: Duration = Duration::from_secs(1);
+/// The API sends a task's message before it writes the task: a message this
+/// young whose task is missing waits in process, then looks once more.
+const YOUNG_MS: i64 = 1_000;
+/// How long a young message waits before it looks again.
+const YOUNG_WAIT_MS: i64 = 250;
+/// A message whose task is missing goes back to the queue while it is younger
+/// than this (the task's write may still land), coming back after [`MISSING_RETRY`].
+const MISSING_MAX_AGE_MS: i64 = 30_000;
+const MISSING_RETRY: Duration = Duration::from_secs(5);
 
 /// What one delivery did.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +75,9 @@ pub enum DeliveryOutcome {
     NoTime,
     /// The message names no task: park it on the DLQ.
     Poison { reason: String },
+    /// Its task does not exist (yet: the API sends the message before it
+    /// writes the task). Looked at again while the message is young, else poison.
+    Missing,
 }
 
 /// Settings the sender reads from [`crate::Config`].
@@ -314,7 +326,7 @@ impl<
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
-            Ok(Ok(Some(unit))) => match self.deliver_with(&unit, deadline, ticket).await {
+            Ok(Ok(Some(unit))) => match self.deliver_sent(&unit, record, deadline, ticket).await {
                 Ok((outcome, tenant)) => (tenant.map(|t| (unit, t)), Ok(outcome)),
                 Err(e) => (None, Err(e)),
             },
@@ -351,12 +363,46 @@ impl<
                 let task = unit.as_ref().map(|(u, tenant)| (&u.task, u.run, tenant));
                 self.park(DeadLetter::failed(task, reason)).await.is_err()
             }
+            DeliveryOutcome::Missing => {
+                tracing::info!(task_id = ?task_id.as_ref().map(TaskId::as_str), "task not written yet; the message comes back soon");
+                self.retry_later(record, MISSING_RETRY).await
+            }
             DeliveryOutcome::Poison { reason } => {
                 tracing::error!(reason = %reason, "poison message");
                 self.park(DeadLetter::poison(reason, body)).await.is_err()
             }
         };
         (keep, MessageOutcome::Delivery(outcome))
+    }
+
+    /// Delivers the unit of a message. The API sends a task's message just
+    /// before it writes the task: a young message whose task is missing waits
+    /// a moment and reads once more (a read costs less than a failed claim),
+    /// then goes back to the queue ([`DeliveryOutcome::Missing`]) while the
+    /// task may still come; an older one (or one of unknown age) is poison.
+    async fn deliver_sent(
+        &self,
+        unit: &Unit,
+        record: &SqsMessage,
+        deadline: Option<EpochMillis>,
+        ticket: &Ticket,
+    ) -> Result<(DeliveryOutcome, Option<crate::domain::TenantId>), StoreError> {
+        let first = self.deliver_with(unit, deadline, ticket).await?;
+        if first.0 != DeliveryOutcome::Missing {
+            return Ok(first);
+        }
+        let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+        let age = sent_at.map(|t| self.clock.now() - t);
+        if age.is_some_and(|a| a < YOUNG_MS) {
+            self.clock.sleep_until(self.clock.now() + YOUNG_WAIT_MS).await;
+            if self.store.read_state(unit).await?.is_some() {
+                return self.deliver_with(unit, deadline, ticket).await;
+            }
+        }
+        if age.is_some_and(|a| a < MISSING_MAX_AGE_MS) {
+            return Ok((DeliveryOutcome::Missing, None));
+        }
+        Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None))
     }
 
     /// Leaves the message for redelivery after `delay`; always true (keep it).

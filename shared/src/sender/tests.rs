@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 
 use super::*;
 use crate::domain::{NewTask, RequestSpec, RetryPolicy, TargetGuard, TargetPolicy};
+use crate::ports::{Claim, Transition};
 use crate::testing::{FakeQueue, FakeScheduler, FakeStore, ManualClock, RecordedSchedule, t1};
 
 #[test]
@@ -251,4 +252,83 @@ async fn a_retry_wait_longer_than_the_visibility_timeout_goes_to_a_one_time_sche
     let (name, _) = f.scheduler.schedules().into_iter().next().expect("one schedule");
     let state = f.store.state(&Unit { task: t.id.clone(), run: None }).expect("stored");
     assert_eq!(state.scheduler, crate::domain::SchedulerHold::Schedule(name));
+}
+
+fn sent_at(mut m: SqsMessage, at: EpochMillis) -> SqsMessage {
+    m.attributes.insert("SentTimestamp".into(), at.to_string());
+    m
+}
+
+#[tokio::test]
+async fn a_young_message_whose_task_is_not_written_yet_goes_back_to_the_queue_not_to_the_dlq() {
+    let (f, target) = (fixture(), target().await);
+    // The API sends the message first, then writes the task: not written (yet).
+    let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    let handled = f.sender.handle_each(batch(vec![sent_at(message("m1", deliver(&t)), NOW - 100)]), None).await;
+    assert_eq!(outcome_of(&handled, "m1"), (true, MessageOutcome::Delivery(DeliveryOutcome::Missing)));
+    assert_eq!(f.queue.retried(), [("rh-m1".to_owned(), MISSING_RETRY)]);
+    assert!(f.queue.dead_letters().is_empty());
+    // It waited a moment in process, once, before giving the message back.
+    assert_eq!(f.clock.now(), NOW + YOUNG_WAIT_MS);
+    // Once written, the message that comes back delivers it.
+    f.store.insert(&t);
+    let again = f.sender.handle_each(batch(vec![sent_at(message("m1", deliver(&t)), NOW - 100)]), None).await;
+    assert_eq!(outcome_of(&again, "m1"), (false, MessageOutcome::Delivery(DeliveryOutcome::Delivered { attempt: 1 })));
+    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_message_a_few_seconds_old_without_its_task_comes_back_without_waiting_in_process() {
+    let f = fixture();
+    let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    let handled = f.sender.handle_each(batch(vec![sent_at(message("m1", deliver(&t)), NOW - 5_000)]), None).await;
+    assert_eq!(outcome_of(&handled, "m1"), (true, MessageOutcome::Delivery(DeliveryOutcome::Missing)));
+    assert_eq!(f.clock.now(), NOW, "no in-process wait past the first second");
+    assert!(f.queue.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn an_old_message_or_one_of_unknown_age_without_its_task_is_poison_as_before() {
+    let f = fixture();
+    let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    let old = sent_at(message("m1", deliver(&t)), NOW - MISSING_MAX_AGE_MS - 1);
+    let handled = f.sender.handle_each(batch(vec![old, message("m2", deliver(&t))]), None).await;
+    for id in ["m1", "m2"] {
+        let (keep, outcome) = outcome_of(&handled, id);
+        assert!(!keep, "{id}");
+        let reason = format!("no task {}", t.id);
+        assert_eq!(outcome, MessageOutcome::Delivery(DeliveryOutcome::Poison { reason }), "{id}");
+    }
+    assert_eq!(f.queue.dead_letters().len(), 2);
+}
+
+#[tokio::test]
+async fn a_final_attempt_is_recorded_by_the_finish_even_when_the_lease_was_lost() {
+    let f = fixture();
+    let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    f.store.insert(&t);
+    let u = unit(&t);
+    let Ok(Claim::Claimed { state, .. }) = f.store.claim(&u, NOW, 5_000, None).await else { panic!("claimable") };
+    let attempt = crate::domain::Attempt {
+        run: None,
+        number: state.attempts,
+        started_at: NOW,
+        method: "POST".into(),
+        url: "http://task.invalid/x".into(),
+        request_headers: Vec::new(),
+        request_body_size: 0,
+        response_headers: Vec::new(),
+        duration_ms: 3,
+        status_code: Some(200),
+        outcome: crate::domain::Outcome::Success,
+        response_body: None,
+        error: None,
+        next_delay_ms: None,
+    };
+    let record = Some(crate::ports::Record { attempt: &attempt, item_bytes: 0 });
+    // Another attempt holds the unit now: the transition does not apply, the record stays.
+    let lost = f.store.finish(&u, state.attempts + 1, &Transition::Succeeded, NOW, record).await.expect("fake");
+    assert!(!lost);
+    assert_eq!(f.store.attempts_of(&u), [attempt]);
+    assert_eq!(f.store.state(&u).map(|s| s.status), Some(TaskStatus::Sending));
 }
