@@ -111,6 +111,7 @@ fn new_task(url: &str, retry: serde_json::Value) -> NewTask {
         created_at: now,
         due_at: now,
         on_scheduler: false,
+        slot_taken: false,
     }
 }
 
