@@ -64,30 +64,6 @@ impl Table {
             .expect("query");
         out.items().iter().filter_map(|i| i.get("sk").and_then(|v| v.as_s().ok()).cloned()).collect()
     }
-
-    /// Moves the task's request onto its state item, as the API does for small ones.
-    async fn inline_spec(&self, id: &TaskId) {
-        let spec = self.item(id, "SPEC").await.expect("a spec item");
-        self.client
-            .update_item()
-            .table_name(&self.outputs.names.table)
-            .key("pk", AttributeValue::S(format!("TASK#{id}")))
-            .key("sk", AttributeValue::S("STATE".into()))
-            .update_expression("SET spec = :spec, retry = :retry")
-            .expression_attribute_values(":spec", spec["spec"].clone())
-            .expression_attribute_values(":retry", spec["retry"].clone())
-            .send()
-            .await
-            .expect("inline");
-        self.client
-            .delete_item()
-            .table_name(&self.outputs.names.table)
-            .key("pk", AttributeValue::S(format!("TASK#{id}")))
-            .key("sk", AttributeValue::S("SPEC".into()))
-            .send()
-            .await
-            .expect("delete spec");
-    }
 }
 
 fn tenant() -> TenantId {
@@ -201,11 +177,13 @@ async fn a_finish_whose_lease_was_lost_still_records_its_attempt() {
 #[tokio::test]
 async fn a_request_on_the_state_item_comes_back_with_the_claim() {
     let t = table("ledger-inline").await;
+    // A small request rides inline in the state item; a big one has a SPEC item.
     let inline = new_task("https://ledger.invalid/inline", json!({"intervals": ["1s"]}));
-    let apart = new_task("https://ledger.invalid/apart", json!({"intervals": []}));
+    let mut apart = new_task("https://ledger.invalid/apart", json!({"intervals": []}));
+    apart.spec.headers.push(("x-big".into(), "b".repeat(600)));
     t.store.create(&inline, None).await.expect("create");
     t.store.create(&apart, None).await.expect("create");
-    t.inline_spec(&inline.id).await;
+    assert!(t.item(&inline.id, "SPEC").await.is_none() && t.item(&apart.id, "SPEC").await.is_some());
     let unit = Unit { task: inline.id.clone(), run: None };
     match t.store.claim(&unit, now_millis(), 5_000, None).await.expect("claim") {
         Claim::Claimed { inline: Some(req), .. } => assert_eq!(*req, (inline.spec.clone(), inline.retry.clone())),
@@ -214,7 +192,7 @@ async fn a_request_on_the_state_item_comes_back_with_the_claim() {
     assert_eq!(t.store.get_spec(&inline.id).await.expect("read"), None, "no spec item to read");
     let (_, has_inline, _) = claim(&t.store, &Unit { task: apart.id.clone(), run: None }).await;
     assert!(!has_inline, "a request kept apart is read with get_spec");
-    assert!(t.store.get_spec(&apart.id).await.expect("read").is_some());
+    assert_eq!(t.store.get_spec(&apart.id).await.expect("read"), Some((apart.spec.clone(), apart.retry.clone())));
 }
 
 #[tokio::test]

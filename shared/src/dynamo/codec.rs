@@ -9,7 +9,7 @@ use super::keys::{HOLD_PREFIX, SPEC, STATE, key, list_pk, shard, task_pk, unique
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
     BreakerPosition, EpochMillis, FlowEvent, FlowKey, FlowPolicy, FlowShared, Hold, NewTask, PolicyScope, Quotas,
-    RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
+    RequestSpec, RetryPolicy, Schedule, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
 };
 use crate::ports::{StoreError, UniqueKey};
 use crate::resources::{
@@ -80,6 +80,32 @@ pub(super) fn req_n<T: std::str::FromStr>(id: &str, item: &Item, k: &str) -> Res
 
 pub(super) fn json<T: serde::de::DeserializeOwned>(id: &str, item: &Item, k: &str) -> Result<T, StoreError> {
     serde_json::from_str(get_s(id, item, k)?).map_err(|e| corrupt(id, format!("`{k}`: {e}")))
+}
+
+/// A task's request as stored: `spec`, and `retry` and `schedule` unless
+/// they are the defaults (the default retry policy; now), which an absent
+/// attribute means. Keeps a small task's item small.
+pub(super) fn request_attrs(
+    spec: &RequestSpec,
+    retry: &RetryPolicy,
+    schedule: &Schedule,
+) -> Vec<(&'static str, String)> {
+    let mut attrs = vec![("spec", to_json(spec))];
+    if *retry != RetryPolicy::default() {
+        attrs.push(("retry", to_json(retry)));
+    }
+    if *schedule != Schedule::Now {
+        attrs.push(("schedule", to_json(schedule)));
+    }
+    attrs
+}
+
+/// The request of an item holding one (a `SPEC` item, or a `STATE` item
+/// with it inline), read back as [`request_attrs`] wrote it.
+pub(super) fn request_of(id: &str, item: &Item) -> Result<(RequestSpec, RetryPolicy, Schedule), StoreError> {
+    let retry = if item.contains_key("retry") { json(id, item, "retry")? } else { RetryPolicy::default() };
+    let schedule = if item.contains_key("schedule") { json(id, item, "schedule")? } else { Schedule::Now };
+    Ok((json(id, item, "spec")?, retry, schedule))
 }
 
 /// The JSON string a domain value is stored as (domain types serialise infallibly).
@@ -240,16 +266,15 @@ impl DynamoStore {
     /// crash between the two can lose it (a retry puts it in that index). One
     /// handed to Scheduler is written first and watched by the reconciler.
     pub(super) fn new_items(&self, task: &NewTask) -> (Option<Item>, Item) {
-        let request =
-            [("spec", to_json(&task.spec)), ("retry", to_json(&task.retry)), ("schedule", to_json(&task.schedule))];
+        let request = request_attrs(&task.spec, &task.retry, &task.schedule);
         let inline = request.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= INLINE_SPEC_MAX;
         let mut state = key(task_pk(&task.id), STATE);
         let spec = if inline {
-            state.extend(request.map(|(k, v)| (k.to_owned(), s(v))));
+            state.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
             None
         } else {
             let mut spec = key(task_pk(&task.id), SPEC);
-            spec.extend(request.map(|(k, v)| (k.to_owned(), s(v))));
+            spec.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
             if task.kind() == TaskKind::Once {
                 // The spec outlives any retry schedule; finished state items get their own TTL.
                 spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
@@ -262,7 +287,6 @@ impl DynamoStore {
             ("status".into(), s(task.initial_status().as_str())),
             ("attempts".into(), n(0)),
             ("max_attempts".into(), n(task.retry.max_attempts())),
-            ("retry_base".into(), n(0)),
             ("timeout_ms".into(), n(task.spec.timeout_ms)),
             ("created_at".into(), n(task.created_at)),
             ("updated_at".into(), n(task.created_at)),

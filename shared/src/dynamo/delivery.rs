@@ -4,9 +4,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use super::DynamoStore;
 use super::attempts::{fits_inline, inline_name, item_size};
-use super::codec::{get_n, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
+use super::codec::{get_n, n, opt_s, request_of, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, is_conditional_failure, store_error};
-use super::keys::{SPEC, STATE, attempt_sk, key, shard, state_sk, task_pk};
+use super::keys::{SPEC, attempt_sk, key, shard, state_sk, task_pk};
 use crate::domain::{Attempt, EpochMillis, RequestSpec, RetryPolicy, TaskId, TaskKind, TaskState, TaskStatus};
 use crate::ports::{Claim, DeliveryLedger, Record, Retried, StoreError, Transition, Unit};
 use crate::resources::{
@@ -129,22 +129,8 @@ impl DeliveryLedger for DynamoStore {
             .send()
             .await
             .map_err(store_error)?;
-        let item = match out.item {
-            Some(i) => Some(i),
-            // A small request rides inline in the state item.
-            None => self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .set_key(Some(key(task_pk(id), STATE)))
-                .projection_expression("spec, retry")
-                .send()
-                .await
-                .map_err(store_error)?
-                .item
-                .filter(|i| i.contains_key("spec")),
-        };
-        item.map(|i| Ok((json(id.as_str(), &i, "spec")?, json(id.as_str(), &i, "retry")?))).transpose()
+        let item = out.item;
+        item.map(|i| request_of(id.as_str(), &i).map(|(spec, retry, _)| (spec, retry))).transpose()
     }
 
     async fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
@@ -367,5 +353,6 @@ fn inline_spec(id: &TaskId, item: &super::Item) -> Result<Option<Box<(RequestSpe
     if !item.contains_key("spec") {
         return Ok(None);
     }
-    Ok(Some(Box::new((json(id.as_str(), item, "spec")?, json(id.as_str(), item, "retry")?))))
+    let (spec, retry, _) = request_of(id.as_str(), item)?;
+    Ok(Some(Box::new((spec, retry))))
 }

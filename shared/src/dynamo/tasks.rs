@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{
     Delete, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 
-use super::codec::{INLINE_SPEC_MAX, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
+use super::codec::{INLINE_SPEC_MAX, n, opt_s, request_attrs, request_of, s, state_from_item, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
 use super::keys::{
     ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard,
@@ -172,11 +172,12 @@ impl TaskStore for DynamoStore {
         // A small request rides inline in the state item; a big one has its own.
         let Some(spec) = find(SPEC).or(state.contains_key("spec").then_some(state)) else { return Ok(None) };
         let sid = id.as_str();
+        let request = request_of(sid, spec)?;
         Ok(Some(StoredTask {
             state: state_from_item(id, None, state)?,
-            spec: json(sid, spec, "spec")?,
-            retry: json(sid, spec, "retry")?,
-            schedule: json(sid, spec, "schedule")?,
+            spec: request.0,
+            retry: request.1,
+            schedule: request.2,
         }))
     }
 
@@ -338,7 +339,7 @@ impl TaskStore for DynamoStore {
         schedule: &Schedule,
         now: EpochMillis,
     ) -> Result<bool, StoreError> {
-        let request = [("spec", to_json(spec)), ("retry", to_json(retry)), ("schedule", to_json(schedule))];
+        let request = request_attrs(spec, retry, schedule);
         let inline = request.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= INLINE_SPEC_MAX;
         let ttl = match schedule {
             Schedule::At { at } => Some(ttl_secs((*at).max(now) + self.retention_ms)),
@@ -359,13 +360,26 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":succ", s(TaskStatus::Succeeded.as_str()))
             .expression_attribute_values(":fail", s(TaskStatus::Failed.as_str()))
             .expression_attribute_values(":canc", s(TaskStatus::Cancelled.as_str()));
+        let mut inline_removes = String::new();
         // The request goes inline (and any SPEC item away) or to its SPEC item
         // (and any inline copy away), in one transaction with the state.
         let other = if inline {
-            sets.extend(["spec = :spec", "retry = :retry", "schedule = :schedule"]);
-            for (k, v) in &request {
-                update = update.expression_attribute_values(format!(":{k}"), s(v));
+            // The defaults an absent attribute means are left out.
+            let mut removes = vec![];
+            for k in ["spec", "retry", "schedule"] {
+                match request.iter().find(|(name, _)| *name == k) {
+                    Some((_, v)) => {
+                        sets.push(match k {
+                            "spec" => "spec = :spec",
+                            "retry" => "retry = :retry",
+                            _ => "schedule = :schedule",
+                        });
+                        update = update.expression_attribute_values(format!(":{k}"), s(v));
+                    }
+                    None => removes.push(k),
+                }
             }
+            inline_removes = removes.join(", ");
             if let Some(ttl) = &ttl {
                 sets.push("#ttl = :ttl");
                 update =
@@ -375,14 +389,18 @@ impl TaskStore for DynamoStore {
             TransactWriteItem::builder().delete(delete.build().map_err(store_error)?).build()
         } else {
             let mut spec_item = key(task_pk(id), SPEC);
-            spec_item.extend(request.map(|(k, v)| (k.to_owned(), s(v))));
+            spec_item.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
             if let Some(ttl) = ttl {
                 spec_item.insert(TTL.into(), ttl);
             }
             let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(store_error)?;
             TransactWriteItem::builder().put(put).build()
         };
-        let remove = if inline { "" } else { " REMOVE spec, retry, schedule" };
+        let remove = match (inline, inline_removes.is_empty()) {
+            (false, _) => " REMOVE spec, retry, schedule".to_owned(),
+            (true, true) => String::new(),
+            (true, false) => format!(" REMOVE {inline_removes}"),
+        };
         let update =
             update.update_expression(format!("SET {}{remove}", sets.join(", "))).build().map_err(store_error)?;
         let res = self
