@@ -8,6 +8,9 @@ source infra/env.sh
 infra/tools.sh
 cargo build --release --bins -p api -p sender -p reconciler -p counter -p courier-local
 port=$(infra/emulator.sh free-port)
+# Only the default endpoint: this tool puts its own proxies (one upstream
+# each) between the functions and the emulator; the default endpoint's
+# process forwards DynamoDB and SQS calls to their own processes.
 export AWS_ENDPOINT_URL=$(infra/emulator.sh start "$port")
 trap 'infra/emulator.sh stop "$port"' EXIT
 target/release/courier-bench --bin-dir target/release ${BENCH_ARGS:-}

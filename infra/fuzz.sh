@@ -27,7 +27,8 @@ cleanup() {
 trap cleanup EXIT
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   emulator_port=$(infra/emulator.sh free-port)
-  export AWS_ENDPOINT_URL=$(infra/emulator.sh start "$emulator_port")
+  infra/emulator.sh start "$emulator_port" > /dev/null
+  eval "$(infra/emulator.sh env "$emulator_port")"
 fi
 
 out=.local/fuzz

@@ -10,7 +10,8 @@ infra/tools.sh
 cargo build --workspace --bins
 endpoint=$(infra/emulator.sh start "$port")
 trap 'infra/emulator.sh stop "$port"' EXIT
-export AWS_ENDPOINT_URL=$endpoint
+# AWS_ENDPOINT_URL and one endpoint per service (the direct, faster path).
+eval "$(infra/emulator.sh env "$port")"
 echo "emulator: $endpoint (state is in memory; it goes when you stop)"
 # The target guard: local-only unless the environment asks for the deployed
 # guard, e.g. `COURIER_TARGET_POLICY=public COURIER_TARGET_ALLOWLIST= make run`.

@@ -20,9 +20,17 @@ cargo build --workspace --bins
 
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   port=$(infra/emulator.sh free-port)
-  export AWS_ENDPOINT_URL=$(infra/emulator.sh start "$port")
+  infra/emulator.sh start "$port" > /dev/null
   trap 'infra/emulator.sh stop "$port"' EXIT
-  echo "== emulator on $AWS_ENDPOINT_URL"
+  # AWS_ENDPOINT_URL and one endpoint per service (the direct, faster path).
+  eval "$(infra/emulator.sh env "$port")"
+  echo "== emulator on $AWS_ENDPOINT_URL (per service: $(env | grep -c '^AWS_ENDPOINT_URL_') endpoints)"
+  echo "== emulator checks (the patched moto paths answer like DynamoDB and SQS)"
+  .venv/bin/python infra/emulator_check.py
+  echo "== the Rust SDK takes the per-service endpoints (bootstrap with AWS_ENDPOINT_URL on a closed port)"
+  default_endpoint=$AWS_ENDPOINT_URL
+  AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_ENDPOINT_URL_SCHEDULER=$default_endpoint \
+    target/debug/courier-local bootstrap --stack "endpoints-$port" > /dev/null
 fi
 # Every AWS call the functions make during the integration tests is recorded
 # here (one proxy per function), then checked against template.yaml.

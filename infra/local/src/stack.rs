@@ -117,7 +117,9 @@ impl LocalStack {
         let function = |name: &str, timeout_s: u64, instances: usize| FunctionSpec {
             name: format!("{}-{name}", opts.stack),
             binary: opts.bin_dir.join(name),
-            env: env.iter().chain(opts.function_env.get(name).into_iter().flatten()).cloned().collect(),
+            env: endpoint_follows(
+                env.iter().chain(opts.function_env.get(name).into_iter().flatten()).cloned().collect(),
+            ),
             timeout: Duration::from_secs(timeout_s),
             instances,
             log_file: opts.log_file.clone(),
@@ -207,6 +209,20 @@ async fn recorded(
     }
     recorders.push(proxy);
     Ok(spec)
+}
+
+/// A function given an `AWS_ENDPOINT_URL` of its own (a proxy) sends every
+/// service there, even when the caller's environment has per-service
+/// endpoints (which the SDKs prefer): those follow it unless it sets them too.
+fn endpoint_follows(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let Some(url) = env.iter().rev().find(|(k, _)| k == "AWS_ENDPOINT_URL").map(|(_, v)| v.clone()) else { return env };
+    for service in SERVICES {
+        let key = format!("AWS_ENDPOINT_URL_{service}");
+        if !env.iter().any(|(k, _)| *k == key) {
+            env.push((key, url.clone()));
+        }
+    }
+    env
 }
 
 impl Drop for LocalStack {
