@@ -305,19 +305,22 @@ async fn a_retry_wait_beyond_what_sqs_holds_becomes_a_one_time_schedule() {
 }
 
 #[tokio::test]
-async fn every_attempt_emits_an_emf_metric_line() {
+async fn every_batch_emits_one_emf_metric_line_with_its_attempts() {
     let target = Target::start(&[500]).await;
     let stack = TestStack::start(stack_options("e-emf")).await;
     let id = stack.api.create("POST", &target.url("/m")).await;
     stack.api.wait_for_status(&id, "succeeded", WAIT).await;
     let log = crate::helpers::bin_dir().join("it-logs").join(format!("{}.log", stack.outputs().stack));
-    let lines: Vec<Value> = std::fs::read_to_string(log)
-        .expect("log")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("_aws").is_some() && v["task_id"] == id.as_str())
+    let all: Vec<Value> =
+        std::fs::read_to_string(log).expect("log").lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // The stack's only task: one batch with its failed attempt, one with its success.
+    let lines: Vec<&Value> = all
+        .iter()
+        .filter(|v| v.get("_aws").is_some() && (v.get("Retried").is_some() || v.get("Delivered").is_some()))
         .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
+    let attempts = all.iter().filter(|v| v["message"] == "attempt" && v["task_id"] == id.as_str()).count();
+    assert_eq!(attempts, 2, "one log line per attempt, naming its task");
     assert_eq!(lines[0]["Retried"], 1.0);
     assert_eq!(lines[1]["Delivered"], 1.0);
     assert_eq!(lines[1]["_aws"]["CloudWatchMetrics"][0]["Namespace"], courier::metrics::NAMESPACE);

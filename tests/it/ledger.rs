@@ -152,7 +152,7 @@ async fn an_attempt_too_big_for_the_state_item_is_its_own_item() {
     assert!(t.store.finish(&unit, number, &failed, now_millis(), Some(record)).await.expect("finish"));
     assert_eq!(t.attempt_items(&task.id).await, ["ATTEMPT#0000000001"]);
     assert!(!t.item(&task.id, "STATE").await.expect("state").contains_key("att_1"));
-    assert_eq!(t.store.attempts(&task.id, 10, None).await.expect("attempts").items, [a.clone()]);
+    assert_eq!(t.store.attempts(&task.id, 10, None).await.expect("attempts").items, std::slice::from_ref(&a));
     assert_eq!(t.store.last_attempt(&task.id).await.expect("last"), Some(a));
 }
 

@@ -174,8 +174,25 @@ impl<
     }
 
     /// Handles one SQS batch like [`Sender::handle`] and returns what each
-    /// message led to (in completion order).
+    /// message led to (in completion order). Prints the batch's metrics as
+    /// one EMF line at the end.
     pub async fn handle_each(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
+        let batch = std::cell::RefCell::new(metrics::BatchMetrics::default());
+        let (out, batch) = deliver::BATCH
+            .scope(batch, async {
+                let out = self.handle_batch(event, deadline).await;
+                (out, deliver::BATCH.with(std::cell::RefCell::take))
+            })
+            .await;
+        if !batch.is_empty() {
+            for line in batch.lines(metrics::SENDER_SERVICE, self.clock.now()) {
+                println!("{line}");
+            }
+        }
+        out
+    }
+
+    async fn handle_batch(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
         let records = event.records;
         let messages: Vec<Option<QueueMessage>> =
             records.iter().map(|r| QueueMessage::from_body(r.body.as_deref().unwrap_or_default())).collect();
@@ -294,7 +311,6 @@ impl<
         out
     }
 
-    #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
     async fn process(
         &self,
         record: &SqsMessage,
@@ -302,7 +318,10 @@ impl<
         ticket: &Ticket,
     ) -> (bool, MessageOutcome) {
         if deadline.is_some_and(|d| self.clock.now() + RECORD_MARGIN_MS >= d) {
-            tracing::info!("no time left in this invocation; the message comes back soon");
+            tracing::info!(
+                message_id = record.message_id.as_deref(),
+                "no time left in this invocation; the message comes back soon"
+            );
             return (self.retry_later(record, NO_TIME_RETRY).await, MessageOutcome::Delivery(DeliveryOutcome::NoTime));
         }
         let body = record.body.as_deref().unwrap_or_default();
@@ -334,7 +353,7 @@ impl<
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
+                tracing::error!(message_id = record.message_id.as_deref(), task_id = ?task_id.as_ref().map(TaskId::as_str), error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
                 return (true, MessageOutcome::Interrupted(e.to_string()));
             }
         };
@@ -368,7 +387,7 @@ impl<
                 self.retry_later(record, MISSING_RETRY).await
             }
             DeliveryOutcome::Poison { reason } => {
-                tracing::error!(reason = %reason, "poison message");
+                tracing::error!(message_id = record.message_id.as_deref(), reason = %reason, "poison message");
                 self.park(DeadLetter::poison(reason, body)).await.is_err()
             }
         };
