@@ -107,6 +107,12 @@ impl DeliveryLedger for DynamoStore {
                         Claim::NotDue(due)
                     }
                     _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
+                    // Another sender holds it: its message may be the only one
+                    // left (a queue-bound task has no reconcile entry), so come
+                    // back when the lease ends rather than drop this one.
+                    (TaskStatus::Sending, _) if !claimable && st.lease_until.is_some() => {
+                        Claim::NotDue(st.lease_until.unwrap_or(now) + 1)
+                    }
                     (status, _) => Claim::NotClaimable(status),
                 })
             }

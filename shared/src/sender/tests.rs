@@ -160,9 +160,9 @@ async fn a_duplicate_message_for_a_claimed_task_is_not_sent_twice() {
     let handled = f.sender.handle_each(batch(vec![message("m1", deliver(&t)), message("m2", deliver(&t))]), None).await;
     let mut outcomes: Vec<String> = handled.iter().map(|h| format!("{:?}", h.outcome)).collect();
     outcomes.sort();
-    assert!(outcomes[0].contains("Delivered"), "{outcomes:?}");
-    assert!(outcomes[1].contains("Skipped"), "{outcomes:?}");
-    assert!(handled.iter().all(|h| !h.keep));
+    // The duplicate comes back when the first claim's lease ends (then finds the task done).
+    assert!(outcomes[0].contains("Deferred"), "{outcomes:?}");
+    assert!(outcomes[1].contains("Delivered"), "{outcomes:?}");
     assert_eq!(target.hits.load(Ordering::SeqCst), 1);
     assert_eq!(f.store.attempts_of(&unit(&t)).len(), 1);
 }

@@ -28,6 +28,13 @@ impl DeliveryLedger for FakeStore {
         let Some(row) = t.states.get_mut(&unit_key(unit)) else { return Ok(Claim::Missing) };
         let st = &mut row.state;
         let expired = st.status == TaskStatus::Sending && st.lease_until.is_some_and(|l| l < now);
+        if st.status == TaskStatus::Sending
+            && !expired
+            && let Some(lease) = st.lease_until
+        {
+            // Held by another sender: come back when its lease ends.
+            return Ok(Claim::NotDue(lease + 1));
+        }
         if !(waiting(st.status) || expired) {
             return Ok(Claim::NotClaimable(st.status));
         }

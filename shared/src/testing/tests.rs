@@ -27,7 +27,8 @@ async fn a_second_claim_under_a_live_lease_is_refused_and_taken_once_it_expires(
     assert_eq!((state.status, state.attempts, state.lease_until), (TaskStatus::Sending, 1, Some(NOW + 6_000)));
     assert_eq!(
         store.claim(&unit(&t), NOW + 1, 5_000, None).await.expect("the fakes never fail"),
-        Claim::NotClaimable(TaskStatus::Sending)
+        Claim::NotDue(NOW + 6_001),
+        "comes back when the lease ends"
     );
     let again = store.claim(&unit(&t), NOW + 6_001, 5_000, None).await.expect("the fakes never fail");
     assert!(matches!(again, Claim::Claimed { interrupted_at: Some(NOW), .. }), "{again:?}");

@@ -505,8 +505,10 @@ async fn run_scenario(
     price: &dyn Fn(&str) -> f64,
 ) -> anyhow::Result<Rows> {
     let meters = Meters::start().await?;
-    let esm_sdk =
-        aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(meters.url("event sources")).load().await;
+    let esm_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(meters.url("event sources"))
+        .load()
+        .await;
     let stack = format!("bench-{}-{}", scenario.name(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     std::fs::create_dir_all(".local")?;
     let log = PathBuf::from(format!(".local/{stack}.log"));
@@ -608,7 +610,11 @@ async fn run_scenario(
                     http.post(format!("{api}/v1/tasks")).bearer_auth(&key).json(&task(start)).send().await?
                 } else {
                     let tasks: Vec<Value> = (start..start + k).map(&task).collect();
-                    http.post(format!("{api}/v1/tasks/batch")).bearer_auth(&key).json(&json!({"tasks": tasks})).send().await?
+                    http.post(format!("{api}/v1/tasks/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"tasks": tasks}))
+                        .send()
+                        .await?
                 };
                 let status = resp.status();
                 let body: Value = resp.json().await?;
@@ -676,7 +682,12 @@ async fn run_scenario(
         v.sort();
         v
     };
-    println!("{}: {n} delivered in {:.1} s; sender calls {}", scenario.name(), elapsed.as_secs_f64(), sender_ops.join(" "));
+    println!(
+        "{}: {n} delivered in {:.1} s; sender calls {}",
+        scenario.name(),
+        elapsed.as_secs_f64(),
+        sender_ops.join(" ")
+    );
     drop(local);
     Ok(u.rows(price))
 }
