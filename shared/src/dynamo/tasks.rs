@@ -370,13 +370,17 @@ impl TaskStore for DynamoStore {
                 match request.iter().find(|(name, _)| *name == k) {
                     Some((_, v)) => {
                         sets.push(match k {
-                            "spec" => "spec = :spec",
-                            "retry" => "retry = :retry",
-                            _ => "schedule = :schedule",
+                            "spec" => "#spec = :spec",
+                            "retry" => "#retry = :retry",
+                            _ => "#schedule = :schedule",
                         });
                         update = update.expression_attribute_values(format!(":{k}"), s(v));
                     }
-                    None => removes.push(k),
+                    None => removes.push(match k {
+                        "spec" => "#spec",
+                        "retry" => "#retry",
+                        _ => "#schedule",
+                    }),
                 }
             }
             inline_removes = removes.join(", ");
@@ -397,12 +401,17 @@ impl TaskStore for DynamoStore {
             TransactWriteItem::builder().put(put).build()
         };
         let remove = match (inline, inline_removes.is_empty()) {
-            (false, _) => " REMOVE spec, retry, schedule".to_owned(),
+            (false, _) => " REMOVE #spec, #retry, #schedule".to_owned(),
             (true, true) => String::new(),
             (true, false) => format!(" REMOVE {inline_removes}"),
         };
-        let update =
-            update.update_expression(format!("SET {}{remove}", sets.join(", "))).build().map_err(store_error)?;
+        let expression = format!("SET {}{remove}", sets.join(", "));
+        for name in ["spec", "retry", "schedule"] {
+            if expression.contains(&format!("#{name}")) {
+                update = update.expression_attribute_names(format!("#{name}"), name);
+            }
+        }
+        let update = update.update_expression(expression).build().map_err(store_error)?;
         let res = self
             .client
             .transact_write_items()
