@@ -346,7 +346,8 @@ impl TaskStore for DynamoStore {
             Schedule::Now => Some(ttl_secs(now + self.retention_ms)),
             Schedule::Cron(_) => None,
         };
-        let mut sets = vec!["max_attempts = retry_base + :m", "host = :h", "timeout_ms = :t", "updated_at = :now"];
+        // A task created with no retry base (none retried by hand) counts from zero.
+        let mut sets = vec!["max_attempts = if_not_exists(retry_base, :zero) + :m", "host = :h", "timeout_ms = :t", "updated_at = :now"];
         let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(id), STATE)))
@@ -354,6 +355,7 @@ impl TaskStore for DynamoStore {
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":m", n(retry.max_attempts()))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":h", s(spec.url.host()))
             .expression_attribute_values(":t", n(spec.timeout_ms))
             .expression_attribute_values(":now", n(now))
