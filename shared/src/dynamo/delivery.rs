@@ -6,7 +6,7 @@ use super::DynamoStore;
 use super::attempts::{fits_inline, inline_name, item_size};
 use super::codec::{get_n, n, opt_s, request_of, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, is_conditional_failure, store_error};
-use super::keys::{SPEC, attempt_sk, key, shard, state_sk, task_pk};
+use super::keys::{SPEC, STATE, attempt_sk, key, shard, state_sk, task_pk};
 use crate::domain::{Attempt, EpochMillis, RequestSpec, RetryPolicy, TaskId, TaskKind, TaskState, TaskStatus};
 use crate::ports::{Claim, DeliveryLedger, Record, Retried, StoreError, Transition, Unit};
 use crate::resources::{
@@ -126,17 +126,25 @@ impl DeliveryLedger for DynamoStore {
     }
 
     async fn get_spec(&self, id: &TaskId) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(task_pk(id), SPEC)))
-            .projection_expression("spec, retry")
-            .send()
-            .await
-            .map_err(store_error)?;
-        let item = out.item;
-        item.map(|i| request_of(id.as_str(), &i).map(|(spec, retry, _)| (spec, retry))).transpose()
+        // A small request rides inline in the task's state item, a big one has its
+        // own item: both are read at once (a cron run's request is its task's).
+        let read = |sk: &'static str| {
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key(task_pk(id), sk)))
+                .projection_expression("#spec, #retry")
+                .expression_attribute_names("#spec", "spec")
+                .expression_attribute_names("#retry", "retry")
+                .send()
+        };
+        let (own, state) = tokio::join!(read(SPEC), read(STATE));
+        for out in [own, state] {
+            if let Some(item) = out.map_err(store_error)?.item.filter(|i| i.contains_key("spec")) {
+                return request_of(id.as_str(), &item).map(|(spec, retry, _)| Some((spec, retry)));
+            }
+        }
+        Ok(None)
     }
 
     async fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
