@@ -138,6 +138,9 @@ pub enum MessageOutcome {
     /// Flow control held it back (a rate slot, a parallelism cap, a pause, an
     /// open breaker): re-sent to come back after `wait`; not an attempt.
     Held { reason: &'static str, wait: Duration },
+    /// Another copy of the same delivery (task and run) came in this batch:
+    /// that copy is handled and, if need be, comes back; this one is let go.
+    Duplicate,
 }
 
 // The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
@@ -194,8 +197,32 @@ impl<
 
     async fn handle_batch(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
         let records = event.records;
-        let messages: Vec<Option<QueueMessage>> =
+        let mut messages: Vec<Option<QueueMessage>> =
             records.iter().map(|r| QueueMessage::from_body(r.body.as_deref().unwrap_or_default())).collect();
+        // SQS delivers at least once: copies of one delivery in one batch are handled
+        // once (one claim, one flow slot); the first copy stands for the others.
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut skip = vec![false; records.len()];
+        for (i, m) in messages.iter_mut().enumerate() {
+            let unit = match m {
+                Some(QueueMessage::DeliverV1 { task_id, run, .. }) => (task_id.clone(), run.map(|r| r.to_string())),
+                Some(QueueMessage::CronV1 { task_id, scheduled_time, .. }) => {
+                    (task_id.clone(), Some(scheduled_time.clone()))
+                }
+                _ => continue,
+            };
+            if !seen.insert(unit) {
+                *m = None;
+                skip[i] = true;
+                tracing::info!(message_id = records[i].message_id.as_deref(), "a second copy of a delivery in one batch");
+                out.push(Handled {
+                    message_id: records[i].message_id.clone().unwrap_or_default(),
+                    keep: false,
+                    outcome: MessageOutcome::Duplicate,
+                });
+            }
+        }
         // Flow control first, before any claim: group the deliveries by the keys they carry.
         let mut groups: HashMap<FlowRef, Vec<usize>> = HashMap::new();
         let mut timeouts: HashMap<FlowRef, u64> = HashMap::new();
@@ -208,7 +235,8 @@ impl<
             primaries.insert(flow.primary(), keys.clone());
             groups.entry(keys).or_default().push(i);
         }
-        let mut tickets: Vec<Option<Ticket>> = vec![Some(Ticket::default()); records.len()];
+        let mut tickets: Vec<Option<Ticket>> =
+            skip.iter().map(|&dup| (!dup).then(Ticket::default)).collect();
         let mut held = Vec::new();
         for (keys, members) in groups {
             let flow = keys.clone().with_timeout(timeouts.get(&keys).copied().unwrap_or_default());
@@ -222,7 +250,7 @@ impl<
                 }
             }
         }
-        let mut out = self.hold_back(&records, &messages, held).await;
+        out.extend(self.hold_back(&records, &messages, held).await);
         let leases: Vec<(FlowKey, (u32, i64))> = tickets.iter().flatten().flat_map(|t| t.leases.clone()).collect();
         let sent: Vec<Handled> = futures_util::stream::iter(records.iter().zip(tickets))
             .filter_map(|(record, ticket)| async move { ticket.map(|t| (record, t)) })

@@ -140,6 +140,23 @@ async fn a_due_task_is_delivered_once_with_one_attempt_recorded() {
 }
 
 #[tokio::test]
+async fn copies_of_one_delivery_in_a_batch_are_handled_once() {
+    let (f, target) = (fixture(), target().await);
+    let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    f.store.insert(&t);
+    let copies = vec![message("m1", deliver(&t)), message("m2", deliver(&t)), message("m3", deliver(&t))];
+    let handled = f.sender.handle_each(batch(copies), None).await;
+    assert_eq!(
+        outcome_of(&handled, "m1"),
+        (false, MessageOutcome::Delivery(DeliveryOutcome::Delivered { attempt: 1 }))
+    );
+    assert_eq!(outcome_of(&handled, "m2"), (false, MessageOutcome::Duplicate));
+    assert_eq!(outcome_of(&handled, "m3"), (false, MessageOutcome::Duplicate));
+    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(f.store.attempts_of(&unit(&t)).len(), 1);
+}
+
+#[tokio::test]
 async fn a_task_not_due_yet_is_deferred_without_sending() {
     let (f, target) = (fixture(), target().await);
     let t = task(&format!("{}/ok", target.base), NOW + 90_000, no_jitter(3));
@@ -157,14 +174,15 @@ async fn a_duplicate_message_for_a_claimed_task_is_not_sent_twice() {
     let (f, target) = (fixture(), target().await);
     let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
     f.store.insert(&t);
-    let handled = f.sender.handle_each(batch(vec![message("m1", deliver(&t)), message("m2", deliver(&t))]), None).await;
-    let mut outcomes: Vec<String> = handled.iter().map(|h| format!("{:?}", h.outcome)).collect();
-    outcomes.sort();
-    // The duplicate comes back when the first claim's lease ends (then finds the task done).
-    assert!(outcomes[0].contains("Deferred"), "{outcomes:?}");
-    assert!(outcomes[1].contains("Delivered"), "{outcomes:?}");
-    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
-    assert_eq!(f.store.attempts_of(&unit(&t)).len(), 1);
+    // Another sender holds the task (its copy of the message is in flight there).
+    let held = DeliveryLedger::claim(&f.store, &unit(&t), NOW, 5_000, None).await.expect("claim");
+    assert!(matches!(held, Claim::Claimed { .. }), "{held:?}");
+    let handled = f.sender.handle_each(batch(vec![message("m2", deliver(&t))]), None).await;
+    // The duplicate comes back when that claim's lease ends (then finds the task done).
+    let (keep, outcome) = outcome_of(&handled, "m2");
+    assert!(keep);
+    assert!(matches!(outcome, MessageOutcome::Delivery(DeliveryOutcome::Deferred { .. })), "{outcome:?}");
+    assert_eq!(target.hits.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -291,9 +309,10 @@ async fn a_message_a_few_seconds_old_without_its_task_comes_back_without_waiting
 async fn an_old_message_or_one_of_unknown_age_without_its_task_is_poison_as_before() {
     let f = fixture();
     let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    let other = task("http://other.invalid/x", NOW, no_jitter(3));
     let old = sent_at(message("m1", deliver(&t)), NOW - MISSING_MAX_AGE_MS - 1);
-    let handled = f.sender.handle_each(batch(vec![old, message("m2", deliver(&t))]), None).await;
-    for id in ["m1", "m2"] {
+    let handled = f.sender.handle_each(batch(vec![old, message("m2", deliver(&other))]), None).await;
+    for (id, t) in [("m1", &t), ("m2", &other)] {
         let (keep, outcome) = outcome_of(&handled, id);
         assert!(!keep, "{id}");
         let reason = format!("no task {}", t.id);
