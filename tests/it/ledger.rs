@@ -189,7 +189,9 @@ async fn a_request_on_the_state_item_comes_back_with_the_claim() {
         Claim::Claimed { inline: Some(req), .. } => assert_eq!(*req, (inline.spec.clone(), inline.retry.clone())),
         other => panic!("no inline request: {other:?}"),
     }
-    assert_eq!(t.store.get_spec(&inline.id).await.expect("read"), None, "no spec item to read");
+    // What a cron run (whose own item holds no request) reads: its task's inline request.
+    let read = t.store.get_spec(&inline.id).await.expect("read");
+    assert_eq!(read, Some((inline.spec.clone(), inline.retry.clone())), "the inline request is read too");
     let (_, has_inline, _) = claim(&t.store, &Unit { task: apart.id.clone(), run: None }).await;
     assert!(!has_inline, "a request kept apart is read with get_spec");
     assert_eq!(t.store.get_spec(&apart.id).await.expect("read"), Some((apart.spec.clone(), apart.retry.clone())));
@@ -198,7 +200,9 @@ async fn a_request_on_the_state_item_comes_back_with_the_claim() {
 #[tokio::test]
 async fn retries_are_items_the_final_attempt_is_inline_and_pages_read_as_before() {
     let t = table("ledger-pages").await;
-    let task = new_task("https://ledger.invalid/hook", json!({"intervals": ["1s", "1s", "1s"]}));
+    // The default policy (four attempts) is left out of the item, as the API writes it.
+    let task = new_task("https://ledger.invalid/hook", json!({}));
+    assert_eq!(task.retry.max_attempts(), 4);
     t.store.create(&task, None).await.expect("create");
     // New one-off tasks are written without reconcile-index keys.
     t.client
