@@ -59,64 +59,63 @@ impl DeliveryLedger for DynamoStore {
             Some(budget) => req.expression_attribute_values(":budget", n(budget)),
             None => req,
         };
-        let mut res = req.clone().send().await;
-        if let Err(e) = &res
-            && is_conditional_failure(e)
-            && self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await?.is_some_and(|i| {
-                // Written just after our try (the API sends a queue-bound
-                // task's message before it writes the task): try once more.
-                opt_s(&i, "status") == Some(TaskStatus::Pending.as_str()) && i.get("attempts") == Some(&n(0))
-            })
-        {
-            res = req.send().await;
-        }
-        match res {
-            Ok(out) => {
-                let old = out.attributes.unwrap_or_default();
-                let mut state = state_from_item(&unit.task, unit.run, &old)?;
-                let interrupted_at = (state.status == TaskStatus::Sending)
-                    .then(|| get_n(unit.task.as_str(), &old, "claimed_at").ok().flatten().unwrap_or(state.updated_at));
-                state.status = TaskStatus::Sending;
-                state.attempts += 1;
-                state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
-                state.updated_at = now;
-                let inline = inline_spec(&unit.task, &old)?;
-                Ok(Claim::Claimed { state: Box::new(state), interrupted_at, inline, item_bytes: item_size(&old) })
+        // A failed claim reads why. A task that is claimable on that read was
+        // written (or changed) just after the try (the API sends a queue-bound
+        // task's message before it writes the task): the claim is tried again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match req.clone().send().await {
+                Ok(out) => {
+                    let old = out.attributes.unwrap_or_default();
+                    let mut state = state_from_item(&unit.task, unit.run, &old)?;
+                    let interrupted_at = (state.status == TaskStatus::Sending).then(|| {
+                        get_n(unit.task.as_str(), &old, "claimed_at").ok().flatten().unwrap_or(state.updated_at)
+                    });
+                    state.status = TaskStatus::Sending;
+                    state.attempts += 1;
+                    state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
+                    state.updated_at = now;
+                    let inline = inline_spec(&unit.task, &old)?;
+                    return Ok(Claim::Claimed { state: Box::new(state), interrupted_at, inline, item_bytes: item_size(&old) });
+                }
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(store_error(e)),
             }
             // Rare path (early or duplicate delivery, finished task, no time left): read why.
-            Err(e) if is_conditional_failure(&e) => {
-                let Some(item) = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await? else {
-                    return Ok(Claim::Missing);
-                };
-                let st = state_from_item(&unit.task, unit.run, &item)?;
-                if st.status == TaskStatus::Sending && opt_s(&item, "claim_token") == Some(token.as_str()) {
-                    // Our own claim, applied on a try whose answer was lost.
-                    let inline = inline_spec(&unit.task, &item)?;
-                    let item_bytes = item_size(&item);
-                    return Ok(Claim::Claimed { state: Box::new(st), interrupted_at: None, inline, item_bytes });
-                }
-                let claimable = match st.status {
-                    TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled => true,
-                    TaskStatus::Sending => st.lease_until.is_some_and(|l| l < now),
-                    _ => false,
-                };
-                Ok(match (st.status, st.due_at) {
-                    (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
-                        if due > now + DUE_SLACK_MS =>
-                    {
-                        Claim::NotDue(due)
-                    }
-                    _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
-                    // Another sender holds it: its message may be the only one
-                    // left (a queue-bound task has no reconcile entry), so come
-                    // back when the lease ends rather than drop this one.
-                    (TaskStatus::Sending, _) if !claimable && st.lease_until.is_some() => {
-                        Claim::NotDue(st.lease_until.unwrap_or(now) + 1)
-                    }
-                    (status, _) => Claim::NotClaimable(status),
-                })
+            let Some(item) = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await? else {
+                return Ok(Claim::Missing);
+            };
+            let st = state_from_item(&unit.task, unit.run, &item)?;
+            if st.status == TaskStatus::Sending && opt_s(&item, "claim_token") == Some(token.as_str()) {
+                // Our own claim, applied on a try whose answer was lost.
+                let inline = inline_spec(&unit.task, &item)?;
+                let item_bytes = item_size(&item);
+                return Ok(Claim::Claimed { state: Box::new(st), interrupted_at: None, inline, item_bytes });
             }
-            Err(e) => Err(store_error(e)),
+            let claimable = match st.status {
+                TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled => true,
+                TaskStatus::Sending => st.lease_until.is_some_and(|l| l < now),
+                _ => false,
+            };
+            return Ok(match (st.status, st.due_at) {
+                (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
+                    if due > now + DUE_SLACK_MS =>
+                {
+                    Claim::NotDue(due)
+                }
+                _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
+                _ if claimable && tries < 3 => continue,
+                // Still refused though claimable on every read: never drop the message.
+                _ if claimable => Claim::NotDue(now + 1_000),
+                // Another sender holds it: its message may be the only one
+                // left (a queue-bound task has no reconcile entry), so come
+                // back when the lease ends rather than drop this one.
+                (TaskStatus::Sending, _) if st.lease_until.is_some() => {
+                    Claim::NotDue(st.lease_until.unwrap_or(now).max(now) + 1)
+                }
+                (status, _) => Claim::NotClaimable(status),
+            });
         }
     }
 
