@@ -77,7 +77,12 @@ impl DeliveryLedger for DynamoStore {
                     state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
                     state.updated_at = now;
                     let inline = inline_spec(&unit.task, &old)?;
-                    return Ok(Claim::Claimed { state: Box::new(state), interrupted_at, inline, item_bytes: item_size(&old) });
+                    return Ok(Claim::Claimed {
+                        state: Box::new(state),
+                        interrupted_at,
+                        inline,
+                        item_bytes: item_size(&old),
+                    });
                 }
                 Err(e) if is_conditional_failure(&e) => {}
                 Err(e) => return Err(store_error(e)),

@@ -347,7 +347,12 @@ impl TaskStore for DynamoStore {
             Schedule::Cron(_) => None,
         };
         // A task created with no retry base (none retried by hand) counts from zero.
-        let mut sets = vec!["max_attempts = if_not_exists(retry_base, :zero) + :m", "host = :h", "timeout_ms = :t", "updated_at = :now"];
+        let mut sets = vec![
+            "max_attempts = if_not_exists(retry_base, :zero) + :m",
+            "host = :h",
+            "timeout_ms = :t",
+            "updated_at = :now",
+        ];
         let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(id), STATE)))

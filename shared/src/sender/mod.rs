@@ -215,7 +215,10 @@ impl<
             if !seen.insert(unit) {
                 *m = None;
                 skip[i] = true;
-                tracing::info!(message_id = records[i].message_id.as_deref(), "a second copy of a delivery in one batch");
+                tracing::info!(
+                    message_id = records[i].message_id.as_deref(),
+                    "a second copy of a delivery in one batch"
+                );
                 out.push(Handled {
                     message_id: records[i].message_id.clone().unwrap_or_default(),
                     keep: false,
@@ -235,8 +238,7 @@ impl<
             primaries.insert(flow.primary(), keys.clone());
             groups.entry(keys).or_default().push(i);
         }
-        let mut tickets: Vec<Option<Ticket>> =
-            skip.iter().map(|&dup| (!dup).then(Ticket::default)).collect();
+        let mut tickets: Vec<Option<Ticket>> = skip.iter().map(|&dup| (!dup).then(Ticket::default)).collect();
         let mut held = Vec::new();
         for (keys, members) in groups {
             let flow = keys.clone().with_timeout(timeouts.get(&keys).copied().unwrap_or_default());
