@@ -2,24 +2,23 @@
 //! of active-task quota slots.
 //!
 //! The table's stream (new and old images) feeds this function with every
-//! change of a task's `STATE` item; each batch becomes transactions (as many
-//! as its tenants need, each of at most 100 items: every tenant is applied)
-//! that add the batch's net change per tenant and status to the tenant's
-//! `COUNTS` item, give back the active-task slots of tasks that left the
-//! active set (finished, cancelled, deleted), and record the identity of the
-//! batch's part (`<batch>`, `<batch>#1`, …), so a retried batch counts no part twice. Slots are taken by the API when it
-//! creates or retries a task (the quota check must be atomic); they are given
-//! back only here. Nothing on the sender's path writes a counter: a delivery
-//! costs its three writes, and the counts one small transaction per stream batch.
+//! change of a task's `STATE` item; each batch becomes, per tenant, one read
+//! and one conditional write of the tenant's item (`dynamo::counts`) that
+//! adds the batch's net change per status, counts the active-task slots of
+//! tasks created (unless the API took the slot itself: near a tenant's quota,
+//! see `api::tasks::quota`) and gives back those of tasks that left the
+//! active set (finished, cancelled, deleted), and records the batch on that
+//! item, so a retried batch counts no tenant twice. A manual retry takes its
+//! slot in the API. Nothing on the sender's or the create path writes a
+//! counter: the counts cost one write per tenant per stream batch.
 //!
 //! Known limit: a batch retried with more records than the first time (the
-//! function died after its transaction committed, and more changes arrived
+//! function died after applying some tenants, and more changes arrived
 //! meanwhile) has another identity; its overlap would be counted twice. The
-//! window is the few milliseconds between commit and return. The same holds
-//! for a batch that Lambda bisects after a failure in its second part: the
-//! halves have other identities than the parts already applied. The mapping's
-//! retries are bounded (see `template.yaml`); a batch that still fails goes to
-//! the dead-letter queue, whose alarm calls for a person.
+//! same holds for a batch that Lambda bisects after a failure in its second
+//! part: the halves have other identities than the parts already applied.
+//! The mapping's retries are bounded (see `template.yaml`); a batch that
+//! still fails goes to the dead-letter queue, whose alarm calls for a person.
 
 use std::collections::HashMap;
 
@@ -58,6 +57,12 @@ pub fn deltas(records: &[Value]) -> Deltas {
         }
         if old.is_some_and(holds_slot) && !new.is_some_and(holds_slot) {
             t.active -= 1;
+        }
+        // A task created with a slot the API did not take itself (far below
+        // the quota: see `api::tasks::quota`) is counted here.
+        let slot_taken = d["NewImage"][crate::dynamo::SLOT_TAKEN]["BOOL"].as_bool() == Some(true);
+        if old.is_none() && d["OldImage"].is_null() && new.is_some_and(holds_slot) && !slot_taken {
+            t.active += 1;
         }
     }
     for t in out.values_mut() {
@@ -118,10 +123,19 @@ mod tests {
         ]);
         let a = d.get("a").expect("tenant a");
         assert_eq!(a.statuses, BTreeMap::from([(TaskStatus::Succeeded, 1)]));
-        assert_eq!(a.active, -1, "the delivered task gives its slot back");
-        let b = d.get("b").expect("tenant b");
-        assert!(b.statuses.is_empty(), "created then deleted: no count changes");
-        assert_eq!(b.active, -1, "but the deleted task's slot comes back");
+        assert!(!d.contains_key("b"), "created then deleted: counted and given back in one batch");
+        assert_eq!(a.active, 0, "counted when created, given back when delivered");
+        let later = deltas(&[rec("3", Some(("a", "sending")), Some(("a", "succeeded")))]);
+        assert_eq!(later["a"].active, -1, "the delivered task gives its slot back");
+    }
+
+    #[test]
+    fn a_created_task_is_counted_unless_the_api_took_its_slot() {
+        let mut taken = rec("2", None, Some(("a", "pending")));
+        taken["dynamodb"]["NewImage"]["slot_taken"] = json!({"BOOL": true});
+        let d = deltas(&[rec("1", None, Some(("a", "pending"))), taken]);
+        assert_eq!(d["a"].active, 1, "only the task whose slot the API did not take");
+        assert_eq!(d["a"].statuses, BTreeMap::from([(TaskStatus::Pending, 2)]));
     }
 
     #[test]

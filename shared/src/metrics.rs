@@ -1,6 +1,7 @@
 //! CloudWatch metrics as Embedded Metric Format (EMF) log lines: the sender
-//! prints one JSON object per attempt (and per deferral) to stdout, and
-//! CloudWatch Logs turns it into metrics. No PutMetricData call on the hot path.
+//! prints one JSON object per batch (counts summed, each attempt's duration
+//! and lag kept as a value of an array, so percentiles still hold) to stdout,
+//! and CloudWatch Logs turns it into metrics. No PutMetricData call on the hot path.
 //!
 //! The names here are the single source for `template.yaml`'s alarms and
 //! dashboard (a test reads both).
@@ -41,6 +42,65 @@ pub const BREAKER_CLOSED: &str = "BreakerClosed";
 /// One EMF document: `values` are metric name → value (names from [`METRICS`]);
 /// `properties` are searchable log fields that are not dimensions (task id…).
 pub fn emf_line(service: &str, timestamp_ms: i64, values: &[(&str, f64)], properties: Map<String, Value>) -> String {
+    let values: Vec<(&str, Value)> = values.iter().map(|(n, v)| (*n, json!(v))).collect();
+    emf_doc(service, timestamp_ms, &values, properties)
+}
+
+/// EMF takes at most this many values in one metric's array.
+pub const MAX_VALUES: usize = 100;
+
+/// What a batch's deliveries add up to: counts summed, measured values kept
+/// one by one (in the order they came).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchMetrics {
+    counts: Vec<(&'static str, f64)>,
+    values: Vec<(&'static str, Vec<f64>)>,
+}
+
+impl BatchMetrics {
+    pub fn count(&mut self, name: &'static str) {
+        match self.counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1.0,
+            None => self.counts.push((name, 1.0)),
+        }
+    }
+
+    pub fn value(&mut self, name: &'static str, v: f64) {
+        match self.values.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, vs)) => vs.push(v),
+            None => self.values.push((name, vec![v])),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.values.is_empty()
+    }
+
+    /// The EMF lines of the batch: one, unless a metric has more than
+    /// [`MAX_VALUES`] values (then the rest go on further lines).
+    pub fn lines(&self, service: &str, timestamp_ms: i64) -> Vec<String> {
+        let chunks = self.values.iter().map(|(_, vs)| vs.len().div_ceil(MAX_VALUES)).max().unwrap_or(0).max(1);
+        (0..chunks)
+            .map(|i| {
+                let mut values: Vec<(&str, Value)> = Vec::new();
+                if i == 0 {
+                    values.extend(self.counts.iter().map(|(n, c)| (*n, json!(c))));
+                }
+                for (n, vs) in &self.values {
+                    let part: Vec<f64> = vs.iter().skip(i * MAX_VALUES).take(MAX_VALUES).copied().collect();
+                    match part.len() {
+                        0 => {}
+                        1 => values.push((n, json!(part[0]))),
+                        _ => values.push((n, json!(part))),
+                    }
+                }
+                emf_doc(service, timestamp_ms, &values, Map::new())
+            })
+            .collect()
+    }
+}
+
+fn emf_doc(service: &str, timestamp_ms: i64, values: &[(&str, Value)], properties: Map<String, Value>) -> String {
     let metrics: Vec<Value> = values
         .iter()
         .map(|(name, _)| {
@@ -58,7 +118,7 @@ pub fn emf_line(service: &str, timestamp_ms: i64, values: &[(&str, f64)], proper
     );
     doc.insert("Service".into(), Value::String(service.to_owned()));
     for (name, v) in values {
-        doc.insert((*name).to_owned(), json!(v));
+        doc.insert((*name).to_owned(), v.clone());
     }
     Value::Object(doc).to_string()
 }
@@ -84,5 +144,43 @@ mod tests {
         assert_eq!(v["Delivered"], 1.0);
         assert_eq!(v["task_id"], "tsk_1");
         assert_eq!(v["_aws"]["Timestamp"], 1_000);
+    }
+
+    #[test]
+    fn a_batch_sums_its_counts_and_keeps_every_duration() {
+        let mut b = BatchMetrics::default();
+        for (m, ms) in [(DELIVERED, 12.0), (DELIVERED, 30.0), (RETRIED, 7.0)] {
+            b.count(m);
+            b.value(ATTEMPT_DURATION_MS, ms);
+        }
+        b.value(SCHEDULE_LAG_MS, 4.0);
+        let lines = b.lines(SENDER_SERVICE, 1_000);
+        assert_eq!(lines.len(), 1);
+        let v: Value = serde_json::from_str(&lines[0]).expect("JSON");
+        assert_eq!((&v["Delivered"], &v["Retried"]), (&json!(2.0), &json!(1.0)));
+        assert_eq!(v["AttemptDurationMs"], json!([12.0, 30.0, 7.0]));
+        assert_eq!(v["ScheduleLagMs"], json!(4.0));
+        let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .expect("metrics")
+            .iter()
+            .filter_map(|m| m["Name"].as_str())
+            .collect();
+        assert_eq!(names, [DELIVERED, RETRIED, ATTEMPT_DURATION_MS, SCHEDULE_LAG_MS]);
+    }
+
+    #[test]
+    fn more_values_than_emf_takes_go_on_further_lines() {
+        let mut b = BatchMetrics::default();
+        for i in 0..250 {
+            b.count(DELIVERED);
+            b.value(ATTEMPT_DURATION_MS, f64::from(i));
+        }
+        let lines = b.lines(SENDER_SERVICE, 1_000);
+        let docs: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+        let sizes: Vec<usize> = docs.iter().map(|d| d["AttemptDurationMs"].as_array().map_or(0, Vec::len)).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        assert_eq!(docs[0]["Delivered"], json!(250.0));
+        assert!(docs[1].get("Delivered").is_none(), "counted once");
     }
 }

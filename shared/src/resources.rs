@@ -48,6 +48,10 @@ pub const RECONCILE_HASH_KEY: &str = "recon_pk";
 pub const RECONCILE_RANGE_KEY: &str = "recon_at";
 /// Shards of the reconcile index's partition key (spreads writes).
 pub const RECONCILE_SHARDS: u32 = 8;
+/// A tenant's entries in the `by-tenant` index are spread over this many
+/// partition keys (`TENANT#<id>#<n>`, by task id): one index key takes at
+/// most 1,000 writes a second, so one key per tenant would cap its creates.
+pub const LIST_SHARDS: u32 = 8;
 /// Epoch seconds after which DynamoDB deletes an item.
 pub const TABLE_TTL_ATTRIBUTE: &str = "expires_at";
 

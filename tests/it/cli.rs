@@ -141,7 +141,7 @@ async fn replay_of_hundreds_of_failed_tasks_counts_dry_runs_survives_interruptio
         (s["counts"]["failed"] == N).then_some(())
     })
     .await;
-    assert!(failed.is_some(), "all {N} tasks fail first");
+    assert!(failed.is_some(), "all {N} tasks fail first: {}", courier_json(&stack, &["status"]).await);
 
     let dry = courier_json(&stack, &["replay", "--status", "failed", "--code", "5xx", "--dry-run"]).await;
     assert_eq!(dry["matched"], N, "{dry}");

@@ -173,15 +173,25 @@ async fn a_failed_task_retried_by_hand_continues_its_numbering() {
 
 #[tokio::test]
 async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
-    // The first answer takes 5 s; the task times out after 3 s; the lease
-    // (timeout + 1 s) expires; the reconciler (grace 1 s, every second)
-    // re-enqueues; a fresh sender delivers.
+    // The first answer takes 5 s; the task times out after 3 s; the sender is
+    // killed mid-request; its lease (timeout + 1 s) expires; the message
+    // comes back when the queue's visibility timeout ends (8 s here, 120 s
+    // deployed: the task is in the queue all along, no reconciler needed);
+    // a fresh sender delivers.
     let target = Target::start_with(vec![Reply::status(200).after(Duration::from_secs(5))]).await;
     let mut opts = stack_options("e-kill");
     opts.extra_env.push(("COURIER_LEASE_MARGIN_MS".into(), "1000".into()));
-    opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
-    opts.reconcile_every = Some(Duration::from_secs(1));
+    opts.reconcile_every = None;
     let stack = TestStack::start(opts).await;
+    aws_sdk_sqs::Client::new(&sdk().await)
+        .set_queue_attributes()
+        .queue_url(&stack.outputs().queue_url)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "8")
+        .send()
+        .await
+        .expect("visibility timeout");
+    // A receive already waiting (2 s long polls) keeps the timeout it started with.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     let t = stack
         .api
         .create_task(json!({"request": {"method": "POST", "url": target.url("/slow"), "timeout_ms": 3000}}))
@@ -219,7 +229,7 @@ async fn a_sender_killed_mid_request_loses_nothing_and_sends_once_more() {
 }
 
 #[tokio::test]
-async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
+async fn the_reconciler_enqueues_a_scheduler_bound_task_whose_hand_over_never_happened() {
     let target = Target::start(&[]).await;
     let mut opts = stack_options("e-recon");
     opts.extra_env.push(("COURIER_RECONCILE_GRACE_S".into(), "1".into()));
@@ -249,7 +259,9 @@ async fn the_reconciler_enqueues_a_task_whose_enqueue_never_happened() {
         business_id: None,
         created_at: now,
         due_at: now,
-        on_scheduler: false,
+        // Bound for Scheduler, written, then the hand-over never happened.
+        on_scheduler: true,
+        slot_taken: false,
     };
     use courier::ports::TaskStore;
     store.create(&task, None).await.expect("stored");
@@ -295,19 +307,22 @@ async fn a_retry_wait_beyond_what_sqs_holds_becomes_a_one_time_schedule() {
 }
 
 #[tokio::test]
-async fn every_attempt_emits_an_emf_metric_line() {
+async fn every_batch_emits_one_emf_metric_line_with_its_attempts() {
     let target = Target::start(&[500]).await;
     let stack = TestStack::start(stack_options("e-emf")).await;
     let id = stack.api.create("POST", &target.url("/m")).await;
     stack.api.wait_for_status(&id, "succeeded", WAIT).await;
     let log = crate::helpers::bin_dir().join("it-logs").join(format!("{}.log", stack.outputs().stack));
-    let lines: Vec<Value> = std::fs::read_to_string(log)
-        .expect("log")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("_aws").is_some() && v["task_id"] == id.as_str())
+    let all: Vec<Value> =
+        std::fs::read_to_string(log).expect("log").lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // The stack's only task: one batch with its failed attempt, one with its success.
+    let lines: Vec<&Value> = all
+        .iter()
+        .filter(|v| v.get("_aws").is_some() && (v.get("Retried").is_some() || v.get("Delivered").is_some()))
         .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
+    let attempts = all.iter().filter(|v| v["message"] == "attempt" && v["task_id"] == id.as_str()).count();
+    assert_eq!(attempts, 2, "one log line per attempt, naming its task");
     assert_eq!(lines[0]["Retried"], 1.0);
     assert_eq!(lines[1]["Delivered"], 1.0);
     assert_eq!(lines[1]["_aws"]["CloudWatchMetrics"][0]["Namespace"], courier::metrics::NAMESPACE);
@@ -408,6 +423,7 @@ async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
         created_at: now,
         due_at: now,
         on_scheduler: false,
+        slot_taken: false,
     };
     store.create(&task, None).await.expect("stored");
     // The claim reaches DynamoDB and is applied; its answer is lost; the SDK
@@ -415,11 +431,12 @@ async fn a_claim_applied_whose_answer_was_lost_is_still_the_claimers() {
     proxy.force(Service::DynamoDb, [Fault::ResetAfter]);
     let unit = Unit { task: task.id.clone(), run: None };
     let claim = store.claim(&unit, courier::domain::now_millis(), 1_000, None).await.expect("claim answers");
-    let Claim::Claimed { state, interrupted_at } = claim else { panic!("the claim is ours: {claim:?}") };
+    let Claim::Claimed { state, interrupted_at, .. } = claim else { panic!("the claim is ours: {claim:?}") };
     assert_eq!((state.attempts, interrupted_at), (1, None));
     let stats = proxy.stats();
     assert_eq!(stats.get(&Service::DynamoDb).and_then(|s| s.faults.get(&Fault::ResetAfter)), Some(&1), "{stats:?}");
-    // Another sender's claim, meanwhile, is refused.
+    // Another sender's claim, meanwhile, is refused: its copy comes back after the lease.
     let other = store.claim(&unit, courier::domain::now_millis(), 1_000, None).await.expect("claim answers");
-    assert!(matches!(other, Claim::NotClaimable(courier::domain::TaskStatus::Sending)), "{other:?}");
+    let lease = store.read_state(&unit).await.expect("read").and_then(|s| s.lease_until).expect("leased");
+    assert!(matches!(other, Claim::NotDue(at) if at > lease), "{other:?} (lease until {lease})");
 }

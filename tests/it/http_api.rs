@@ -422,6 +422,7 @@ async fn the_store_reports_input_dynamodb_refuses_as_invalid_not_unavailable() {
         created_at: now,
         due_at: now,
         on_scheduler: false,
+        slot_taken: false,
     };
     let err = store.create(&task, None).await.expect_err("DynamoDB refuses an item over 400 KB");
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");

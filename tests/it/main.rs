@@ -16,6 +16,7 @@ mod handover;
 mod helpers;
 mod http_api;
 mod iam;
+mod ledger;
 mod runtime;
 mod scheduler;
 mod schedules;

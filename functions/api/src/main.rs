@@ -18,6 +18,6 @@ async fn main() -> Result<(), Error> {
     let queue = SqsQueue::from_config(&config, &sdk);
     let scheduler = EventBridgeScheduler::from_config(&config, &sdk);
     let settings = ApiSettings::from_config(&config);
-    let state = Arc::new(AppState { store, queue, scheduler, settings });
+    let state = Arc::new(AppState { store, queue, scheduler, settings, limits: Default::default() });
     lambda_http::run(courier::api::router(state)).await
 }

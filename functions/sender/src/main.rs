@@ -2,6 +2,8 @@
 //! failures reported for redelivery. The clients are built here, once per
 //! cold start; every invocation borrows the one [`Sender`].
 
+#![recursion_limit = "256"]
+
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::SqsEvent;

@@ -86,6 +86,7 @@ mod tests {
             store: (),
             queue: (),
             scheduler: (),
+            limits: Default::default(),
             settings: ApiSettings {
                 sqs_delay_max_s: 900,
                 schedule_early_s: 60,

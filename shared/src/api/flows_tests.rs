@@ -33,6 +33,7 @@ async fn world() -> World {
         store: store.clone(),
         queue: FakeQueue::default(),
         scheduler: FakeScheduler::default(),
+        limits: Default::default(),
         settings: ApiSettings {
             sqs_delay_max_s: 900,
             schedule_early_s: 60,

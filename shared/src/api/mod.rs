@@ -106,6 +106,8 @@ pub struct AppState<S, Q, C> {
     pub queue: Q,
     pub scheduler: C,
     pub settings: ApiSettings,
+    /// This instance's create-rate windows (see [`tasks::quota`]).
+    pub limits: tasks::quota::CreateLimits,
 }
 
 /// The whole API.

@@ -17,6 +17,7 @@ fn offline_router() -> Router {
         store: crate::testing::FakeStore::new(),
         queue: crate::testing::FakeQueue::default(),
         scheduler: crate::testing::FakeScheduler::default(),
+        limits: Default::default(),
         settings: ApiSettings {
             sqs_delay_max_s: 900,
             schedule_early_s: 60,

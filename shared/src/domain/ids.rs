@@ -89,6 +89,32 @@ id_type!(
     /// A task identifier: `tsk_` followed by a UUIDv7 in 32 lowercase hex digits.
     TaskId, "task", "tsk_", 32, "tsk_ followed by 32 hex digits", uuid::Uuid::now_v7().simple().to_string()
 );
+impl TaskId {
+    /// The id of the task a tenant creates under `business_id`: the same
+    /// (tenant, business id) always names the same task, so the task's own
+    /// item holds the uniqueness (no separate key item). `tsk_` + a UUIDv8
+    /// (RFC 9562 custom layout) of SHA-256 over tenant and business id; unlike
+    /// a generated id it does not sort by creation.
+    pub fn derive(tenant: &TenantId, business_id: &str) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"courier-task-id\0");
+        h.update(tenant.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(business_id.as_bytes());
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        let uuid = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+        Self(format!("tsk_{}", uuid.simple()))
+    }
+
+    /// Whether the id was derived from a business id ([`TaskId::derive`]).
+    pub fn is_derived(&self) -> bool {
+        self.0.as_bytes().get(4 + 12) == Some(&b'8')
+    }
+}
+
 id_type!(
     /// A tenant identifier: `tnt_` followed by 16 random lowercase hex digits.
     TenantId, "tenant", "tnt_", 16, "tnt_ followed by 16 hex digits", uuid::Uuid::new_v4().simple().to_string()
@@ -119,6 +145,19 @@ mod tests {
         assert_eq!(ReplayId::parse(r.as_str()), Ok(r.clone()));
         let k = KeyId::generate();
         assert_eq!(KeyId::parse(k.as_str()), Ok(k.clone()));
+    }
+
+    #[test]
+    fn derived_task_ids_are_stable_per_tenant_and_business_id() {
+        let (a, b) = (TenantId::parse("tnt_0123456789abcdef").expect("id"), TenantId::generate());
+        let id = TaskId::derive(&a, "order-1");
+        assert_eq!(id, TaskId::derive(&a, "order-1"));
+        assert_ne!(id, TaskId::derive(&a, "order-2"));
+        assert_ne!(id, TaskId::derive(&b, "order-1"));
+        assert_eq!(TaskId::parse(id.as_str()), Ok(id.clone()));
+        assert!(id.is_derived() && !TaskId::generate().is_derived());
+        // Fixed text: stored tasks keep their ids across releases.
+        assert_eq!(id.as_str(), "tsk_bfb670d835fd8ab18dc568b4db012955");
     }
 
     #[test]

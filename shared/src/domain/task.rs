@@ -90,6 +90,9 @@ pub struct NewTask {
     /// Whether the API hands it to Scheduler (a cron task, or one due
     /// further ahead than the queue can wait), under a schedule named by its id.
     pub on_scheduler: bool,
+    /// Whether the API took its active-task slot itself (a strict reservation,
+    /// near the tenant's quota); otherwise the stream counter counts it.
+    pub slot_taken: bool,
 }
 
 impl NewTask {

@@ -5,17 +5,34 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::errors::corrupt;
-use super::keys::{HOLD_PREFIX, SPEC, STATE, key, shard, task_pk, unique_pk};
+use super::keys::{HOLD_PREFIX, SPEC, STATE, key, list_pk, shard, task_pk, unique_pk};
 use super::{DAY_MS, DynamoStore, Item};
 use crate::domain::{
     BreakerPosition, EpochMillis, FlowEvent, FlowKey, FlowPolicy, FlowShared, Hold, NewTask, PolicyScope, Quotas,
-    RequestSpec, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
+    RequestSpec, RetryPolicy, Schedule, SchedulerHold, TaskId, TaskKind, TaskState, TaskStatus, Tenant, TenantId,
 };
 use crate::ports::{StoreError, UniqueKey};
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
     TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL,
 };
+
+/// A request whose `spec`, `retry` and `schedule` JSON (with their names)
+/// fit in this many bytes rides inline in the task's `STATE` item: one item
+/// written on create, read back by the sender's claim, still one write unit.
+pub(super) const INLINE_SPEC_MAX: usize = 560;
+
+/// Set on a task whose active-task slot the API took itself (a strict
+/// reservation near the quota): the stream counter then does not count its
+/// creation again.
+pub(crate) const SLOT_TAKEN: &str = "slot_taken";
+
+/// The listing index's sort key of a task: its creation time first (in the
+/// shape of a generated id, so for those it *is* the id), then the rest of
+/// its id.
+pub(super) fn list_sort_key(id: &TaskId, created_at: EpochMillis) -> String {
+    format!("tsk_{:012x}{}", created_at.max(0), id.as_str().get(16..).unwrap_or_default())
+}
 
 /// Idempotency keys are remembered this long.
 const IDEMPOTENCY_TTL_MS: i64 = DAY_MS;
@@ -63,6 +80,32 @@ pub(super) fn req_n<T: std::str::FromStr>(id: &str, item: &Item, k: &str) -> Res
 
 pub(super) fn json<T: serde::de::DeserializeOwned>(id: &str, item: &Item, k: &str) -> Result<T, StoreError> {
     serde_json::from_str(get_s(id, item, k)?).map_err(|e| corrupt(id, format!("`{k}`: {e}")))
+}
+
+/// A task's request as stored: `spec`, and `retry` and `schedule` unless
+/// they are the defaults (the default retry policy; now), which an absent
+/// attribute means. Keeps a small task's item small.
+pub(super) fn request_attrs(
+    spec: &RequestSpec,
+    retry: &RetryPolicy,
+    schedule: &Schedule,
+) -> Vec<(&'static str, String)> {
+    let mut attrs = vec![("spec", to_json(spec))];
+    if *retry != RetryPolicy::default() {
+        attrs.push(("retry", to_json(retry)));
+    }
+    if *schedule != Schedule::Now {
+        attrs.push(("schedule", to_json(schedule)));
+    }
+    attrs
+}
+
+/// The request of an item holding one (a `SPEC` item, or a `STATE` item
+/// with it inline), read back as [`request_attrs`] wrote it.
+pub(super) fn request_of(id: &str, item: &Item) -> Result<(RequestSpec, RetryPolicy, Schedule), StoreError> {
+    let retry = if item.contains_key("retry") { json(id, item, "retry")? } else { RetryPolicy::default() };
+    let schedule = if item.contains_key("schedule") { json(id, item, "schedule")? } else { Schedule::Now };
+    Ok((json(id, item, "spec")?, retry, schedule))
 }
 
 /// The JSON string a domain value is stored as (domain types serialise infallibly).
@@ -215,35 +258,56 @@ pub(super) fn event_from_item(i: &Item) -> Result<FlowEvent, StoreError> {
 }
 
 impl DynamoStore {
-    pub(super) fn new_items(&self, task: &NewTask) -> (Item, Item) {
-        let mut spec = key(task_pk(&task.id), SPEC);
-        spec.insert("spec".into(), s(to_json(&task.spec)));
-        spec.insert("retry".into(), s(to_json(&task.retry)));
-        spec.insert("schedule".into(), s(to_json(&task.schedule)));
-        if task.kind() == TaskKind::Once {
-            // The spec outlives any retry schedule; finished state items get their own TTL.
-            spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
-        }
+    /// A new task's items: its `STATE` item and, when its request is too big
+    /// to ride inline ([`INLINE_SPEC_MAX`]), a `SPEC` item. The state item
+    /// carries the listing index's keys (sorted by creation time, see
+    /// [`list_sort_key`]). A one-off task bound for the queue gets no
+    /// reconcile-index entry: its message is sent before it is written, so no
+    /// crash between the two can lose it (a retry puts it in that index). One
+    /// handed to Scheduler is written first and watched by the reconciler.
+    pub(super) fn new_items(&self, task: &NewTask) -> (Option<Item>, Item) {
+        let request = request_attrs(&task.spec, &task.retry, &task.schedule);
+        let inline = request.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= INLINE_SPEC_MAX;
         let mut state = key(task_pk(&task.id), STATE);
+        let spec = if inline {
+            state.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
+            None
+        } else {
+            let mut spec = key(task_pk(&task.id), SPEC);
+            spec.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
+            if task.kind() == TaskKind::Once {
+                // The spec outlives any retry schedule; finished state items get their own TTL.
+                spec.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
+            }
+            Some(spec)
+        };
         state.extend([
             ("tenant".into(), s(&task.tenant)),
             ("kind".into(), s(task.kind().as_str())),
             ("status".into(), s(task.initial_status().as_str())),
             ("attempts".into(), n(0)),
             ("max_attempts".into(), n(task.retry.max_attempts())),
-            ("retry_base".into(), n(0)),
             ("timeout_ms".into(), n(task.spec.timeout_ms)),
             ("created_at".into(), n(task.created_at)),
             ("updated_at".into(), n(task.created_at)),
             ("due_at".into(), n(task.due_at)),
             ("host".into(), s(task.spec.url.host())),
             ("on_scheduler".into(), AttributeValue::Bool(task.on_scheduler)),
-            (GPK.into(), s(format!("TENANT#{}", task.tenant))),
-            (GSK.into(), s(task.id.as_str())),
+            (GPK.into(), s(list_pk(&task.tenant, &task.id))),
+            (GSK.into(), s(list_sort_key(&task.id, task.created_at))),
         ]);
-        if task.kind() == TaskKind::Once {
+        if task.kind() == TaskKind::Once && task.on_scheduler {
+            // Handed to Scheduler after it is written: the reconciler watches it.
             state.insert(RPK.into(), s(format!("RECON#{}", shard(&task.id))));
             state.insert(RSK.into(), n(task.due_at + self.reconcile_grace_ms));
+        }
+        if task.kind() == TaskKind::Once {
+            // Until it finishes (then the state's own TTL is set): a task whose
+            // item expires unfinished frees its business id with it.
+            state.insert(TTL.into(), ttl_secs(task.due_at + self.retention_ms));
+        }
+        if task.slot_taken {
+            state.insert(SLOT_TAKEN.into(), AttributeValue::Bool(true));
         }
         if let Some(b) = &task.business_id {
             state.insert("business_id".into(), s(b));

@@ -3,11 +3,12 @@
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use super::DynamoStore;
-use super::codec::{get_n, json, n, opt_s, s, state_from_item, to_json, ttl_secs};
+use super::attempts::{fits_inline, inline_name, item_size};
+use super::codec::{get_n, n, opt_s, request_of, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, is_conditional_failure, store_error};
-use super::keys::{SPEC, attempt_sk, key, shard, state_sk, task_pk};
+use super::keys::{SPEC, STATE, attempt_sk, key, shard, state_sk, task_pk};
 use crate::domain::{Attempt, EpochMillis, RequestSpec, RetryPolicy, TaskId, TaskKind, TaskState, TaskStatus};
-use crate::ports::{Claim, DeliveryLedger, Retried, StoreError, Transition, Unit};
+use crate::ports::{Claim, DeliveryLedger, Record, Retried, StoreError, Transition, Unit};
 use crate::resources::{
     RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL,
 };
@@ -58,45 +59,68 @@ impl DeliveryLedger for DynamoStore {
             Some(budget) => req.expression_attribute_values(":budget", n(budget)),
             None => req,
         };
-        let res = req.send().await;
-        match res {
-            Ok(out) => {
-                let old = out.attributes.unwrap_or_default();
-                let mut state = state_from_item(&unit.task, unit.run, &old)?;
-                let interrupted_at = (state.status == TaskStatus::Sending)
-                    .then(|| get_n(unit.task.as_str(), &old, "claimed_at").ok().flatten().unwrap_or(state.updated_at));
-                state.status = TaskStatus::Sending;
-                state.attempts += 1;
-                state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
-                state.updated_at = now;
-                Ok(Claim::Claimed { state: Box::new(state), interrupted_at })
+        // A failed claim reads why. A task that is claimable on that read was
+        // written (or changed) just after the try (the API sends a queue-bound
+        // task's message before it writes the task): the claim is tried again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match req.clone().send().await {
+                Ok(out) => {
+                    let old = out.attributes.unwrap_or_default();
+                    let mut state = state_from_item(&unit.task, unit.run, &old)?;
+                    let interrupted_at = (state.status == TaskStatus::Sending).then(|| {
+                        get_n(unit.task.as_str(), &old, "claimed_at").ok().flatten().unwrap_or(state.updated_at)
+                    });
+                    state.status = TaskStatus::Sending;
+                    state.attempts += 1;
+                    state.lease_until = Some(now + lease_margin + state.timeout_ms as i64);
+                    state.updated_at = now;
+                    let inline = inline_spec(&unit.task, &old)?;
+                    return Ok(Claim::Claimed {
+                        state: Box::new(state),
+                        interrupted_at,
+                        inline,
+                        item_bytes: item_size(&old),
+                    });
+                }
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(store_error(e)),
             }
             // Rare path (early or duplicate delivery, finished task, no time left): read why.
-            Err(e) if is_conditional_failure(&e) => {
-                let Some(item) = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await? else {
-                    return Ok(Claim::Missing);
-                };
-                let st = state_from_item(&unit.task, unit.run, &item)?;
-                if st.status == TaskStatus::Sending && opt_s(&item, "claim_token") == Some(token.as_str()) {
-                    // Our own claim, applied on a try whose answer was lost.
-                    return Ok(Claim::Claimed { state: Box::new(st), interrupted_at: None });
-                }
-                let claimable = match st.status {
-                    TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled => true,
-                    TaskStatus::Sending => st.lease_until.is_some_and(|l| l < now),
-                    _ => false,
-                };
-                Ok(match (st.status, st.due_at) {
-                    (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
-                        if due > now + DUE_SLACK_MS =>
-                    {
-                        Claim::NotDue(due)
-                    }
-                    _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
-                    (status, _) => Claim::NotClaimable(status),
-                })
+            let Some(item) = self.get_item(key(task_pk(&unit.task), state_sk(unit.run))).await? else {
+                return Ok(Claim::Missing);
+            };
+            let st = state_from_item(&unit.task, unit.run, &item)?;
+            if st.status == TaskStatus::Sending && opt_s(&item, "claim_token") == Some(token.as_str()) {
+                // Our own claim, applied on a try whose answer was lost.
+                let inline = inline_spec(&unit.task, &item)?;
+                let item_bytes = item_size(&item);
+                return Ok(Claim::Claimed { state: Box::new(st), interrupted_at: None, inline, item_bytes });
             }
-            Err(e) => Err(store_error(e)),
+            let claimable = match st.status {
+                TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled => true,
+                TaskStatus::Sending => st.lease_until.is_some_and(|l| l < now),
+                _ => false,
+            };
+            return Ok(match (st.status, st.due_at) {
+                (TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Scheduled, Some(due))
+                    if due > now + DUE_SLACK_MS =>
+                {
+                    Claim::NotDue(due)
+                }
+                _ if claimable && max_timeout_ms.is_some_and(|b| st.timeout_ms > b) => Claim::NoTime,
+                _ if claimable && tries < 3 => continue,
+                // Still refused though claimable on every read: never drop the message.
+                _ if claimable => Claim::NotDue(now + 1_000),
+                // Another sender holds it: its message may be the only one
+                // left (a queue-bound task has no reconcile entry), so come
+                // back when the lease ends rather than drop this one.
+                (TaskStatus::Sending, _) if st.lease_until.is_some() => {
+                    Claim::NotDue(st.lease_until.unwrap_or(now).max(now) + 1)
+                }
+                (status, _) => Claim::NotClaimable(status),
+            });
         }
     }
 
@@ -106,16 +130,25 @@ impl DeliveryLedger for DynamoStore {
     }
 
     async fn get_spec(&self, id: &TaskId) -> Result<Option<(RequestSpec, RetryPolicy)>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(task_pk(id), SPEC)))
-            .projection_expression("spec, retry")
-            .send()
-            .await
-            .map_err(store_error)?;
-        out.item.map(|i| Ok((json(id.as_str(), &i, "spec")?, json(id.as_str(), &i, "retry")?))).transpose()
+        // A small request rides inline in the task's state item, a big one has its
+        // own item: both are read at once (a cron run's request is its task's).
+        let read = |sk: &'static str| {
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key(task_pk(id), sk)))
+                .projection_expression("#spec, #retry")
+                .expression_attribute_names("#spec", "spec")
+                .expression_attribute_names("#retry", "retry")
+                .send()
+        };
+        let (own, state) = tokio::join!(read(SPEC), read(STATE));
+        for out in [own, state] {
+            if let Some(item) = out.map_err(store_error)?.item.filter(|i| i.contains_key("spec")) {
+                return request_of(id.as_str(), &item).map(|(spec, retry, _)| Some((spec, retry)));
+            }
+        }
+        Ok(None)
     }
 
     async fn record_attempt(&self, unit: &Unit, attempt: &Attempt) -> Result<(), StoreError> {
@@ -140,7 +173,31 @@ impl DeliveryLedger for DynamoStore {
         applied(res).map(|_| ())
     }
 
-    async fn finish(&self, unit: &Unit, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {
+    async fn finish(
+        &self,
+        unit: &Unit,
+        attempt: u32,
+        t: &Transition,
+        now: EpochMillis,
+        record: Option<Record<'_>>,
+    ) -> Result<bool, StoreError> {
+        // A final attempt rides on the transition's write when the item still fits one
+        // write unit; otherwise (and before a retry) it is its own item, written first.
+        let inline = match (record, t) {
+            // Only a task's own state item: a cron run's attempts stay items of their own.
+            (Some(r), Transition::Succeeded | Transition::Failed { .. }) if unit.run.is_none() => {
+                let doc = to_json(r.attempt);
+                let reason = match t {
+                    Transition::Failed { reason, .. } => Some(reason.as_str()),
+                    _ => None,
+                };
+                fits_inline(r.item_bytes, r.attempt.number, &doc, reason).then_some((r.attempt.number, doc))
+            }
+            _ => None,
+        };
+        if let (Some(r), None) = (record, &inline) {
+            self.record_attempt(unit, r.attempt).await?;
+        }
         let req = self
             .client
             .update_item()
@@ -151,36 +208,50 @@ impl DeliveryLedger for DynamoStore {
             .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
             .expression_attribute_values(":n", n(attempt))
             .expression_attribute_values(":now", n(now));
-        let req = match t {
-            Transition::Succeeded => req
-                .update_expression("SET #s = :to, updated_at = :now, #ttl = :ttl REMOVE lease_until, due_at")
-                .expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
-                .expression_attribute_names("#ttl", TTL)
-                .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
-            // One-off tasks and cron runs alike (a run stored before runs were indexed has no
-            // index key: its check time alone keeps it out of the index).
-            Transition::Retry { due_at, status } => req
-                .update_expression(
-                    "SET #s = :to, updated_at = :now, due_at = :due, #rsk = :recon, last_status = :ls \
-                     REMOVE lease_until",
-                )
-                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
-                .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
-                .expression_attribute_values(":due", n(due_at))
-                .expression_attribute_names("#rsk", RSK)
-                .expression_attribute_values(":recon", n(due_at + self.reconcile_grace_ms)),
-            Transition::Failed { reason, status } => req
-                .update_expression(
-                    "SET #s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl, last_status = :ls \
-                     REMOVE lease_until, due_at",
-                )
-                .expression_attribute_values(":ls", n(status.unwrap_or(0)))
-                .expression_attribute_values(":to", s(TaskStatus::Failed.as_str()))
-                .expression_attribute_values(":why", s(reason))
-                .expression_attribute_names("#ttl", TTL)
-                .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+        let (req, set, remove) = match t {
+            Transition::Succeeded => (
+                req.expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
+                    .expression_attribute_names("#ttl", TTL)
+                    .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+                "#s = :to, updated_at = :now, #ttl = :ttl",
+                "lease_until, due_at",
+            ),
+            // One-off tasks and cron runs alike: a retrying unit is watched by the reconciler
+            // (new one-off tasks are written without index keys, so both are set here).
+            Transition::Retry { due_at, status } => (
+                req.expression_attribute_values(":ls", n(status.unwrap_or(0)))
+                    .expression_attribute_values(":to", s(TaskStatus::Retrying.as_str()))
+                    .expression_attribute_values(":due", n(due_at))
+                    .expression_attribute_names("#rpk", RPK)
+                    .expression_attribute_names("#rsk", RSK)
+                    .expression_attribute_values(":shard", s(format!("RECON#{}", shard(&unit.task))))
+                    .expression_attribute_values(":recon", n(due_at + self.reconcile_grace_ms)),
+                "#s = :to, updated_at = :now, due_at = :due, #rpk = :shard, #rsk = :recon, last_status = :ls",
+                "lease_until",
+            ),
+            Transition::Failed { reason, status } => (
+                req.expression_attribute_values(":ls", n(status.unwrap_or(0)))
+                    .expression_attribute_values(":to", s(TaskStatus::Failed.as_str()))
+                    .expression_attribute_values(":why", s(reason))
+                    .expression_attribute_names("#ttl", TTL)
+                    .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+                "#s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl, last_status = :ls",
+                "lease_until, due_at",
+            ),
         };
-        applied(req.send().await)
+        let req = match &inline {
+            Some((number, doc)) => req
+                .update_expression(format!("SET {set}, #att = :att REMOVE {remove}"))
+                .expression_attribute_names("#att", inline_name(*number))
+                .expression_attribute_values(":att", s(doc.as_str())),
+            None => req.update_expression(format!("SET {set} REMOVE {remove}")),
+        };
+        let done = applied(req.send().await)?;
+        if let (false, Some(r), Some(_)) = (done, record, &inline) {
+            // The lease was lost, but the request went out: its attempt is recorded all the same.
+            self.record_attempt(unit, r.attempt).await?;
+        }
+        Ok(done)
     }
 
     async fn record_on_scheduler(&self, unit: &Unit, schedule: &str) -> Result<(), StoreError> {
@@ -293,4 +364,13 @@ impl DeliveryLedger for DynamoStore {
             Err(e) => Err(store_error(e)),
         }
     }
+}
+
+/// The request a state item carries itself (the API inlines small ones).
+fn inline_spec(id: &TaskId, item: &super::Item) -> Result<Option<Box<(RequestSpec, RetryPolicy)>>, StoreError> {
+    if !item.contains_key("spec") {
+        return Ok(None);
+    }
+    let (spec, retry, _) = request_of(id.as_str(), item)?;
+    Ok(Some(Box::new((spec, retry))))
 }

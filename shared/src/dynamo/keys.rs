@@ -10,7 +10,7 @@ use super::Item;
 use super::codec::{opt_s, s};
 use crate::domain::{EpochMillis, FlowKey, PolicyScope, TaskId, TenantId};
 use crate::ports::UniqueKey;
-use crate::resources::{RECONCILE_SHARDS, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK};
+use crate::resources::{LIST_SHARDS, RECONCILE_SHARDS, TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK};
 
 pub(super) const STATE: &str = "STATE";
 pub(super) const SPEC: &str = "SPEC";
@@ -23,6 +23,17 @@ pub(super) const HIST_PREFIX: &str = "HIST#";
 /// The reconcile shard of a task: spreads the index's writes.
 pub(super) fn shard(id: &TaskId) -> u32 {
     id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % RECONCILE_SHARDS
+}
+
+/// A task's partition key in the `by-tenant` index: one of the tenant's
+/// [`LIST_SHARDS`] keys, by its id.
+pub(super) fn list_pk(tenant: &TenantId, id: &TaskId) -> String {
+    let n = id.as_str().bytes().fold(7u32, |h, b| h.wrapping_mul(131).wrapping_add(u32::from(b))) % LIST_SHARDS;
+    list_shard_pk(tenant, n)
+}
+
+pub(super) fn list_shard_pk(tenant: &TenantId, n: u32) -> String {
+    format!("TENANT#{tenant}#{n}")
 }
 
 pub(super) fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {

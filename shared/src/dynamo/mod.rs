@@ -7,14 +7,14 @@
 //!
 //! | pk | sk | what |
 //! | --- | --- | --- |
-//! | `TASK#<id>` | `STATE` | the small mutable state every status change rewrites; indexed by tenant; `on_scheduler` (and `schedule_name` for a retry's schedule) says which schedule holds it |
-//! | `TASK#<id>` | `SPEC` | request, retry policy and schedule (rewritten only by PATCH) |
+//! | `TASK#<id>` | `STATE` | the mutable state every status change rewrites, with the request inline when it is small (`spec`, `retry`, `schedule`: one item per task, under 1 KB); indexed by tenant (`gsi1pk` = `TENANT#<tenant>#<0..7>`, `gsi1sk` = creation time then id); `on_scheduler` (and `schedule_name` for a retry's schedule) says which schedule holds it; `slot_taken` marks a task whose active-task slot the API took itself |
+//! | `TASK#<id>` | `SPEC` | a big request, its retry policy and schedule (rewritten only by PATCH) |
 //! | `TASK#<id>` | `RUN#<ms>` | the state of one cron run, named by its scheduled time |
 //! | `TASK#<id>` | `ATTEMPT#[R<ms>#]<n>` | one per attempt |
-//! | `UNIQUE#<tenant>#B#<business id>` / `…#I#<key>` | `UNIQUE` | which task holds a business id or idempotency key |
+//! | `UNIQUE#<tenant>#I#<key>` | `UNIQUE` | which task holds an idempotency key (a business id names its task: `TaskId::derive`) |
 //! | `TENANT#<id>` | `TENANT` / `KEY#<key id>` | a tenant (quotas, active count) and its keys |
 //! | `APIKEY#<sha256>` | `APIKEY` | key lookup by hash |
-//! | `RATE#<tenant>#<second>` | `RATE` | creations in one second |
+//! | `RATE#<tenant>#<second>` | `RATE` | creations in one second (tenants with a create rate of at most 50/s) |
 //! | `FLOWS` | `POL#<flow key>#<scope>` | a flow policy (`admin` or the tenant's); the partition every sender reads whole |
 //! | `FLOWS` | `HOLD#<flow key>` | what holds a key's deliveries (`open`, `paused`, `closed`) and until when |
 //! | `FLOW#<flow key>` | `STATE` | a key's shared state: rate slots, leases, pause, factor, breaker (short names, < 1 KB) |
@@ -28,7 +28,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::domain::TaskId;
 use crate::ports::StoreError;
 
+mod attempts;
 mod codec;
+pub(crate) use codec::SLOT_TAKEN;
 mod counts;
 mod delivery;
 mod errors;

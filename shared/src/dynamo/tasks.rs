@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
+    Delete, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 
-use super::codec::{json, n, opt_s, s, state_from_item, to_json, ttl_secs};
+use super::codec::{INLINE_SPEC_MAX, n, opt_s, request_attrs, request_of, s, state_from_item, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
 use super::keys::{
-    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, task_pk, unique_pk,
+    ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard,
+    task_pk, unique_pk,
 };
 use super::{DynamoStore, Item};
 use crate::domain::{
@@ -20,8 +21,8 @@ use crate::ports::{
     Cancelled, Created, DeliveryLedger, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey, Unit,
 };
 use crate::resources::{
-    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, RECONCILE_RANGE_KEY as RSK, TABLE_HASH_KEY as PK,
-    TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, LIST_SHARDS, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
+    TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL, TASKS_BY_TENANT_INDEX,
 };
 
 /// A listing examines at most this many tasks per call before returning a partial page.
@@ -54,36 +55,54 @@ impl DynamoStore {
 
 impl TaskStore for DynamoStore {
     async fn create(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<Created, StoreError> {
-        if let Some(u) = unique
+        // A business id names its task (`TaskId::derive`): the state's own
+        // condition keeps it unique. An idempotency key has its own item.
+        if let Some(u @ UniqueKey::IdempotencyKey(_)) = unique
             && let Some(holder) = self.take_unique(task, u).await?
         {
             return Ok(Created::Existing(holder));
         }
         // The state last: it makes the task exist.
         let (spec, state) = self.new_items(task);
-        self.put(spec).send().await.map_err(store_error)?;
-        self.put(state)
+        if let Some(spec) = spec {
+            self.put(spec).send().await.map_err(store_error)?;
+        }
+        let res = self
+            .put(state)
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .send()
-            .await
-            .map_err(store_error)?;
-        Ok(Created::New)
+            .await;
+        match res {
+            Ok(_) => Ok(Created::New),
+            Err(e) if is_conditional_failure(&e) && matches!(unique, Some(UniqueKey::BusinessId(_))) => {
+                Ok(Created::Existing(task.id.clone()))
+            }
+            Err(e) => Err(store_error(e)),
+        }
     }
 
     async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
-        // BatchWriteItem takes 25 items: 12 tasks (spec + state) per call. A task
-        // whose items stay unprocessed after retries, or whose call failed, is
-        // reported as not stored (some of its items may be: the caller discards it).
+        // BatchWriteItem takes 25 items: a task is one item (its state) or two
+        // (with a SPEC item). A task whose items stay unprocessed after retries,
+        // or whose call failed, is reported as not stored (some of its items
+        // may be: the caller discards it).
         let mut stored = vec![true; tasks.len()];
-        for (chunk_no, chunk) in tasks.chunks(12).enumerate() {
-            let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len() * 2);
-            for task in chunk {
-                let (spec, state) = self.new_items(task);
-                for item in [spec, state] {
+        let mut start = 0;
+        while start < tasks.len() {
+            let mut requests: Vec<WriteRequest> = Vec::with_capacity(25);
+            let mut end = start;
+            while end < tasks.len() {
+                let (spec, state) = self.new_items(&tasks[end]);
+                let items: Vec<Item> = spec.into_iter().chain([state]).collect();
+                if requests.len() + items.len() > 25 {
+                    break;
+                }
+                for item in items {
                     let put = PutRequest::builder().set_item(Some(item)).build().map_err(store_error)?;
                     requests.push(WriteRequest::builder().put_request(put).build());
                 }
+                end += 1;
             }
             for attempt in 0..6 {
                 if requests.is_empty() {
@@ -104,10 +123,11 @@ impl TaskStore for DynamoStore {
             }
             for left in &requests {
                 let pk = left.put_request().and_then(|p| opt_s(&p.item, PK)).unwrap_or_default();
-                if let Some(i) = chunk.iter().position(|t| task_pk(&t.id) == pk) {
-                    stored[chunk_no * 12 + i] = false;
+                if let Some(i) = tasks[start..end].iter().position(|t| task_pk(&t.id) == pk) {
+                    stored[start + i] = false;
                 }
             }
+            start = end;
         }
         Ok(stored)
     }
@@ -148,17 +168,25 @@ impl TaskStore for DynamoStore {
             .map_err(store_error)?;
         let items = out.items.unwrap_or_default();
         let find = |sk: &str| items.iter().find(|i| opt_s(i, SK) == Some(sk));
-        let (Some(state), Some(spec)) = (find(STATE), find(SPEC)) else { return Ok(None) };
+        let Some(state) = find(STATE) else { return Ok(None) };
+        // A small request rides inline in the state item; a big one has its own.
+        let Some(spec) = find(SPEC).or(state.contains_key("spec").then_some(state)) else { return Ok(None) };
         let sid = id.as_str();
+        let request = request_of(sid, spec)?;
         Ok(Some(StoredTask {
             state: state_from_item(id, None, state)?,
-            spec: json(sid, spec, "spec")?,
-            retry: json(sid, spec, "retry")?,
-            schedule: json(sid, spec, "schedule")?,
+            spec: request.0,
+            retry: request.1,
+            schedule: request.2,
         }))
     }
 
     async fn find_by_key(&self, tenant: &TenantId, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
+        if let UniqueKey::BusinessId(b) = k {
+            let id = TaskId::derive(tenant, b);
+            let found = self.get_item(key(task_pk(&id), STATE)).await?;
+            return Ok(found.filter(|i| opt_s(i, "tenant") == Some(tenant.as_str())).map(|_| id));
+        }
         let out = self.get_item(key(unique_pk(tenant, k), "UNIQUE")).await?;
         Ok(out.as_ref().and_then(|i| opt_s(i, "task_id")).and_then(|id| TaskId::parse(id).ok()))
     }
@@ -173,79 +201,85 @@ impl TaskStore for DynamoStore {
     ) -> Result<Page<TaskState>, StoreError> {
         let lo = id_bound(filter.created_after.unwrap_or(0), false);
         let hi = id_bound(filter.created_before.unwrap_or(0xffff_ffff_ffff), true);
-        let mut start = cursor.and_then(decode_cursor).and_then(|id| TaskId::parse(&id).ok());
+        // The cursor names the last task examined by its listing sort key
+        // (unique, and ordered the same in every shard): the next page starts
+        // below it in each of the tenant's index keys.
+        let mut pos: Option<String> = cursor.and_then(decode_cursor).map(|c| match c.split_once(' ') {
+            Some((gsk, _id)) => gsk.to_owned(),
+            None => c,
+        });
         let mut items = Vec::new();
         let mut examined = 0;
         loop {
-            let mut q = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(TASKS_BY_TENANT_INDEX)
-                .key_condition_expression("#g = :g AND #gs BETWEEN :lo AND :hi")
-                .expression_attribute_names("#g", GPK)
-                .expression_attribute_names("#gs", GSK)
-                .expression_attribute_values(":g", s(format!("TENANT#{tenant}")))
-                .expression_attribute_values(":lo", s(&lo))
-                .expression_attribute_values(":hi", s(&hi))
-                .scan_index_forward(false)
-                .limit(100);
-            if let Some(after) = &start {
-                let mut k = key(task_pk(after), STATE);
-                k.insert(GPK.into(), s(format!("TENANT#{tenant}")));
-                k.insert(GSK.into(), s(after.as_str()));
-                q = q.set_exclusive_start_key(Some(k));
-            }
-            let out = q.send().await.map_err(store_error)?;
-            let ids: Vec<TaskId> = out.items.unwrap_or_default().iter().filter_map(id_of).collect();
-            let states = self.batch_get_states(&ids).await?;
-            for id in &ids {
-                examined += 1;
-                start = Some(id.clone());
-                let Some(item) = states.get(&task_pk(id)) else { continue };
-                let st = state_from_item(id, None, item)?;
-                let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
-                let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
-                let code_ok = filter.code.is_none_or(|c| c.matches(st.last_status));
-                if status_ok && host_ok && code_ok {
-                    items.push(st);
-                    if items.len() == limit {
-                        return Ok(Page { items, cursor: Some(encode_cursor(id.as_str())) });
+            let upper = pos.as_deref().map_or(hi.as_str(), |p| p.min(hi.as_str())).to_owned();
+            let shards = (0..LIST_SHARDS).map(|n| {
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(TASKS_BY_TENANT_INDEX)
+                    .key_condition_expression("#g = :g AND #gs BETWEEN :lo AND :hi")
+                    .expression_attribute_names("#g", GPK)
+                    .expression_attribute_names("#gs", GSK)
+                    .expression_attribute_values(":g", s(list_shard_pk(tenant, n)))
+                    .expression_attribute_values(":lo", s(&lo))
+                    .expression_attribute_values(":hi", s(&upper))
+                    .scan_index_forward(false)
+                    .limit(100)
+                    .send()
+            });
+            let pages = futures_util::future::try_join_all(shards).await.map_err(store_error)?;
+            // Entries of a shard that has more may only be taken down to its
+            // last one: below it, that shard's unread entries interleave.
+            let floor = pages
+                .iter()
+                .filter(|p| p.last_evaluated_key.is_some())
+                .filter_map(|p| p.items().last().and_then(|i| opt_s(i, GSK)).map(str::to_owned))
+                .max();
+            let mut found: Vec<(String, TaskId)> = pages
+                .iter()
+                .flat_map(|p| p.items())
+                .filter_map(|i| Some((opt_s(i, GSK)?.to_owned(), id_of(i)?)))
+                .filter(|(gsk, _)| pos.as_deref() != Some(gsk.as_str()))
+                .filter(|(gsk, _)| floor.as_deref().is_none_or(|f| gsk.as_str() >= f))
+                .collect();
+            found.sort_by(|a, b| b.0.cmp(&a.0));
+            // States are read as the page fills, not all at once.
+            for chunk in found.chunks((limit - items.len()).clamp(10, 100)) {
+                let ids: Vec<TaskId> = chunk.iter().map(|(_, id)| id.clone()).collect();
+                let states = self.batch_get_states(&ids).await?;
+                for (gsk, id) in chunk {
+                    examined += 1;
+                    pos = Some(gsk.clone());
+                    let Some(item) = states.get(&task_pk(id)) else { continue };
+                    let st = state_from_item(id, None, item)?;
+                    let status_ok = filter.status.is_none_or(|want| st.effective_status(now) == want);
+                    let host_ok = filter.host.as_deref().is_none_or(|h| st.host.eq_ignore_ascii_case(h));
+                    let code_ok = filter.code.is_none_or(|c| c.matches(st.last_status));
+                    if status_ok && host_ok && code_ok {
+                        items.push(st);
+                        if items.len() == limit {
+                            return Ok(Page { items, cursor: Some(encode_cursor(&format!("{gsk} {id}"))) });
+                        }
                     }
                 }
             }
-            if out.last_evaluated_key.is_none() {
+            if floor.is_none() {
                 return Ok(Page { items, cursor: None });
             }
             if examined >= MAX_EXAMINED {
                 // A partial page: the cursor resumes where this call stopped.
-                return Ok(Page { items, cursor: start.map(|id| encode_cursor(id.as_str())) });
+                return Ok(Page { items, cursor: pos.map(|p| encode_cursor(&format!("{p} {p}"))) });
             }
         }
     }
 
     async fn attempts(&self, id: &TaskId, limit: usize, cursor: Option<&str>) -> Result<Page<Attempt>, StoreError> {
-        let mut q = self.task_items(id, ATTEMPT_PREFIX).limit(limit as i32);
-        if let Some(sk) = cursor.and_then(decode_cursor).filter(|sk| sk.starts_with(ATTEMPT_PREFIX)) {
-            q = q.set_exclusive_start_key(Some(key(task_pk(id), sk)));
-        }
-        let out = q.send().await.map_err(store_error)?;
-        let items = out.items.unwrap_or_default();
-        let attempts = items.iter().map(|i| json(id.as_str(), i, "attempt")).collect::<Result<Vec<Attempt>, _>>()?;
-        let cursor = out.last_evaluated_key.as_ref().and_then(|k| opt_s(k, SK)).map(encode_cursor);
-        Ok(Page { items: attempts, cursor })
+        let after = cursor.and_then(decode_cursor).filter(|sk| sk.starts_with(ATTEMPT_PREFIX));
+        self.attempt_page(id, limit, after).await
     }
 
     async fn last_attempt(&self, id: &TaskId) -> Result<Option<Attempt>, StoreError> {
-        let out = self
-            .task_items(id, ATTEMPT_PREFIX)
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        out.items.unwrap_or_default().first().map(|i| json(id.as_str(), i, "attempt")).transpose()
+        self.latest_attempt(id).await
     }
 
     async fn runs(&self, id: &TaskId, limit: usize) -> Result<Vec<TaskState>, StoreError> {
@@ -305,39 +339,91 @@ impl TaskStore for DynamoStore {
         schedule: &Schedule,
         now: EpochMillis,
     ) -> Result<bool, StoreError> {
-        let mut spec_item = key(task_pk(id), SPEC);
-        spec_item.insert("spec".into(), s(to_json(spec)));
-        spec_item.insert("retry".into(), s(to_json(retry)));
-        spec_item.insert("schedule".into(), s(to_json(schedule)));
-        if let Some(due) = match schedule {
-            Schedule::At { at } => Some(*at),
-            Schedule::Now => Some(now),
+        let request = request_attrs(spec, retry, schedule);
+        let inline = request.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= INLINE_SPEC_MAX;
+        let ttl = match schedule {
+            Schedule::At { at } => Some(ttl_secs((*at).max(now) + self.retention_ms)),
+            Schedule::Now => Some(ttl_secs(now + self.retention_ms)),
             Schedule::Cron(_) => None,
-        } {
-            spec_item.insert(TTL.into(), ttl_secs(due.max(now) + self.retention_ms));
-        }
-        let update = Update::builder()
+        };
+        // A task created with no retry base (none retried by hand) counts from zero.
+        let mut sets = vec![
+            "max_attempts = if_not_exists(retry_base, :zero) + :m",
+            "host = :h",
+            "timeout_ms = :t",
+            "updated_at = :now",
+        ];
+        let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(id), STATE)))
-            .update_expression("SET max_attempts = retry_base + :m, host = :h, timeout_ms = :t, updated_at = :now")
             .condition_expression("attribute_exists(#pk) AND NOT #s IN (:succ, :fail, :canc)")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":m", n(retry.max_attempts()))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":h", s(spec.url.host()))
             .expression_attribute_values(":t", n(spec.timeout_ms))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":succ", s(TaskStatus::Succeeded.as_str()))
             .expression_attribute_values(":fail", s(TaskStatus::Failed.as_str()))
-            .expression_attribute_values(":canc", s(TaskStatus::Cancelled.as_str()))
-            .build()
-            .map_err(store_error)?;
-        let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(store_error)?;
+            .expression_attribute_values(":canc", s(TaskStatus::Cancelled.as_str()));
+        let mut inline_removes = String::new();
+        // The request goes inline (and any SPEC item away) or to its SPEC item
+        // (and any inline copy away), in one transaction with the state.
+        let other = if inline {
+            // The defaults an absent attribute means are left out.
+            let mut removes = vec![];
+            for k in ["spec", "retry", "schedule"] {
+                match request.iter().find(|(name, _)| *name == k) {
+                    Some((_, v)) => {
+                        sets.push(match k {
+                            "spec" => "#spec = :spec",
+                            "retry" => "#retry = :retry",
+                            _ => "#schedule = :schedule",
+                        });
+                        update = update.expression_attribute_values(format!(":{k}"), s(v));
+                    }
+                    None => removes.push(match k {
+                        "spec" => "#spec",
+                        "retry" => "#retry",
+                        _ => "#schedule",
+                    }),
+                }
+            }
+            inline_removes = removes.join(", ");
+            if let Some(ttl) = &ttl {
+                sets.push("#ttl = :ttl");
+                update =
+                    update.expression_attribute_names("#ttl", TTL).expression_attribute_values(":ttl", ttl.clone());
+            }
+            let delete = Delete::builder().table_name(&self.table).set_key(Some(key(task_pk(id), SPEC)));
+            TransactWriteItem::builder().delete(delete.build().map_err(store_error)?).build()
+        } else {
+            let mut spec_item = key(task_pk(id), SPEC);
+            spec_item.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
+            if let Some(ttl) = ttl {
+                spec_item.insert(TTL.into(), ttl);
+            }
+            let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(store_error)?;
+            TransactWriteItem::builder().put(put).build()
+        };
+        let remove = match (inline, inline_removes.is_empty()) {
+            (false, _) => " REMOVE #spec, #retry, #schedule".to_owned(),
+            (true, true) => String::new(),
+            (true, false) => format!(" REMOVE {inline_removes}"),
+        };
+        let expression = format!("SET {}{remove}", sets.join(", "));
+        for name in ["spec", "retry", "schedule"] {
+            if expression.contains(&format!("#{name}")) {
+                update = update.expression_attribute_names(format!("#{name}"), name);
+            }
+        }
+        let update = update.update_expression(expression).build().map_err(store_error)?;
         let res = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(other)
             .send()
             .await;
         match res {
@@ -355,10 +441,12 @@ impl TaskStore for DynamoStore {
             .set_key(Some(key(task_pk(id), STATE)))
             .update_expression(
                 "SET #s = :pending, due_at = :now, updated_at = :now, retry_base = attempts, \
-                 max_attempts = attempts + :more, #rsk = :recon REMOVE failure_reason, #ttl",
+                 max_attempts = attempts + :more, #rpk = :shard, #rsk = :recon REMOVE failure_reason, #ttl",
             )
             .condition_expression("#s = :failed AND kind = :once")
             .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#rpk", RPK)
+            .expression_attribute_values(":shard", s(format!("RECON#{}", shard(id))))
             .expression_attribute_names("#rsk", RSK)
             .expression_attribute_names("#ttl", TTL)
             .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))

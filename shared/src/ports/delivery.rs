@@ -19,7 +19,15 @@ pub enum Claim {
     /// The caller owns the unit until the lease in the returned state.
     /// `interrupted_at`: the claim took over an expired lease, so the previous
     /// attempt (number `state.attempts - 1`), started then, never finished.
-    Claimed { state: Box<TaskState>, interrupted_at: Option<EpochMillis> },
+    /// `inline`: the task's request, when its state item carries it (then
+    /// there is no separate spec to read); `item_bytes`: the state item's
+    /// size before the claim, so a finish knows whether an attempt fits in it.
+    Claimed {
+        state: Box<TaskState>,
+        interrupted_at: Option<EpochMillis>,
+        inline: Option<Box<(RequestSpec, RetryPolicy)>>,
+        item_bytes: usize,
+    },
     /// Claimable, but its request timeout does not fit in the time the caller
     /// has left: nothing was changed.
     NoTime,
@@ -46,6 +54,14 @@ pub enum Transition {
     },
 }
 
+/// The attempt a finish records with its transition, and the size of the
+/// unit's state item at its claim ([`Claim::Claimed`]'s `item_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub attempt: &'a Attempt,
+    pub item_bytes: usize,
+}
+
 /// The delivery ledger: who sends a unit now, and what each attempt did.
 pub trait DeliveryLedger: Send + Sync + 'static {
     /// Moves a due, claimable unit to `sending` with a lease of its request
@@ -70,12 +86,16 @@ pub trait DeliveryLedger: Send + Sync + 'static {
     -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Applies `transition` if the unit is still `sending` attempt `attempt`;
     /// `Ok(false)` when the lease was lost (another sender, or a cancel).
+    /// `record`: the attempt that led here, recorded whether the transition
+    /// applies or not (its request went out); a final transition may keep it
+    /// on the state item itself, in the same write.
     fn finish(
         &self,
         unit: &Unit,
         attempt: u32,
         transition: &Transition,
         now: EpochMillis,
+        record: Option<Record<'_>>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Records that the unit now waits in Scheduler under `schedule` (a retry
     /// wait the queue cannot hold), so a cancel deletes that schedule.

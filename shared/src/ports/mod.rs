@@ -18,7 +18,7 @@ mod tasks;
 mod tenants;
 
 pub use counts::CountStore;
-pub use delivery::{Claim, DeliveryLedger, Transition, Unit};
+pub use delivery::{Claim, DeliveryLedger, Record, Transition, Unit};
 pub use flows::{FlowLimiter, FlowPolicies};
 pub use queue::{DeliveryQueue, Scheduler};
 pub use reconcile::{CandidatePage, ReconcileIndex};

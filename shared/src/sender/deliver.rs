@@ -14,7 +14,7 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::ports::{
-    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Scheduler, StoreError, Transition, Unit,
+    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, StoreError, Transition, Unit,
 };
 
 /// What the sender says about an attempt a stopped sender left unfinished.
@@ -36,7 +36,6 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
     /// [`Sender::deliver`] with what flow control granted: the request
     /// waits for its rate slot after the claim (so the claim's latency does
     /// not bunch requests), and its result counts towards its key's breaker.
-    #[tracing::instrument(skip_all, fields(task_id = %unit.task, run = unit.run))]
     pub async fn deliver_with(
         &self,
         unit: &Unit,
@@ -50,30 +49,36 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             return Ok((DeliveryOutcome::NoTime, None));
         }
         let budget = budget.map(|b| b as u64);
-        let (state, interrupted_at) =
-            match self.store.claim(unit, now, self.settings.lease_margin_ms as i64, budget).await? {
-                Claim::Claimed { state, interrupted_at } => (state, interrupted_at),
-                Claim::NoTime => return Ok((DeliveryOutcome::NoTime, None)),
-                Claim::NotDue(due) => {
-                    return Ok((
-                        DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) },
-                        None,
-                    ));
-                }
-                Claim::NotClaimable(status) => {
-                    tracing::info!(status = status.as_str(), "not claimable; acknowledged without sending");
-                    return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
-                }
-                Claim::Missing => {
-                    return Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None));
-                }
-            };
+        let (state, interrupted_at, inline, item_bytes) = match self
+            .store
+            .claim(unit, now, self.settings.lease_margin_ms as i64, budget)
+            .await?
+        {
+            Claim::Claimed { state, interrupted_at, inline, item_bytes } => (state, interrupted_at, inline, item_bytes),
+            Claim::NoTime => return Ok((DeliveryOutcome::NoTime, None)),
+            Claim::NotDue(due) => {
+                return Ok((
+                    DeliveryOutcome::Deferred { delay: Duration::from_millis((due - now).max(0) as u64) },
+                    None,
+                ));
+            }
+            Claim::NotClaimable(status) => {
+                tracing::info!(task_id = %unit.task, status = status.as_str(), "not claimable; acknowledged without sending");
+                return Ok((DeliveryOutcome::Skipped { reason: "not claimable" }, None));
+            }
+            Claim::Missing => return Ok((DeliveryOutcome::Missing, None)),
+        };
         let tenant = Some(state.tenant.clone());
-        let Some((spec, retry)) = self.store.get_spec(&unit.task).await? else {
+        // A small request rides on the state item the claim returned: no read.
+        let spec = match inline {
+            Some(inline) => Some(*inline),
+            None => self.store.get_spec(&unit.task).await?,
+        };
+        let Some((spec, retry)) = spec else {
             // Nothing can ever be sent: end it (its slot comes back), then park the message.
             let reason = format!("task {} has no request spec", unit.task);
             let failed = Transition::Failed { reason: reason.clone(), status: None };
-            if !self.store.finish(unit, state.attempts, &failed, self.clock.now()).await? {
+            if !self.store.finish(unit, state.attempts, &failed, self.clock.now(), None).await? {
                 return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
@@ -96,7 +101,10 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
         if let Decision::Retry(delay) = decision {
             attempt.next_delay_ms = Some(delay.as_millis() as u64);
         }
+        // The one line per attempt (no span: its fields are here).
         tracing::info!(
+            task_id = %unit.task,
+            run = unit.run,
             tenant = %state.tenant,
             attempt = number,
             outcome = attempt.outcome.as_str(),
@@ -105,8 +113,6 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             error = attempt.error.as_deref(),
             "attempt"
         );
-        // The request went out: losing its record now would send it again.
-        persist(&*self.clock, deadline, || self.store.record_attempt(unit, &attempt)).await?;
         let at = self.clock.now();
         let (transition, result, metric) = match decision {
             Decision::Succeed => {
@@ -123,7 +129,10 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
                 metrics::FAILED,
             ),
         };
-        if !persist(&*self.clock, deadline, || self.store.finish(unit, number, &transition, at)).await? {
+        // The request went out: losing its record now would send it again. A final
+        // attempt rides on the transition's write when it fits (one write, not two).
+        let record = Record { attempt: &attempt, item_bytes };
+        if !persist(&*self.clock, deadline, || self.store.finish(unit, number, &transition, at, Some(record))).await? {
             return Ok((DeliveryOutcome::Skipped { reason: "lease lost" }, tenant));
         }
         let lag = state.due_at.filter(|_| number == state.retry_base + 1).map(|due| attempt.started_at - due);
@@ -151,7 +160,7 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             error: Some(INTERRUPTED_REASON.to_owned()),
             next_delay_ms: None,
         };
-        tracing::warn!(tenant = %state.tenant, attempt = number, started_at = %format_millis(started_at), "previous attempt was interrupted");
+        tracing::warn!(task_id = %unit.task, tenant = %state.tenant, attempt = number, started_at = %format_millis(started_at), "previous attempt was interrupted");
         if let Err(e) = self.store.record_interrupted(unit, &attempt).await {
             tracing::warn!(error = %e, attempt = number, "could not record the interrupted attempt");
         }
@@ -183,8 +192,28 @@ where
     }
 }
 
-/// Prints one EMF line for an attempt (or a deferral).
-pub(super) fn emit(metric: &str, task: Option<&TaskId>, attempt: Option<(&Attempt, Option<EpochMillis>)>) {
+tokio::task_local! {
+    /// The metrics of the batch being handled: each delivery adds to them, and
+    /// the batch prints them as one EMF line at its end.
+    pub(super) static BATCH: std::cell::RefCell<metrics::BatchMetrics>;
+}
+
+/// Counts an attempt (or a deferral) in the batch's metrics; outside a batch
+/// (a delivery driven on its own), prints its own EMF line.
+pub(super) fn emit(metric: &'static str, task: Option<&TaskId>, attempt: Option<(&Attempt, Option<EpochMillis>)>) {
+    let added = BATCH.try_with(|b| {
+        let mut b = b.borrow_mut();
+        b.count(metric);
+        if let Some((a, lag)) = attempt {
+            b.value(metrics::ATTEMPT_DURATION_MS, a.duration_ms as f64);
+            if let Some(lag) = lag {
+                b.value(metrics::SCHEDULE_LAG_MS, lag.max(0) as f64);
+            }
+        }
+    });
+    if added.is_ok() {
+        return;
+    }
     let mut values: Vec<(&str, f64)> = vec![(metric, 1.0)];
     let mut props = Map::new();
     if let Some(t) = task {

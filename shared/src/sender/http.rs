@@ -33,8 +33,12 @@ pub struct HttpClients {
 /// The HTTP client could not be built: the sender must not start (a default
 /// client would follow redirects, wait forever and skip the guard).
 #[derive(Debug, thiserror::Error)]
-#[error("the HTTP client cannot be built")]
-pub struct HttpClientError(#[source] reqwest::Error);
+pub enum HttpClientError {
+    #[error("the HTTP client cannot be built")]
+    Client(#[source] reqwest::Error),
+    #[error("the TLS configuration cannot be built")]
+    Tls(#[source] rustls::Error),
+}
 
 /// How many redirects a task that follows them may take.
 const MAX_REDIRECTS: usize = 5;
@@ -64,6 +68,22 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// What reqwest builds for each client with its `rustls` feature: the platform's
+/// verifier (the system's CA store), TLS 1.2 and 1.3, HTTP/2 offered by ALPN.
+fn tls_config() -> Result<rustls::ClientConfig, HttpClientError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map_err(HttpClientError::Tls)?
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 impl HttpClients {
     /// Builds both clients at init, where Lambda does not bill the first invocation for it.
     pub fn new(guard: TargetGuard) -> Result<Self, HttpClientError> {
@@ -72,8 +92,12 @@ impl HttpClients {
 
     fn with_user_agent(guard: TargetGuard, user_agent: &str) -> Result<Self, HttpClientError> {
         let guard = Arc::new(guard);
+        // One TLS configuration for both clients: building it loads the system's CA
+        // store, the largest part of the sender's init when each client did it.
+        let tls = tls_config()?;
         let build = |policy| {
             reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
                 .user_agent(user_agent)
                 .redirect(policy)
                 .no_proxy()
@@ -81,7 +105,7 @@ impl HttpClients {
                 .pool_idle_timeout(Duration::from_secs(60))
                 .connect_timeout(Duration::from_secs(5))
                 .build()
-                .map_err(HttpClientError)
+                .map_err(HttpClientError::Client)
         };
         let hop_guard = guard.clone();
         let follow = reqwest::redirect::Policy::custom(move |attempt| {

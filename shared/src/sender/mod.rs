@@ -47,6 +47,15 @@ pub use retry::{Decision, MAX_VISIBILITY_WAIT, decide, wait_needs_scheduler};
 pub const RECORD_MARGIN_MS: i64 = 5_000;
 /// A message there is no time for in this invocation comes back this soon.
 const NO_TIME_RETRY: Duration = Duration::from_secs(1);
+/// The API sends a task's message before it writes the task: a message this
+/// young whose task is missing waits in process, then looks once more.
+const YOUNG_MS: i64 = 1_000;
+/// How long a young message waits before it looks again.
+const YOUNG_WAIT_MS: i64 = 250;
+/// A message whose task is missing goes back to the queue while it is younger
+/// than this (the task's write may still land), coming back after [`MISSING_RETRY`].
+const MISSING_MAX_AGE_MS: i64 = 30_000;
+const MISSING_RETRY: Duration = Duration::from_secs(5);
 
 /// What one delivery did.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +75,9 @@ pub enum DeliveryOutcome {
     NoTime,
     /// The message names no task: park it on the DLQ.
     Poison { reason: String },
+    /// Its task does not exist (yet: the API sends the message before it
+    /// writes the task). Looked at again while the message is young, else poison.
+    Missing,
 }
 
 /// Settings the sender reads from [`crate::Config`].
@@ -126,6 +138,9 @@ pub enum MessageOutcome {
     /// Flow control held it back (a rate slot, a parallelism cap, a pause, an
     /// open breaker): re-sent to come back after `wait`; not an attempt.
     Held { reason: &'static str, wait: Duration },
+    /// Another copy of the same delivery (task and run) came in this batch:
+    /// that copy is handled and, if need be, comes back; this one is let go.
+    Duplicate,
 }
 
 // The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
@@ -162,11 +177,55 @@ impl<
     }
 
     /// Handles one SQS batch like [`Sender::handle`] and returns what each
-    /// message led to (in completion order).
+    /// message led to (in completion order). Prints the batch's metrics as
+    /// one EMF line at the end.
     pub async fn handle_each(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
+        let batch = std::cell::RefCell::new(metrics::BatchMetrics::default());
+        let (out, batch) = deliver::BATCH
+            .scope(batch, async {
+                let out = self.handle_batch(event, deadline).await;
+                (out, deliver::BATCH.with(std::cell::RefCell::take))
+            })
+            .await;
+        if !batch.is_empty() {
+            for line in batch.lines(metrics::SENDER_SERVICE, self.clock.now()) {
+                println!("{line}");
+            }
+        }
+        out
+    }
+
+    async fn handle_batch(&self, event: SqsEvent, deadline: Option<EpochMillis>) -> Vec<Handled> {
         let records = event.records;
-        let messages: Vec<Option<QueueMessage>> =
+        let mut messages: Vec<Option<QueueMessage>> =
             records.iter().map(|r| QueueMessage::from_body(r.body.as_deref().unwrap_or_default())).collect();
+        // SQS delivers at least once: copies of one delivery in one batch are handled
+        // once (one claim, one flow slot); the first copy stands for the others.
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut skip = vec![false; records.len()];
+        for (i, m) in messages.iter_mut().enumerate() {
+            let unit = match m {
+                Some(QueueMessage::DeliverV1 { task_id, run, .. }) => (task_id.clone(), run.map(|r| r.to_string())),
+                Some(QueueMessage::CronV1 { task_id, scheduled_time, .. }) => {
+                    (task_id.clone(), Some(scheduled_time.clone()))
+                }
+                _ => continue,
+            };
+            if !seen.insert(unit) {
+                *m = None;
+                skip[i] = true;
+                tracing::info!(
+                    message_id = records[i].message_id.as_deref(),
+                    "a second copy of a delivery in one batch"
+                );
+                out.push(Handled {
+                    message_id: records[i].message_id.clone().unwrap_or_default(),
+                    keep: false,
+                    outcome: MessageOutcome::Duplicate,
+                });
+            }
+        }
         // Flow control first, before any claim: group the deliveries by the keys they carry.
         let mut groups: HashMap<FlowRef, Vec<usize>> = HashMap::new();
         let mut timeouts: HashMap<FlowRef, u64> = HashMap::new();
@@ -179,7 +238,7 @@ impl<
             primaries.insert(flow.primary(), keys.clone());
             groups.entry(keys).or_default().push(i);
         }
-        let mut tickets: Vec<Option<Ticket>> = vec![Some(Ticket::default()); records.len()];
+        let mut tickets: Vec<Option<Ticket>> = skip.iter().map(|&dup| (!dup).then(Ticket::default)).collect();
         let mut held = Vec::new();
         for (keys, members) in groups {
             let flow = keys.clone().with_timeout(timeouts.get(&keys).copied().unwrap_or_default());
@@ -193,7 +252,7 @@ impl<
                 }
             }
         }
-        let mut out = self.hold_back(&records, &messages, held).await;
+        out.extend(self.hold_back(&records, &messages, held).await);
         let leases: Vec<(FlowKey, (u32, i64))> = tickets.iter().flatten().flat_map(|t| t.leases.clone()).collect();
         let sent: Vec<Handled> = futures_util::stream::iter(records.iter().zip(tickets))
             .filter_map(|(record, ticket)| async move { ticket.map(|t| (record, t)) })
@@ -282,7 +341,6 @@ impl<
         out
     }
 
-    #[tracing::instrument(skip_all, fields(message_id = record.message_id.as_deref().unwrap_or_default()))]
     async fn process(
         &self,
         record: &SqsMessage,
@@ -290,7 +348,10 @@ impl<
         ticket: &Ticket,
     ) -> (bool, MessageOutcome) {
         if deadline.is_some_and(|d| self.clock.now() + RECORD_MARGIN_MS >= d) {
-            tracing::info!("no time left in this invocation; the message comes back soon");
+            tracing::info!(
+                message_id = record.message_id.as_deref(),
+                "no time left in this invocation; the message comes back soon"
+            );
             return (self.retry_later(record, NO_TIME_RETRY).await, MessageOutcome::Delivery(DeliveryOutcome::NoTime));
         }
         let body = record.body.as_deref().unwrap_or_default();
@@ -314,7 +375,7 @@ impl<
             Err(e) => (None, Err(e)),
             Ok(Err(reason)) => (None, Ok(DeliveryOutcome::Poison { reason })),
             Ok(Ok(None)) => (None, Ok(DeliveryOutcome::Skipped { reason: "cron task not active" })),
-            Ok(Ok(Some(unit))) => match self.deliver_with(&unit, deadline, ticket).await {
+            Ok(Ok(Some(unit))) => match self.deliver_sent(&unit, record, deadline, ticket).await {
                 Ok((outcome, tenant)) => (tenant.map(|t| (unit, t)), Ok(outcome)),
                 Err(e) => (None, Err(e)),
             },
@@ -322,7 +383,7 @@ impl<
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
+                tracing::error!(message_id = record.message_id.as_deref(), task_id = ?task_id.as_ref().map(TaskId::as_str), error = %e, source = ?std::error::Error::source(&e), "delivery interrupted; message will be redelivered");
                 return (true, MessageOutcome::Interrupted(e.to_string()));
             }
         };
@@ -351,12 +412,46 @@ impl<
                 let task = unit.as_ref().map(|(u, tenant)| (&u.task, u.run, tenant));
                 self.park(DeadLetter::failed(task, reason)).await.is_err()
             }
+            DeliveryOutcome::Missing => {
+                tracing::info!(task_id = ?task_id.as_ref().map(TaskId::as_str), "task not written yet; the message comes back soon");
+                self.retry_later(record, MISSING_RETRY).await
+            }
             DeliveryOutcome::Poison { reason } => {
-                tracing::error!(reason = %reason, "poison message");
+                tracing::error!(message_id = record.message_id.as_deref(), reason = %reason, "poison message");
                 self.park(DeadLetter::poison(reason, body)).await.is_err()
             }
         };
         (keep, MessageOutcome::Delivery(outcome))
+    }
+
+    /// Delivers the unit of a message. The API sends a task's message just
+    /// before it writes the task: a young message whose task is missing waits
+    /// a moment and reads once more (a read costs less than a failed claim),
+    /// then goes back to the queue ([`DeliveryOutcome::Missing`]) while the
+    /// task may still come; an older one (or one of unknown age) is poison.
+    async fn deliver_sent(
+        &self,
+        unit: &Unit,
+        record: &SqsMessage,
+        deadline: Option<EpochMillis>,
+        ticket: &Ticket,
+    ) -> Result<(DeliveryOutcome, Option<crate::domain::TenantId>), StoreError> {
+        let first = self.deliver_with(unit, deadline, ticket).await?;
+        if first.0 != DeliveryOutcome::Missing {
+            return Ok(first);
+        }
+        let sent_at = record.attributes.get("SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+        let age = sent_at.map(|t| self.clock.now() - t);
+        if age.is_some_and(|a| a < YOUNG_MS) {
+            self.clock.sleep_until(self.clock.now() + YOUNG_WAIT_MS).await;
+            if self.store.read_state(unit).await?.is_some() {
+                return self.deliver_with(unit, deadline, ticket).await;
+            }
+        }
+        if age.is_some_and(|a| a < MISSING_MAX_AGE_MS) {
+            return Ok((DeliveryOutcome::Missing, None));
+        }
+        Ok((DeliveryOutcome::Poison { reason: format!("no task {}", unit.task) }, None))
     }
 
     /// Leaves the message for redelivery after `delay`; always true (keep it).

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 
 use super::*;
 use crate::domain::{NewTask, RequestSpec, RetryPolicy, TargetGuard, TargetPolicy};
+use crate::ports::{Claim, Transition};
 use crate::testing::{FakeQueue, FakeScheduler, FakeStore, ManualClock, RecordedSchedule, t1};
 
 #[test]
@@ -139,6 +140,23 @@ async fn a_due_task_is_delivered_once_with_one_attempt_recorded() {
 }
 
 #[tokio::test]
+async fn copies_of_one_delivery_in_a_batch_are_handled_once() {
+    let (f, target) = (fixture(), target().await);
+    let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    f.store.insert(&t);
+    let copies = vec![message("m1", deliver(&t)), message("m2", deliver(&t)), message("m3", deliver(&t))];
+    let handled = f.sender.handle_each(batch(copies), None).await;
+    assert_eq!(
+        outcome_of(&handled, "m1"),
+        (false, MessageOutcome::Delivery(DeliveryOutcome::Delivered { attempt: 1 }))
+    );
+    assert_eq!(outcome_of(&handled, "m2"), (false, MessageOutcome::Duplicate));
+    assert_eq!(outcome_of(&handled, "m3"), (false, MessageOutcome::Duplicate));
+    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(f.store.attempts_of(&unit(&t)).len(), 1);
+}
+
+#[tokio::test]
 async fn a_task_not_due_yet_is_deferred_without_sending() {
     let (f, target) = (fixture(), target().await);
     let t = task(&format!("{}/ok", target.base), NOW + 90_000, no_jitter(3));
@@ -156,14 +174,15 @@ async fn a_duplicate_message_for_a_claimed_task_is_not_sent_twice() {
     let (f, target) = (fixture(), target().await);
     let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
     f.store.insert(&t);
-    let handled = f.sender.handle_each(batch(vec![message("m1", deliver(&t)), message("m2", deliver(&t))]), None).await;
-    let mut outcomes: Vec<String> = handled.iter().map(|h| format!("{:?}", h.outcome)).collect();
-    outcomes.sort();
-    assert!(outcomes[0].contains("Delivered"), "{outcomes:?}");
-    assert!(outcomes[1].contains("Skipped"), "{outcomes:?}");
-    assert!(handled.iter().all(|h| !h.keep));
-    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
-    assert_eq!(f.store.attempts_of(&unit(&t)).len(), 1);
+    // Another sender holds the task (its copy of the message is in flight there).
+    let held = DeliveryLedger::claim(&f.store, &unit(&t), NOW, 5_000, None).await.expect("claim");
+    assert!(matches!(held, Claim::Claimed { .. }), "{held:?}");
+    let handled = f.sender.handle_each(batch(vec![message("m2", deliver(&t))]), None).await;
+    // The duplicate comes back when that claim's lease ends (then finds the task done).
+    let (keep, outcome) = outcome_of(&handled, "m2");
+    assert!(keep);
+    assert!(matches!(outcome, MessageOutcome::Delivery(DeliveryOutcome::Deferred { .. })), "{outcome:?}");
+    assert_eq!(target.hits.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -251,4 +270,84 @@ async fn a_retry_wait_longer_than_the_visibility_timeout_goes_to_a_one_time_sche
     let (name, _) = f.scheduler.schedules().into_iter().next().expect("one schedule");
     let state = f.store.state(&Unit { task: t.id.clone(), run: None }).expect("stored");
     assert_eq!(state.scheduler, crate::domain::SchedulerHold::Schedule(name));
+}
+
+fn sent_at(mut m: SqsMessage, at: EpochMillis) -> SqsMessage {
+    m.attributes.insert("SentTimestamp".into(), at.to_string());
+    m
+}
+
+#[tokio::test]
+async fn a_young_message_whose_task_is_not_written_yet_goes_back_to_the_queue_not_to_the_dlq() {
+    let (f, target) = (fixture(), target().await);
+    // The API sends the message first, then writes the task: not written (yet).
+    let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    let handled = f.sender.handle_each(batch(vec![sent_at(message("m1", deliver(&t)), NOW - 100)]), None).await;
+    assert_eq!(outcome_of(&handled, "m1"), (true, MessageOutcome::Delivery(DeliveryOutcome::Missing)));
+    assert_eq!(f.queue.retried(), [("rh-m1".to_owned(), MISSING_RETRY)]);
+    assert!(f.queue.dead_letters().is_empty());
+    // It waited a moment in process, once, before giving the message back.
+    assert_eq!(f.clock.now(), NOW + YOUNG_WAIT_MS);
+    // Once written, the message that comes back delivers it.
+    f.store.insert(&t);
+    let again = f.sender.handle_each(batch(vec![sent_at(message("m1", deliver(&t)), NOW - 100)]), None).await;
+    assert_eq!(outcome_of(&again, "m1"), (false, MessageOutcome::Delivery(DeliveryOutcome::Delivered { attempt: 1 })));
+    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_message_a_few_seconds_old_without_its_task_comes_back_without_waiting_in_process() {
+    let f = fixture();
+    let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    let handled = f.sender.handle_each(batch(vec![sent_at(message("m1", deliver(&t)), NOW - 5_000)]), None).await;
+    assert_eq!(outcome_of(&handled, "m1"), (true, MessageOutcome::Delivery(DeliveryOutcome::Missing)));
+    assert_eq!(f.clock.now(), NOW, "no in-process wait past the first second");
+    assert!(f.queue.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn an_old_message_or_one_of_unknown_age_without_its_task_is_poison_as_before() {
+    let f = fixture();
+    let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    let other = task("http://other.invalid/x", NOW, no_jitter(3));
+    let old = sent_at(message("m1", deliver(&t)), NOW - MISSING_MAX_AGE_MS - 1);
+    let handled = f.sender.handle_each(batch(vec![old, message("m2", deliver(&other))]), None).await;
+    for (id, t) in [("m1", &t), ("m2", &other)] {
+        let (keep, outcome) = outcome_of(&handled, id);
+        assert!(!keep, "{id}");
+        let reason = format!("no task {}", t.id);
+        assert_eq!(outcome, MessageOutcome::Delivery(DeliveryOutcome::Poison { reason }), "{id}");
+    }
+    assert_eq!(f.queue.dead_letters().len(), 2);
+}
+
+#[tokio::test]
+async fn a_final_attempt_is_recorded_by_the_finish_even_when_the_lease_was_lost() {
+    let f = fixture();
+    let t = task("http://task.invalid/x", NOW, no_jitter(3));
+    f.store.insert(&t);
+    let u = unit(&t);
+    let Ok(Claim::Claimed { state, .. }) = f.store.claim(&u, NOW, 5_000, None).await else { panic!("claimable") };
+    let attempt = crate::domain::Attempt {
+        run: None,
+        number: state.attempts,
+        started_at: NOW,
+        method: "POST".into(),
+        url: "http://task.invalid/x".into(),
+        request_headers: Vec::new(),
+        request_body_size: 0,
+        response_headers: Vec::new(),
+        duration_ms: 3,
+        status_code: Some(200),
+        outcome: crate::domain::Outcome::Success,
+        response_body: None,
+        error: None,
+        next_delay_ms: None,
+    };
+    let record = Some(crate::ports::Record { attempt: &attempt, item_bytes: 0 });
+    // Another attempt holds the unit now: the transition does not apply, the record stays.
+    let lost = f.store.finish(&u, state.attempts + 1, &Transition::Succeeded, NOW, record).await.expect("fake");
+    assert!(!lost);
+    assert_eq!(f.store.attempts_of(&u), [attempt]);
+    assert_eq!(f.store.state(&u).map(|s| s.status), Some(TaskStatus::Sending));
 }

@@ -5,7 +5,9 @@
 
 use super::{FakeStore, Row, shard_of, unit_key};
 use crate::domain::{Attempt, EpochMillis, RequestSpec, RetryPolicy, TaskId, TaskKind, TaskState, TaskStatus};
-use crate::ports::{CandidatePage, Claim, DeliveryLedger, ReconcileIndex, Retried, StoreError, Transition, Unit};
+use crate::ports::{
+    CandidatePage, Claim, DeliveryLedger, ReconcileIndex, Record, Retried, StoreError, Transition, Unit,
+};
 
 /// A unit due within this much is claimable (the adapter's clock-skew slack).
 const DUE_SLACK_MS: i64 = 1_000;
@@ -26,6 +28,13 @@ impl DeliveryLedger for FakeStore {
         let Some(row) = t.states.get_mut(&unit_key(unit)) else { return Ok(Claim::Missing) };
         let st = &mut row.state;
         let expired = st.status == TaskStatus::Sending && st.lease_until.is_some_and(|l| l < now);
+        if st.status == TaskStatus::Sending
+            && !expired
+            && let Some(lease) = st.lease_until
+        {
+            // Held by another sender: come back when its lease ends.
+            return Ok(Claim::NotDue(lease + 1));
+        }
         if !(waiting(st.status) || expired) {
             return Ok(Claim::NotClaimable(st.status));
         }
@@ -41,7 +50,8 @@ impl DeliveryLedger for FakeStore {
         st.lease_until = Some(now + lease_margin + st.timeout_ms as i64);
         st.updated_at = now;
         row.claimed_at = Some(now);
-        Ok(Claim::Claimed { state: Box::new(row.state.clone()), interrupted_at })
+        // The fake keeps requests apart from states: the sender reads them with `get_spec`.
+        Ok(Claim::Claimed { state: Box::new(row.state.clone()), interrupted_at, inline: None, item_bytes: 0 })
     }
 
     async fn read_state(&self, unit: &Unit) -> Result<Option<TaskState>, StoreError> {
@@ -70,9 +80,20 @@ impl DeliveryLedger for FakeStore {
         Ok(())
     }
 
-    async fn finish(&self, unit: &Unit, attempt: u32, t: &Transition, now: EpochMillis) -> Result<bool, StoreError> {
+    /// The attempt is recorded whether the transition applies or not (its request went out).
+    async fn finish(
+        &self,
+        unit: &Unit,
+        attempt: u32,
+        t: &Transition,
+        now: EpochMillis,
+        record: Option<Record<'_>>,
+    ) -> Result<bool, StoreError> {
         let grace = self.grace_ms;
         let mut tables = self.lock();
+        if let Some(r) = record {
+            tables.attempts.insert((unit_key(unit), r.attempt.number), r.attempt.clone());
+        }
         let Some(row) = tables.states.get_mut(&unit_key(unit)) else { return Ok(false) };
         let st = &mut row.state;
         if st.status != TaskStatus::Sending || st.attempts != attempt {

@@ -212,5 +212,6 @@ pub fn new_task(tenant: &TenantId, url: &str, due_at: EpochMillis, retry: RetryP
         created_at: due_at,
         due_at,
         on_scheduler: false,
+        slot_taken: false,
     }
 }

@@ -19,7 +19,7 @@ async fn a_second_claim_under_a_live_lease_is_refused_and_taken_once_it_expires(
     let store = FakeStore::new();
     let t = new_task(&t1(), "https://a.invalid/", NOW, RetryPolicy::default());
     store.insert(&t);
-    let Claim::Claimed { state, interrupted_at: None } =
+    let Claim::Claimed { state, interrupted_at: None, .. } =
         store.claim(&unit(&t), NOW, 5_000, None).await.expect("the fakes never fail")
     else {
         panic!("the first claim takes the task");
@@ -27,7 +27,8 @@ async fn a_second_claim_under_a_live_lease_is_refused_and_taken_once_it_expires(
     assert_eq!((state.status, state.attempts, state.lease_until), (TaskStatus::Sending, 1, Some(NOW + 6_000)));
     assert_eq!(
         store.claim(&unit(&t), NOW + 1, 5_000, None).await.expect("the fakes never fail"),
-        Claim::NotClaimable(TaskStatus::Sending)
+        Claim::NotDue(NOW + 6_001),
+        "comes back when the lease ends"
     );
     let again = store.claim(&unit(&t), NOW + 6_001, 5_000, None).await.expect("the fakes never fail");
     assert!(matches!(again, Claim::Claimed { interrupted_at: Some(NOW), .. }), "{again:?}");
@@ -56,10 +57,10 @@ async fn only_the_lease_holders_attempt_finishes_a_task() {
     store.insert(&t);
     store.claim(&unit(&t), NOW, 5_000, None).await.expect("the fakes never fail");
     let retry = Transition::Retry { due_at: NOW + 2_000, status: Some(500) };
-    assert!(!store.finish(&unit(&t), 2, &retry, NOW).await.expect("the fakes never fail"));
-    assert!(store.finish(&unit(&t), 1, &retry, NOW).await.expect("the fakes never fail"));
+    assert!(!store.finish(&unit(&t), 2, &retry, NOW, None).await.expect("the fakes never fail"));
+    assert!(store.finish(&unit(&t), 1, &retry, NOW, None).await.expect("the fakes never fail"));
     assert!(
-        !store.finish(&unit(&t), 1, &Transition::Succeeded, NOW).await.expect("the fakes never fail"),
+        !store.finish(&unit(&t), 1, &Transition::Succeeded, NOW, None).await.expect("the fakes never fail"),
         "no longer sending"
     );
     let st = store.state(&unit(&t)).expect("stored");

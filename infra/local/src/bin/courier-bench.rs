@@ -1,46 +1,58 @@
-//! `make bench`: what one delivery costs and how fast the local stack goes.
+//! `make bench`: what one delivery costs and how fast the local stack goes,
+//! on the two paths users take.
 //!
-//! Creates N tasks (batch create, 100 per call) against a loopback target and
-//! measures, per successful first-try delivery: DynamoDB write and read units
-//! (counted from the real requests and the sizes of the items they touch),
-//! SQS requests, Scheduler calls, Lambda invocations and time, log bytes, and
-//! the list-price cost per million deliveries (prices: `infra/prices.json`);
-//! plus deliveries/s and the sender's CPU time per delivery. Every AWS call of
-//! the functions and of the local event source goes through a counting proxy
-//! in front of the emulator. Then it measures the release sender's Lambda init
-//! time (process start to its first Runtime API `/next`).
+//! Two scenarios, each on a fresh local stack with the reconciler (every
+//! 10 s, plus one pass at the end) and the stream counter running:
+//! - **single**: one task per `POST /v1/tasks`, each with its own
+//!   `business_id`, from 16 concurrent clients;
+//! - **batch**: 100 tasks per `POST /v1/tasks/batch`.
 //!
-//! `--flows` adds flow control's figures: the DynamoDB units spent on flow
-//! items (key `pk` starting with `FLOW`) per delivery without a policy, and
-//! a phase with two senders and a 20/s policy on the target: overshoot over
-//! the limit in the worst 1-s window, sustained rate, flow units per delivery.
+//! Per successful first-try delivery it measures DynamoDB write and read
+//! units by caller (API, sender, counter, reconciler; counted from the real
+//! requests and the sizes of the items they touch), SQS requests, Scheduler
+//! calls, Lambda invocations and GB-s, API Gateway requests and log bytes,
+//! and turns them into list-price cost per million deliveries
+//! (`infra/prices.json`); plus deliveries/s, creates/s, the latency of the
+//! create calls, and the sender's CPU time. Every AWS call of the functions
+//! and of the local event sources goes through a counting proxy in front of
+//! the emulator (one per caller, routing each service where the caller's
+//! environment says). Then the release functions' Lambda init time (process
+//! start to the first Runtime API `/next`).
+//!
+//! The figures go to `target/bench.json` (`--json`); `--compare OLD.json`
+//! prints an earlier run beside this one.
+//!
+//! `--flows` adds flow control's figures: a phase with two senders and a
+//! 20/s policy on the target: overshoot over the limit in the worst 1-s
+//! window, sustained rate, flow units per delivery.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use courier_local::arrivals::{max_per_second, sustained_rate};
+use courier_local::proxy::{Exchange, Observer, RunningProxy, SERVICES, Upstreams};
 use courier_local::runtime::{FunctionHost, FunctionSpec};
-use courier_local::stack::{LocalStack, StackOptions};
+use courier_local::stack::{LocalStack, StackOptions, scheduled_event};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(about = "Courier's cost and speed benchmark (needs AWS_ENDPOINT_URL: the emulator)")]
 struct Args {
-    /// Tasks to create and deliver.
+    /// Tasks to create and deliver in each scenario.
     #[arg(long, default_value_t = 2000)]
     tasks: usize,
     /// Created but not yet delivered, at most (the emulator slows down on deep queues).
     #[arg(long, default_value_t = 300)]
     max_in_flight: usize,
-    /// Directory of the release `api`, `sender` and `reconciler` binaries (default: next to this one).
+    /// Concurrent clients of the single scenario.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Directory of the release function binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Cold starts measured for the init time.
@@ -48,6 +60,15 @@ struct Args {
     init_samples: usize,
     #[arg(long, default_value = "infra/prices.json")]
     prices: PathBuf,
+    /// Where the figures are written as JSON.
+    #[arg(long, default_value = "target/bench.json")]
+    json: PathBuf,
+    /// An earlier run's JSON, printed beside this one.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Only these scenarios (`single`, `batch`).
+    #[arg(long, value_delimiter = ',', default_value = "single,batch")]
+    scenarios: Vec<String>,
     /// Also run the flow-control phase (2 senders, a 20/s policy on the target).
     #[arg(long)]
     flows: bool,
@@ -55,6 +76,11 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     flow_tasks: usize,
 }
+
+/// Log bytes Lambda itself writes per invocation (`START`, `END`, `REPORT`
+/// lines; about 260 bytes together on arm64), which the local runtime does
+/// not: added to what the functions print.
+const PLATFORM_LOG_BYTES: f64 = 260.0;
 
 /// Usage counted by one proxy (one caller: a function, or the event source).
 #[derive(Default)]
@@ -90,9 +116,8 @@ impl Meter {
 /// Sizes of items seen, by `pk|sk`, to bill updates by the item they touch.
 type Sizes = Arc<Mutex<HashMap<String, usize>>>;
 
-struct Proxy {
-    upstream: String,
-    http: reqwest::Client,
+/// What one counting proxy does with each exchange it forwards.
+struct Metering {
     meter: Arc<Meter>,
     sizes: Sizes,
 }
@@ -159,7 +184,7 @@ fn read_units(size: usize, consistent: bool) -> f64 {
     size.div_ceil(4096).max(1) as f64 * if consistent { 1.0 } else { 0.5 }
 }
 
-impl Proxy {
+impl Metering {
     /// Bills one DynamoDB call from its request and response.
     fn bill_dynamodb(&self, op: &str, req: &Value, resp: &Value) {
         let mut sizes = self.sizes.lock().expect("lock");
@@ -235,48 +260,41 @@ impl Proxy {
     }
 }
 
-async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
-    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let op = match &target {
-        Some(t) => t.replace("DynamoDB_20120810.", "dynamodb:").replace("AmazonSQS.", "sqs:"),
-        // Scheduler speaks REST: the method and the path's first segment.
-        None => format!("scheduler:{} /{}", parts.method, parts.uri.path().split('/').nth(1).unwrap_or_default()),
-    };
-    *p.meter.ops.lock().expect("lock").entry(op.clone()).or_default() += 1;
-    let url = format!("{}{}", p.upstream, parts.uri.path_and_query().map_or("/", |q| q.as_str()));
-    let mut fwd = p.http.request(parts.method.clone(), url).body(body.clone());
-    for (k, v) in &parts.headers {
-        if k != "host" && k != "content-length" {
-            fwd = fwd.header(k, v);
+impl Observer for Metering {
+    fn observe(&self, x: &Exchange<'_>) {
+        let target = x.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let op = match &target {
+            Some(t) => t
+                .replace("DynamoDBStreams_20120810.", "streams:")
+                .replace("DynamoDB_20120810.", "dynamodb:")
+                .replace("AmazonSQS.", "sqs:"),
+            // Scheduler speaks REST: the method and the path's first segment.
+            None => format!("scheduler:{} /{}", x.method, x.uri.path().split('/').nth(1).unwrap_or_default()),
+        };
+        *self.meter.ops.lock().expect("lock").entry(op.clone()).or_default() += 1;
+        if let Some(ddb_op) = op.strip_prefix("dynamodb:") {
+            let req: Value = serde_json::from_slice(x.request).unwrap_or(Value::Null);
+            let resp: Value = serde_json::from_slice(x.response).unwrap_or(Value::Null);
+            self.bill_dynamodb(ddb_op, &req, &resp);
         }
     }
-    let Ok(resp) = fwd.send().await else { return axum::http::StatusCode::BAD_GATEWAY.into_response() };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.bytes().await.unwrap_or_default();
-    if let Some(ddb_op) = op.strip_prefix("dynamodb:") {
-        let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let resp_json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        p.bill_dynamodb(ddb_op, &req_json, &resp_json);
-    }
-    let mut out = Response::new(axum::body::Body::from(bytes));
-    *out.status_mut() = status;
-    for (k, v) in &headers {
-        if k != "content-length" && k != "transfer-encoding" {
-            out.headers_mut().append(k, v.clone());
-        }
-    }
-    out
 }
 
-async fn start_proxy(upstream: &str, meter: Arc<Meter>, sizes: Sizes) -> anyhow::Result<String> {
-    let proxy = Arc::new(Proxy { upstream: upstream.to_owned(), http: reqwest::Client::new(), meter, sizes });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, Router::new().fallback(forward).with_state(proxy)).await });
-    Ok(url)
+/// A counting proxy for one caller, forwarding each service where this
+/// process's environment says (`BENCH_AWS_ENDPOINT_URL_<SERVICE>`, else
+/// `AWS_ENDPOINT_URL[_<SERVICE>]`: the callers themselves see only the
+/// proxies, so per-service endpoints for the emulator are given apart).
+async fn start_proxy(meter: Arc<Meter>, sizes: Sizes) -> anyhow::Result<RunningProxy> {
+    let upstreams = Upstreams::from_lookup(|k| std::env::var(format!("BENCH_{k}")).or_else(|_| std::env::var(k)).ok())
+        .ok_or_else(|| anyhow::anyhow!("AWS_ENDPOINT_URL must point at the emulator"))?;
+    Ok(courier_local::proxy::start(upstreams, Arc::new(Metering { meter, sizes })).await?)
+}
+
+/// Every endpoint variable of a function, pointed at `url`.
+fn endpoint_env(url: &str) -> Vec<(String, String)> {
+    std::iter::once(("AWS_ENDPOINT_URL".to_owned(), url.to_owned()))
+        .chain(SERVICES.iter().map(|s| (format!("AWS_ENDPOINT_URL_{s}"), url.to_owned())))
+        .collect()
 }
 
 /// utime + stime of a process, from /proc (Linux).
@@ -306,40 +324,207 @@ async fn init_times(spec: FunctionSpec, samples: usize) -> anyhow::Result<Vec<Du
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let upstream = std::env::var("AWS_ENDPOINT_URL")
-        .map_err(|_| anyhow::anyhow!("AWS_ENDPOINT_URL must point at the emulator"))?;
-    let prices: Value = serde_json::from_str(&std::fs::read_to_string(&args.prices)?)?;
-    let price = |k: &str| prices[k].as_f64().unwrap_or(0.0);
-    let bin_dir = match args.bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default(),
-    };
-    let sizes: Sizes = Arc::default();
-    let (api_m, sender_m, esm_m) = (Arc::new(Meter::default()), Arc::new(Meter::default()), Arc::new(Meter::default()));
-    let api_proxy = start_proxy(&upstream, api_m.clone(), sizes.clone()).await?;
-    let sender_proxy = start_proxy(&upstream, sender_m.clone(), sizes.clone()).await?;
-    let esm_proxy = start_proxy(&upstream, esm_m.clone(), sizes.clone()).await?;
-    let esm_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&esm_proxy).load().await;
+/// One scenario's figures, in print order: (label, value). Labels starting
+/// with two spaces are parts of the row above.
+type Rows = Vec<(String, f64)>;
 
-    let stack = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+/// Who calls AWS, each behind its own counting proxy.
+const CALLERS: [&str; 5] = ["api", "sender", "counter", "reconciler", "event sources"];
+
+/// The figures of one scenario, per successful first-try delivery.
+#[derive(Default)]
+struct Usage {
+    wcu: Vec<(String, f64)>,
+    rcu: Vec<(String, f64)>,
+    sqs: Vec<(String, f64)>,
+    scheduler: f64,
+    invocations: Vec<(String, f64)>,
+    gb_s: f64,
+    api_gateway: f64,
+    log_bytes: f64,
+    sender_cpu_ms: f64,
+    deliveries_per_s: f64,
+    creates_per_s: f64,
+    /// Latency of the create calls (ms): p50, p95, p99.
+    create_ms: [f64; 3],
+}
+
+fn sum(parts: &[(String, f64)]) -> f64 {
+    parts.iter().map(|(_, v)| v).sum()
+}
+
+impl Usage {
+    fn rows(&self, price: &dyn Fn(&str) -> f64) -> Rows {
+        let mut rows: Rows = Vec::new();
+        let group = |label: &str, parts: &[(String, f64)], rows: &mut Rows| {
+            rows.push((label.to_owned(), sum(parts)));
+            rows.extend(parts.iter().map(|(k, v)| (format!("  {k}"), *v)));
+        };
+        group("DynamoDB write units", &self.wcu, &mut rows);
+        group("DynamoDB read units", &self.rcu, &mut rows);
+        group("SQS requests", &self.sqs, &mut rows);
+        rows.push(("Scheduler calls".into(), self.scheduler));
+        group("Lambda invocations", &self.invocations, &mut rows);
+        rows.push(("Lambda GB-s".into(), self.gb_s));
+        rows.push(("API Gateway requests".into(), self.api_gateway));
+        rows.push(("log bytes".into(), self.log_bytes));
+        rows.push(("sender CPU ms".into(), self.sender_cpu_ms));
+        let m = 1_000_000.0;
+        let costs = [
+            ("$/M DynamoDB writes", sum(&self.wcu) * price("dynamodb_per_million_write_request_units")),
+            ("$/M DynamoDB reads", sum(&self.rcu) * price("dynamodb_per_million_read_request_units")),
+            ("$/M SQS", sum(&self.sqs) * price("sqs_per_million_requests")),
+            ("$/M Scheduler", self.scheduler * price("scheduler_per_million_invocations")),
+            ("$/M Lambda requests", sum(&self.invocations) * price("lambda_per_million_requests")),
+            ("$/M Lambda compute", self.gb_s * m * price("lambda_arm64_per_gb_second")),
+            ("$/M API Gateway", self.api_gateway * price("api_gateway_http_per_million_requests")),
+            ("$/M CloudWatch Logs", self.log_bytes * m / 1e9 * price("cloudwatch_logs_per_gb_ingested")),
+        ];
+        rows.push(("$/M total".into(), costs.iter().map(|(_, c)| c).sum()));
+        rows.extend(costs.iter().map(|(k, v)| (format!("  {}", k.trim_start_matches("$/M ")), *v)));
+        rows.push(("deliveries/s".into(), self.deliveries_per_s));
+        rows.push(("creates/s".into(), self.creates_per_s));
+        rows.push(("create call p50 ms".into(), self.create_ms[0]));
+        rows.push(("create call p95 ms".into(), self.create_ms[1]));
+        rows.push(("create call p99 ms".into(), self.create_ms[2]));
+        rows
+    }
+}
+
+/// Scenarios side by side: one row per figure, one column per scenario.
+fn table(columns: &[(String, Rows)]) -> String {
+    let mut out = format!("{:<26}", "per first-try delivery");
+    for (name, _) in columns {
+        out += &format!("{name:>14}");
+    }
+    out.push('\n');
+    let Some((_, first)) = columns.first() else { return out };
+    for (i, (label, _)) in first.iter().enumerate() {
+        out += &format!("{label:<26}");
+        for (_, rows) in columns {
+            out += &rows.get(i).map_or_else(|| format!("{:>14}", "-"), |(_, v)| format!("{:>14}", fmt(*v)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.4}") }
+}
+
+/// An earlier run beside this one: per scenario and figure, old, new, change.
+fn comparison(old: &Value, new: &Value) -> String {
+    let mut out = String::new();
+    let Some(scenarios) = new["scenarios"].as_object() else { return out };
+    for (name, rows) in scenarios {
+        out += &format!("\n== {name}: {:<26}{:>14}{:>14}{:>10}\n", "", "before", "after", "change");
+        for row in rows.as_array().into_iter().flatten() {
+            let (Some(label), Some(after)) = (row[0].as_str(), row[1].as_f64()) else { continue };
+            let before = old["scenarios"][name]
+                .as_array()
+                .and_then(|r| r.iter().find(|x| x[0] == label))
+                .and_then(|x| x[1].as_f64());
+            let change = match before {
+                Some(b) if b != 0.0 => format!("{:+.0} %", (after - b) / b * 100.0),
+                _ => "-".into(),
+            };
+            let b = before.map_or_else(|| "-".to_owned(), fmt);
+            out += &format!("{label:<34}{b:>14}{:>14}{change:>10}\n", fmt(after));
+        }
+    }
+    for kind in ["init_ms", "flows"] {
+        for (k, v) in new[kind].as_object().into_iter().flatten() {
+            let b = old[kind][k].as_f64().map_or_else(|| "-".to_owned(), fmt);
+            out += &format!("{kind} {k:<27}{b:>14}{:>14}\n", v.as_f64().map_or_else(|| "-".to_owned(), fmt));
+        }
+    }
+    out
+}
+
+/// The meters and proxies one scenario's callers share.
+struct Meters {
+    meters: Vec<(&'static str, Arc<Meter>)>,
+    proxies: Vec<RunningProxy>,
+}
+
+impl Meters {
+    async fn start() -> anyhow::Result<Self> {
+        let sizes: Sizes = Arc::default();
+        let mut meters = Vec::new();
+        let mut proxies = Vec::new();
+        for caller in CALLERS {
+            let m = Arc::new(Meter::default());
+            proxies.push(start_proxy(m.clone(), sizes.clone()).await?);
+            meters.push((caller, m));
+        }
+        Ok(Self { meters, proxies })
+    }
+
+    fn meter(&self, caller: &str) -> &Meter {
+        &self.meters.iter().find(|(c, _)| *c == caller).expect("a caller").1
+    }
+
+    fn url(&self, caller: &str) -> &str {
+        let i = CALLERS.iter().position(|c| *c == caller).expect("a caller");
+        &self.proxies[i].url
+    }
+
+    fn reset(&self) {
+        for (_, m) in &self.meters {
+            m.reset();
+        }
+    }
+
+    /// DynamoDB calls of the functions (the event sources poll all the time).
+    fn function_writes(&self) -> u64 {
+        self.meters.iter().filter(|(c, _)| *c != "event sources").map(|(_, m)| m.count("dynamodb:")).sum()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    Single,
+    Batch,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Batch => "batch",
+        }
+    }
+}
+
+/// Runs one scenario on a fresh local stack; returns its figures.
+async fn run_scenario(
+    scenario: Scenario,
+    args: &Args,
+    bin_dir: &Path,
+    price: &dyn Fn(&str) -> f64,
+) -> anyhow::Result<Rows> {
+    let meters = Meters::start().await?;
+    let esm_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(meters.url("event sources"))
+        .load()
+        .await;
+    let stack = format!("bench-{}-{}", scenario.name(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     std::fs::create_dir_all(".local")?;
     let log = PathBuf::from(format!(".local/{stack}.log"));
     let admin_key = format!("bench-admin-{}", uuid::Uuid::new_v4().simple());
-    let mut opts = StackOptions::new(&stack, &bin_dir);
+    let mut opts = StackOptions::new(&stack, bin_dir);
     opts.log_file = Some(log.clone());
     opts.scheduler_tick = None;
-    opts.reconcile_every = None;
-    // The stream counter is off the delivery path (one small transaction per
-    // stream batch on AWS); the emulator's transactions copy the whole table,
-    // which would make it dominate this run.
-    opts.stream_counter = false;
+    opts.reconcile_every = Some(Duration::from_secs(10));
+    opts.stream_counter = true;
+    // As many API instances as clients: Lambda gives each concurrent request its own.
+    opts.api_instances = if scenario == Scenario::Single { args.clients.min(8) } else { 2 };
     opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
     opts.extra_env.push(("RUST_LOG".into(), "info".into()));
-    opts.function_env.insert("api".into(), vec![("AWS_ENDPOINT_URL".into(), api_proxy.clone())]);
-    opts.function_env.insert("sender".into(), vec![("AWS_ENDPOINT_URL".into(), sender_proxy.clone())]);
+    for f in ["api", "sender", "counter", "reconciler"] {
+        opts.function_env.insert(f.into(), endpoint_env(meters.url(f)));
+    }
     let local = LocalStack::start(&esm_sdk, opts).await?;
 
     // A target that answers 200 and counts.
@@ -359,7 +544,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let http = reqwest::Client::new();
-    let admin = http
+    let tenant = http
         .post(format!("{}/v1/tenants", local.api_url))
         .bearer_auth(&admin_key)
         .json(&json!({"name": "bench", "max_active_tasks": 10_000_000, "create_rate_per_second": 100_000}))
@@ -367,12 +552,10 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .json::<Value>()
         .await?;
-    let key = admin["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {admin}"))?.to_owned();
-    let create = |n: usize| {
-        let tasks: Vec<Value> =
-            (0..n).map(|i| json!({"request": {"method": "POST", "url": target, "json": {"n": i}}})).collect();
-        http.post(format!("{}/v1/tasks/batch", local.api_url)).bearer_auth(&key).json(&json!({"tasks": tasks})).send()
-    };
+    let key = tenant["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {tenant}"))?.to_owned();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let api = local.api_url.clone();
+    let task = move |n: usize| json!({"request": {"method": "POST", "url": target, "json": {"n": n}}, "business_id": format!("bench-{run}-{n}")});
     let wait_for = |n: usize, within: Duration| {
         let received = received.clone();
         async move {
@@ -384,115 +567,164 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // Warm up (cold starts and first connections are not what we measure).
-    create(20).await?;
+    let warm: Vec<Value> = (0..20).map(|i| task(1_000_000 + i)).collect();
+    http.post(format!("{api}/v1/tasks/batch")).bearer_auth(&key).json(&json!({"tasks": warm})).send().await?;
     anyhow::ensure!(wait_for(20, Duration::from_secs(60)).await, "warm-up tasks were not delivered");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for m in [&api_m, &sender_m, &esm_m] {
-        m.reset();
-    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    meters.reset();
     let base = received.load(Ordering::Relaxed);
     let cpu0: Duration = local.sender.pids().into_iter().map(cpu_time).sum();
-    let (inv0, busy0) = local.sender.usage();
-    let (api_inv0, api_busy0) = local.api.usage();
+    let hosts = [&local.api, &local.sender, &local.counter, &local.reconciler];
+    let usage0: Vec<(u64, Duration)> = hosts.iter().map(|h| h.usage()).collect();
     let log0 = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
 
     let n = args.tasks;
-    println!("creating and delivering {n} tasks (batches of 100, at most {} in flight)…", args.max_in_flight);
+    let per_call = if scenario == Scenario::Single { 1 } else { 100 };
+    println!(
+        "\n{}: creating and delivering {n} tasks ({}; at most {} in flight)…",
+        scenario.name(),
+        if per_call == 1 { format!("one per call, {} clients", args.clients) } else { "100 per call".into() },
+        args.max_in_flight
+    );
     let t0 = Instant::now();
-    let mut created = 0;
-    while created < n {
-        let delivered = received.load(Ordering::Relaxed) - base;
-        if created - delivered.min(created) + 100 > args.max_in_flight {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        let k = (n - created).min(100);
-        let resp = create(k).await?.json::<Value>().await?;
-        anyhow::ensure!(resp["created"] == k, "batch create failed: {resp}");
-        created += k;
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let clients = if per_call == 1 { args.clients } else { 1 };
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (http, key, api, next, latencies, received, task) =
+            (http.clone(), key.clone(), api.clone(), next.clone(), latencies.clone(), received.clone(), task.clone());
+        let max_in_flight = args.max_in_flight;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(per_call, Ordering::Relaxed);
+                if start >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let k = (n - start).min(per_call);
+                while start.saturating_sub(received.load(Ordering::Relaxed) - base) + k > max_in_flight {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let sent = Instant::now();
+                let resp = if per_call == 1 {
+                    http.post(format!("{api}/v1/tasks")).bearer_auth(&key).json(&task(start)).send().await?
+                } else {
+                    let tasks: Vec<Value> = (start..start + k).map(&task).collect();
+                    http.post(format!("{api}/v1/tasks/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"tasks": tasks}))
+                        .send()
+                        .await?
+                };
+                let status = resp.status();
+                let body: Value = resp.json().await?;
+                latencies.lock().expect("lock").push(sent.elapsed());
+                let ok = if per_call == 1 { status == 201 } else { body["created"] == k };
+                anyhow::ensure!(ok, "create failed ({status}): {body}");
+            }
+        }));
     }
-    anyhow::ensure!(wait_for(base + n, Duration::from_secs(600)).await, "not every task was delivered");
+    for w in workers {
+        w.await??;
+    }
+    let created_in = t0.elapsed();
+    anyhow::ensure!(wait_for(base + n, Duration::from_secs(900)).await, "not every task was delivered");
     let elapsed = t0.elapsed();
-    // Let the last finishes land.
-    let mut last = sender_m.count("dynamodb:");
+    // Let the last finishes and counts land, then one more reconciler pass (its
+    // steady-state cost, counted with the rest).
+    let mut last = meters.function_writes();
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = sender_m.count("dynamodb:");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let now = meters.function_writes();
         if now == last {
             break;
         }
         last = now;
     }
+    local.reconciler.invoke(&scheduled_event(&format!("{stack}-reconcile"))).await?;
     let cpu = local.sender.pids().into_iter().map(cpu_time).sum::<Duration>().saturating_sub(cpu0);
-    let (inv, busy) = local.sender.usage();
-    let (api_inv, api_busy) = local.api.usage();
+    let usage: Vec<(u64, Duration)> =
+        hosts.iter().zip(&usage0).map(|(h, (i0, b0))| (h.usage().0 - i0, h.usage().1.saturating_sub(*b0))).collect();
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0).saturating_sub(log0);
     let nf = n as f64;
-
     let per = |x: f64| x / nf;
-    let wcu_api = per(*api_m.wcu.lock().expect("lock"));
-    let wcu_sender = per(*sender_m.wcu.lock().expect("lock"));
-    let rcu_api = per(*api_m.rcu.lock().expect("lock"));
-    let rcu_sender = per(*sender_m.rcu.lock().expect("lock"));
-    let sqs_api = per(api_m.count("sqs:") as f64);
-    let sqs_sender = per(sender_m.count("sqs:") as f64);
-    let sqs_esm_work = per((esm_m.op("sqs:DeleteMessageBatch") + esm_m.op("sqs:ReceiveMessage")) as f64);
-    let scheduler = per((api_m.count("scheduler:") + sender_m.count("scheduler:")) as f64);
-    let lambda_requests = per((inv - inv0 + api_inv - api_inv0) as f64);
-    let gb_s = per(((busy - busy0) + (api_busy - api_busy0)).as_secs_f64()) * price("lambda_memory_gb");
-    let api_calls = (n as f64 / 100.0).ceil() / nf;
-
-    let million = 1_000_000.0;
-    let costs = [
-        ("DynamoDB writes", (wcu_api + wcu_sender) * price("dynamodb_per_million_write_request_units")),
-        ("DynamoDB reads", (rcu_api + rcu_sender) * price("dynamodb_per_million_read_request_units")),
-        ("SQS requests", (sqs_api + sqs_sender + sqs_esm_work) * price("sqs_per_million_requests")),
-        ("Scheduler", scheduler * price("scheduler_per_million_invocations")),
-        ("Lambda requests", lambda_requests * price("lambda_per_million_requests")),
-        ("Lambda compute", gb_s * million * price("lambda_arm64_per_gb_second")),
-        ("API Gateway", api_calls * price("api_gateway_http_per_million_requests")),
-        ("CloudWatch Logs", per(log_bytes as f64) * million / 1e9 * price("cloudwatch_logs_per_gb_ingested")),
-    ];
-    let total: f64 = costs.iter().map(|(_, c)| c).sum();
-
-    println!("\n== per successful first-try delivery ({n} tasks, batch create)");
-    println!("DynamoDB write units   {:>8.3}  (API {wcu_api:.3}, sender {wcu_sender:.3})", wcu_api + wcu_sender);
-    println!("DynamoDB read units    {:>8.3}  (API {rcu_api:.3}, sender {rcu_sender:.3})", rcu_api + rcu_sender);
-    println!(
-        "flow write units       {:>8.3}  (no policy; flow read units {:.3})",
-        per(*sender_m.flow_wcu.lock().expect("lock")),
-        per(*sender_m.flow_rcu.lock().expect("lock"))
-    );
-    println!(
-        "SQS requests           {:>8.3}  (API {sqs_api:.3}, sender {sqs_sender:.3}, event source receive+delete {sqs_esm_work:.3})",
-        sqs_api + sqs_sender + sqs_esm_work
-    );
-    println!("Scheduler calls        {scheduler:>8.3}");
-    println!("Lambda invocations     {lambda_requests:>8.3}  ({:.4} GB-s)", gb_s);
-    println!("log bytes              {:>8.0}", per(log_bytes as f64));
-    println!("sender CPU time        {:>8.3} ms", per(cpu.as_secs_f64() * 1000.0));
-    println!("\n== cost per million deliveries (list prices, {})", args.prices.display());
-    for (name, cost) in costs {
-        println!("{name:<22} ${cost:>8.4}");
-    }
-    println!("{:<22} ${total:>8.4}", "total");
-    println!("\n== speed (emulator-bound: moto serves every AWS call on one core)");
-    println!("deliveries/s           {:>8.1}  ({n} in {:.1} s)", nf / elapsed.as_secs_f64(), elapsed.as_secs_f64());
-    let sender_ops: Vec<(String, u64)> = {
-        let mut v: Vec<_> = sender_m.ops.lock().expect("lock").iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let callers = ["api", "sender", "counter", "reconciler"];
+    let by = |f: &dyn Fn(&Meter) -> f64| -> Vec<(String, f64)> {
+        callers.iter().map(|c| ((*c).to_owned(), per(f(meters.meter(c))))).collect()
+    };
+    let esm = meters.meter("event sources");
+    let mut sqs = by(&|m| m.count("sqs:") as f64);
+    // The event source's receives and deletes are billed like any SQS request (streams reads by Lambda are free).
+    sqs.push(("event source".into(), per((esm.op("sqs:DeleteMessageBatch") + esm.op("sqs:ReceiveMessage")) as f64)));
+    let invocations: Vec<(String, f64)> =
+        callers.iter().zip(&usage).map(|(c, (inv, _))| ((*c).to_owned(), per(*inv as f64))).collect();
+    let busy: f64 = usage.iter().map(|(_, b)| b.as_secs_f64()).sum();
+    let mut lat = latencies.lock().expect("lock").clone();
+    lat.sort();
+    let ms = |p: f64| percentile(&lat, p).as_secs_f64() * 1e3;
+    let u = Usage {
+        wcu: by(&|m| *m.wcu.lock().expect("lock")),
+        rcu: by(&|m| *m.rcu.lock().expect("lock")),
+        sqs,
+        scheduler: per(callers.iter().map(|c| meters.meter(c).count("scheduler:")).sum::<u64>() as f64),
+        gb_s: per(busy) * price("lambda_memory_gb"),
+        api_gateway: per((n as f64 / per_call as f64).ceil()),
+        log_bytes: per(log_bytes as f64 + sum(&invocations) * nf * PLATFORM_LOG_BYTES),
+        invocations,
+        sender_cpu_ms: per(cpu.as_secs_f64() * 1000.0),
+        deliveries_per_s: nf / elapsed.as_secs_f64(),
+        creates_per_s: nf / created_in.as_secs_f64(),
+        create_ms: [ms(0.5), ms(0.95), ms(0.99)],
+    };
+    let sender_ops: Vec<String> = {
+        let mut v: Vec<_> =
+            meters.meter("sender").ops.lock().expect("lock").iter().map(|(k, v)| format!("{k}={v}")).collect();
         v.sort();
         v
     };
     println!(
-        "sender calls           {}",
-        sender_ops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        "{}: {n} delivered in {:.1} s; sender calls {}",
+        scenario.name(),
+        elapsed.as_secs_f64(),
+        sender_ops.join(" ")
     );
     drop(local);
+    Ok(u.rows(price))
+}
 
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(std::env::var("AWS_ENDPOINT_URL").is_ok(), "AWS_ENDPOINT_URL must point at the emulator");
+    let prices: Value = serde_json::from_str(&std::fs::read_to_string(&args.prices)?)?;
+    let price = |k: &str| prices[k].as_f64().unwrap_or(0.0);
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default(),
+    };
+    let mut columns: Vec<(String, Rows)> = Vec::new();
+    for s in [Scenario::Single, Scenario::Batch] {
+        if args.scenarios.iter().any(|x| x == s.name()) {
+            columns.push((s.name().to_owned(), run_scenario(s, &args, &bin_dir, &price).await?));
+        }
+    }
+    println!("\n== per successful first-try delivery ({} tasks each; prices: {})", args.tasks, args.prices.display());
+    print!("{}", table(&columns));
+
+    let mut flows = serde_json::Map::new();
     if args.flows {
-        let phase =
-            FlowPhase { bin_dir: &bin_dir, esm_sdk: &esm_sdk, api_proxy: &api_proxy, sender_proxy: &sender_proxy };
-        phase.run(args.flow_tasks, &sender_m).await?;
+        let meters = Meters::start().await?;
+        let esm_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(meters.url("event sources"))
+            .load()
+            .await;
+        let phase = FlowPhase {
+            bin_dir: &bin_dir,
+            esm_sdk: &esm_sdk,
+            api_proxy: meters.url("api"),
+            sender_proxy: meters.url("sender"),
+        };
+        flows = phase.run(args.flow_tasks, meters.meter("sender")).await?;
     }
 
     let spec = |name: &str| FunctionSpec {
@@ -511,14 +743,31 @@ async fn main() -> anyhow::Result<()> {
         log_file: Some(PathBuf::from(".local/bench-init.log")),
     };
     println!("\n== Lambda init (process start → first Runtime API /next, {} cold starts each)", args.init_samples);
+    let mut init = serde_json::Map::new();
     for name in ["sender", "api"] {
         let t = init_times(spec(name), args.init_samples).await?;
-        println!(
-            "{name:<8} median {:>6.2} ms   p90 {:>6.2} ms   min {:>6.2} ms",
-            percentile(&t, 0.5).as_secs_f64() * 1e3,
-            percentile(&t, 0.9).as_secs_f64() * 1e3,
-            t.first().copied().unwrap_or_default().as_secs_f64() * 1e3
-        );
+        let (p50, p90) = (percentile(&t, 0.5).as_secs_f64() * 1e3, percentile(&t, 0.9).as_secs_f64() * 1e3);
+        let min = t.first().copied().unwrap_or_default().as_secs_f64() * 1e3;
+        println!("{name:<8} median {p50:>6.2} ms   p90 {p90:>6.2} ms   min {min:>6.2} ms");
+        init.insert(format!("{name} median"), json!(p50));
+        init.insert(format!("{name} p90"), json!(p90));
+    }
+
+    let report = json!({
+        "tasks": args.tasks,
+        "scenarios": columns.iter().map(|(name, rows)| (name.clone(), json!(rows))).collect::<serde_json::Map<_, _>>(),
+        "init_ms": init,
+        "flows": flows,
+    });
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nfigures written to {}", args.json.display());
+    if let Some(old) = &args.compare {
+        let old: Value = serde_json::from_str(&std::fs::read_to_string(old)?)?;
+        println!("\n== compared with {}", args.compare.as_ref().map_or(String::new(), |p| p.display().to_string()));
+        print!("{}", comparison(&old, &report));
     }
     Ok(())
 }
@@ -536,7 +785,7 @@ impl FlowPhase<'_> {
     /// 300 waiting): prints the overshoot in the worst 1-s window after the
     /// first second, the sustained rate over the middle 80 %, and the flow
     /// units the senders spent per delivery.
-    async fn run(&self, n: usize, sender_m: &Meter) -> anyhow::Result<()> {
+    async fn run(&self, n: usize, sender_m: &Meter) -> anyhow::Result<serde_json::Map<String, Value>> {
         const LIMIT: f64 = 20.0;
         let stack = format!("bench-flows-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let admin_key = format!("bench-admin-{}", uuid::Uuid::new_v4().simple());
@@ -547,8 +796,8 @@ impl FlowPhase<'_> {
         opts.stream_counter = false;
         opts.sender_instances = 2;
         opts.extra_env.push(("COURIER_ADMIN_KEY_SHA256".into(), courier::domain::hash_key(&admin_key)));
-        opts.function_env.insert("api".into(), vec![("AWS_ENDPOINT_URL".into(), self.api_proxy.to_owned())]);
-        opts.function_env.insert("sender".into(), vec![("AWS_ENDPOINT_URL".into(), self.sender_proxy.to_owned())]);
+        opts.function_env.insert("api".into(), endpoint_env(self.api_proxy));
+        opts.function_env.insert("sender".into(), endpoint_env(self.sender_proxy));
         let local = LocalStack::start(self.esm_sdk, opts).await?;
 
         let arrivals = Arc::new(Mutex::new(Vec::<i64>::new()));
@@ -616,17 +865,23 @@ impl FlowPhase<'_> {
         at.sort_unstable();
         let max_window = max_per_second(&at, at[0] + 1000);
         let nf = n as f64;
+        let figures = [
+            ("max requests in 1 s", max_window as f64),
+            ("overshoot %", (max_window as f64 - LIMIT) / LIMIT * 100.0),
+            ("sustained rate /s", sustained_rate(&at)),
+            ("flow write units", *sender_m.flow_wcu.lock().expect("lock") / nf),
+            ("flow read units", *sender_m.flow_rcu.lock().expect("lock") / nf),
+            ("flow calls", sender_m.flow_calls.load(Ordering::Relaxed) as f64 / nf),
+        ];
         println!("max requests in 1 s    {max_window:>8}  (after the first second)");
-        println!("overshoot              {:>8.1} %", (max_window as f64 - LIMIT) / LIMIT * 100.0);
-        println!("sustained rate         {:>8.2} /s  (middle 80 % of arrivals)", sustained_rate(&at));
+        println!("overshoot              {:>8.1} %", figures[1].1);
+        println!("sustained rate         {:>8.2} /s  (middle 80 % of arrivals)", figures[2].1);
         println!(
             "flow write units       {:>8.3}  per delivery (flow read units {:.3}, flow calls {:.3})",
-            *sender_m.flow_wcu.lock().expect("lock") / nf,
-            *sender_m.flow_rcu.lock().expect("lock") / nf,
-            sender_m.flow_calls.load(Ordering::Relaxed) as f64 / nf
+            figures[3].1, figures[4].1, figures[5].1
         );
         drop(local);
-        Ok(())
+        Ok(figures.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect())
     }
 }
 
@@ -643,6 +898,37 @@ mod tests {
         assert_eq!(write_units(1025), 2.0);
         assert_eq!(read_units(100, false), 0.5);
         assert_eq!(index_writes(&json!({"gsi1pk": {}, "gsi1sk": {}, "recon_pk": {}, "recon_at": {}})), 2.0);
+    }
+
+    #[test]
+    fn scenarios_print_side_by_side_and_compare_with_an_earlier_run() {
+        let u = Usage {
+            wcu: vec![("api".into(), 2.0), ("sender".into(), 2.0)],
+            rcu: vec![("api".into(), 1.0)],
+            sqs: vec![("api".into(), 1.0)],
+            invocations: vec![("api".into(), 1.0), ("sender".into(), 0.1)],
+            api_gateway: 1.0,
+            ..Default::default()
+        };
+        let prices = json!({"dynamodb_per_million_write_request_units": 0.625, "api_gateway_http_per_million_requests": 1.0,
+                            "sqs_per_million_requests": 0.4, "dynamodb_per_million_read_request_units": 0.125,
+                            "lambda_per_million_requests": 0.2});
+        let price = |k: &str| prices[k].as_f64().unwrap_or(0.0);
+        let rows = u.rows(&price);
+        let get = |label: &str| rows.iter().find(|(l, _)| l == label).map(|(_, v)| *v);
+        assert_eq!(get("DynamoDB write units"), Some(4.0));
+        assert_eq!(get("  sender"), Some(2.0));
+        let total = 4.0 * 0.625 + 0.125 + 0.4 + 1.1 * 0.2 + 1.0;
+        assert!((get("$/M total").expect("total") - total).abs() < 1e-9);
+        let t = table(&[("single".into(), rows.clone()), ("batch".into(), rows.clone())]);
+        assert!(t.lines().any(|l| l.starts_with("DynamoDB write units") && l.matches("4.0000").count() == 2), "{t}");
+        let new = json!({"scenarios": {"single": rows}, "init_ms": {"sender median": 8.0}});
+        let mut old = new.clone();
+        old["scenarios"]["single"][0][1] = json!(8.0);
+        old["init_ms"]["sender median"] = json!(16.0);
+        let c = comparison(&old, &new);
+        assert!(c.lines().any(|l| l.starts_with("DynamoDB write units") && l.ends_with("-50 %")), "{c}");
+        assert!(c.contains("sender median"), "{c}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::create::{Route, check_rate, created_view, dispatch, new_task, roll_back, route};
-use super::{full_view, owned, reserve};
+use super::create::{Route, created_view, dispatch, new_task, roll_back, route, store_and_dispatch};
+use super::{full_view, owned, quota};
 use crate::api::{ApiError, AppState, auth};
 use crate::domain::{
     CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Tenant, check_target, now_millis, parse_create_value,
@@ -53,16 +53,13 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
             }
         }
     }
-    if !valid.is_empty() {
-        check_rate(&app, &tenant, valid.len() as u64).await?;
-        reserve(&app, &tenant, valid.len() as u64).await?;
-    }
-    // Every reserved slot is either held by a task whose state was written (the
+    let slot_taken = if valid.is_empty() { false } else { quota::admit(&app, &tenant, valid.len() as u64).await? };
+    // A slot taken here is either held by a task whose state was written (the
     // counter gives it back when the task ends or is discarded) or given back
     // here, whatever path the creation took.
-    let reserved = valid.len() as u64;
+    let reserved = if slot_taken { valid.len() as u64 } else { 0 };
     let mut held = 0u64;
-    let outcome = create_reserved(&app, &tenant, valid, now, &mut results, &mut held).await;
+    let outcome = create_admitted(&app, &tenant, valid, slot_taken, now, &mut results, &mut held).await;
     if reserved > held
         && let Err(e) = app.store.release_active(&tenant.id, reserved - held).await
     {
@@ -100,85 +97,72 @@ async fn discard_unstored<S: TaskStore + TenantStore, Q, C>(
     }
 }
 
-/// Stores and dispatches the valid items of a batch (slots already reserved);
+/// Stores and dispatches the valid items of a batch (quotas already taken);
 /// `held` counts the tasks whose state was written.
-async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     app: &AppState<S, Q, C>,
     tenant: &Tenant,
     valid: Vec<(usize, CreateTask)>,
+    slot_taken: bool,
     now: EpochMillis,
     results: &mut [Value],
     held: &mut u64,
 ) -> Result<(), ApiError> {
     let unavailable = |i: usize| json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
-    let mut plain: Vec<(usize, NewTask)> = Vec::new();
-    let mut created: Vec<(usize, NewTask, Option<UniqueKey>)> = Vec::new();
+    let created_doc =
+        |i: usize, task: &NewTask| json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
+    let mut queued: Vec<(usize, NewTask)> = Vec::new();
+    let mut scheduled: Vec<(usize, NewTask)> = Vec::new();
     for (i, input) in valid {
         let key = input.business_id.clone().map(UniqueKey::BusinessId);
-        let task = new_task(&app.settings, tenant, input, now);
-        match key {
-            None => plain.push((i, task)),
-            Some(k) => match app.store.create(&task, Some(&k)).await {
-                Ok(Created::New) => {
-                    *held += 1;
-                    created.push((i, task, Some(k)));
-                }
-                Ok(Created::Existing(existing)) => {
-                    results[i] = match owned(app, tenant, existing.as_str()).await {
-                        Ok(found) => match full_view(app, &found).await {
-                            Ok(view) => json!({"index": i, "status": 200, "created": false, "task": view}),
-                            Err(e) => item_error(i, &e),
-                        },
-                        Err(e) => item_error(i, &e),
-                    };
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, index = i, "batch item not stored");
-                    if discard_unstored(app, &task, Some(&k)).await {
-                        *held += 1;
-                    }
-                    results[i] = unavailable(i);
-                }
-            },
-        }
-    }
-    let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| t.clone()).collect();
-    let stored = match app.store.create_many(&tasks).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            tracing::error!(error = %e, "batch write failed");
-            vec![false; tasks.len()]
-        }
-    };
-    for ((i, task), ok) in plain.into_iter().zip(stored) {
-        if ok {
-            *held += 1;
-            created.push((i, task, None));
-        } else {
-            // Part of it may be written (a state without its spec): remove what is.
-            if discard_unstored(app, &task, None).await {
+        let mut task = new_task(&app.settings, tenant, input, now);
+        task.slot_taken = slot_taken;
+        let Some(k) = key else {
+            match route(&app.settings, &task, now) {
+                Route::Queue { .. } => queued.push((i, task)),
+                _ => scheduled.push((i, task)),
+            }
+            continue;
+        };
+        // A business id names its task: a repeat answers the one already made.
+        let found = match app.store.get(&task.id).await {
+            Ok(found) => found.filter(|t| t.state.tenant == tenant.id),
+            Err(e) => {
+                results[i] = item_error(i, &e.into());
+                continue;
+            }
+        };
+        let created = match found {
+            Some(t) => Ok(Created::Existing(t.state.id)),
+            None => store_and_dispatch(app, &task, Some(&k), now).await,
+        };
+        results[i] = match created {
+            Ok(Created::New) => {
                 *held += 1;
+                created_doc(i, &task)
             }
-            results[i] = unavailable(i);
-        }
+            Ok(Created::Existing(existing)) => match owned(app, tenant, existing.as_str()).await {
+                Ok(found) => match full_view(app, &found).await {
+                    Ok(view) => json!({"index": i, "status": 200, "created": false, "task": view}),
+                    Err(e) => item_error(i, &e),
+                },
+                Err(e) => item_error(i, &e),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, index = i, "batch item not stored");
+                item_error(i, &e)
+            }
+        };
     }
-    // Queue-bound tasks go out in SendMessageBatch calls; scheduled ones one by one.
-    let mut queued: Vec<(usize, usize)> = Vec::new(); // (created index, message index)
-    let mut messages = Vec::new();
-    let mut failed: Vec<usize> = Vec::new();
-    for (ci, (_, task, _)) in created.iter().enumerate() {
-        match route(&app.settings, task, now) {
-            Route::Queue { delay } => {
-                queued.push((ci, messages.len()));
-                messages.push((QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay));
-            }
-            _ => {
-                if dispatch(app, task, now).await.is_err() {
-                    failed.push(ci);
-                }
-            }
-        }
-    }
+    // Queue-bound tasks: their messages first (SendMessageBatch calls), then
+    // the tasks whose message went out, in batched writes.
+    let messages: Vec<_> = queued
+        .iter()
+        .map(|(_, task)| {
+            let Route::Queue { delay } = route(&app.settings, task, now) else { unreachable!("routed to the queue") };
+            (QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay)
+        })
+        .collect();
     let not_sent = match app.queue.enqueue_many(&messages).await {
         Ok(idx) => idx,
         Err(e) => {
@@ -186,13 +170,39 @@ async fn create_reserved<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
             (0..messages.len()).collect()
         }
     };
-    failed.extend(queued.iter().filter(|(_, mi)| not_sent.contains(mi)).map(|(ci, _)| *ci));
-    for (ci, (i, task, key)) in created.iter().enumerate() {
-        if failed.contains(&ci) {
-            roll_back(app, task, key.as_ref()).await;
-            results[*i] = unavailable(*i);
+    let mut sent = Vec::with_capacity(queued.len());
+    for (mi, (i, task)) in queued.into_iter().enumerate() {
+        if not_sent.contains(&mi) {
+            results[i] = unavailable(i);
         } else {
-            results[*i] = json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
+            sent.push((i, task));
+        }
+    }
+    // Scheduled ones are written with them, then handed to Scheduler one by one.
+    let all: Vec<(usize, NewTask, bool)> =
+        sent.into_iter().map(|(i, t)| (i, t, true)).chain(scheduled.into_iter().map(|(i, t)| (i, t, false))).collect();
+    let tasks: Vec<NewTask> = all.iter().map(|(_, t, _)| t.clone()).collect();
+    let stored = match app.store.create_many(&tasks).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "batch write failed");
+            vec![false; tasks.len()]
+        }
+    };
+    for ((i, task, is_queued), ok) in all.into_iter().zip(stored) {
+        if !ok {
+            // Part of it may be written (a spec without its state): remove what is.
+            if discard_unstored(app, &task, None).await {
+                *held += 1;
+            }
+            results[i] = unavailable(i);
+        } else if !is_queued && dispatch(app, &task, now).await.is_err() {
+            *held += 1;
+            roll_back(app, &task, None).await;
+            results[i] = unavailable(i);
+        } else {
+            *held += 1;
+            results[i] = created_doc(i, &task);
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{full_view, owned, reserve};
+use super::{full_view, owned, quota};
 use crate::api::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
     CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, check_target, now_millis,
@@ -57,8 +57,13 @@ pub(super) fn new_task(settings: &ApiSettings, tenant: &Tenant, input: CreateTas
         Schedule::At { at } => *at,
         Schedule::Cron(c) => c.next_after(now).unwrap_or(now),
     };
+    // A business id names its task: the same one always maps to the same id.
+    let id = match &input.business_id {
+        Some(b) => TaskId::derive(&tenant.id, b),
+        None => TaskId::generate(),
+    };
     let mut task = NewTask {
-        id: TaskId::generate(),
+        id,
         tenant: tenant.id.clone(),
         spec: input.spec,
         retry: input.retry,
@@ -67,6 +72,7 @@ pub(super) fn new_task(settings: &ApiSettings, tenant: &Tenant, input: CreateTas
         created_at: now,
         due_at,
         on_scheduler: false,
+        slot_taken: false,
     };
     task.on_scheduler = !matches!(route(settings, &task, now), Route::Queue { .. });
     task
@@ -82,22 +88,6 @@ fn unique_key(input: &CreateTask, headers: &HeaderMap) -> Result<Option<UniqueKe
             let k = v.to_str().unwrap_or("\u{0}");
             Ok(Some(UniqueKey::IdempotencyKey(parse_idempotency_key(k)?)))
         }
-    }
-}
-
-pub(super) async fn check_rate<S: TenantStore, Q, C>(
-    app: &AppState<S, Q, C>,
-    t: &Tenant,
-    n: u64,
-) -> Result<(), ApiError> {
-    if app.store.take_rate(t, n, now_millis()).await? {
-        Ok(())
-    } else {
-        Err(ApiError::TooMany {
-            code: "rate_limited",
-            message: format!("create rate quota of {} tasks per second exceeded", t.quotas.create_rate_per_second),
-            retry_after_s: 1,
-        })
     }
 }
 
@@ -121,6 +111,31 @@ pub(super) async fn dispatch<S, Q: DeliveryQueue, C: Scheduler>(
         }
     }
     Ok(())
+}
+
+/// Stores a new task and sends it on its way. A task bound for the queue is
+/// sent first and written after: no crash between the two can lose it (the
+/// sender waits a moment for a task not written yet, and drops the message
+/// of one never written). One handed to Scheduler is written first (the
+/// reconciler watches it) and removed again if the hand-over fails.
+pub(super) async fn store_and_dispatch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+    app: &AppState<S, Q, C>,
+    task: &NewTask,
+    key: Option<&UniqueKey>,
+    now: EpochMillis,
+) -> Result<Created, ApiError> {
+    if let Route::Queue { delay } = route(&app.settings, task, now) {
+        app.queue.enqueue(&QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay).await?;
+        return Ok(app.store.create(task, key).await?);
+    }
+    let created = app.store.create(task, key).await?;
+    if created == Created::New
+        && let Err(e) = dispatch(app, task, now).await
+    {
+        roll_back(app, task, key).await;
+        return Err(e);
+    }
+    Ok(created)
 }
 
 /// Undoes a stored task that could not be dispatched: nothing half-made stays.
@@ -167,32 +182,29 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     let input = parse_create_task(&body, now)?;
     check_target(&input.spec.url, &app.settings.guard, "request.url")?;
     let key = unique_key(&input, &headers)?;
-    // Fast path for a repeat: only when the holder is readable (its creator
-    // may be between the key and the task; the store's create waits for it).
-    if let Some(k) = &key
-        && let Some(existing) = app.store.find_by_key(&tenant.id, k).await?
-        && let Some(found) = app.store.get(&existing).await?.filter(|t| t.state.tenant == tenant.id)
-    {
+    let mut task = new_task(&app.settings, &tenant, input, now);
+    tracing::Span::current().record("task_id", task.id.as_str());
+    // A repeat answers the task already made: a business id names it (one
+    // read); an idempotency key is looked up (only a readable holder: its
+    // creator may be between the key and the task; the store's create waits).
+    let existing = match &key {
+        Some(UniqueKey::BusinessId(_)) => app.store.get(&task.id).await?,
+        Some(k @ UniqueKey::IdempotencyKey(_)) => match app.store.find_by_key(&tenant.id, k).await? {
+            Some(id) => app.store.get(&id).await?,
+            None => None,
+        },
+        None => None,
+    };
+    if let Some(found) = existing.filter(|t| t.state.tenant == tenant.id) {
         return Ok(replay_response(full_view(&app, &found).await?));
     }
-    check_rate(&app, &tenant, 1).await?;
-    reserve(&app, &tenant, 1).await?;
-    let task = new_task(&app.settings, &tenant, input, now);
-    tracing::Span::current().record("task_id", task.id.as_str());
-    match app.store.create(&task, key.as_ref()).await {
-        Ok(Created::New) => {}
-        Ok(Created::Existing(existing)) => {
-            app.store.release_active(&tenant.id, 1).await?;
-            return Ok(replay_response(full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?));
-        }
-        Err(e) => {
-            app.store.release_active(&tenant.id, 1).await.ok();
-            return Err(e.into());
-        }
+    task.slot_taken = quota::admit(&app, &tenant, 1).await?;
+    let created = store_and_dispatch(&app, &task, key.as_ref(), now).await;
+    if task.slot_taken && !matches!(created, Ok(Created::New)) {
+        app.store.release_active(&tenant.id, 1).await.ok();
     }
-    if let Err(e) = dispatch(&app, &task, now).await {
-        roll_back(&app, &task, key.as_ref()).await;
-        return Err(e);
+    if let Created::Existing(existing) = created? {
+        return Ok(replay_response(full_view(&app, &owned(&app, &tenant, existing.as_str()).await?).await?));
     }
     tracing::info!(task_id = %task.id, host = task.spec.url.host(), kind = task.kind().as_str(), "task created");
     let view = created_view(&task, now_millis());
@@ -219,6 +231,7 @@ mod tests {
             created_at: 0,
             due_at: 0,
             on_scheduler: false,
+            slot_taken: false,
         }
     }
 

@@ -7,6 +7,7 @@
 mod actions;
 mod batch;
 mod create;
+pub mod quota;
 mod read;
 
 pub use actions::{cancel, cancel_by_business_id, pause, resume, retry, update};
@@ -19,23 +20,9 @@ use serde_json::Value;
 
 use crate::api::{ApiError, AppState, views};
 use crate::domain::{TaskId, TaskKind, Tenant, now_millis, parse_business_id};
-use crate::ports::{StoredTask, TaskStore, TenantStore, UniqueKey};
+use crate::ports::{StoredTask, TaskStore, UniqueKey};
 
-/// How long a client should wait after hitting the active-task quota.
-const ACTIVE_QUOTA_RETRY_S: u64 = 30;
-
-/// Takes `n` of the tenant's active-task slots, or answers 429.
-async fn reserve<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, t: &Tenant, n: u64) -> Result<(), ApiError> {
-    if app.store.reserve_active(t, n).await? {
-        Ok(())
-    } else {
-        Err(ApiError::TooMany {
-            code: "quota_exceeded",
-            message: format!("active task quota of {} exceeded", t.quotas.max_active_tasks),
-            retry_after_s: ACTIVE_QUOTA_RETRY_S,
-        })
-    }
-}
+pub(super) use quota::reserve;
 
 /// A task's full view: its state, request, last attempt and (cron) latest runs.
 pub(super) async fn full_view<S: TaskStore, Q, C>(app: &AppState<S, Q, C>, t: &StoredTask) -> Result<Value, ApiError> {

@@ -97,9 +97,11 @@ pub(in crate::api) fn valid_cursor(c: &str, fits: impl Fn(&str) -> bool) -> bool
             .is_some_and(|text| fits(&text))
 }
 
-/// A task listing's cursor names the last task of the previous page.
+/// A task listing's cursor names the last task of the previous page: its
+/// listing sort key (the shape of a task id) and its id.
 pub(in crate::api) fn is_task_id(text: &str) -> bool {
-    TaskId::parse(text).is_ok()
+    let (sort_key, id) = text.split_once(' ').unwrap_or((text, text));
+    TaskId::parse(sort_key).is_ok() && TaskId::parse(id).is_ok()
 }
 
 /// A listing's time window must not end before it starts (the store would

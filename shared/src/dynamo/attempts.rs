@@ -1,0 +1,192 @@
+//! Attempts kept on a unit's state item: a final attempt rides on the
+//! transition's own write (`att_<number>`, the attempt's JSON) when the item
+//! still fits one write unit, so a first-try delivery costs two writes. The
+//! listings merge them with the `ATTEMPT#` items as if they were such items.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::codec::{json, opt_s};
+use super::errors::store_error;
+use super::keys::{ATTEMPT_PREFIX, STATE, attempt_sk, encode_cursor, key, task_pk};
+use super::{DynamoStore, Item};
+use crate::domain::{Attempt, EpochMillis, TaskId};
+use crate::ports::{Page, StoreError};
+use crate::resources::TABLE_RANGE_KEY as SK;
+
+/// The prefix of an inline attempt's attribute: `att_<number>`.
+pub(super) const INLINE_PREFIX: &str = "att_";
+/// One write unit: an item (before and after the write) up to this size.
+pub(super) const WRITE_UNIT_BYTES: usize = 1024;
+/// What a claim and a final transition add to a state item, at most, besides
+/// the failure reason and the attempt: `status`, `attempts`, `claimed_at`,
+/// `claim_token`, `lease_until`, `updated_at`, `last_status`, the TTL.
+const TRANSITION_BYTES: usize = 160;
+
+pub(super) fn inline_name(number: u32) -> String {
+    format!("{INLINE_PREFIX}{number}")
+}
+
+/// DynamoDB's size of an item (names plus values), a little over rather than under.
+pub(super) fn item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => n.len() / 2 + 2,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::Ss(v) => v.iter().map(String::len).sum::<usize>() + 3,
+        AttributeValue::Ns(v) => v.iter().map(|n| n.len() / 2 + 2).sum::<usize>() + 3,
+        AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() + value_size(v)).sum::<usize>(),
+        _ => 64,
+    }
+}
+
+/// Whether a final transition carrying `attempt_json` (and `reason`) keeps
+/// a state item of `item_bytes` (at its claim) within one write unit.
+pub(super) fn fits_inline(item_bytes: usize, number: u32, attempt_json: &str, reason: Option<&str>) -> bool {
+    item_bytes > 0
+        && item_bytes
+            + TRANSITION_BYTES
+            + inline_name(number).len()
+            + attempt_json.len()
+            + reason.map_or(0, |r| "failure_reason".len() + r.len())
+            <= WRITE_UNIT_BYTES
+}
+
+/// The attempts a state item (of a task, or of one of its runs) carries, with
+/// the sort keys their own items would have.
+pub(super) fn inline_attempts(
+    id: &TaskId,
+    run: Option<EpochMillis>,
+    item: &Item,
+) -> Result<Vec<(String, Attempt)>, StoreError> {
+    let mut out = Vec::new();
+    for (k, _) in item.iter().filter(|(k, _)| k.starts_with(INLINE_PREFIX)) {
+        let Some(number) = k[INLINE_PREFIX.len()..].parse::<u32>().ok() else { continue };
+        out.push((attempt_sk(run, number), json::<Attempt>(id.as_str(), item, k)?));
+    }
+    Ok(out)
+}
+
+/// Merges the attempts of `ATTEMPT#` items (sorted, by sort key) with inline
+/// ones into one sorted list; an attempt with both keeps its own item's.
+pub(super) fn merge(items: Vec<(String, Attempt)>, inline: Vec<(String, Attempt)>) -> Vec<(String, Attempt)> {
+    let mut all = items;
+    for (sk, a) in inline {
+        if let Err(at) = all.binary_search_by(|(k, _)| k.as_str().cmp(sk.as_str())) {
+            all.insert(at, (sk, a));
+        }
+    }
+    all
+}
+
+impl DynamoStore {
+    /// A page of a task's attempts: its `ATTEMPT#` items merged with those its
+    /// state item carries, in the order of the items' sort keys; the cursor is
+    /// the last one's sort key, as when every attempt was an item.
+    pub(super) async fn attempt_page(
+        &self,
+        id: &TaskId,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<Page<Attempt>, StoreError> {
+        let mut q = self.task_items(id, ATTEMPT_PREFIX).limit(limit as i32);
+        if let Some(sk) = &after {
+            q = q.set_exclusive_start_key(Some(key(task_pk(id), sk.clone())));
+        }
+        let (out, state) = tokio::join!(q.send(), self.get_item(key(task_pk(id), STATE)));
+        let out = out.map_err(store_error)?;
+        let items = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|i| Ok((opt_s(i, SK).unwrap_or_default().to_owned(), json::<Attempt>(id.as_str(), i, "attempt")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Past the last item read, more items may come first: inline ones wait for a later page.
+        let bound = out.last_evaluated_key.as_ref().and(items.last().map(|(sk, _)| sk.clone()));
+        let inline = match state? {
+            Some(item) => inline_attempts(id, None, &item)?,
+            None => Vec::new(),
+        };
+        let inline = inline
+            .into_iter()
+            .filter(|(sk, _)| after.as_ref().is_none_or(|a| sk > a) && bound.as_ref().is_none_or(|b| sk <= b))
+            .collect();
+        let mut all = merge(items, inline);
+        let more = all.len() > limit || out.last_evaluated_key.is_some();
+        all.truncate(limit);
+        let cursor = if more { all.last().map(|(sk, _)| encode_cursor(sk)) } else { None };
+        Ok(Page { items: all.into_iter().map(|(_, a)| a).collect(), cursor })
+    }
+
+    /// A task's latest attempt: its last `ATTEMPT#` item or the one its state item carries.
+    pub(super) async fn latest_attempt(&self, id: &TaskId) -> Result<Option<Attempt>, StoreError> {
+        let q = self.task_items(id, ATTEMPT_PREFIX).scan_index_forward(false).limit(1).consistent_read(true);
+        let (out, state) = tokio::join!(q.send(), self.get_item(key(task_pk(id), STATE)));
+        let out = out.map_err(store_error)?;
+        let item = out
+            .items
+            .unwrap_or_default()
+            .first()
+            .map(|i| {
+                Ok::<_, StoreError>((opt_s(i, SK).unwrap_or_default().to_owned(), json(id.as_str(), i, "attempt")?))
+            })
+            .transpose()?;
+        let inline = match state? {
+            Some(item) => inline_attempts(id, None, &item)?,
+            None => Vec::new(),
+        };
+        Ok(item.into_iter().chain(inline).max_by(|a, b| a.0.cmp(&b.0)).map(|(_, a)| a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::dynamo::codec::{n, s};
+
+    #[test]
+    fn sizes_count_names_and_values() {
+        let item: Item = HashMap::from([("pk".into(), s("TASK#x")), ("attempts".into(), n(12))]);
+        assert_eq!(item_size(&item), 2 + 6 + 8 + 3);
+    }
+
+    #[test]
+    fn an_attempt_fits_a_small_item_only() {
+        let a = "x".repeat(400);
+        assert!(fits_inline(300, 1, &a, None));
+        assert!(!fits_inline(600, 1, &a, None));
+        assert!(!fits_inline(300, 1, &a, Some(&"r".repeat(300))));
+        assert!(!fits_inline(0, 1, &a, None), "an unknown size never fits");
+    }
+
+    #[test]
+    fn merged_attempts_sort_by_their_keys_and_items_win() {
+        let at = |number: u32, url: &str| Attempt {
+            run: None,
+            number,
+            started_at: 1,
+            method: "POST".into(),
+            url: url.into(),
+            request_headers: Vec::new(),
+            request_body_size: 0,
+            response_headers: Vec::new(),
+            duration_ms: 1,
+            status_code: Some(200),
+            outcome: crate::domain::Outcome::Success,
+            response_body: None,
+            error: None,
+            next_delay_ms: None,
+        };
+        let items = vec![(attempt_sk(None, 1), at(1, "item")), (attempt_sk(None, 3), at(3, "item"))];
+        let inline = vec![(attempt_sk(None, 2), at(2, "inline")), (attempt_sk(None, 3), at(3, "inline"))];
+        let got: Vec<(u32, String)> = merge(items, inline).into_iter().map(|(_, a)| (a.number, a.url)).collect();
+        assert_eq!(got, vec![(1, "item".into()), (2, "inline".into()), (3, "item".into())]);
+    }
+}
