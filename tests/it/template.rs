@@ -290,6 +290,9 @@ fn the_counter_stream_mapping_bounds_its_retries_and_keeps_what_it_gives_up() {
     let retries = int(&m["MaximumRetryAttempts"]);
     assert!((1..=100).contains(&retries), "bounded retries, not -1 (forever): {retries}");
     assert_eq!(m["BisectBatchOnFunctionError"], true);
+    // The local mapping batches as the deployed one does.
+    assert_eq!(int(&m["BatchSize"]) as usize, courier_local::streams::BATCH_SIZE);
+    assert_eq!(int(&m["MaximumBatchingWindowInSeconds"]) as u64, courier_local::streams::BATCHING_WINDOW.as_secs());
     let age = int(&m["MaximumRecordAgeInSeconds"]);
     assert!((60..=86_400).contains(&age), "a record gives up within the stream's retention: {age}");
     let dest = &m["DestinationConfig"]["OnFailure"]["Destination"];

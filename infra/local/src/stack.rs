@@ -44,6 +44,9 @@ pub struct StackOptions {
     pub reconcile_every: Option<Duration>,
     /// Feed the status counter from the table's stream (off: no counts, no slot release).
     pub stream_counter: bool,
+    /// How long the stream mapping gathers records per counter invocation
+    /// (default: the deployed mapping's window, [`crate::streams::BATCHING_WINDOW`]).
+    pub stream_window: Duration,
     /// Record every AWS call of each function (one proxy per function) as JSON
     /// lines of [`crate::iam::Record`] appended to this file, for the IAM check.
     /// Default: `COURIER_IAM_LOG` (unset or empty: no recording).
@@ -69,6 +72,7 @@ impl StackOptions {
             scheduler_tick: Some(Duration::from_secs(1)),
             reconcile_every: Some(Duration::from_secs(60)),
             stream_counter: true,
+            stream_window: crate::streams::BATCHING_WINDOW,
             iam_log: std::env::var_os("COURIER_IAM_LOG").filter(|v| !v.is_empty()).map(PathBuf::from),
             max_receive_count: courier::resources::MAX_RECEIVE_COUNT,
         }
@@ -180,6 +184,7 @@ impl LocalStack {
                 aws_sdk_dynamodb::Client::new(sdk),
                 outputs.names.table.clone(),
                 counter.clone(),
+                opts.stream_window,
             )));
         }
         Ok(Self { api_url, outputs, api, sender, reconciler, counter, tasks, _recorders: recorders })

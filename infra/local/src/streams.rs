@@ -3,7 +3,9 @@
 //! filter keeps (task `STATE` items), invokes the counter function with the
 //! real DynamoDB event shape, and moves on only when it succeeds: a failure
 //! retries the very same records, as Lambda does (not a fresh read, which
-//! could bring more records and so a batch of another identity).
+//! could bring more records and so a batch of another identity). Like the
+//! deployed mapping (`BatchSize: 500`, `MaximumBatchingWindowInSeconds: 1`), it
+//! gathers records for up to the batching window before it invokes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,17 +16,33 @@ use serde_json::{Map, Value, json};
 
 use crate::runtime::FunctionHost;
 
-/// Polls the stream of `table` until aborted.
+/// The deployed mapping's `BatchSize`.
+pub const BATCH_SIZE: usize = 500;
+/// The deployed mapping's `MaximumBatchingWindowInSeconds`.
+pub const BATCHING_WINDOW: Duration = Duration::from_secs(1);
+
+/// Polls the stream of `table` until aborted, gathering records for up to
+/// `window` (or [`BATCH_SIZE`] records) per invocation.
 pub async fn run(
     streams: aws_sdk_dynamodbstreams::Client,
     ddb: aws_sdk_dynamodb::Client,
     table: String,
     counter: Arc<FunctionHost>,
+    window: Duration,
 ) {
-    let mut bridge = Bridge { streams, ddb, table, counter, iterators: HashMap::new(), failed: HashMap::new() };
+    let mut bridge = Bridge {
+        streams,
+        ddb,
+        table,
+        counter,
+        window,
+        iterators: HashMap::new(),
+        failed: HashMap::new(),
+        gathering: HashMap::new(),
+    };
     loop {
         match bridge.poll().await {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Ok(0) => tokio::time::sleep(Duration::from_millis(if bridge.gathering.is_empty() { 250 } else { 100 })).await,
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "stream poll failed");
@@ -43,6 +61,10 @@ struct Bridge {
     iterators: HashMap<String, Option<String>>,
     /// A shard's batch whose invocation failed, with the iterator after it.
     failed: HashMap<String, (Vec<Value>, Option<String>)>,
+    /// How long records are gathered before an invocation.
+    window: Duration,
+    /// Records read from a shard and not yet delivered, with when the first came.
+    gathering: HashMap<String, (Vec<Value>, std::time::Instant)>,
 }
 
 impl Bridge {
@@ -77,19 +99,35 @@ impl Bridge {
                 self.iterators.insert(id, next);
                 continue;
             }
-            let Some(Some(iterator)) = self.iterators.get(&id).cloned() else { continue };
-            let out = self.streams.get_records().shard_iterator(iterator).limit(500).send().await?;
-            let records: Vec<Value> = out.records.unwrap_or_default().iter().map(|r| record_json(r, &arn)).collect();
-            let kept: Vec<Value> = records.into_iter().filter(is_task_state).collect();
-            if !kept.is_empty() {
-                if let Err(e) = self.counter.invoke(&json!({"Records": kept})).await {
-                    // Lambda retries the same batch: keep it, and the iterator after it.
-                    self.failed.insert(id, (kept, out.next_shard_iterator));
-                    return Err(e.into());
+            let mut next = self.iterators.get(&id).cloned().flatten();
+            if let Some(iterator) = next.clone() {
+                let room = BATCH_SIZE - self.gathering.get(&id).map_or(0, |(g, _)| g.len());
+                let out = self.streams.get_records().shard_iterator(iterator).limit(room as i32).send().await?;
+                let records: Vec<Value> =
+                    out.records.unwrap_or_default().iter().map(|r| record_json(r, &arn)).collect();
+                let kept: Vec<Value> = records.into_iter().filter(is_task_state).collect();
+                if !kept.is_empty() {
+                    let (g, _) =
+                        self.gathering.entry(id.clone()).or_insert_with(|| (Vec::new(), std::time::Instant::now()));
+                    g.extend(kept);
                 }
-                delivered += kept.len();
+                next = out.next_shard_iterator;
+                self.iterators.insert(id.clone(), next.clone());
             }
-            self.iterators.insert(id, out.next_shard_iterator);
+            // The batch goes when it is full, its window has passed, or its shard has ended.
+            let ready = self.gathering.get(&id).is_some_and(|(g, since)| {
+                g.len() >= BATCH_SIZE || since.elapsed() >= self.window || next.is_none()
+            });
+            if !ready {
+                continue;
+            }
+            let Some((kept, _)) = self.gathering.remove(&id) else { continue };
+            if let Err(e) = self.counter.invoke(&json!({"Records": kept})).await {
+                // Lambda retries the same batch: keep it, and the iterator after it.
+                self.failed.insert(id, (kept, next));
+                return Err(e.into());
+            }
+            delivered += kept.len();
         }
         Ok(delivered)
     }
