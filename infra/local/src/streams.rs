@@ -42,7 +42,9 @@ pub async fn run(
     };
     loop {
         match bridge.poll().await {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(if bridge.gathering.is_empty() { 250 } else { 100 })).await,
+            Ok(0) => {
+                tokio::time::sleep(Duration::from_millis(if bridge.gathering.is_empty() { 250 } else { 100 })).await
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "stream poll failed");
@@ -115,9 +117,10 @@ impl Bridge {
                 self.iterators.insert(id.clone(), next.clone());
             }
             // The batch goes when it is full, its window has passed, or its shard has ended.
-            let ready = self.gathering.get(&id).is_some_and(|(g, since)| {
-                g.len() >= BATCH_SIZE || since.elapsed() >= self.window || next.is_none()
-            });
+            let ready = self
+                .gathering
+                .get(&id)
+                .is_some_and(|(g, since)| g.len() >= BATCH_SIZE || since.elapsed() >= self.window || next.is_none());
             if !ready {
                 continue;
             }

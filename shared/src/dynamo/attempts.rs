@@ -17,10 +17,11 @@ use crate::resources::TABLE_RANGE_KEY as SK;
 pub(super) const INLINE_PREFIX: &str = "att_";
 /// One write unit: an item (before and after the write) up to this size.
 pub(super) const WRITE_UNIT_BYTES: usize = 1024;
-/// What a claim and a final transition add to a state item, at most, besides
-/// the failure reason and the attempt: `status`, `attempts`, `claimed_at`,
-/// `claim_token`, `lease_until`, `updated_at`, `last_status`, the TTL.
-const TRANSITION_BYTES: usize = 160;
+/// What a final transition adds to the state item as it was before its claim,
+/// at most, besides the failure reason and the attempt: a longer `status`,
+/// `last_status`, the TTL (the claim's `claimed_at`, `claim_token` and
+/// `lease_until` go with the transition), with a margin.
+const TRANSITION_BYTES: usize = 48;
 
 pub(super) fn inline_name(number: u32) -> String {
     format!("{INLINE_PREFIX}{number}")
@@ -67,9 +68,61 @@ pub(super) fn inline_attempts(
     let mut out = Vec::new();
     for (k, _) in item.iter().filter(|(k, _)| k.starts_with(INLINE_PREFIX)) {
         let Some(number) = k[INLINE_PREFIX.len()..].parse::<u32>().ok() else { continue };
-        out.push((attempt_sk(run, number), json::<Attempt>(id.as_str(), item, k)?));
+        let doc = json::<serde_json::Value>(id.as_str(), item, k)?;
+        let attempt = expand(doc, id, number, opt_s(item, "business_id"))
+            .map_err(|e| StoreError::Corrupt { id: id.to_string(), what: format!("attempt {number}: {e}") })?;
+        out.push((attempt_sk(run, number), attempt));
     }
     Ok(out)
+}
+
+/// The headers the sender puts first on every request of a task, before the
+/// task's own: `user-agent`, `courier-task-id`, `courier-attempt` and, for a task
+/// with a business id, `courier-business-id`. An inline attempt leaves them out
+/// (they are known from its task) and says so in `std`: the user agent sent,
+/// and whether a business id followed.
+const STD: &str = "std";
+
+/// An attempt's JSON as its state item carries it: without the standard headers
+/// and without empty fields (a success fits one write unit with its task).
+pub(super) fn compact(attempt: &Attempt, id: &TaskId) -> String {
+    let mut doc = serde_json::to_value(attempt).unwrap_or_default();
+    let h = &attempt.request_headers;
+    let named = |i: usize, name: &str| h.get(i).filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    if let (Some(agent), Some(task), Some(number)) =
+        (named(0, "user-agent"), named(1, "courier-task-id"), named(2, "courier-attempt"))
+        && task == id.as_str()
+        && number == attempt.number.to_string()
+    {
+        let business = named(3, "courier-business-id").is_some();
+        let rest = &h[if business { 4 } else { 3 }..];
+        doc["request_headers"] = serde_json::to_value(rest).unwrap_or_default();
+        doc[STD] = serde_json::json!({"ua": agent, "bid": business});
+    }
+    if let Some(o) = doc.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    doc.to_string()
+}
+
+/// The attempt an inline JSON stands for: the standard headers put back.
+fn expand(mut doc: serde_json::Value, id: &TaskId, number: u32, business: Option<&str>) -> Result<Attempt, String> {
+    if let Some(std) = doc.as_object_mut().and_then(|o| o.remove(STD)) {
+        let agent = std["ua"].as_str().ok_or("no user agent")?;
+        let mut headers = vec![
+            ("user-agent".to_owned(), agent.to_owned()),
+            ("courier-task-id".to_owned(), id.to_string()),
+            ("courier-attempt".to_owned(), number.to_string()),
+        ];
+        if std["bid"] == true {
+            headers.push(("courier-business-id".to_owned(), business.ok_or("no business id")?.to_owned()));
+        }
+        let rest: Vec<(String, String)> =
+            serde_json::from_value(doc["request_headers"].take()).map_err(|e| e.to_string())?;
+        headers.extend(rest);
+        doc["request_headers"] = serde_json::to_value(headers).map_err(|e| e.to_string())?;
+    }
+    serde_json::from_value(doc).map_err(|e| e.to_string())
 }
 
 /// Merges the attempts of `ATTEMPT#` items (sorted, by sort key) with inline
@@ -149,7 +202,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::dynamo::codec::{n, s};
+    use crate::dynamo::codec::{n, s, to_json};
 
     #[test]
     fn sizes_count_names_and_values() {
@@ -164,6 +217,57 @@ mod tests {
         assert!(!fits_inline(600, 1, &a, None));
         assert!(!fits_inline(300, 1, &a, Some(&"r".repeat(300))));
         assert!(!fits_inline(0, 1, &a, None), "an unknown size never fits");
+    }
+
+    #[test]
+    fn an_inline_attempt_leaves_out_the_standard_headers_and_reads_back_whole() {
+        let id = TaskId::generate();
+        let mut a = sample(3);
+        a.request_headers = vec![
+            ("user-agent".into(), "Courier/0.0.9".into()),
+            ("courier-task-id".into(), id.to_string()),
+            ("courier-attempt".into(), "3".into()),
+            ("courier-business-id".into(), "order-1".into()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        let doc = compact(&a, &id);
+        assert!(!doc.contains("courier-task-id") && !doc.contains("order-1") && !doc.contains("null"), "{doc}");
+        assert!(doc.len() + 120 < to_json(&a).len(), "{} vs {}", doc.len(), to_json(&a).len());
+        let item: Item = HashMap::from([(inline_name(3), s(&doc)), ("business_id".into(), s("order-1"))]);
+        assert_eq!(inline_attempts(&id, None, &item).expect("read"), vec![(attempt_sk(None, 3), a.clone())]);
+        // Headers that do not follow the standard pattern are kept as they are.
+        for cut in [0, 1, 2] {
+            let mut odd = a.clone();
+            odd.request_headers.remove(cut);
+            let doc = compact(&odd, &id);
+            let item: Item = HashMap::from([(inline_name(3), s(&doc)), ("business_id".into(), s("order-1"))]);
+            assert_eq!(inline_attempts(&id, None, &item).expect("read")[0].1, odd);
+        }
+        // Without a business id.
+        let mut plain = a.clone();
+        plain.request_headers.remove(3);
+        let item: Item =
+            HashMap::from([(inline_name(3), s(compact(&plain, &TaskId::parse(id.as_str()).expect("id"))))]);
+        assert_eq!(inline_attempts(&id, None, &item).expect("read")[0].1, plain);
+    }
+
+    fn sample(number: u32) -> Attempt {
+        Attempt {
+            run: None,
+            number,
+            started_at: 1_796_472_700_551,
+            method: "POST".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            request_headers: Vec::new(),
+            request_body_size: 7,
+            response_headers: vec![("content-length".into(), "2".into())],
+            duration_ms: 1,
+            status_code: Some(200),
+            outcome: crate::domain::Outcome::Success,
+            response_body: Some("ok".into()),
+            error: None,
+            next_delay_ms: None,
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use super::DynamoStore;
-use super::attempts::{fits_inline, inline_name, item_size};
+use super::attempts::{compact, fits_inline, inline_name, item_size};
 use super::codec::{get_n, n, opt_s, request_of, s, state_from_item, to_json, ttl_secs};
 use super::errors::{applied, is_conditional_failure, store_error};
 use super::keys::{SPEC, STATE, attempt_sk, key, shard, state_sk, task_pk};
@@ -186,7 +186,7 @@ impl DeliveryLedger for DynamoStore {
         let inline = match (record, t) {
             // Only a task's own state item: a cron run's attempts stay items of their own.
             (Some(r), Transition::Succeeded | Transition::Failed { .. }) if unit.run.is_none() => {
-                let doc = to_json(r.attempt);
+                let doc = compact(r.attempt, &unit.task);
                 let reason = match t {
                     Transition::Failed { reason, .. } => Some(reason.as_str()),
                     _ => None,
@@ -214,7 +214,7 @@ impl DeliveryLedger for DynamoStore {
                     .expression_attribute_names("#ttl", TTL)
                     .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
                 "#s = :to, updated_at = :now, #ttl = :ttl",
-                "lease_until, due_at",
+                "lease_until, due_at, claimed_at, claim_token",
             ),
             // One-off tasks and cron runs alike: a retrying unit is watched by the reconciler
             // (new one-off tasks are written without index keys, so both are set here).
@@ -236,7 +236,7 @@ impl DeliveryLedger for DynamoStore {
                     .expression_attribute_names("#ttl", TTL)
                     .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
                 "#s = :to, updated_at = :now, failure_reason = :why, #ttl = :ttl, last_status = :ls",
-                "lease_until, due_at",
+                "lease_until, due_at, claimed_at, claim_token",
             ),
         };
         let req = match &inline {
