@@ -21,6 +21,9 @@ use crate::domain::{EpochMillis, QueueMessage, TaskStatus, format_millis};
 use crate::ports::{DeliveryLedger, DeliveryQueue, QueueError, ReconcileIndex, StoreError, Unit};
 use crate::resources::RECONCILE_SHARDS;
 
+/// How far an idle shard's watermark may lag before it is written anyway.
+const WATERMARK_EVERY_MS: EpochMillis = 10 * 60 * 1000;
+
 /// How far before the watermark each run looks again (index lag, clock skew).
 const OVERLAP_MS: i64 = 60_000;
 /// Where a first run starts.
@@ -110,7 +113,8 @@ impl<S: ReconcileIndex + DeliveryLedger + crate::ports::FlowPolicies, Q: Deliver
             }
         };
         'shards: for shard in 0..RECONCILE_SHARDS {
-            let from = self.store.watermark(shard).await?.unwrap_or(now - FIRST_LOOKBACK_MS) - OVERLAP_MS;
+            let mark = self.store.watermark(shard).await?;
+            let from = mark.unwrap_or(now - FIRST_LOOKBACK_MS) - OVERLAP_MS;
             let mut cursor: Option<String> = None;
             loop {
                 if busy_pages == self.max_pages {
@@ -124,8 +128,13 @@ impl<S: ReconcileIndex + DeliveryLedger + crate::ports::FlowPolicies, Q: Deliver
                 if !page.items.is_empty() {
                     busy_pages += 1;
                 }
+                let found = !page.items.is_empty();
                 self.handle(page.items, now, &held_hosts, &mut report).await?;
-                self.store.set_watermark(shard, page.checked_to).await?;
+                // A page that found nothing moves the watermark only now and then:
+                // reading an empty range again costs less than a write each run.
+                if found || mark.is_none_or(|m| page.checked_to - m >= WATERMARK_EVERY_MS) {
+                    self.store.set_watermark(shard, page.checked_to).await?;
+                }
                 cursor = page.next;
                 if cursor.is_none() {
                     break;
