@@ -71,6 +71,16 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     Ok((StatusCode::OK, Json(json!({"results": results, "created": created_n}))).into_response())
 }
 
+/// A batch item's document when it could not be stored now.
+fn unavailable(i: usize) -> Value {
+    json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}})
+}
+
+/// A batch item's document when its task was made.
+fn created_doc(i: usize, task: &NewTask, now: EpochMillis) -> Value {
+    json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)})
+}
+
 /// A batch item's error document.
 fn item_error(i: usize, e: &ApiError) -> Value {
     let (status, code, message) = match e {
@@ -108,9 +118,6 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
     results: &mut [Value],
     held: &mut u64,
 ) -> Result<(), ApiError> {
-    let unavailable = |i: usize| json!({"index": i, "status": 503, "error": {"code": "unavailable", "message": "try again shortly", "field": null}});
-    let created_doc =
-        |i: usize, task: &NewTask| json!({"index": i, "status": 201, "created": true, "task": created_view(task, now)});
     let mut queued: Vec<(usize, NewTask)> = Vec::new();
     let mut scheduled: Vec<(usize, NewTask)> = Vec::new();
     for (i, input) in valid {
@@ -139,7 +146,7 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
         results[i] = match created {
             Ok(Created::New) => {
                 *held += 1;
-                created_doc(i, &task)
+                created_doc(i, &task, now)
             }
             Ok(Created::Existing(existing)) => match owned(app, tenant, existing.as_str()).await {
                 Ok(found) => match full_view(app, &found).await {
@@ -154,33 +161,62 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
             }
         };
     }
-    // Queue-bound tasks: their messages first (SendMessageBatch calls), then
-    // the tasks whose message went out, in batched writes.
-    let messages: Vec<_> = queued
-        .iter()
-        .map(|(_, task)| {
-            let Route::Queue { delay } = route(&app.settings, task, now) else { unreachable!("routed to the queue") };
-            (QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay)
-        })
-        .collect();
-    let not_sent = match app.queue.enqueue_many(&messages).await {
-        Ok(idx) => idx,
-        Err(e) => {
-            tracing::error!(error = %e, "batch enqueue failed");
-            (0..messages.len()).collect()
+    // Queue-bound tasks: each chunk's messages first (SendMessageBatch calls), then
+    // the tasks whose message went out, in one batched write. Chunk by chunk, a
+    // message waits for its task a few calls at most (a sender that gets it
+    // first claims in vain: a write unit).
+    let mut queued = queued.into_iter().peekable();
+    while queued.peek().is_some() {
+        let chunk: Vec<(usize, NewTask)> = queued.by_ref().take(QUEUE_CHUNK).collect();
+        let messages: Vec<_> = chunk
+            .iter()
+            .map(|(_, task)| {
+                let Route::Queue { delay } = route(&app.settings, task, now) else { unreachable!("routed to the queue") };
+                (QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay)
+            })
+            .collect();
+        let not_sent = match app.queue.enqueue_many(&messages).await {
+            Ok(idx) => idx,
+            Err(e) => {
+                tracing::error!(error = %e, "batch enqueue failed");
+                (0..messages.len()).collect()
+            }
+        };
+        let mut sent = Vec::with_capacity(chunk.len());
+        for (mi, (i, task)) in chunk.into_iter().enumerate() {
+            if not_sent.contains(&mi) {
+                results[i] = unavailable(i);
+            } else {
+                sent.push((i, task, true));
+            }
         }
-    };
-    let mut sent = Vec::with_capacity(queued.len());
-    for (mi, (i, task)) in queued.into_iter().enumerate() {
-        if not_sent.contains(&mi) {
-            results[i] = unavailable(i);
-        } else {
-            sent.push((i, task));
-        }
+        write_chunk(app, sent, now, held, results).await;
     }
-    // Scheduled ones are written with them, then handed to Scheduler one by one.
-    let all: Vec<(usize, NewTask, bool)> =
-        sent.into_iter().map(|(i, t)| (i, t, true)).chain(scheduled.into_iter().map(|(i, t)| (i, t, false))).collect();
+    // Scheduled ones are written, then handed to Scheduler one by one.
+    let scheduled = scheduled.into_iter().map(|(i, t)| (i, t, false)).collect();
+    write_chunk(app, scheduled, now, held, results).await;
+    Ok(())
+}
+
+/// Messages sent per chunk of a batch's queue-bound tasks before their write.
+const QUEUE_CHUNK: usize = 20;
+
+/// Writes tasks in one batched write and fills in their results; a scheduled
+/// one (`false`) is then handed to Scheduler.
+async fn write_chunk<S, Q, C>(
+    app: &AppState<S, Q, C>,
+    all: Vec<(usize, NewTask, bool)>,
+    now: EpochMillis,
+    held: &mut u64,
+    results: &mut [Value],
+) where
+    S: TaskStore + TenantStore,
+    Q: DeliveryQueue,
+    C: Scheduler,
+{
+    if all.is_empty() {
+        return;
+    }
     let tasks: Vec<NewTask> = all.iter().map(|(_, t, _)| t.clone()).collect();
     let stored = match app.store.create_many(&tasks).await {
         Ok(stored) => stored,
@@ -202,8 +238,7 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
             results[i] = unavailable(i);
         } else {
             *held += 1;
-            results[i] = created_doc(i, &task);
+            results[i] = created_doc(i, &task, now);
         }
     }
-    Ok(())
 }
