@@ -386,6 +386,45 @@ if _ROUTES:
 
     moto.server.DomainDispatcherApplication = _routed_dispatcher
 
+# Responses go through moto's generic serializer, which walks every member of
+# every shape: each DynamoDB attribute value is a structure of ten members, so
+# an item costs hundreds of lookups, half of the DynamoDB process's time under
+# load (stream records, with old and new images, most of all). An attribute
+# value that is already in its wire form (DynamoDB JSON with no binary, which
+# would need base64) is written as it is.
+import moto.core.serialize  # noqa: E402
+
+_WIRE_SCALARS = {"S": str, "N": str, "BOOL": bool, "NULL": bool}
+
+
+def _wire_attribute_value(v):
+    if type(v) is not dict or len(v) != 1:
+        return False
+    ((k, x),) = v.items()
+    kind = _WIRE_SCALARS.get(k)
+    if kind is not None:
+        return type(x) is kind
+    if k in ("SS", "NS"):
+        return type(x) is list and all(type(i) is str for i in x)
+    if k == "L":
+        return type(x) is list and all(_wire_attribute_value(i) for i in x)
+    if k == "M":
+        return type(x) is dict and all(type(n) is str and _wire_attribute_value(i) for n, i in x.items())
+    return False
+
+
+_json_structure = moto.core.serialize.BaseJSONSerializer._serialize_type_structure
+
+
+def _serialize_structure(self, serialized, value, shape, key):
+    if key and shape.name == "AttributeValue" and _wire_attribute_value(value):
+        self._default_serialize(serialized, value, shape, key)
+        return
+    _json_structure(self, serialized, value, shape, key)
+
+
+moto.core.serialize.BaseJSONSerializer._serialize_type_structure = _serialize_structure
+
 _PROFILE = os.environ.get("EMULATOR_PROFILE")
 if _PROFILE:
     # For finding hot spots: every request runs under one cProfile profiler
