@@ -172,12 +172,21 @@ async fn main() -> anyhow::Result<()> {
                 local.api_url
             );
             let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
-            println!("\nOperate it with the CLI (target/debug/courier, or `cargo install --path cli`):\n");
+            // The CLI built next to this binary, shown relative to the working directory.
+            let cli = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("courier")))
+                .map(|p| {
+                    let cwd = std::env::current_dir().unwrap_or_default();
+                    p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p).display().to_string()
+                })
+                .unwrap_or_else(|| "courier".to_owned());
+            println!("\nOperate it with the CLI ({cli}, or `cargo install --path cli`):\n");
             println!(
                 "  export COURIER_URL={} COURIER_API_KEY={key} \\\n    COURIER_QUEUE_URL={} COURIER_DLQ_URL={} \\\n    AWS_ENDPOINT_URL={endpoint} AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
                 local.api_url, local.outputs.queue_url, local.outputs.dlq_url
             );
-            println!("  target/debug/courier status");
+            println!("  {cli} status");
             println!(
                 "\nThen look at it:  curl -s -H \"authorization: Bearer $COURIER_API_KEY\" {}/v1/tasks/<id>\n\nCtrl-C stops everything.\n",
                 local.api_url

@@ -16,6 +16,9 @@ use serde_json::{Map, Value, json};
 
 use crate::runtime::FunctionHost;
 
+/// How often the stream's shards are listed again.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(5);
+
 /// The deployed mapping's `BatchSize`.
 pub const BATCH_SIZE: usize = 500;
 /// The deployed mapping's `MaximumBatchingWindowInSeconds`.
@@ -39,6 +42,7 @@ pub async fn run(
         iterators: HashMap::new(),
         failed: HashMap::new(),
         gathering: HashMap::new(),
+        described: None,
     };
     loop {
         match bridge.poll().await {
@@ -65,6 +69,8 @@ struct Bridge {
     failed: HashMap<String, (Vec<Value>, Option<String>)>,
     /// How long records are gathered before an invocation.
     window: Duration,
+    /// The stream's ARN and when it and its shards were last described.
+    described: Option<(String, std::time::Instant)>,
     /// Records read from a shard and not yet delivered, with when the first came.
     gathering: HashMap<String, (Vec<Value>, std::time::Instant)>,
 }
@@ -72,10 +78,21 @@ struct Bridge {
 impl Bridge {
     /// One pass over every shard; returns how many records it delivered.
     async fn poll(&mut self) -> anyhow::Result<usize> {
-        let desc = self.ddb.describe_table().table_name(&self.table).send().await?;
-        let arn = desc.table.and_then(|t| t.latest_stream_arn).ok_or_else(|| anyhow::anyhow!("no stream"))?;
-        let shards = self.streams.describe_stream().stream_arn(&arn).send().await?;
-        for shard in shards.stream_description.map(|d| d.shards.unwrap_or_default()).unwrap_or_default() {
+        // The stream and its shards are looked up again every few seconds, not per poll.
+        let stale = self.described.as_ref().is_none_or(|(_, at)| at.elapsed() >= DESCRIBE_EVERY);
+        if stale {
+            let desc = self.ddb.describe_table().table_name(&self.table).send().await?;
+            let arn = desc.table.and_then(|t| t.latest_stream_arn).ok_or_else(|| anyhow::anyhow!("no stream"))?;
+            self.described = Some((arn, std::time::Instant::now()));
+        }
+        let Some((arn, _)) = self.described.clone() else { return Ok(0) };
+        let shards = if stale {
+            let out = self.streams.describe_stream().stream_arn(&arn).send().await?;
+            out.stream_description.map(|d| d.shards.unwrap_or_default()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for shard in shards {
             let Some(id) = shard.shard_id else { continue };
             if !self.iterators.contains_key(&id) {
                 let it = self

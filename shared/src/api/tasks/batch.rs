@@ -171,7 +171,9 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
         let messages: Vec<_> = chunk
             .iter()
             .map(|(_, task)| {
-                let Route::Queue { delay } = route(&app.settings, task, now) else { unreachable!("routed to the queue") };
+                let Route::Queue { delay } = route(&app.settings, task, now) else {
+                    unreachable!("routed to the queue")
+                };
                 (QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay)
             })
             .collect();
