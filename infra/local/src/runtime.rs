@@ -74,6 +74,8 @@ struct Pending {
     /// The instance whose process took it.
     instance: usize,
     reply: oneshot::Sender<Result<Bytes, String>>,
+    /// When the process took it: Lambda bills from here, not from the queue.
+    taken: Instant,
 }
 
 struct Shared {
@@ -85,12 +87,20 @@ struct Shared {
     /// Time from start to the first `/next`: the init time of a one-process host.
     first_next: std::sync::OnceLock<Duration>,
     started: Instant,
-    /// Invocations answered and the wall time spent in them (what Lambda bills).
+    /// Invocations answered and the wall time processes spent on them, from
+    /// `/next` to the answer (what Lambda bills; time waiting for a free
+    /// process is not billed).
     invocations: std::sync::atomic::AtomicU64,
     busy_us: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    fn bill(&self, taken: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.invocations.fetch_add(1, Relaxed);
+        self.busy_us.fetch_add(taken.elapsed().as_micros() as u64, Relaxed);
+    }
+
     /// Fails every invocation in flight (of one instance, or of all) as Lambda
     /// reports a runtime that exited.
     fn fail_pending(&self, instance: Option<usize>, message: &str) -> usize {
@@ -102,6 +112,7 @@ impl Shared {
             .collect();
         for id in &ids {
             if let Some(p) = pending.remove(id) {
+                self.bill(p.taken);
                 let _ = p.reply.send(Err(exit_error(message)));
             }
         }
@@ -283,11 +294,7 @@ impl FunctionHost {
     pub async fn invoke_raw(&self, payload: Bytes) -> Result<Bytes, InvokeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Invocation { payload, reply }).await.map_err(|_| InvokeError::Stopped)?;
-        let clock = Instant::now();
         let answer = tokio::time::timeout(self.shared.timeout, rx).await;
-        use std::sync::atomic::Ordering::Relaxed;
-        self.shared.invocations.fetch_add(1, Relaxed);
-        self.shared.busy_us.fetch_add(clock.elapsed().as_micros() as u64, Relaxed);
         match answer {
             Err(_) => {
                 // Lambda ends a timed-out sandbox: whatever the function was still doing stops here.
@@ -308,7 +315,8 @@ impl FunctionHost {
         self.shared.first_next.get().copied()
     }
 
-    /// Invocations so far and the wall time they took (queueing for a free process included).
+    /// Invocations answered so far and the time processes spent on them (from
+    /// `/next` to the answer, as Lambda bills; waiting for a free process excluded).
     pub fn usage(&self) -> (u64, Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.shared.invocations.load(Relaxed), Duration::from_micros(self.shared.busy_us.load(Relaxed)))
@@ -353,7 +361,10 @@ async fn next(State(Slot { shared: s, instance }): State<Slot>) -> Response {
     };
     let id = uuid::Uuid::new_v4().to_string();
     let deadline = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000 + s.timeout.as_millis() as i128;
-    s.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Pending { instance, reply: inv.reply });
+    s.pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), Pending { instance, reply: inv.reply, taken: Instant::now() });
     let mut h = HeaderMap::new();
     let mut set = |k: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -370,7 +381,8 @@ async fn next(State(Slot { shared: s, instance }): State<Slot>) -> Response {
 
 async fn response(State(Slot { shared: s, .. }): State<Slot>, Path(id): Path<String>, body: Bytes) -> StatusCode {
     match s.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
-        Some(Pending { reply, .. }) => {
+        Some(Pending { reply, taken, .. }) => {
+            s.bill(taken);
             let _ = reply.send(Ok(body));
             StatusCode::ACCEPTED
         }
@@ -380,7 +392,8 @@ async fn response(State(Slot { shared: s, .. }): State<Slot>, Path(id): Path<Str
 
 async fn error(State(Slot { shared: s, .. }): State<Slot>, Path(id): Path<String>, body: Bytes) -> StatusCode {
     match s.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
-        Some(Pending { reply, .. }) => {
+        Some(Pending { reply, taken, .. }) => {
+            s.bill(taken);
             let _ = reply.send(Err(String::from_utf8_lossy(&body).into_owned()));
             StatusCode::ACCEPTED
         }

@@ -419,12 +419,24 @@ fn comparison(old: &Value, new: &Value) -> String {
     let Some(scenarios) = new["scenarios"].as_object() else { return out };
     for (name, rows) in scenarios {
         out += &format!("\n== {name}: {:<26}{:>14}{:>14}{:>10}\n", "", "before", "after", "change");
-        for row in rows.as_array().into_iter().flatten() {
-            let (Some(label), Some(after)) = (row[0].as_str(), row[1].as_f64()) else { continue };
-            let before = old["scenarios"][name]
-                .as_array()
-                .and_then(|r| r.iter().find(|x| x[0] == label))
-                .and_then(|x| x[1].as_f64());
+        // A row is known by its label under the last top-level row (`  api` under writes, reads…).
+        let keyed = |rows: &Value| -> Vec<(String, Option<f64>)> {
+            let mut section = String::new();
+            let mut out = Vec::new();
+            for row in rows.as_array().into_iter().flatten() {
+                let label = row[0].as_str().unwrap_or_default();
+                if !label.starts_with(' ') {
+                    section = label.to_owned();
+                }
+                out.push((format!("{section}|{label}"), row[1].as_f64()));
+            }
+            out
+        };
+        let olds = keyed(&old["scenarios"][name]);
+        for (key, after) in keyed(rows) {
+            let label = key.split_once('|').map_or(key.as_str(), |(s, l)| if s == l { s } else { l });
+            let Some(after) = after else { continue };
+            let before = olds.iter().find(|(k, _)| *k == key).and_then(|(_, v)| *v);
             let change = match before {
                 Some(b) if b != 0.0 => format!("{:+.0} %", (after - b) / b * 100.0),
                 _ => "-".into(),
@@ -555,7 +567,16 @@ async fn run_scenario(
     let key = tenant["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {tenant}"))?.to_owned();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let api = local.api_url.clone();
-    let task = move |n: usize| json!({"request": {"method": "POST", "url": target, "json": {"n": n}}, "business_id": format!("bench-{run}-{n}")});
+    // Single creates name their task (a business id each), as most users do; batch
+    // creates are the bulk path, without business ids.
+    let named = scenario == Scenario::Single;
+    let task = move |n: usize| {
+        let mut t = json!({"request": {"method": "POST", "url": target, "json": {"n": n}}});
+        if named {
+            t["business_id"] = json!(format!("bench-{run}-{n}"));
+        }
+        t
+    };
     let wait_for = |n: usize, within: Duration| {
         let received = received.clone();
         async move {
