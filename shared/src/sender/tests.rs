@@ -82,6 +82,7 @@ pub(super) fn settings() -> SenderSettings {
             horizon_ms: 1_000,
             breaker: crate::domain::BreakerSettings::default(),
         },
+        signing_cache_ms: 60_000,
     }
 }
 
