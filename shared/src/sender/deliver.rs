@@ -43,6 +43,18 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: Deliver
         deadline: Option<EpochMillis>,
         ticket: &Ticket,
     ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
+        use tracing::Instrument;
+        // Every line of a delivery carries its task and, once its request is read, its trace.
+        let span = tracing::info_span!("delivery", task_id = %unit.task, trace_id = tracing::field::Empty);
+        self.deliver_in_span(unit, deadline, ticket).instrument(span).await
+    }
+
+    async fn deliver_in_span(
+        &self,
+        unit: &Unit,
+        deadline: Option<EpochMillis>,
+        ticket: &Ticket,
+    ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
         let now = self.clock.now();
         let start = ticket.not_before.map_or(now, |t| t.max(now));
         let budget = deadline.map(|d| d - start - RECORD_MARGIN_MS);
@@ -84,6 +96,9 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: Deliver
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
+        if let Some(trace) = &spec.trace {
+            tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+        }
         if let Some(started_at) = interrupted_at {
             self.note_interrupted(unit, &state, &spec, started_at).await;
         }
