@@ -26,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay(&Api::new(&settings)?, out, args).await,
         Command::Dlq(c) => dlq(&settings, out, c).await,
         Command::Flows(c) => crate::flows::run(&Api::new(&settings)?, out, c).await,
+        Command::Secrets(c) => crate::secrets::run(&Api::new(&settings)?, out, c).await,
         Command::Purge { status, before, dry_run } => {
             purge(&Api::new(&settings)?, out, &status, &before, dry_run).await
         }
@@ -226,6 +227,9 @@ fn create_body(a: CreateArgs) -> anyhow::Result<Value> {
     }
     if let Some(b) = a.business_id {
         body["business_id"] = Value::String(b);
+    }
+    if a.no_signing {
+        body["signing"] = Value::Bool(false);
     }
     Ok(body)
 }

@@ -7,6 +7,7 @@ mod api;
 mod commands;
 mod flows;
 mod output;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +19,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 const GLOBAL: &str = "Global options";
 
 #[derive(Parser)]
-#[command(name = "courier", version, about = "Operate Courier: status, tasks, replays, the DLQ, purges, flow policies")]
+#[command(
+    name = "courier",
+    version,
+    about = "Operate Courier: status, tasks, replays, the DLQ, purges, flow policies, signing secrets"
+)]
 pub struct Cli {
     /// Courier's API base URL (env COURIER_URL, or `url` in the config file).
     #[arg(long, global = true, help_heading = GLOBAL)]
@@ -69,6 +74,9 @@ pub enum Command {
     /// Flow policies: rate limits, parallelism caps and breakers per target host or flow key.
     #[command(subcommand)]
     Flows(flows::FlowsCommand),
+    /// Signing secrets (Standard Webhooks): create, list, rotate, revoke.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Delete finished tasks before their retention ends.
     Purge {
         /// The finished status to purge: `succeeded`, `failed` or `cancelled`.
@@ -152,6 +160,9 @@ pub struct CreateArgs {
     /// Your own id for the task: creating it again returns the first task.
     #[arg(long)]
     business_id: Option<String>,
+    /// Send this task's requests unsigned even when the tenant has signing secrets.
+    #[arg(long)]
+    no_signing: bool,
 }
 
 #[derive(clap::Args)]

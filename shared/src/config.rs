@@ -49,6 +49,12 @@ pub struct Config {
     pub target_guard: TargetGuard,
     /// Flow control's settings (see [`FlowConfig`]).
     pub flow: FlowConfig,
+    /// `COURIER_SIGNING_KEY_ID` (optional): the KMS key (id, ARN or alias) sealing
+    /// tenants' signing secrets. Unset: creating a secret fails.
+    pub signing_key_id: Option<String>,
+    /// `COURIER_SIGNING_CACHE_MS` (default 60000): how long a sender reuses a tenant's
+    /// unsealed signing secrets (a new or revoked secret takes effect within it).
+    pub signing_cache_ms: u64,
 }
 
 /// Flow control's settings: how long a sender trusts its cached policies,
@@ -165,6 +171,8 @@ impl Config {
             schedule_early_s: number("COURIER_SCHEDULE_EARLY_S", 60, 900, "an integer in 1..=900")?,
             reconcile_grace_s: number("COURIER_RECONCILE_GRACE_S", 120, 86_400, "an integer in 1..=86400")?,
             admin_key: admin_key_hash(&get)?,
+            signing_key_id: get("COURIER_SIGNING_KEY_ID").filter(|v| !v.is_empty()),
+            signing_cache_ms: number("COURIER_SIGNING_CACHE_MS", 60_000, 3_600_000, "an integer in 1..=3600000")?,
             flow: FlowConfig {
                 cache_ms: number("COURIER_FLOW_CACHE_MS", 5_000, 600_000, "an integer in 1..=600000")?,
                 horizon_ms: number("COURIER_FLOW_HORIZON_MS", 1_000, 10_000, "an integer in 1..=10000")?,
@@ -219,6 +227,7 @@ mod tests {
         assert_eq!(c.table, "t");
         assert_eq!(c.sender_concurrency, 16);
         assert_eq!(c.response_body_limit, 4096);
+        assert_eq!((c.signing_key_id, c.signing_cache_ms), (None, 60_000));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const TABLE_SUFFIX: &str = "-tasks";
 pub const QUEUE_SUFFIX: &str = "-delivery";
 pub const DLQ_SUFFIX: &str = "-dlq";
 pub const SCHEDULE_GROUP_SUFFIX: &str = "-schedules";
+/// The signing key's alias is `alias/<stack>-signing` (the KMS key sealing
+/// tenants' signing secrets).
+pub const SIGNING_KEY_ALIAS_SUFFIX: &str = "-signing";
 
 /// The table's partition and sort keys (both strings): a task's items share
 /// `pk = TASK#<id>`; `sk` is `STATE`, `SPEC` or `ATTEMPT#<n>`.

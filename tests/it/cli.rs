@@ -373,3 +373,32 @@ async fn flows_set_show_list_and_delete_round_trip_through_the_api() {
     assert_ne!(code, 0, "a second delete finds nothing");
     assert!(err.contains("not_found"), "{err}");
 }
+
+#[tokio::test]
+async fn secrets_commands_create_list_rotate_and_revoke() {
+    let mut opts = stack_options("cli-secrets");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let (code, out, err) = courier(&stack, &["secrets", "create"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("whsec_")), "the secret is printed once: {out}");
+    let rotated = courier_json(&stack, &["secrets", "rotate"]).await;
+    assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
+    let old = rotated["previous"][0]["id"].as_str().expect("the first secret was rotated out").to_owned();
+    let (code, table, _) = courier(&stack, &["secrets", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(table.contains(&old) && table.contains("expiring") && table.contains("active"), "{table}");
+    assert!(!table.contains("whsec_"), "a listing shows no secret: {table}");
+    let (code, out, _) = courier(&stack, &["secrets", "revoke", &old]).await;
+    assert_eq!((code, out.trim()), (0, format!("revoked signing secret {old}").as_str()));
+    let listed = courier_json(&stack, &["secrets", "list"]).await;
+    assert_eq!(listed["secrets"].as_array().map(Vec::len), Some(1));
+    let (code, _, err) = courier(&stack, &["secrets", "revoke", &old]).await;
+    assert_ne!(code, 0, "revoking it again fails: {err}");
+    let created = courier_json(
+        &stack,
+        &["tasks", "create", "--target", "https://hooks.invalid/x", "--delay", "1h", "--no-signing"],
+    )
+    .await;
+    assert_eq!(created["signing"], false);
+}

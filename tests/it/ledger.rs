@@ -277,6 +277,7 @@ async fn a_message_that_arrives_before_its_task_is_written_delivers_it_once_writ
             horizon_ms: 1_000,
             breaker: courier::domain::BreakerSettings::default(),
         },
+        signing_cache_ms: 60_000,
     };
     let sender = courier::sender::Sender::new(t.store.clone(), queue, scheduler, http, settings)
         .with_clock(Arc::new(courier::clock::SystemClock));

@@ -20,6 +20,7 @@ mod ledger;
 mod runtime;
 mod scheduler;
 mod schedules;
+mod signing;
 mod stats;
 mod task_api;
 mod template;

@@ -25,6 +25,8 @@ pub struct Outputs {
     pub queue_arn: String,
     pub dlq_url: String,
     pub dlq_arn: String,
+    /// The KMS key sealing signing secrets (its ARN).
+    pub signing_key_arn: String,
 }
 
 impl Outputs {
@@ -37,6 +39,7 @@ impl Outputs {
             ("COURIER_QUEUE_ARN".into(), self.queue_arn.clone()),
             ("COURIER_SCHEDULE_GROUP".into(), self.names.schedule_group.clone()),
             ("COURIER_SCHEDULER_ROLE_ARN".into(), LOCAL_SCHEDULER_ROLE.into()),
+            ("COURIER_SIGNING_KEY_ID".into(), self.signing_key_arn.clone()),
         ]
     }
 }
@@ -78,7 +81,29 @@ pub async fn bootstrap_with_redrive(sdk: &SdkConfig, stack: &str, max_receive_co
         Err(e) if e.as_service_error().is_some_and(|se| se.is_conflict_exception()) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(Outputs { stack: stack.to_owned(), names, queue_url, queue_arn, dlq_url, dlq_arn })
+    let signing_key_arn = signing_key(&aws_sdk_kms::Client::new(sdk), stack).await?;
+    Ok(Outputs { stack: stack.to_owned(), names, queue_url, queue_arn, dlq_url, dlq_arn, signing_key_arn })
+}
+
+/// The stack's signing key, found by its alias (`alias/<stack>-signing`) or
+/// created with it, as `template.yaml` declares `SigningKey`.
+async fn signing_key(kms: &aws_sdk_kms::Client, stack: &str) -> anyhow::Result<String> {
+    let alias = format!("alias/{stack}{}", courier::resources::SIGNING_KEY_ALIAS_SUFFIX);
+    match kms.describe_key().key_id(&alias).send().await {
+        Ok(out) => {
+            return out
+                .key_metadata
+                .and_then(|m| m.arn)
+                .ok_or_else(|| anyhow::anyhow!("DescribeKey of {alias}: no ARN"));
+        }
+        Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let created =
+        kms.create_key().description(format!("{stack}: seals tenants' webhook signing secrets")).send().await?;
+    let meta = created.key_metadata.ok_or_else(|| anyhow::anyhow!("CreateKey returned no metadata"))?;
+    kms.create_alias().alias_name(&alias).target_key_id(meta.key_id()).send().await?;
+    meta.arn.ok_or_else(|| anyhow::anyhow!("CreateKey returned no ARN"))
 }
 
 async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {

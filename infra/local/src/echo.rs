@@ -20,7 +20,10 @@ async fn echo(req: Request) -> impl IntoResponse {
     let courier: Vec<String> = parts
         .headers
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("courier-") || *k == "user-agent")
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k.starts_with("courier-") || k.starts_with("webhook-") || k.starts_with("trace") || k == "user-agent"
+        })
         .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
         .collect();
     println!("echo target received {} {} ({} body bytes) {}", parts.method, parts.uri, body.len(), courier.join(" "));

@@ -64,6 +64,7 @@ pub fn authorization(exchange: &Exchange<'_>) -> Authorization {
         Some((p, op)) if p.starts_with("DynamoDBStreams_") => dynamodb_streams(op, &body),
         Some((p, op)) if p.starts_with("DynamoDB_") => dynamodb(op, &body, region),
         Some(("AmazonSQS", op)) => sqs(op, |k| body[k].as_str().map(str::to_owned), region),
+        Some(("TrentService", op)) => kms(op, &body, region),
         Some(_) => unknown(target.unwrap_or_default()),
         None => match proxy::signing_scope(exchange.headers).map(|(_, s)| s) {
             Some("sqs") => {
@@ -126,6 +127,17 @@ fn dynamodb(op: &str, body: &Json, region: &str) -> Authorization {
     }
     needs.dedup();
     Authorization { op: op.to_owned(), needs }
+}
+
+/// A KMS call needs its action on the key it names (an ARN, or a key id in
+/// this account; an alias names no key IAM can check, so it is unknown).
+fn kms(op: &str, body: &Json, region: &str) -> Authorization {
+    let resource = match body["KeyId"].as_str() {
+        Some(arn) if arn.starts_with("arn:") => arn.to_owned(),
+        Some(id) if !id.starts_with("alias/") => format!("arn:aws:kms:{region}:{LOCAL_ACCOUNT}:key/{id}"),
+        _ => UNKNOWN.to_owned(),
+    };
+    Authorization { op: op.to_owned(), needs: vec![(format!("kms:{op}"), resource)] }
 }
 
 fn dynamodb_streams(op: &str, body: &Json) -> Authorization {
@@ -412,6 +424,8 @@ impl Resolver<'_> {
                 Ok(format!("arn:aws:sqs:{region}:{LOCAL_ACCOUNT}:{}", self.property(id, "QueueName")?))
             }
             ("AWS::SQS::Queue", "QueueName") => self.property(id, "QueueName"),
+            // A key's id is chosen when it is created (the local bootstrap finds it by alias).
+            ("AWS::KMS::Key", "Arn") => Ok(format!("arn:aws:kms:{region}:{LOCAL_ACCOUNT}:key/*")),
             ("AWS::Scheduler::ScheduleGroup", "Arn") => {
                 Ok(format!("arn:aws:scheduler:{region}:{LOCAL_ACCOUNT}:schedule-group/{}", self.property(id, "Name")?))
             }
@@ -717,6 +731,17 @@ mod tests {
                 need("dynamodb:DeleteItem", TABLE)
             ]
         );
+    }
+
+    #[test]
+    fn a_kms_call_needs_its_action_on_the_key_it_names() {
+        let arn = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let body = serde_json::json!({"KeyId": arn, "Plaintext": "AAAA"}).to_string();
+        let a = authorize("POST", "/", Some("TrentService.Encrypt"), "kms", body.as_bytes());
+        assert_eq!(a.needs, vec![need("kms:Encrypt", arn)]);
+        let body = serde_json::json!({"KeyId": "alias/s-signing"}).to_string();
+        let a = authorize("POST", "/", Some("TrentService.Decrypt"), "kms", body.as_bytes());
+        assert_eq!(a.needs, vec![need("kms:Decrypt", UNKNOWN)]);
     }
 
     #[test]

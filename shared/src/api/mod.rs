@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod flows;
 mod ops;
+mod secrets;
 mod tasks;
 mod tenants;
 mod views;
@@ -28,7 +29,8 @@ pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
 use crate::ports::{
-    CountStore, DeliveryLedger, DeliveryQueue, FlowPolicies, ReplayStore, Scheduler, TaskStore, TenantStore,
+    CountStore, DeliveryLedger, DeliveryQueue, FlowPolicies, ReplayStore, Scheduler, SigningSecrets, TaskStore,
+    TenantStore,
 };
 
 /// The largest request body the API accepts (a task's body is at most 256 KiB
@@ -70,6 +72,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/flows/{key}"),
     ("PUT", "/v1/flows/{key}"),
     ("DELETE", "/v1/flows/{key}"),
+    ("POST", "/v1/secrets"),
+    ("GET", "/v1/secrets"),
+    ("POST", "/v1/secrets/rotate"),
+    ("DELETE", "/v1/secrets/{id}"),
 ];
 
 /// Routing settings the handlers need.
@@ -113,7 +119,7 @@ pub struct AppState<S, Q, C> {
 /// The whole API.
 pub fn router<S, Q, C>(state: Arc<AppState<S, Q, C>>) -> Router
 where
-    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore + FlowPolicies,
+    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore + FlowPolicies + SigningSecrets,
     Q: DeliveryQueue,
     C: Scheduler,
 {
@@ -148,6 +154,9 @@ where
             "/v1/flows/{key}",
             get(flows::get_one::<S, Q, C>).put(flows::put::<S, Q, C>).delete(flows::delete::<S, Q, C>),
         )
+        .route("/v1/secrets", post(secrets::create::<S, Q, C>).get(secrets::list::<S, Q, C>))
+        .route("/v1/secrets/rotate", post(secrets::rotate::<S, Q, C>))
+        .route("/v1/secrets/{id}", axum::routing::delete(secrets::revoke::<S, Q, C>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))

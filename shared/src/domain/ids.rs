@@ -129,6 +129,11 @@ id_type!(
     KeyId, "key", "", 12, "12 hex digits", uuid::Uuid::new_v4().simple().to_string()
 );
 
+id_type!(
+    /// A signing secret's identifier: `whs_` followed by 16 random lowercase hex digits.
+    SecretId, "secret", "whs_", 16, "whs_ followed by 16 hex digits", uuid::Uuid::new_v4().simple().to_string()
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

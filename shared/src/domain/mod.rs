@@ -13,8 +13,10 @@ mod replay;
 mod request;
 mod retry;
 mod schedule;
+mod signing;
 mod task;
 mod tenant;
+mod trace;
 mod validate;
 
 pub use counts::{Deltas, TenantDelta};
@@ -26,7 +28,7 @@ pub use flow::{
     slot_at,
 };
 pub use guard::{AllowEntry, Blocked, InvalidAllowEntry, TargetGuard, TargetPolicy, blocked_range, is_loopback};
-pub use ids::{InvalidId, KeyId, ReplayId, TaskId, TenantId};
+pub use ids::{InvalidId, KeyId, ReplayId, SecretId, TaskId, TenantId};
 pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
 pub use replay::{CodeMatch, Replay, ReplayFilter, ReplayStatus};
@@ -35,8 +37,10 @@ pub use request::{
 };
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};
+pub use signing::{ROTATION_GRACE_MS, SecretInfo, SecretState, SigningSecret, signature_header, webhook_id};
 pub use task::{Attempt, NewTask, SchedulerHold, TaskKind, TaskState, TaskStatus};
 pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, same_secret};
+pub use trace::TraceContext;
 pub use validate::{
     CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,
     parse_create_task, parse_create_value, parse_document, parse_idempotency_key, parse_patch, parse_time,

@@ -210,6 +210,13 @@ pub struct RequestSpec {
     /// The task's flow key name (`flow_key`): limits shared by every task naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_key: Option<String>,
+    /// The task opted out of signing (`"signing": false`): no `webhook-*` headers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsigned: bool,
+    /// The trace the task was created in (every task has one since tracing
+    /// came in; older ones have none and send no `traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<super::TraceContext>,
 }
 
 impl RequestSpec {
@@ -240,6 +247,8 @@ impl RequestSpec {
             follow_redirects: false,
             flow_key: None,
             rules: super::ResponseRules::default(),
+            unsigned: false,
+            trace: None,
         }
     }
 }

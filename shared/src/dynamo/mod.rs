@@ -13,6 +13,7 @@
 //! | `TASK#<id>` | `ATTEMPT#[R<ms>#]<n>` | one per attempt |
 //! | `UNIQUE#<tenant>#I#<key>` | `UNIQUE` | which task holds an idempotency key (a business id names its task: `TaskId::derive`) |
 //! | `TENANT#<id>` | `TENANT` / `KEY#<key id>` | a tenant (quotas, active count) and its keys |
+//! | `TENANT#<id>` | `SECRET#<secret id>` | a signing secret, sealed by KMS (`sealed`), with `created_at` and, once rotated out, `until` |
 //! | `APIKEY#<sha256>` | `APIKEY` | key lookup by hash |
 //! | `RATE#<tenant>#<second>` | `RATE` | creations in one second (tenants with a create rate of at most 50/s) |
 //! | `FLOWS` | `POL#<flow key>#<scope>` | a flow policy (`admin` or the tenant's); the partition every sender reads whole |
@@ -38,6 +39,7 @@ mod flows;
 mod keys;
 mod reconcile;
 mod replays;
+mod secrets;
 mod tasks;
 mod tenants;
 mod unique;
@@ -58,17 +60,35 @@ pub struct DynamoStore {
     table: String,
     retention_ms: i64,
     reconcile_grace_ms: i64,
+    /// Seals signing secrets (`None`: no KMS key configured; secrets refused).
+    sealer: Option<crate::kms::KmsSealer>,
 }
 
 impl DynamoStore {
     /// The deployed store: the table, retention and reconcile grace from `config`.
     pub fn from_config(config: &crate::Config, sdk: &aws_config::SdkConfig) -> Self {
-        Self::new(Client::new(sdk), &config.table, config.retention_days)
-            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000)
+        let store = Self::new(Client::new(sdk), &config.table, config.retention_days)
+            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000);
+        match crate::kms::KmsSealer::from_config(config, sdk) {
+            Some(sealer) => store.with_sealer(sealer),
+            None => store,
+        }
     }
 
     pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
-        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS, reconcile_grace_ms: 120_000 }
+        Self {
+            client,
+            table: table.into(),
+            retention_ms: retention_days as i64 * DAY_MS,
+            reconcile_grace_ms: 120_000,
+            sealer: None,
+        }
+    }
+
+    /// Seals and opens signing secrets with this KMS key.
+    pub fn with_sealer(mut self, sealer: crate::kms::KmsSealer) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// How long after its due time the reconciler checks on a task.

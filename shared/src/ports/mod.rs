@@ -14,6 +14,7 @@ mod flows;
 mod queue;
 mod reconcile;
 mod replays;
+mod secrets;
 mod tasks;
 mod tenants;
 
@@ -23,6 +24,7 @@ pub use flows::{FlowLimiter, FlowPolicies};
 pub use queue::{DeliveryQueue, Scheduler};
 pub use reconcile::{CandidatePage, ReconcileIndex};
 pub use replays::ReplayStore;
+pub use secrets::SigningSecrets;
 pub use tasks::{Cancelled, Created, ListFilter, Page, Retried, StoredTask, TaskStore, UniqueKey};
 pub use tenants::TenantStore;
 

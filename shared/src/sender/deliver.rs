@@ -14,13 +14,14 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::ports::{
-    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, StoreError, Transition, Unit,
+    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, SigningSecrets, StoreError,
+    Transition, Unit,
 };
 
 /// What the sender says about an attempt a stopped sender left unfinished.
 pub const INTERRUPTED_REASON: &str = "sender stopped during the attempt (lease expired)";
 
-impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
     /// Delivers one unit: claim, send, record, transition. Returns what
     /// happened and, once claimed, the task's tenant. With a `deadline`, the
     /// claim only takes a task whose request timeout fits before it with
@@ -37,6 +38,18 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
     /// waits for its rate slot after the claim (so the claim's latency does
     /// not bunch requests), and its result counts towards its key's breaker.
     pub async fn deliver_with(
+        &self,
+        unit: &Unit,
+        deadline: Option<EpochMillis>,
+        ticket: &Ticket,
+    ) -> Result<(DeliveryOutcome, Option<TenantId>), StoreError> {
+        use tracing::Instrument;
+        // Every line of a delivery carries its task and, once its request is read, its trace.
+        let span = tracing::info_span!("delivery", task_id = %unit.task, trace_id = tracing::field::Empty);
+        self.deliver_in_span(unit, deadline, ticket).instrument(span).await
+    }
+
+    async fn deliver_in_span(
         &self,
         unit: &Unit,
         deadline: Option<EpochMillis>,
@@ -83,9 +96,15 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
+        if let Some(trace) = &spec.trace {
+            tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+        }
         if let Some(started_at) = interrupted_at {
             self.note_interrupted(unit, &state, &spec, started_at).await;
         }
+        // Signed unless the task opted out: the tenant's secrets, cached (a
+        // failure to read them sends nothing: the message comes back).
+        let secrets = if spec.unsigned { None } else { Some(self.signing.get(&self.store, &state.tenant, now).await?) };
         let number = state.attempts;
         if ticket.not_before.is_some() {
             self.flow.prepared_in(self.clock.now() - now);
@@ -93,7 +112,7 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
                 self.clock.sleep_until(at).await;
             }
         }
-        let (mut attempt, hints) = self.send(&state, &spec).await;
+        let (mut attempt, hints) = self.send(&state, &spec, secrets.as_deref().unwrap_or_default()).await;
         let flow = spec.flow_ref(&state.tenant);
         self.flow.observe(&flow, &attempt, hints.retry_after, ticket.probe, self.clock.now());
         self.write_pauses().await;
@@ -106,6 +125,7 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter, Q: DeliveryQueue, C: Schedu
             task_id = %unit.task,
             run = unit.run,
             tenant = %state.tenant,
+            trace_id = spec.trace.as_ref().map(|t| t.trace_id.as_str()),
             attempt = number,
             outcome = attempt.outcome.as_str(),
             status = attempt.status_code,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::Sender;
 use crate::domain::{
-    Attempt, Blocked, Outcome, ReceiverHints, RequestSpec, TargetGuard, TaskState, format_millis, mask_headers,
-    mask_url,
+    Attempt, Blocked, Outcome, ReceiverHints, RequestSpec, SigningSecret, TargetGuard, TaskState, format_millis,
+    mask_headers, mask_url, signature_header, webhook_id,
 };
 use crate::ports::{DeliveryLedger, DeliveryQueue, Scheduler};
 
@@ -143,7 +143,12 @@ impl HttpClients {
 }
 
 impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
-    pub(super) async fn send(&self, state: &TaskState, spec: &RequestSpec) -> (Attempt, ReceiverHints) {
+    pub(super) async fn send(
+        &self,
+        state: &TaskState,
+        spec: &RequestSpec,
+        secrets: &[SigningSecret],
+    ) -> (Attempt, ReceiverHints) {
         let method = reqwest::Method::from_bytes(spec.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
         let client = self.http.get(spec.follow_redirects);
         let mut headers: Vec<(String, String)> = vec![
@@ -157,7 +162,27 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
         if let Some(run) = state.run {
             headers.push(("courier-scheduled-time".into(), format_millis(run)));
         }
-        headers.extend(spec.headers.iter().cloned());
+        let mut courier_headers: Vec<(String, String)> = Vec::new();
+        if let Some(trace) = &spec.trace {
+            courier_headers.push(("traceparent".into(), trace.traceparent()));
+            if let Some(st) = &trace.state {
+                courier_headers.push(("tracestate".into(), st.clone()));
+            }
+        }
+        let body = spec.body.as_ref().map(crate::domain::Body::to_bytes);
+        if !secrets.is_empty() {
+            // The raw bytes sent are the bytes signed; the timestamp is this attempt's.
+            let id = webhook_id(&state.id, state.run);
+            let ts = self.clock.now().div_euclid(1000);
+            let signature = signature_header(secrets, &id, ts, body.as_deref().unwrap_or_default());
+            courier_headers.push(("webhook-id".into(), id));
+            courier_headers.push(("webhook-timestamp".into(), ts.to_string()));
+            courier_headers.push(("webhook-signature".into(), signature));
+        }
+        // Courier's own trace and signature headers replace any of the same name the task set.
+        let ours = |name: &str| courier_headers.iter().any(|(k, _)| k == name);
+        headers.extend(spec.headers.iter().filter(|(k, _)| !ours(k)).cloned());
+        headers.extend(courier_headers.iter().cloned());
         if let Some(auth) = &spec.auth {
             headers.push(("authorization".into(), auth.header_value()));
         }
@@ -165,9 +190,9 @@ impl<S: DeliveryLedger, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
         for (k, v) in &headers {
             req = req.header(k, v);
         }
-        let body_size = spec.body.as_ref().map_or(0, |b| b.len());
-        if let Some(body) = &spec.body {
-            req = req.body(body.to_bytes());
+        let body_size = body.as_ref().map_or(0, Vec::len);
+        if let Some(body) = body {
+            req = req.body(body);
         }
         let started_at = self.clock.now();
         let clock = Instant::now();

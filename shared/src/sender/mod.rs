@@ -19,6 +19,7 @@ mod dlq;
 mod flow;
 mod http;
 mod retry;
+mod signing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,8 +32,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::domain::{DeadLetter, EpochMillis, FlowKey, FlowRef, QueueMessage, TaskId, TaskStatus};
 use crate::metrics;
 use crate::ports::{
-    DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, ReplayStore, Scheduler, StoreError, TaskStore,
-    TenantStore, Unit,
+    DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, ReplayStore, Scheduler, SigningSecrets, StoreError,
+    TaskStore, TenantStore, Unit,
 };
 
 pub use deliver::INTERRUPTED_REASON;
@@ -90,6 +91,8 @@ pub struct SenderSettings {
     pub schedule_early_s: u64,
     /// Flow control: policy cache, slot horizon, default breaker.
     pub flow: crate::config::FlowConfig,
+    /// How long a tenant's unsealed signing secrets are reused.
+    pub signing_cache_ms: u64,
 }
 
 impl SenderSettings {
@@ -101,6 +104,7 @@ impl SenderSettings {
             lease_margin_ms: config.lease_margin_ms,
             schedule_early_s: config.schedule_early_s,
             flow: config.flow.clone(),
+            signing_cache_ms: config.signing_cache_ms,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Sender<S, Q, C> {
     clock: Arc<dyn Clock>,
     /// Flow control's cache; lives as long as the warm container.
     flow: FlowGate,
+    /// Tenants' signing secrets, unsealed; lives as long as the warm container.
+    signing: signing::SecretCache,
 }
 
 /// What the sender did with one message of a batch.
@@ -145,14 +151,15 @@ pub enum MessageOutcome {
 
 // The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
 impl<
-    S: DeliveryLedger + ReplayStore + TaskStore + TenantStore + FlowPolicies + FlowLimiter,
+    S: DeliveryLedger + ReplayStore + TaskStore + TenantStore + FlowPolicies + FlowLimiter + SigningSecrets,
     Q: DeliveryQueue,
     C: Scheduler,
 > Sender<S, Q, C>
 {
     pub fn new(store: S, queue: Q, scheduler: C, http: HttpClients, settings: SenderSettings) -> Self {
         let flow = FlowGate::new(settings.flow.clone(), settings.lease_margin_ms);
-        Self { store, queue, scheduler, http, settings, clock: Arc::new(SystemClock), flow }
+        let signing = signing::SecretCache::new(settings.signing_cache_ms);
+        Self { store, queue, scheduler, http, settings, clock: Arc::new(SystemClock), flow, signing }
     }
 
     /// Reads the time from `clock` instead of the system's (tests set it).

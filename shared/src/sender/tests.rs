@@ -82,6 +82,7 @@ pub(super) fn settings() -> SenderSettings {
             horizon_ms: 1_000,
             breaker: crate::domain::BreakerSettings::default(),
         },
+        signing_cache_ms: 60_000,
     }
 }
 
@@ -350,4 +351,37 @@ async fn a_final_attempt_is_recorded_by_the_finish_even_when_the_lease_was_lost(
     assert!(!lost);
     assert_eq!(f.store.attempts_of(&u), [attempt]);
     assert_eq!(f.store.state(&u).map(|s| s.status), Some(TaskStatus::Sending));
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_secret_gets_signed_traced_requests_unless_the_task_opts_out() {
+    use crate::domain::{Body, SecretId, SecretInfo, SigningSecret, TraceContext};
+    use crate::ports::SigningSecrets;
+    let (f, target) = (fixture(), target().await);
+    let secret = SigningSecret::generate().expect("random");
+    let info = SecretInfo { id: SecretId::generate(), created_at: NOW, until: None };
+    f.store.put_secret(&t1(), &info, &secret).await.expect("stored");
+    let mut signed = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    signed.spec.body = Some(Body::Bytes(vec![0xff, 0x00, 0x80]));
+    signed.spec.trace =
+        Some(TraceContext { trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(), state: Some("a=b".into()) });
+    let mut unsigned = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    unsigned.spec.unsigned = true;
+    f.store.insert(&signed);
+    f.store.insert(&unsigned);
+    let messages = vec![message("m1", deliver(&signed)), message("m2", deliver(&unsigned))];
+    f.sender.handle_each(batch(messages), None).await;
+    assert_eq!(target.hits.load(Ordering::SeqCst), 2);
+    let headers = |t: &NewTask| f.store.attempts_of(&unit(t)).remove(0).request_headers;
+    let get = |h: &[(String, String)], name: &str| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let h = headers(&signed);
+    let ts = NOW / 1000;
+    assert_eq!(get(&h, "webhook-id").as_deref(), Some(signed.id.as_str()));
+    assert_eq!(get(&h, "webhook-timestamp"), Some(ts.to_string()));
+    // The raw bytes sent (not UTF-8) are the bytes signed.
+    assert_eq!(get(&h, "webhook-signature"), Some(secret.sign(signed.id.as_str(), ts, &[0xff, 0x00, 0x80])));
+    assert!(get(&h, "traceparent").is_some_and(|p| p.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")));
+    assert_eq!(get(&h, "tracestate").as_deref(), Some("a=b"));
+    let h = headers(&unsigned);
+    assert!(h.iter().all(|(k, _)| !k.starts_with("webhook-") && k != "traceparent"), "{h:?}");
 }

@@ -101,6 +101,8 @@ struct Tables {
     applied_batches: BTreeSet<String>,
     watermarks: BTreeMap<u32, EpochMillis>,
     flows: flows::FlowTables,
+    /// (tenant, secret) → the secret and its listing (kept in clear: a fake).
+    secrets: BTreeMap<(TenantId, crate::domain::SecretId), (crate::domain::SecretInfo, crate::domain::SigningSecret)>,
 }
 
 /// One in-memory store implementing every store port; clones share the data,
@@ -201,6 +203,8 @@ pub fn new_task(tenant: &TenantId, url: &str, due_at: EpochMillis, retry: RetryP
         follow_redirects: false,
         rules: crate::domain::ResponseRules::default(),
         flow_key: None,
+        unsigned: false,
+        trace: None,
     };
     NewTask {
         id: TaskId::generate(),

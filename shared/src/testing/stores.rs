@@ -130,3 +130,54 @@ impl CountStore for FakeStore {
         Ok(t.counts.get(tenant.as_str()).map(|c| c.iter().map(|(s, n)| (*s, *n)).collect()).unwrap_or_default())
     }
 }
+
+impl crate::ports::SigningSecrets for FakeStore {
+    async fn put_secret(
+        &self,
+        tenant: &TenantId,
+        info: &crate::domain::SecretInfo,
+        secret: &crate::domain::SigningSecret,
+    ) -> Result<(), StoreError> {
+        self.lock().secrets.insert((tenant.clone(), info.id.clone()), (info.clone(), secret.clone()));
+        Ok(())
+    }
+
+    async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<crate::domain::SecretInfo>, StoreError> {
+        let mut out: Vec<_> =
+            self.lock().secrets.iter().filter(|((t, _), _)| t == tenant).map(|(_, (i, _))| i.clone()).collect();
+        out.sort_by_key(|i| (i.created_at, i.id.clone()));
+        Ok(out)
+    }
+
+    async fn expire_secret(
+        &self,
+        tenant: &TenantId,
+        id: &crate::domain::SecretId,
+        until: EpochMillis,
+    ) -> Result<bool, StoreError> {
+        let mut t = self.lock();
+        let Some((info, _)) = t.secrets.get_mut(&(tenant.clone(), id.clone())) else { return Ok(false) };
+        info.until = Some(until);
+        Ok(true)
+    }
+
+    async fn delete_secret(&self, tenant: &TenantId, id: &crate::domain::SecretId) -> Result<bool, StoreError> {
+        Ok(self.lock().secrets.remove(&(tenant.clone(), id.clone())).is_some())
+    }
+
+    async fn signing_secrets(
+        &self,
+        tenant: &TenantId,
+        now: EpochMillis,
+    ) -> Result<Vec<crate::domain::SigningSecret>, StoreError> {
+        let t = self.lock();
+        let mut live: Vec<_> = t
+            .secrets
+            .iter()
+            .filter(|((t, _), (i, _))| t == tenant && i.signs_at(now))
+            .map(|(_, v)| v.clone())
+            .collect();
+        live.sort_by_key(|(i, _)| (i.created_at, i.id.clone()));
+        Ok(live.into_iter().map(|(_, s)| s).collect())
+    }
+}

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::create::{Route, created_view, dispatch, new_task, roll_back, route, store_and_dispatch};
+use super::create::{Route, created_view, dispatch, new_task, roll_back, route, store_and_dispatch, trace_of};
 use super::{full_view, owned, quota};
 use crate::api::{ApiError, AppState, auth};
 use crate::domain::{
@@ -22,7 +22,7 @@ use crate::ports::{Created, DeliveryQueue, Scheduler, TaskStore, TenantStore, Un
 /// The most tasks one batch may create.
 pub const MAX_BATCH: usize = 100;
 
-#[tracing::instrument(skip_all, fields(tenant))]
+#[tracing::instrument(skip_all, fields(tenant, trace_id))]
 pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
@@ -42,11 +42,16 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     // Validate every item; per-item results keep their index.
     let mut results: Vec<Value> = vec![Value::Null; items.len()];
     let mut valid: Vec<(usize, CreateTask)> = Vec::new();
+    // One trace for the whole batch: the request's.
+    let trace = trace_of(&headers);
     for (i, item) in items.iter().enumerate() {
         let parsed = parse_create_value(item.clone(), now)
             .and_then(|t| check_target(&t.spec.url, &app.settings.guard, "request.url").map(|()| t));
         match parsed {
-            Ok(t) => valid.push((i, t)),
+            Ok(mut t) => {
+                t.spec.trace = Some(trace.clone());
+                valid.push((i, t));
+            }
             Err(e) => {
                 let e = e.prefixed(&format!("tasks[{i}]"));
                 results[i] = json!({"index": i, "status": 400, "error": {"code": e.code, "message": e.message, "field": e.field}});

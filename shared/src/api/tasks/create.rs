@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{full_view, owned, quota};
 use crate::api::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
-    CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, check_target, now_millis,
+    CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, TraceContext, check_target, now_millis,
     parse_create_task, parse_idempotency_key,
 };
 use crate::ports::{Created, DeliveryQueue, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey};
@@ -76,6 +76,19 @@ pub(super) fn new_task(settings: &ApiSettings, tenant: &Tenant, input: CreateTas
     };
     task.on_scheduler = !matches!(route(settings, &task, now), Route::Queue { .. });
     task
+}
+
+/// The trace a create request belongs to: its `traceparent` (and
+/// `tracestate`), or a new one when it has none or it cannot be parsed (as
+/// W3C asks of a receiver: restart the trace, do not refuse the request).
+pub(super) fn trace_of(headers: &HeaderMap) -> TraceContext {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (trace, refused) = TraceContext::from_headers(get("traceparent"), get("tracestate"));
+    if refused {
+        tracing::info!(trace_id = %trace.trace_id, "malformed traceparent; started a new trace");
+    }
+    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+    trace
 }
 
 fn unique_key(input: &CreateTask, headers: &HeaderMap) -> Result<Option<UniqueKey>, ApiError> {
@@ -170,7 +183,7 @@ fn replay_response(mut view: Value) -> Response {
     r
 }
 
-#[tracing::instrument(skip_all, fields(tenant, task_id))]
+#[tracing::instrument(skip_all, fields(tenant, task_id, trace_id))]
 pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
@@ -179,8 +192,9 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     let tenant = auth::tenant(&app, &headers).await?;
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
-    let input = parse_create_task(&body, now)?;
+    let mut input = parse_create_task(&body, now)?;
     check_target(&input.spec.url, &app.settings.guard, "request.url")?;
+    input.spec.trace = Some(trace_of(&headers));
     let key = unique_key(&input, &headers)?;
     let mut task = new_task(&app.settings, &tenant, input, now);
     tracing::Span::current().record("task_id", task.id.as_str());

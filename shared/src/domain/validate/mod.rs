@@ -125,6 +125,7 @@ struct CreateDto {
     flow_key: Option<String>,
     success_codes: Option<Vec<u16>>,
     retry_codes: Option<Vec<u16>>,
+    signing: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -236,6 +237,8 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
             retry_codes: parse_codes("retry_codes", dto.retry_codes)?,
         },
         flow_key: dto.flow_key.map(|k| parse_flow_key(&k)).transpose()?,
+        unsigned: dto.signing == Some(false),
+        trace: None,
     };
     let business_id = dto.business_id.map(|b| parse_business_id(&b)).transpose()?;
     check_stored_size(&spec)?;

@@ -49,6 +49,7 @@ const SCHEMA: &[&str] = &[
     "success_codes[*]",
     "retry_codes",
     "retry_codes[*]",
+    "signing",
 ];
 
 /// Whether `field` is a schema path. Header and form names may hold dots,
@@ -139,7 +140,7 @@ fn key() -> impl Strategy<Value = String> {
             "request", "method", "url", "headers", "body", "body_base64", "json", "form", "auth", "type",
             "username", "password", "token", "timeout_ms", "follow_redirects", "schedule", "delay", "at",
             "cron", "timezone", "retry", "max_attempts", "backoff", "initial", "multiplier", "max", "jitter",
-            "intervals", "business_id", "flow_key", "success_codes", "retry_codes",
+            "intervals", "business_id", "flow_key", "success_codes", "retry_codes", "signing",
         ])
         .prop_map(str::to_owned),
         1 => text(),
@@ -185,6 +186,7 @@ fn full_body() -> Value {
         "business_id": "order-1",
         "success_codes": [200, 202],
         "retry_codes": [404],
+        "signing": false,
     })
 }
 

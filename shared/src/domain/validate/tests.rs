@@ -114,6 +114,7 @@ fn names_the_field_and_rule_of_each_rejection() {
         (r#"{"request":{"method":"GET","url":"https://e.com"},"success_codes":[99]}"#.into(), "invalid", "success_codes"),
         (r#"{"request":{"method":"GET","url":"https://e.com"},"retry_codes":["404"]}"#.into(), "invalid", "retry_codes[0]"),
         (r#"{"request":{"method":"GET","url":"https://e.com","follow_redirects":"yes"}}"#.into(), "invalid", "request.follow_redirects"),
+        (r#"{"request":{"method":"GET","url":"https://e.com"},"signing":"no"}"#.into(), "invalid", "signing"),
         (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"abc\ndef"}}}"#.into(), "invalid", "request.auth.token"),
         (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":"abc def"}}}"#.into(), "invalid", "request.auth.token"),
         (r#"{"request":{"method":"GET","url":"https://e.com","auth":{"type":"bearer","token":""}}}"#.into(), "invalid", "request.auth.token"),
