@@ -19,6 +19,9 @@
 //! | `FLOWS` | `HOLD#<flow key>` | what holds a key's deliveries (`open`, `paused`, `closed`) and until when |
 //! | `FLOW#<flow key>` | `STATE` | a key's shared state: rate slots, leases, pause, factor, breaker (short names, < 1 KB) |
 //! | `FLOW#<flow key>` | `HIST#<ms>#<rand>` | one breaker, pause or factor transition |
+//! | `AUDIT#<tenant or ->` | `<ms>#<rand>` | one audit entry (TTL); indexed by day (`gsi1pk` = `AUDIT#<yyyy-mm-dd>`) for the admin's view |
+//! | `AUDIT#-` | `<minute>#ip:<address>` | failed authentications of one address in one minute, counted |
+//! | `TENANTS` | `<tenant id>` | the tenant registry the admin's metrics walk |
 
 use std::collections::HashMap;
 
@@ -29,6 +32,7 @@ use crate::domain::TaskId;
 use crate::ports::StoreError;
 
 mod attempts;
+mod audit;
 mod codec;
 pub(crate) use codec::SLOT_TAKEN;
 mod counts;
@@ -58,6 +62,7 @@ pub struct DynamoStore {
     table: String,
     retention_ms: i64,
     reconcile_grace_ms: i64,
+    audit_retention_ms: i64,
 }
 
 impl DynamoStore {
@@ -65,10 +70,23 @@ impl DynamoStore {
     pub fn from_config(config: &crate::Config, sdk: &aws_config::SdkConfig) -> Self {
         Self::new(Client::new(sdk), &config.table, config.retention_days)
             .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000)
+            .with_audit_retention_days(config.audit_retention_days)
     }
 
     pub fn new(client: Client, table: impl Into<String>, retention_days: u64) -> Self {
-        Self { client, table: table.into(), retention_ms: retention_days as i64 * DAY_MS, reconcile_grace_ms: 120_000 }
+        Self {
+            client,
+            table: table.into(),
+            retention_ms: retention_days as i64 * DAY_MS,
+            reconcile_grace_ms: 120_000,
+            audit_retention_ms: 90 * DAY_MS,
+        }
+    }
+
+    /// How long audit entries are kept before TTL deletes them.
+    pub fn with_audit_retention_days(mut self, days: u64) -> Self {
+        self.audit_retention_ms = days as i64 * DAY_MS;
+        self
     }
 
     /// How long after its due time the reconciler checks on a task.

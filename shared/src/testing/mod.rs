@@ -101,6 +101,7 @@ struct Tables {
     applied_batches: BTreeSet<String>,
     watermarks: BTreeMap<u32, EpochMillis>,
     flows: flows::FlowTables,
+    audit: Vec<crate::domain::AuditEntry>,
 }
 
 /// One in-memory store implementing every store port; clones share the data,
