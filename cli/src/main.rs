@@ -4,6 +4,7 @@
 //! and `AWS_ENDPOINT_URL`.
 
 mod api;
+mod audit;
 mod commands;
 mod flows;
 mod output;
@@ -69,6 +70,10 @@ pub enum Command {
     /// Flow policies: rate limits, parallelism caps and breakers per target host or flow key.
     #[command(subcommand)]
     Flows(flows::FlowsCommand),
+    /// The audit log: who did what, when, on which resource, from where, and the outcome.
+    Audit(audit::AuditArgs),
+    /// Prometheus metrics (text exposition format) as the API serves them.
+    Metrics,
     /// Delete finished tasks before their retention ends.
     Purge {
         /// The finished status to purge: `succeeded`, `failed` or `cancelled`.
