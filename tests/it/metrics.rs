@@ -130,7 +130,7 @@ async fn metrics_parse_as_prometheus_text_and_show_each_caller_its_share() {
         .iter()
         .filter_map(|s| s[1]["tenant"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(tenants.into_iter().collect::<Vec<_>>(), [tenant.clone()]);
+    assert_eq!(tenants.into_iter().collect::<Vec<_>>(), std::slice::from_ref(&tenant));
     assert!(mine.get("courier_queue_messages").is_none(), "queue depths are the admin's: {text}");
     assert_eq!(value(&mine, "courier_flow_policies", &[("scope", "tenant")]), Some(1.0));
     assert!(value(&mine, "courier_flow_hold", &[("key", "m.example.invalid:443")]).is_none(), "{text}");

@@ -123,8 +123,7 @@ impl AuditLog for DynamoStore {
     }
 
     async fn audit_page(&self, q: &AuditQuery, limit: usize, cursor: Option<&str>) -> Result<AuditPage, StoreError> {
-        let cursor =
-            cursor.map(|c| decode_cursor(c).ok_or_else(|| bad_cursor()).and_then(Cursor::parse)).transpose()?;
+        let cursor = cursor.map(|c| decode_cursor(c).ok_or_else(bad_cursor).and_then(Cursor::parse)).transpose()?;
         match &q.tenant {
             Some(t) => self.tenant_page(q, t, limit, cursor).await,
             None => self.all_page(q, limit, cursor).await,

@@ -174,7 +174,7 @@ impl crate::ports::AuditLog for FakeStore {
             .filter(|e| query.since.is_none_or(|s| e.at >= s) && query.until.is_none_or(|u| e.at <= u))
             .cloned()
             .collect();
-        all.sort_by(|a, b| b.at.cmp(&a.at));
+        all.sort_by_key(|e| std::cmp::Reverse(e.at));
         let items: Vec<_> = all.iter().skip(skip).take(limit).cloned().collect();
         let cursor = (skip + items.len() < all.len()).then(|| (skip + items.len()).to_string());
         Ok(crate::ports::AuditPage { items, cursor })
