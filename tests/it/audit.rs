@@ -167,21 +167,21 @@ async fn operations_are_audited_with_who_what_where_and_outcome_and_each_side_se
     }
 
     // `courier audit`: table and JSON output.
+    // tokio's Command: a blocking wait would stall the in-process front the CLI calls.
     let run = |args: &[&str]| {
-        std::process::Command::new(bin_dir().join("courier"))
+        tokio::process::Command::new(bin_dir().join("courier"))
             .args(args)
             .env("COURIER_URL", &stack.local.api_url)
             .env("COURIER_API_KEY", &new_secret)
             .env("COURIER_CONFIG", "/nonexistent")
             .output()
-            .expect("courier runs")
     };
-    let out = run(&["audit", "--action", "task.cancel"]);
+    let out = run(&["audit", "--action", "task.cancel"]).await.expect("courier runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ACTOR") && text.contains("task.cancel") && text.contains(&format!("tasks/{id}")), "{text}");
     eprintln!("courier audit:\n{text}");
-    let out = run(&["audit", "--limit", "3", "-o", "json"]);
+    let out = run(&["audit", "--limit", "3", "-o", "json"]).await.expect("courier runs");
     let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(actions(&doc), ["key.revoke", "key.create", "flow.put"]);
 }

@@ -137,12 +137,13 @@ async fn metrics_parse_as_prometheus_text_and_show_each_caller_its_share() {
     assert_eq!(value(&mine, "courier_flow_hold", &[("key", "reports"), ("hold", "paused")]), Some(0.0));
 
     // `courier metrics` prints the same text; `-o json` its samples.
-    let out = std::process::Command::new(bin_dir().join("courier"))
+    let out = tokio::process::Command::new(bin_dir().join("courier"))
         .args(["metrics", "-o", "json"])
         .env("COURIER_URL", &base)
         .env("COURIER_API_KEY", stack.api.key.as_deref().unwrap_or_default())
         .env("COURIER_CONFIG", "/nonexistent")
         .output()
+        .await
         .expect("courier runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
