@@ -90,6 +90,19 @@ impl Api {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A GET whose answer is text (the metrics), with its status.
+    pub async fn text(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Courier at {}", self.base))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.context("reading the answer")?))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }

@@ -4,6 +4,7 @@
 //! and `AWS_ENDPOINT_URL`.
 
 mod api;
+mod audit;
 mod commands;
 mod flows;
 mod output;
@@ -77,6 +78,10 @@ pub enum Command {
     /// Signing secrets (Standard Webhooks): create, list, rotate, revoke.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// The audit log: who did what, when, on which resource, from where, and the outcome.
+    Audit(audit::AuditArgs),
+    /// Prometheus metrics (text exposition format) as the API serves them.
+    Metrics,
     /// Delete finished tasks before their retention ends.
     Purge {
         /// The finished status to purge: `succeeded`, `failed` or `cancelled`.

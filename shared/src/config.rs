@@ -43,6 +43,8 @@ pub struct Config {
     pub lease_margin_ms: u64,
     /// `COURIER_RETENTION_DAYS` (default 90): days finished tasks and attempts are kept before TTL deletes them.
     pub retention_days: u64,
+    /// `COURIER_AUDIT_RETENTION_DAYS` (default 90): days audit entries are kept before TTL deletes them.
+    pub audit_retention_days: u64,
     /// `COURIER_TARGET_POLICY` (`public`, the default, or `local-only`) and
     /// `COURIER_TARGET_ALLOWLIST` (comma list of CIDRs and host names, each
     /// with an optional `:port`): which addresses tasks may reach.
@@ -164,6 +166,7 @@ impl Config {
                 as usize,
             lease_margin_ms: number("COURIER_LEASE_MARGIN_MS", 30_000, 900_000, "an integer in 1..=900000")?,
             retention_days: number("COURIER_RETENTION_DAYS", 90, 3650, "an integer in 1..=3650")?,
+            audit_retention_days: number("COURIER_AUDIT_RETENTION_DAYS", 90, 3650, "an integer in 1..=3650")?,
             queue_arn: required("COURIER_QUEUE_ARN")?,
             schedule_group: required("COURIER_SCHEDULE_GROUP")?,
             scheduler_role_arn: required("COURIER_SCHEDULER_ROLE_ARN")?,

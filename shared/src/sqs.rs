@@ -99,3 +99,33 @@ impl DeliveryQueue for SqsQueue {
         Ok(())
     }
 }
+
+impl SqsQueue {
+    async fn depth(&self, url: &str) -> Result<crate::ports::QueueDepth, QueueError> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(err)?;
+        let attrs = out.attributes.unwrap_or_default();
+        let get = |a: A| attrs.get(&a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(crate::ports::QueueDepth {
+            visible: get(A::ApproximateNumberOfMessages),
+            in_flight: get(A::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(A::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+}
+
+impl crate::ports::QueueDepths for SqsQueue {
+    async fn queue_stats(&self) -> Result<crate::ports::QueueStats, QueueError> {
+        let (delivery, dlq) = tokio::try_join!(self.depth(&self.queue_url), self.depth(&self.dlq_url))?;
+        Ok(crate::ports::QueueStats { delivery, dlq })
+    }
+}

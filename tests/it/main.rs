@@ -2,6 +2,7 @@
 //! the emulator at `AWS_ENDPOINT_URL` (`make test` starts one). Each test
 //! creates its own uniquely named stack, so tests run in parallel.
 
+mod audit;
 mod bootstrap;
 mod chaos;
 mod cli;
@@ -17,6 +18,7 @@ mod helpers;
 mod http_api;
 mod iam;
 mod ledger;
+mod metrics;
 mod runtime;
 mod scheduler;
 mod schedules;

@@ -178,6 +178,25 @@ async fn signed_requests_verify_independently_through_a_rotation_and_a_tampered_
     let sealed = items[0]["sealed"].as_b().expect("sealed is binary").as_ref().to_vec();
     assert!(sealed.windows(raw.len()).all(|w| w != raw.as_slice()), "the key bytes are not stored in clear");
     assert!(!format!("{:?}", items[0]).contains(&second_secret["whsec_".len()..]));
+
+    // The audit log names each change and its secret, and holds no secret text.
+    let (status, audit) = stack.api.get("/v1/audit?limit=500").await;
+    assert_eq!(status, 200, "{audit}");
+    let entries: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap_or_default(), e["resource"].as_str().unwrap_or_default()))
+        .collect();
+    let second_id = second["id"].as_str().expect("id");
+    for want in [
+        ("secret.create", format!("secrets/{old_id}")),
+        ("secret.rotate", format!("secrets/{second_id}")),
+        ("secret.revoke", format!("secrets/{old_id}")),
+    ] {
+        assert!(entries.iter().any(|(a, r)| *a == want.0 && *r == want.1), "{want:?} in {entries:?}");
+    }
+    assert!(!audit.to_string().contains("whsec_"), "{audit}");
 }
 
 #[tokio::test]

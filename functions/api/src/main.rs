@@ -19,5 +19,19 @@ async fn main() -> Result<(), Error> {
     let scheduler = EventBridgeScheduler::from_config(&config, &sdk);
     let settings = ApiSettings::from_config(&config);
     let state = Arc::new(AppState { store, queue, scheduler, settings, limits: Default::default() });
-    lambda_http::run(courier::api::router(state)).await
+    let app = courier::api::router(state).layer(axum::middleware::map_request(source_ip));
+    lambda_http::run(app).await
+}
+
+/// Hands API Gateway's `requestContext.http.sourceIp` to the router (the
+/// audit log records it).
+async fn source_ip(mut req: axum::extract::Request) -> axum::extract::Request {
+    use lambda_http::RequestExt;
+    use lambda_http::request::RequestContext;
+    if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
+        && let Some(ip) = ctx.http.source_ip.clone()
+    {
+        req.extensions_mut().insert(courier::api::SourceIp(ip));
+    }
+    req
 }

@@ -1,11 +1,12 @@
 //! The local API Gateway: plain HTTP in, an HTTP API payload v2.0 event to
 //! the API function, its response back out as HTTP.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -18,10 +19,15 @@ const MAX_BODY: usize = 6 * 1024 * 1024;
 
 /// Serves the API function over HTTP on `listener`.
 pub async fn serve(listener: tokio::net::TcpListener, api: Arc<FunctionHost>) -> std::io::Result<()> {
-    axum::serve(listener, Router::new().fallback(forward).with_state(api)).await
+    let app = Router::new().fallback(forward).with_state(api);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
-async fn forward(State(api): State<Arc<FunctionHost>>, req: Request) -> Response {
+async fn forward(
+    State(api): State<Arc<FunctionHost>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return error(
@@ -31,7 +37,7 @@ async fn forward(State(api): State<Arc<FunctionHost>>, req: Request) -> Response
             Some("body"),
         );
     };
-    let event = to_event(&parts, &body);
+    let event = to_event(&parts, &body, &peer.ip().to_string());
     match api.invoke(&event).await {
         Ok(resp) => from_response(&resp),
         Err(e) => {
@@ -47,8 +53,9 @@ fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> 
     (status, axum::Json(json!({"error": {"code": code, "message": message, "field": field}}))).into_response()
 }
 
-/// Builds the HTTP API (payload format 2.0) event API Gateway would send.
-pub fn to_event(parts: &axum::http::request::Parts, body: &Bytes) -> Value {
+/// Builds the HTTP API (payload format 2.0) event API Gateway would send;
+/// `source_ip` is the connection's peer, as API Gateway reports it.
+pub fn to_event(parts: &axum::http::request::Parts, body: &Bytes, source_ip: &str) -> Value {
     let mut headers = Map::new();
     let mut cookies = Vec::new();
     for (k, v) in &parts.headers {
@@ -104,7 +111,7 @@ pub fn to_event(parts: &axum::http::request::Parts, body: &Bytes) -> Value {
                 "method": parts.method.as_str(),
                 "path": path,
                 "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
+                "sourceIp": source_ip,
                 "userAgent": parts.headers.get("user-agent").and_then(|h| h.to_str().ok()).unwrap_or(""),
             },
             "requestId": uuid::Uuid::new_v4().to_string(),

@@ -28,6 +28,7 @@ pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &Hea
     let tenant_id =
         app.store.tenant_of_key(&hash_key(key)).await?.ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
     let tenant = app.store.get_tenant(&tenant_id).await?.ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
+    super::audit::note_tenant(&tenant.id);
     if !tenant.enabled {
         return Err(ApiError::Forbidden("this tenant is disabled"));
     }

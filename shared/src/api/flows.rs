@@ -70,6 +70,7 @@ async fn named_tenant<S: TenantStore, Q, C>(
     if app.store.get_tenant(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no tenant {id}")));
     }
+    super::audit::note_tenant(&id);
     Ok(Some(id))
 }
 

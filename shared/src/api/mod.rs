@@ -6,9 +6,11 @@
 //! for tenants and keys, either for flow policies. A tenant only ever sees its own tasks: another
 //! tenant's task is answered 404, like a missing one.
 
+pub mod audit;
 mod auth;
 mod error;
 mod flows;
+mod metrics;
 mod ops;
 mod secrets;
 mod tasks;
@@ -25,12 +27,13 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
 
+pub use audit::SourceIp;
 pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
 use crate::ports::{
-    CountStore, DeliveryLedger, DeliveryQueue, FlowPolicies, ReplayStore, Scheduler, SigningSecrets, TaskStore,
-    TenantStore,
+    AuditLog, CountStore, DeliveryLedger, DeliveryQueue, FlowPolicies, QueueDepths, ReplayStore, Scheduler,
+    SigningSecrets, TaskStore, TenantStore,
 };
 
 /// The largest request body the API accepts (a task's body is at most 256 KiB
@@ -76,6 +79,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/secrets"),
     ("POST", "/v1/secrets/rotate"),
     ("DELETE", "/v1/secrets/{id}"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/metrics"),
 ];
 
 /// Routing settings the handlers need.
@@ -119,10 +124,11 @@ pub struct AppState<S, Q, C> {
 /// The whole API.
 pub fn router<S, Q, C>(state: Arc<AppState<S, Q, C>>) -> Router
 where
-    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore + FlowPolicies + SigningSecrets,
-    Q: DeliveryQueue,
+    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore + FlowPolicies + SigningSecrets + AuditLog,
+    Q: DeliveryQueue + QueueDepths,
     C: Scheduler,
 {
+    let audited = axum::middleware::from_fn_with_state(state.clone(), audit::track::<S, Q, C>);
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
@@ -157,10 +163,13 @@ where
         .route("/v1/secrets", post(secrets::create::<S, Q, C>).get(secrets::list::<S, Q, C>))
         .route("/v1/secrets/rotate", post(secrets::rotate::<S, Q, C>))
         .route("/v1/secrets/{id}", axum::routing::delete(secrets::revoke::<S, Q, C>))
+        .route("/v1/audit", get(audit::list::<S, Q, C>))
+        .route("/v1/metrics", get(metrics::metrics::<S, Q, C>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(audited)
         .with_state(state)
 }
 

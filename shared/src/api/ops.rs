@@ -122,6 +122,7 @@ pub async fn create_replay<S: ReplayStore + TaskStore + TenantStore, Q: Delivery
     app.store.put_replay(&replay).await?;
     replays::kick(&app.queue, &replay).await?;
     tracing::info!(replay_id = %replay.id, "replay started");
+    super::audit::note_resource(format!("replays/{}", replay.id));
     Ok((StatusCode::ACCEPTED, Json(replay_view(&replay))).into_response())
 }
 

@@ -88,6 +88,7 @@ pub async fn create<S: TenantStore + SigningSecrets, Q, C>(
     live(&app, &tenant.id, now).await?;
     let v = make(&app, &tenant.id, now).await?;
     tracing::info!(secret_id = v["id"].as_str(), "signing secret created");
+    super::audit::note_resource(format!("secrets/{}", v["id"].as_str().unwrap_or_default()));
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -125,6 +126,7 @@ pub async fn rotate<S: TenantStore + SigningSecrets, Q, C>(
         }
     }
     tracing::info!(secret_id = v["id"].as_str(), rotated = rotated.len(), "signing secret rotated");
+    super::audit::note_resource(format!("secrets/{}", v["id"].as_str().unwrap_or_default()));
     v["previous"] = Value::Array(rotated);
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth, views};
+use super::{ApiError, AppState, audit, auth, views};
 use crate::domain::{FieldError, KeyId, NewApiKey, Quotas, Tenant, TenantId, decode_document, now_millis};
 use crate::ports::TenantStore;
 
@@ -79,6 +79,8 @@ pub async fn create<S: TenantStore, Q, C>(
     }
     let (tenant, key) = create_tenant_with_key(&app.store, &name, quotas(&dto, Quotas::default())?).await?;
     tracing::info!(tenant = %tenant.id, key_id = %key.key_id, "tenant created");
+    audit::note_tenant(&tenant.id);
+    audit::note_resource(format!("tenants/{}", tenant.id));
     let mut view = views::tenant(&tenant, &[(key.key_id.clone(), tenant.created_at, None)]);
     view["api_key"] = json!({"id": key.key_id, "key": key.secret});
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -87,7 +89,9 @@ pub async fn create<S: TenantStore, Q, C>(
 /// The tenant a path segment names: a malformed id names no tenant, so it is
 /// a 404 without a store call, as for any unknown id.
 fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(id).map_err(|_| ApiError::NotFound(format!("no tenant {id}")))
+    let id = TenantId::parse(id).map_err(|_| ApiError::NotFound(format!("no tenant {id}")))?;
+    audit::note_tenant(&id);
+    Ok(id)
 }
 
 async fn tenant_view<S: TenantStore>(store: &S, id: &TenantId) -> Result<Value, ApiError> {
@@ -138,6 +142,7 @@ pub async fn create_key<S: TenantStore, Q, C>(
     let key = NewApiKey::generate();
     app.store.put_key(&id, &key.key_id, &key.hash, now_millis()).await?;
     tracing::info!(tenant = %id, key_id = %key.key_id, "API key created");
+    audit::note_resource(format!("tenants/{id}/keys/{}", key.key_id));
     Ok((StatusCode::CREATED, Json(json!({"id": key.key_id, "key": key.secret}))).into_response())
 }
 

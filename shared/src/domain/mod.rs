@@ -2,6 +2,7 @@
 //! classified and how long to wait before the next attempt. Pure: no AWS
 //! types, no I/O, unit-tested beside the code (big test modules in sibling files).
 
+mod audit;
 mod counts;
 mod dead_letter;
 mod flow;
@@ -19,6 +20,7 @@ mod tenant;
 mod trace;
 mod validate;
 
+pub use audit::{Actor, AuditEntry, AuditOutcome, AuditQuery, actions as audit_actions, key_id_of};
 pub use counts::{Deltas, TenantDelta};
 pub use dead_letter::DeadLetter;
 pub use flow::{

@@ -20,6 +20,9 @@
 //! | `FLOWS` | `HOLD#<flow key>` | what holds a key's deliveries (`open`, `paused`, `closed`) and until when |
 //! | `FLOW#<flow key>` | `STATE` | a key's shared state: rate slots, leases, pause, factor, breaker (short names, < 1 KB) |
 //! | `FLOW#<flow key>` | `HIST#<ms>#<rand>` | one breaker, pause or factor transition |
+//! | `AUDIT#<tenant or ->` | `<ms>#<rand>` | one audit entry (TTL); indexed by day (`gsi1pk` = `AUDIT#<yyyy-mm-dd>`) for the admin's view |
+//! | `AUDIT#-` | `<minute>#ip:<address>` | failed authentications of one address in one minute, counted |
+//! | `TENANTS` | `<tenant id>` | the tenant registry the admin's metrics walk |
 
 use std::collections::HashMap;
 
@@ -30,6 +33,7 @@ use crate::domain::TaskId;
 use crate::ports::StoreError;
 
 mod attempts;
+mod audit;
 mod codec;
 pub(crate) use codec::SLOT_TAKEN;
 mod counts;
@@ -62,13 +66,15 @@ pub struct DynamoStore {
     reconcile_grace_ms: i64,
     /// Seals signing secrets (`None`: no KMS key configured; secrets refused).
     sealer: Option<crate::kms::KmsSealer>,
+    audit_retention_ms: i64,
 }
 
 impl DynamoStore {
     /// The deployed store: the table, retention and reconcile grace from `config`.
     pub fn from_config(config: &crate::Config, sdk: &aws_config::SdkConfig) -> Self {
         let store = Self::new(Client::new(sdk), &config.table, config.retention_days)
-            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000);
+            .with_reconcile_grace(config.reconcile_grace_s as i64 * 1000)
+            .with_audit_retention_days(config.audit_retention_days);
         match crate::kms::KmsSealer::from_config(config, sdk) {
             Some(sealer) => store.with_sealer(sealer),
             None => store,
@@ -82,12 +88,19 @@ impl DynamoStore {
             retention_ms: retention_days as i64 * DAY_MS,
             reconcile_grace_ms: 120_000,
             sealer: None,
+            audit_retention_ms: 90 * DAY_MS,
         }
     }
 
     /// Seals and opens signing secrets with this KMS key.
     pub fn with_sealer(mut self, sealer: crate::kms::KmsSealer) -> Self {
         self.sealer = Some(sealer);
+        self
+    }
+
+    /// How long audit entries are kept before TTL deletes them.
+    pub fn with_audit_retention_days(mut self, days: u64) -> Self {
+        self.audit_retention_ms = days as i64 * DAY_MS;
         self
     }
 

@@ -6,6 +6,9 @@ use super::codec::{get_n, n, opt_s, req_n, s, tenant_from_item};
 use super::errors::{applied, is_conditional_failure, store_error};
 use super::keys::{key, tenant_pk};
 use super::{DynamoStore, Item};
+
+/// The partition of the tenant registry (`sk` = tenant id).
+const TENANTS: &str = "TENANTS";
 use crate::domain::{EpochMillis, KeyId, Quotas, Tenant, TenantId};
 use crate::ports::{StoreError, TenantStore};
 use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL};
@@ -21,13 +24,55 @@ impl TenantStore for DynamoStore {
             ("active".into(), n(0)),
             ("created_at".into(), n(t.created_at)),
         ]);
-        self.put(item)
+        let tenant = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
+            .build()
+            .map_err(store_error)?;
+        // The registry entry: a key-only item the admin's metrics list.
+        let registry = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(key(TENANTS, t.id.as_str())))
+            .build()
+            .map_err(store_error)?;
+        self.client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(tenant).build())
+            .transact_items(TransactWriteItem::builder().put(registry).build())
             .send()
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":pk", s(TENANTS))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(store_error)?;
+            ids.extend(out.items.unwrap_or_default().iter().filter_map(|i| opt_s(i, SK).map(str::to_owned)));
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        let keys = ids.iter().map(|id| key(tenant_pk(id), "TENANT")).collect();
+        let found = self.batch_get_keys(keys).await?;
+        let mut tenants = found.values().map(tenant_from_item).collect::<Result<Vec<_>, _>>()?;
+        tenants.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(tenants)
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {

@@ -8,6 +8,7 @@
 
 use std::error::Error as StdError;
 
+mod audit;
 mod counts;
 mod delivery;
 mod flows;
@@ -18,6 +19,7 @@ mod secrets;
 mod tasks;
 mod tenants;
 
+pub use audit::{AuditLog, AuditPage, QueueDepth, QueueDepths, QueueStats};
 pub use counts::CountStore;
 pub use delivery::{Claim, DeliveryLedger, Record, Transition, Unit};
 pub use flows::{FlowLimiter, FlowPolicies};

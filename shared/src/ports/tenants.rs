@@ -8,6 +8,8 @@ use crate::domain::{EpochMillis, KeyId, Quotas, Tenant, TenantId};
 /// Tenants, keys and quotas.
 pub trait TenantStore: Send + Sync + 'static {
     fn create_tenant(&self, tenant: &Tenant) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every tenant created since the registry exists (the admin's metrics walk it).
+    fn list_tenants(&self) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send;
     fn get_tenant(&self, id: &TenantId) -> impl Future<Output = Result<Option<Tenant>, StoreError>> + Send;
     /// Changes status and quotas; `Ok(false)` if there is no such tenant.
     fn update_tenant(

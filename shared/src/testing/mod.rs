@@ -103,6 +103,7 @@ struct Tables {
     flows: flows::FlowTables,
     /// (tenant, secret) → the secret and its listing (kept in clear: a fake).
     secrets: BTreeMap<(TenantId, crate::domain::SecretId), (crate::domain::SecretInfo, crate::domain::SigningSecret)>,
+    audit: Vec<crate::domain::AuditEntry>,
 }
 
 /// One in-memory store implementing every store port; clones share the data,

@@ -64,6 +64,19 @@ impl DeliveryQueue for FakeQueue {
     }
 }
 
+impl crate::ports::QueueDepths for FakeQueue {
+    /// Everything sent counts as visible (nothing here receives), delayed
+    /// ones as delayed; dead letters as the DLQ's visible messages.
+    async fn queue_stats(&self) -> Result<crate::ports::QueueStats, QueueError> {
+        let log = self.lock();
+        let delayed = log.sent.iter().filter(|(_, d)| !d.is_zero()).count() as u64;
+        Ok(crate::ports::QueueStats {
+            delivery: crate::ports::QueueDepth { visible: log.sent.len() as u64 - delayed, in_flight: 0, delayed },
+            dlq: crate::ports::QueueDepth { visible: log.dead.len() as u64, ..Default::default() },
+        })
+    }
+}
+
 /// A schedule as the fake scheduler holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RecordedSchedule {

@@ -33,6 +33,10 @@ impl TenantStore for FakeStore {
         Ok(())
     }
 
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        Ok(self.lock().tenants.values().cloned().collect())
+    }
+
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
         Ok(self.lock().tenants.get(id).cloned())
     }
@@ -179,5 +183,51 @@ impl crate::ports::SigningSecrets for FakeStore {
             .collect();
         live.sort_by_key(|(i, _)| (i.created_at, i.id.clone()));
         Ok(live.into_iter().map(|(_, s)| s).collect())
+    }
+}
+
+impl crate::ports::AuditLog for FakeStore {
+    async fn append_audit(&self, entry: &crate::domain::AuditEntry) -> Result<(), StoreError> {
+        self.lock().audit.push(entry.clone());
+        Ok(())
+    }
+
+    async fn count_auth_failure(&self, entry: &crate::domain::AuditEntry) -> Result<(), StoreError> {
+        let minute = entry.at - entry.at.rem_euclid(60_000);
+        let mut t = self.lock();
+        let same = |e: &&mut crate::domain::AuditEntry| {
+            e.action == entry.action && e.source_ip == entry.source_ip && e.at == minute
+        };
+        match t.audit.iter_mut().find(|e| same(e)) {
+            Some(e) => e.count += 1,
+            None => t.audit.push(crate::domain::AuditEntry { at: minute, count: 1, ..entry.clone() }),
+        }
+        Ok(())
+    }
+
+    /// Newest first; the cursor is the number of entries already returned.
+    async fn audit_page(
+        &self,
+        query: &crate::domain::AuditQuery,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<crate::ports::AuditPage, StoreError> {
+        let skip: usize = match cursor {
+            None => 0,
+            Some(c) => c.parse().map_err(|_| StoreError::Invalid("not a cursor of this store".into()))?,
+        };
+        let mut all: Vec<_> = self
+            .lock()
+            .audit
+            .iter()
+            .rev()
+            .filter(|e| query.matches(e))
+            .filter(|e| query.since.is_none_or(|s| e.at >= s) && query.until.is_none_or(|u| e.at <= u))
+            .cloned()
+            .collect();
+        all.sort_by_key(|e| std::cmp::Reverse(e.at));
+        let items: Vec<_> = all.iter().skip(skip).take(limit).cloned().collect();
+        let cursor = (skip + items.len() < all.len()).then(|| (skip + items.len()).to_string());
+        Ok(crate::ports::AuditPage { items, cursor })
     }
 }
