@@ -255,6 +255,22 @@ async fn delivery_costs(area: &str, with_secret: bool, n: usize) -> (usize, usiz
     }
     let signed = target.received().iter().filter(|r| r.header("webhook-signature").is_some()).count();
     assert_eq!(signed, if with_secret { n } else { 0 }, "signed exactly when the tenant has a secret");
+    // Each first-try success, signed or not, rides on its task's finishing
+    // write: no task has an attempt item of its own.
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk().await);
+    for id in &ids {
+        let items = ddb
+            .query()
+            .table_name(&stack.outputs().names.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :a)")
+            .expression_attribute_values(":pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("TASK#{id}")))
+            .expression_attribute_values(":a", aws_sdk_dynamodb::types::AttributeValue::S("ATTEMPT#".into()))
+            .send()
+            .await
+            .expect("query")
+            .count;
+        assert_eq!(items, 0, "task {id} has its attempt inline");
+    }
     let records = courier_local::iam::read_log(&std::fs::read_to_string(&log).unwrap_or_default()).expect("log");
     let count = |function: &str, action: &str| {
         records
@@ -294,7 +310,8 @@ async fn signing_costs_one_secret_read_and_decrypt_per_sender_per_cache_period()
     let (none_decrypts, _, none_queries, none_writes) = delivery_costs("nosigncost", false, 20).await;
     assert_eq!(none_decrypts, 0, "a tenant without a secret costs no KMS call");
     assert!(queries <= none_queries + 2, "at most one secret read per sender instance: {queries} vs {none_queries}");
-    // Signing has no write of its own; a delivery's writes vary a little from
-    // run to run (a claim tried again, a message deferred), with or without it.
-    assert!(writes.abs_diff(none_writes) <= 20 / 5, "writes with {writes}, without {none_writes}");
+    // Signing has no write of its own (each attempt rode inline, checked
+    // above); a delivery's writes vary from run to run on a loaded machine (a
+    // claim tried again, a message deferred), with or without it.
+    assert!(writes.abs_diff(none_writes) <= 20 / 2, "writes with {writes}, without {none_writes}");
 }
