@@ -61,8 +61,23 @@ async fn status(settings: &Settings, out: Output, watch: Option<u64>) -> anyhow:
     let api = Api::new(settings)?;
     let mut ctrl_c = interrupts()?;
     let sqs = sqs().await;
+    // The admin key sees every tenant's keys that expire within 30 days (and
+    // has no tenant counts); a tenant key gets 403 there and its counts here.
+    let expiring = |v: (u16, Value)| match v {
+        (200, keys) => Ok(Some(keys["keys"].clone())),
+        (403, _) => Ok(None),
+        (status, v) => Err(anyhow::anyhow!(
+            "{} {status}: {}",
+            v["error"]["code"].as_str().unwrap_or("error"),
+            v["error"]["message"].as_str().unwrap_or("no reason given")
+        )),
+    };
     loop {
-        let stats = api.get("/v1/stats").await?;
+        let keys = expiring(api.raw(reqwest::Method::GET, "/v1/keys/expiring?within=30d", None).await?)?;
+        let stats = match &keys {
+            Some(_) => json!({}),
+            None => api.get("/v1/stats").await?,
+        };
         let queue = match &settings.queue_url {
             Some(u) => queue_depths(&sqs, u).await?,
             None => Value::Null,
@@ -71,19 +86,27 @@ async fn status(settings: &Settings, out: Output, watch: Option<u64>) -> anyhow:
             Some(u) => queue_depths(&sqs, u).await?["visible"].clone(),
             None => Value::Null,
         };
-        let doc = json!({"counts": stats["counts"], "active_tasks": stats["active_tasks"], "queue": queue, "dlq": dlq});
+        let mut doc =
+            json!({"counts": stats["counts"], "active_tasks": stats["active_tasks"], "queue": queue, "dlq": dlq});
+        if let Some(k) = &keys {
+            doc["keys_expiring_within_30d"] = k.clone();
+        }
         if watch.is_some() && out == Output::Human {
             print!("\x1b[2J\x1b[H");
         }
         match out {
             Output::Json => println!("{doc}"),
             Output::Human => {
-                let rows: Vec<Vec<String>> = STATUSES
-                    .iter()
-                    .map(|s| vec![colour_status(s), cell(&stats["counts"][*s])])
-                    .filter(|r| r[1] != "0" || !["active", "paused"].iter().any(|s| r[0].contains(s)))
-                    .collect();
-                table(&["status", "tasks"], &rows);
+                if let Some(k) = &keys {
+                    expiring_keys_table(k);
+                } else {
+                    let rows: Vec<Vec<String>> = STATUSES
+                        .iter()
+                        .map(|s| vec![colour_status(s), cell(&stats["counts"][*s])])
+                        .filter(|r| r[1] != "0" || !["active", "paused"].iter().any(|s| r[0].contains(s)))
+                        .collect();
+                    table(&["status", "tasks"], &rows);
+                }
                 println!();
                 if queue.is_null() {
                     println!("queue: give --queue-url (or COURIER_QUEUE_URL) to see its depths");
@@ -104,6 +127,35 @@ async fn status(settings: &Settings, out: Output, watch: Option<u64>) -> anyhow:
             _ = ctrl_c.recv() => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// The admin's view of keys that expire soon (expired ones first).
+fn expiring_keys_table(keys: &Value) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let keys = keys.as_array().cloned().unwrap_or_default();
+    if keys.is_empty() {
+        println!("API keys: none expires within 30 days");
+        return;
+    }
+    println!("API keys expiring within 30 days:");
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let at = k["expires_at"].as_str().unwrap_or("-");
+            let left = courier::domain::parse_time("expires_at", at).ok().map(|ms| ms as i128 - now as i128).map_or(
+                "-".to_owned(),
+                |left| {
+                    if left <= 0 {
+                        "expired".to_owned()
+                    } else {
+                        format!("{}d {}h", left / 86_400_000, left % 86_400_000 / 3_600_000)
+                    }
+                },
+            );
+            vec![cell(&k["tenant"]), cell(&k["id"]), at.to_owned(), left]
+        })
+        .collect();
+    table(&["tenant", "key", "expires", "left"], &rows);
 }
 
 async fn tasks(api: &Api, out: Output, c: TasksCommand) -> anyhow::Result<ExitCode> {

@@ -145,3 +145,99 @@ async fn quotas_answer_429_with_retry_after_and_free_up() {
     assert!(statuses.iter().filter(|s| **s == 201).count() >= 2);
     assert_eq!(retry_after.as_deref(), Some("1"));
 }
+
+/// Keys expire: one year by default, or when their creation says; an expired
+/// key gets 401 `key_expired`; the admin sees keys close to expiry in
+/// `GET /v1/keys/expiring` and `courier status`.
+#[tokio::test]
+async fn keys_expire_and_the_admin_sees_the_ones_close_to_expiry() {
+    let mut opts = stack_options("expiry");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let keys_path = format!("/v1/tenants/{}/keys", stack.tenant);
+    let now = courier::domain::now_millis();
+
+    // The tenant's first (and only) key: one year.
+    let (_, tenant) = stack.admin.get(&format!("/v1/tenants/{}", stack.tenant)).await;
+    assert_eq!(tenant["keys"].as_array().map(Vec::len), Some(1), "{tenant}");
+    let first = courier::domain::parse_time("expires_at", tenant["keys"][0]["expires_at"].as_str().expect("expiry"))
+        .expect("a time");
+    assert!((first - now - courier::domain::DEFAULT_KEY_LIFETIME_MS).abs() < 600_000, "one year: {tenant}");
+
+    // Bad lifetimes name their field.
+    for (body, field) in [
+        (r#"{"expires_in":"0s"}"#, "expires_in"),
+        (r#"{"expires_in":"soon"}"#, "expires_in"),
+        (r#"{"expires_in":"2000d"}"#, "expires_in"),
+        (r#"{"expires_at":"2001-01-01T00:00:00Z"}"#, "expires_at"),
+        (r#"{"expires_at":"tomorrow"}"#, "expires_at"),
+        (r#"{"expires_in":"1d","expires_at":"2099-01-01T00:00:00Z"}"#, "expires_at"),
+        (r#"{"expire_in":"1d"}"#, "expire_in"),
+    ] {
+        let (status, e) = stack.admin.post(&keys_path, body).await;
+        assert_eq!((status, e["error"]["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+
+    // A short-lived key and a 20-day one.
+    let (status, short) = stack.admin.post(&keys_path, r#"{"expires_in":"3s"}"#).await;
+    assert_eq!(status, 201, "{short}");
+    let (status, month) = stack.admin.post(&keys_path, r#"{"expires_in":"20d"}"#).await;
+    assert_eq!(status, 201, "{month}");
+    let short_key = stack.api.with_key(short["key"].as_str());
+    assert_eq!(short_key.get("/v1/tasks").await.0, 200, "works until it expires");
+    let (_, tenant) = stack.admin.get(&format!("/v1/tenants/{}", stack.tenant)).await;
+    let listed = tenant["keys"].as_array().expect("keys").iter().find(|k| k["id"] == short["id"]).cloned();
+    assert_eq!(listed.map(|k| k["expires_at"].clone()), Some(short["expires_at"].clone()), "{tenant}");
+
+    // The admin's list of keys close to expiry: soonest first, the year-long key not in it.
+    let (status, soon) = stack.admin.get("/v1/keys/expiring?within=30d").await;
+    assert_eq!(status, 200, "{soon}");
+    let ids: Vec<&str> = soon["keys"].as_array().expect("keys").iter().filter_map(|k| k["id"].as_str()).collect();
+    let (short_id, month_id) = (short["id"].as_str().expect("id"), month["id"].as_str().expect("id"));
+    let at = |id: &str| ids.iter().position(|i| *i == id);
+    assert!(at(short_id) < at(month_id) && at(short_id).is_some(), "{soon}");
+    assert!(soon["keys"].as_array().expect("keys").iter().all(|k| k["tenant"].is_string()));
+    let original = stack.api.key.clone().expect("key");
+    let yearly = tenant["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| original.contains(k["id"].as_str().unwrap_or("-")))
+        .expect("the first key is listed");
+    assert!(at(yearly["id"].as_str().expect("id")).is_none(), "a year away is not close: {soon}");
+    let (_, sooner) = stack.admin.get("/v1/keys/expiring?within=1d").await;
+    assert!(!sooner.to_string().contains(month_id), "20 days is not within 1 day: {sooner}");
+    assert_eq!(stack.api.get("/v1/keys/expiring").await.0, 403, "admin only");
+    let (status, e) = stack.admin.get("/v1/keys/expiring?within=soon").await;
+    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("within")));
+
+    // `courier status` with the admin key shows them.
+    let out = tokio::process::Command::new(crate::helpers::bin_dir().join("courier"))
+        .arg("status")
+        .env("COURIER_URL", &stack.local.api_url)
+        .env("COURIER_API_KEY", stack.admin.key.as_deref().expect("admin key"))
+        .env("COURIER_CONFIG", "/nonexistent")
+        .env_remove("COURIER_QUEUE_URL")
+        .env_remove("COURIER_DLQ_URL")
+        .output()
+        .await
+        .expect("courier runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("API keys expiring within 30 days") && text.contains(short_id) && text.contains(month_id));
+
+    // Past its expiry: 401 key_expired, naming the time; other keys still work.
+    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        let (status, e) = short_key.get("/v1/tasks").await;
+        (status == 401).then_some(e)
+    })
+    .await
+    .map(|e| {
+        assert_eq!(e["error"]["code"], "key_expired", "{e}");
+        assert!(
+            e["error"]["message"].as_str().is_some_and(|m| m.contains(short["expires_at"].as_str().unwrap_or("-")))
+        );
+    })
+    .expect("the short key expired");
+    assert_eq!(stack.api.get("/v1/tasks").await.0, 200);
+}

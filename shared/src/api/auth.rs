@@ -5,7 +5,7 @@
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
-use crate::domain::{Tenant, hash_key};
+use crate::domain::{Tenant, format_millis, hash_key, now_millis};
 use crate::ports::TenantStore;
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -25,9 +25,16 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 /// The calling tenant: 401 without a valid key, 403 when the tenant is disabled.
 pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<Tenant, ApiError> {
     let key = bearer(headers)?;
-    let tenant_id =
+    let grant =
         app.store.tenant_of_key(&hash_key(key)).await?.ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
-    let tenant = app.store.get_tenant(&tenant_id).await?.ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
+    if let Some(at) = grant.expires_at.filter(|at| *at <= now_millis()) {
+        return Err(ApiError::KeyExpired(format!(
+            "this API key expired at {}: ask the admin for a new one",
+            format_millis(at)
+        )));
+    }
+    let tenant =
+        app.store.get_tenant(&grant.tenant).await?.ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
     super::audit::note_tenant(&tenant.id);
     if !tenant.enabled {
         return Err(ApiError::Forbidden("this tenant is disabled"));

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Send a valid key: 401.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The key was valid but has expired: 401 `key_expired`.
+    #[error("{0}")]
+    KeyExpired(String),
     /// The key is valid but may not do this: 403.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -108,6 +111,11 @@ impl IntoResponse for ApiError {
             }
             Self::Unauthorized(m) => {
                 let mut r = body(StatusCode::UNAUTHORIZED, "unauthorized", m, Some("Authorization"));
+                r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+                r
+            }
+            Self::KeyExpired(m) => {
+                let mut r = body(StatusCode::UNAUTHORIZED, "key_expired", m, Some("Authorization"));
                 r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
                 r
             }

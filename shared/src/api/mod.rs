@@ -71,6 +71,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/tenants/{id}"),
     ("POST", "/v1/tenants/{id}/keys"),
     ("DELETE", "/v1/tenants/{id}/keys/{key_id}"),
+    ("GET", "/v1/keys/expiring"),
     ("GET", "/v1/flows"),
     ("GET", "/v1/flows/{key}"),
     ("PUT", "/v1/flows/{key}"),
@@ -155,6 +156,7 @@ where
         .route("/v1/tenants/{id}", get(tenants::get_one::<S, Q, C>).patch(tenants::update::<S, Q, C>))
         .route("/v1/tenants/{id}/keys", post(tenants::create_key::<S, Q, C>))
         .route("/v1/tenants/{id}/keys/{key_id}", axum::routing::delete(tenants::revoke_key::<S, Q, C>))
+        .route("/v1/keys/expiring", get(tenants::expiring_keys::<S, Q, C>))
         .route("/v1/flows", get(flows::list::<S, Q, C>))
         .route(
             "/v1/flows/{key}",

@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, audit, auth, views};
-use crate::domain::{FieldError, KeyId, NewApiKey, Quotas, Tenant, TenantId, decode_document, now_millis};
+use crate::domain::{
+    DEFAULT_KEY_LIFETIME_MS, EpochMillis, FieldError, KeyId, KeyInfo, MAX_KEY_LIFETIME_MS, NewApiKey, Quotas, Tenant,
+    TenantId, decode_document, format_millis, now_millis, parse_duration, parse_time,
+};
 use crate::ports::TenantStore;
 
 #[derive(Deserialize)]
@@ -57,7 +60,7 @@ pub async fn create_tenant_with_key<S: TenantStore>(
         Tenant { id: TenantId::generate(), name: name.to_owned(), enabled: true, quotas, active: 0, created_at: now };
     store.create_tenant(&tenant).await?;
     let key = NewApiKey::generate();
-    store.put_key(&tenant.id, &key.key_id, &key.hash, now).await?;
+    store.put_key(&tenant.id, &key.key_id, &key.hash, now, now + DEFAULT_KEY_LIFETIME_MS).await?;
     Ok((tenant, key))
 }
 
@@ -81,7 +84,13 @@ pub async fn create<S: TenantStore, Q, C>(
     tracing::info!(tenant = %tenant.id, key_id = %key.key_id, "tenant created");
     audit::note_tenant(&tenant.id);
     audit::note_resource(format!("tenants/{}", tenant.id));
-    let mut view = views::tenant(&tenant, &[(key.key_id.clone(), tenant.created_at, None)]);
+    let first = KeyInfo {
+        id: key.key_id.clone(),
+        created_at: tenant.created_at,
+        revoked_at: None,
+        expires_at: Some(tenant.created_at + DEFAULT_KEY_LIFETIME_MS),
+    };
+    let mut view = views::tenant(&tenant, &[first]);
     view["api_key"] = json!({"id": key.key_id, "key": key.secret});
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -131,19 +140,110 @@ pub async fn update<S: TenantStore, Q, C>(
     Ok(Json(tenant_view(&app.store, &id).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyDto {
+    /// How long the key works: `"90d"`, `"12h"`, or seconds.
+    expires_in: Option<Value>,
+    /// When the key stops working (RFC 3339).
+    expires_at: Option<String>,
+}
+
+/// When a new key expires: one year unless the body says otherwise, never
+/// more than five years, always in the future.
+fn key_expiry(body: &[u8], now: EpochMillis) -> Result<EpochMillis, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let dto: KeyDto = decode_document(body)?;
+    let at = match (&dto.expires_in, &dto.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new("invalid", "expires_at", "give expires_in or expires_at, not both").into());
+        }
+        (Some(d), None) => {
+            let d =
+                parse_duration(d).map_err(|e| FieldError::new("invalid", "expires_in", format!("expires_in {e}")))?;
+            let ms = EpochMillis::try_from(d.as_millis()).unwrap_or(EpochMillis::MAX);
+            if ms < 1_000 {
+                return Err(FieldError::new("invalid", "expires_in", "expires_in must be at least 1s").into());
+            }
+            now.saturating_add(ms)
+        }
+        (None, Some(t)) => {
+            let at = parse_time("expires_at", t)?;
+            if at <= now {
+                return Err(FieldError::new("invalid", "expires_at", "expires_at must be in the future").into());
+            }
+            at
+        }
+        (None, None) => now + DEFAULT_KEY_LIFETIME_MS,
+    };
+    if at - now > MAX_KEY_LIFETIME_MS {
+        let field = if dto.expires_in.is_some() { "expires_in" } else { "expires_at" };
+        return Err(FieldError::new("invalid", field, format!("{field} may be at most 5 years away")).into());
+    }
+    Ok(at)
+}
+
 pub async fn create_key<S: TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     auth::admin(&app, &headers)?;
     let id = tenant_id(&id)?;
+    let now = now_millis();
+    let expires_at = key_expiry(&body, now)?;
     app.store.get_tenant(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     let key = NewApiKey::generate();
-    app.store.put_key(&id, &key.key_id, &key.hash, now_millis()).await?;
+    app.store.put_key(&id, &key.key_id, &key.hash, now, expires_at).await?;
     tracing::info!(tenant = %id, key_id = %key.key_id, "API key created");
     audit::note_resource(format!("tenants/{id}/keys/{}", key.key_id));
-    Ok((StatusCode::CREATED, Json(json!({"id": key.key_id, "key": key.secret}))).into_response())
+    let view = json!({"id": key.key_id, "key": key.secret, "expires_at": format_millis(expires_at)});
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Admin: every tenant's unrevoked keys that expire within `within` (default
+/// 30 days), soonest first, expired ones included.
+pub async fn expiring_keys<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&app, &headers)?;
+    let mut within_ms = 30 * 86_400_000;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "within" => {
+                let d = parse_duration(&Value::String(v.into_owned()))
+                    .map_err(|e| FieldError::new("invalid", "within", format!("within {e}")))?;
+                within_ms = EpochMillis::try_from(d.as_millis()).unwrap_or(EpochMillis::MAX);
+            }
+            other => {
+                return Err(
+                    FieldError::new("unknown_field", other, format!("unknown query parameter `{other}`")).into()
+                );
+            }
+        }
+    }
+    let until = now_millis().saturating_add(within_ms);
+    let mut keys = Vec::new();
+    for t in app.store.list_tenants().await? {
+        for k in app.store.list_keys(&t.id).await? {
+            if k.revoked_at.is_none() && k.expires_at.is_some_and(|at| at <= until) {
+                keys.push((t.id.clone(), k));
+            }
+        }
+    }
+    keys.sort_by_key(|(_, k)| k.expires_at);
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(t, k)| {
+            let mut v = views::key(k);
+            v["tenant"] = json!(t);
+            v
+        })
+        .collect();
+    Ok(Json(json!({"keys": keys})))
 }
 
 pub async fn revoke_key<S: TenantStore, Q, C>(

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::domain::{
-    Attempt, EpochMillis, KeyId, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
+    Attempt, EpochMillis, KeyInfo, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
 };
 use crate::ports::StoredTask;
 
@@ -128,7 +128,7 @@ pub fn attempt(a: &Attempt) -> Value {
     })
 }
 
-pub fn tenant(t: &Tenant, keys: &[(KeyId, EpochMillis, Option<EpochMillis>)]) -> Value {
+pub fn tenant(t: &Tenant, keys: &[KeyInfo]) -> Value {
     json!({
         "id": t.id,
         "name": t.name,
@@ -139,10 +139,16 @@ pub fn tenant(t: &Tenant, keys: &[(KeyId, EpochMillis, Option<EpochMillis>)]) ->
             "create_rate_per_second": t.quotas.create_rate_per_second,
         },
         "created_at": format_millis(t.created_at),
-        "keys": keys.iter().map(|(id, created, revoked)| json!({
-            "id": id,
-            "created_at": format_millis(*created),
-            "revoked_at": revoked.map(format_millis),
-        })).collect::<Vec<_>>(),
+        "keys": keys.iter().map(key).collect::<Vec<_>>(),
+    })
+}
+
+/// An API key as listed: never the key itself.
+pub fn key(k: &KeyInfo) -> Value {
+    json!({
+        "id": k.id,
+        "created_at": format_millis(k.created_at),
+        "revoked_at": k.revoked_at.map(format_millis),
+        "expires_at": k.expires_at.map(format_millis),
     })
 }

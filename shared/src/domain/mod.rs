@@ -41,7 +41,9 @@ pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};
 pub use signing::{ROTATION_GRACE_MS, SecretInfo, SecretState, SigningSecret, signature_header, webhook_id};
 pub use task::{Attempt, NewTask, SchedulerHold, TaskKind, TaskState, TaskStatus};
-pub use tenant::{NewApiKey, Quotas, Tenant, hash_key, same_secret};
+pub use tenant::{
+    DEFAULT_KEY_LIFETIME_MS, KeyGrant, KeyInfo, MAX_KEY_LIFETIME_MS, NewApiKey, Quotas, Tenant, hash_key, same_secret,
+};
 pub use trace::TraceContext;
 pub use validate::{
     CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,

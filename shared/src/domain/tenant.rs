@@ -32,6 +32,28 @@ impl Default for Quotas {
     }
 }
 
+/// How long a key lives unless its creation says otherwise: one year.
+pub const DEFAULT_KEY_LIFETIME_MS: EpochMillis = 365 * 86_400_000;
+/// The longest lifetime a key can be given: five years.
+pub const MAX_KEY_LIFETIME_MS: EpochMillis = 5 * 365 * 86_400_000;
+
+/// An API key as its tenant's listing shows it (never the key itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: KeyId,
+    pub created_at: EpochMillis,
+    pub revoked_at: Option<EpochMillis>,
+    /// `None` for a key made before keys expired: it does not expire.
+    pub expires_at: Option<EpochMillis>,
+}
+
+/// What a key's hash leads to: its tenant, and when it stops working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyGrant {
+    pub tenant: TenantId,
+    pub expires_at: Option<EpochMillis>,
+}
+
 /// A new API key: the secret (shown once) and what is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewApiKey {

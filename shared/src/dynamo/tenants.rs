@@ -9,7 +9,7 @@ use super::{DynamoStore, Item};
 
 /// The partition of the tenant registry (`sk` = tenant id).
 const TENANTS: &str = "TENANTS";
-use crate::domain::{EpochMillis, KeyId, Quotas, Tenant, TenantId};
+use crate::domain::{EpochMillis, KeyGrant, KeyId, KeyInfo, Quotas, Tenant, TenantId};
 use crate::ports::{StoreError, TenantStore};
 use crate::resources::{TABLE_HASH_KEY as PK, TABLE_RANGE_KEY as SK, TABLE_TTL_ATTRIBUTE as TTL};
 
@@ -111,11 +111,23 @@ impl TenantStore for DynamoStore {
         applied(res)
     }
 
-    async fn put_key(&self, tenant: &TenantId, key_id: &KeyId, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
+    async fn put_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &KeyId,
+        hash: &str,
+        now: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<(), StoreError> {
         let mut lookup = key(format!("APIKEY#{hash}"), "APIKEY");
-        lookup.extend([("tenant".into(), s(tenant)), ("key_id".into(), s(key_id)), ("created_at".into(), n(now))]);
+        lookup.extend([
+            ("tenant".into(), s(tenant)),
+            ("key_id".into(), s(key_id)),
+            ("created_at".into(), n(now)),
+            ("expires_at".into(), n(expires_at)),
+        ]);
         let mut listed = key(tenant_pk(tenant.as_str()), format!("KEY#{key_id}"));
-        listed.extend([("hash".into(), s(hash)), ("created_at".into(), n(now))]);
+        listed.extend([("hash".into(), s(hash)), ("created_at".into(), n(now)), ("expires_at".into(), n(expires_at))]);
         let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
             let p = Put::builder().table_name(&self.table).set_item(Some(item)).build().map_err(store_error)?;
             Ok(TransactWriteItem::builder().put(p).build())
@@ -130,16 +142,14 @@ impl TenantStore for DynamoStore {
         Ok(())
     }
 
-    async fn tenant_of_key(&self, hash: &str) -> Result<Option<TenantId>, StoreError> {
-        let out = self.get_item(key(format!("APIKEY#{hash}"), "APIKEY")).await?;
-        let Some(tenant) =
-            out.filter(|i| !i.contains_key("revoked_at")).and_then(|i| opt_s(&i, "tenant").map(str::to_owned))
-        else {
-            return Ok(None);
-        };
-        TenantId::parse(&tenant)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt { id: format!("APIKEY#{hash}"), what: e.to_string() })
+    async fn tenant_of_key(&self, hash: &str) -> Result<Option<KeyGrant>, StoreError> {
+        let id = format!("APIKEY#{hash}");
+        let out = self.get_item(key(id.as_str(), "APIKEY")).await?;
+        let Some(item) = out.filter(|i| !i.contains_key("revoked_at")) else { return Ok(None) };
+        let Some(tenant) = opt_s(&item, "tenant") else { return Ok(None) };
+        let tenant =
+            TenantId::parse(tenant).map_err(|e| StoreError::Corrupt { id: id.clone(), what: e.to_string() })?;
+        Ok(Some(KeyGrant { tenant, expires_at: get_n(&id, &item, "expires_at")? }))
     }
 
     async fn revoke_key(&self, tenant: &TenantId, key_id: &KeyId, now: EpochMillis) -> Result<bool, StoreError> {
@@ -161,7 +171,7 @@ impl TenantStore for DynamoStore {
         Ok(true)
     }
 
-    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<(KeyId, EpochMillis, Option<EpochMillis>)>, StoreError> {
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<KeyInfo>, StoreError> {
         let out = self
             .client
             .query()
@@ -182,7 +192,12 @@ impl TenantStore for DynamoStore {
                 let id = KeyId::parse(sk.strip_prefix("KEY#").unwrap_or_default()).map_err(|e| {
                     StoreError::Corrupt { id: format!("{}/{sk}", tenant_pk(tenant.as_str())), what: e.to_string() }
                 })?;
-                Ok((id.clone(), req_n(sk, i, "created_at")?, get_n(sk, i, "revoked_at")?))
+                Ok(KeyInfo {
+                    id,
+                    created_at: req_n(sk, i, "created_at")?,
+                    revoked_at: get_n(sk, i, "revoked_at")?,
+                    expires_at: get_n(sk, i, "expires_at")?,
+                })
             })
             .collect()
     }

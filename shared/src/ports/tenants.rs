@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use super::StoreError;
-use crate::domain::{EpochMillis, KeyId, Quotas, Tenant, TenantId};
+use crate::domain::{EpochMillis, KeyGrant, KeyId, KeyInfo, Quotas, Tenant, TenantId};
 
 /// Tenants, keys and quotas.
 pub trait TenantStore: Send + Sync + 'static {
@@ -24,9 +24,11 @@ pub trait TenantStore: Send + Sync + 'static {
         key_id: &KeyId,
         hash: &str,
         now: EpochMillis,
+        expires_at: EpochMillis,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// The tenant of a live (unrevoked) key hash.
-    fn tenant_of_key(&self, hash: &str) -> impl Future<Output = Result<Option<TenantId>, StoreError>> + Send;
+    /// The tenant of an unrevoked key hash, with the key's expiry (the caller
+    /// compares it with its clock).
+    fn tenant_of_key(&self, hash: &str) -> impl Future<Output = Result<Option<KeyGrant>, StoreError>> + Send;
     /// Revokes a key; `Ok(false)` if the tenant has no such key.
     fn revoke_key(
         &self,
@@ -34,11 +36,8 @@ pub trait TenantStore: Send + Sync + 'static {
         key_id: &KeyId,
         now: EpochMillis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// The tenant's key ids with their revocation times.
-    fn list_keys(
-        &self,
-        tenant: &TenantId,
-    ) -> impl Future<Output = Result<Vec<(KeyId, EpochMillis, Option<EpochMillis>)>, StoreError>> + Send;
+    /// The tenant's keys: ids, creation, revocation and expiry times.
+    fn list_keys(&self, tenant: &TenantId) -> impl Future<Output = Result<Vec<KeyInfo>, StoreError>> + Send;
     /// Reserves `n` active-task slots; `Ok(false)` if that would exceed the quota.
     fn reserve_active(&self, tenant: &Tenant, n: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Gives back `n` slots (tasks finished, cancelled or never created).

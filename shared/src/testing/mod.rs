@@ -82,6 +82,7 @@ struct KeyRow {
     key_id: KeyId,
     created_at: EpochMillis,
     revoked_at: Option<EpochMillis>,
+    expires_at: Option<EpochMillis>,
 }
 
 #[derive(Default)]

@@ -54,14 +54,32 @@ impl TenantStore for FakeStore {
         Ok(true)
     }
 
-    async fn put_key(&self, tenant: &TenantId, key_id: &KeyId, hash: &str, now: EpochMillis) -> Result<(), StoreError> {
-        let row = KeyRow { tenant: tenant.clone(), key_id: key_id.clone(), created_at: now, revoked_at: None };
+    async fn put_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &KeyId,
+        hash: &str,
+        now: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<(), StoreError> {
+        let row = KeyRow {
+            tenant: tenant.clone(),
+            key_id: key_id.clone(),
+            created_at: now,
+            revoked_at: None,
+            expires_at: Some(expires_at),
+        };
         self.lock().keys.insert(hash.to_owned(), row);
         Ok(())
     }
 
-    async fn tenant_of_key(&self, hash: &str) -> Result<Option<TenantId>, StoreError> {
-        Ok(self.lock().keys.get(hash).filter(|k| k.revoked_at.is_none()).map(|k| k.tenant.clone()))
+    async fn tenant_of_key(&self, hash: &str) -> Result<Option<crate::domain::KeyGrant>, StoreError> {
+        Ok(self
+            .lock()
+            .keys
+            .get(hash)
+            .filter(|k| k.revoked_at.is_none())
+            .map(|k| crate::domain::KeyGrant { tenant: k.tenant.clone(), expires_at: k.expires_at }))
     }
 
     async fn revoke_key(&self, tenant: &TenantId, key_id: &KeyId, now: EpochMillis) -> Result<bool, StoreError> {
@@ -73,12 +91,17 @@ impl TenantStore for FakeStore {
         Ok(true)
     }
 
-    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<(KeyId, EpochMillis, Option<EpochMillis>)>, StoreError> {
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<crate::domain::KeyInfo>, StoreError> {
         let t = self.lock();
         Ok(t.keys
             .values()
             .filter(|k| k.tenant == *tenant)
-            .map(|k| (k.key_id.clone(), k.created_at, k.revoked_at))
+            .map(|k| crate::domain::KeyInfo {
+                id: k.key_id.clone(),
+                created_at: k.created_at,
+                revoked_at: k.revoked_at,
+                expires_at: k.expires_at,
+            })
             .collect())
     }
 
