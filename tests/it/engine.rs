@@ -329,6 +329,15 @@ async fn every_batch_emits_one_emf_metric_line_with_its_attempts() {
     assert!(lines[0]["AttemptDurationMs"].is_number());
     assert!(lines[0]["ScheduleLagMs"].is_number(), "the first attempt reports its lag");
     assert!(lines[1].get("ScheduleLagMs").is_none(), "retries do not");
+    // Both by outcome as well: one attempt each, server_error then success.
+    for (line, outcome) in [(lines[0], "server_error"), (lines[1], "success")] {
+        assert_eq!(line["Outcome"], outcome, "{line}");
+        assert_eq!(line["Attempts"], 1.0, "{line}");
+        assert_eq!(
+            line["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([["Service"], ["Service", "Outcome"]])
+        );
+    }
 }
 
 #[tokio::test]

@@ -186,11 +186,19 @@ fn alarm_metrics(alarm: &Value) -> Vec<MetricRef> {
         .collect()
 }
 
+/// What attempts add, and so what the code also emits by outcome.
+const BY_OUTCOME: &[&str] = &["Attempts", "Delivered", "Failed", "Retried", "AttemptDurationMs", "ScheduleLagMs"];
+
 fn check_courier_metric(name: &str, dims: &[(String, String)], place: &str) {
-    use courier::metrics::{DIMENSIONS, METRICS, NAMESPACE, SENDER_SERVICE};
+    use courier::metrics::{DIMENSIONS, METRICS, NAMESPACE, OUTCOME_DIMENSIONS, OUTCOMES, SENDER_SERVICE};
     assert!(METRICS.iter().any(|(m, _)| *m == name), "{place}: {NAMESPACE}/{name} is not emitted by the code");
     let names: Vec<&str> = dims.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, DIMENSIONS, "{place}: {name} has a dimension set the code does not emit");
+    if names == OUTCOME_DIMENSIONS {
+        assert!(BY_OUTCOME.contains(&name), "{place}: {name} is not emitted by outcome");
+        assert!(OUTCOMES.contains(&dims[1].1.as_str()), "{place}: {name} for an outcome class that does not exist");
+    } else {
+        assert_eq!(names, DIMENSIONS, "{place}: {name} has a dimension set the code does not emit");
+    }
     assert_eq!(dims[0].1, SENDER_SERVICE, "{place}: {name} for a service that does not emit it");
 }
 
@@ -255,6 +263,8 @@ fn the_dashboard_shows_every_emitted_metric_and_the_queues() {
     resolved.push_str(rest);
     let doc: serde_json::Value = serde_json::from_str(&resolved).expect("the dashboard body is JSON");
     let mut courier_metrics = std::collections::BTreeSet::new();
+    let mut by_outcome = std::collections::BTreeSet::new();
+    let mut latency_stats = std::collections::BTreeSet::new();
     let mut queues = Vec::new();
     for w in doc["widgets"].as_array().expect("widgets") {
         for m in w["properties"]["metrics"].as_array().expect("metrics") {
@@ -264,6 +274,18 @@ fn the_dashboard_shows_every_emitted_metric_and_the_queues() {
                 "Courier" => {
                     check_courier_metric(m[1], &dims, "dashboard");
                     courier_metrics.insert(m[1].to_owned());
+                    if m[1] == "Attempts" && dims.len() == 2 {
+                        by_outcome.insert(dims[1].1.clone());
+                    }
+                    let stat = w["properties"]["metrics"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|row| row.as_array()?.last()?.get("stat")?.as_str())
+                        .map(str::to_owned);
+                    if m[1] == "AttemptDurationMs" && dims.len() == 1 {
+                        latency_stats.extend(stat);
+                    }
                 }
                 "AWS/SQS" => {
                     assert_eq!(dims[0].0, "QueueName");
@@ -276,6 +298,12 @@ fn the_dashboard_shows_every_emitted_metric_and_the_queues() {
     let emitted: std::collections::BTreeSet<String> =
         courier::metrics::METRICS.iter().map(|(m, _)| (*m).to_owned()).collect();
     assert_eq!(courier_metrics, emitted, "every emitted metric is on the dashboard");
+    let outcomes: std::collections::BTreeSet<String> =
+        courier::metrics::OUTCOMES.iter().map(|o| (*o).to_owned()).collect();
+    assert_eq!(by_outcome, outcomes, "the error distribution shows every outcome class");
+    for p in ["p50", "p90", "p95", "p99"] {
+        assert!(latency_stats.contains(p), "attempt latency {p} on the dashboard: {latency_stats:?}");
+    }
     assert!(queues.contains(&("ApproximateNumberOfMessagesVisible".into(), "DeadLetterQueue".into())));
     assert!(queues.contains(&("ApproximateNumberOfMessagesVisible".into(), "DeliveryQueue".into())));
     assert!(queues.contains(&("ApproximateNumberOfMessagesDelayed".into(), "DeliveryQueue".into())));

@@ -221,13 +221,15 @@ tokio::task_local! {
 /// Counts an attempt (or a deferral) in the batch's metrics; outside a batch
 /// (a delivery driven on its own), prints its own EMF line.
 pub(super) fn emit(metric: &'static str, task: Option<&TaskId>, attempt: Option<(&Attempt, Option<EpochMillis>)>) {
+    let outcome = attempt.map(|(a, _)| a.outcome.as_str());
     let added = BATCH.try_with(|b| {
         let mut b = b.borrow_mut();
-        b.count(metric);
+        b.count_in(outcome, metric);
         if let Some((a, lag)) = attempt {
-            b.value(metrics::ATTEMPT_DURATION_MS, a.duration_ms as f64);
+            b.count_in(outcome, metrics::ATTEMPTS);
+            b.value_in(outcome, metrics::ATTEMPT_DURATION_MS, a.duration_ms as f64);
             if let Some(lag) = lag {
-                b.value(metrics::SCHEDULE_LAG_MS, lag.max(0) as f64);
+                b.value_in(outcome, metrics::SCHEDULE_LAG_MS, lag.max(0) as f64);
             }
         }
     });
@@ -240,6 +242,7 @@ pub(super) fn emit(metric: &'static str, task: Option<&TaskId>, attempt: Option<
         props.insert("task_id".into(), Value::String(t.to_string()));
     }
     if let Some((a, lag)) = attempt {
+        values.push((metrics::ATTEMPTS, 1.0));
         values.push((metrics::ATTEMPT_DURATION_MS, a.duration_ms as f64));
         if let Some(lag) = lag {
             values.push((metrics::SCHEDULE_LAG_MS, lag.max(0) as f64));
@@ -247,5 +250,5 @@ pub(super) fn emit(metric: &'static str, task: Option<&TaskId>, attempt: Option<
         props.insert("outcome".into(), Value::String(a.outcome.as_str().to_owned()));
         props.insert("attempt".into(), json!(a.number));
     }
-    println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), &values, props));
+    println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), outcome, &values, props));
 }

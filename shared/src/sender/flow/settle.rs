@@ -170,7 +170,7 @@ pub(super) fn log_change(key: &FlowKey, change: &FlowChange, s: &FlowShared) {
         let mut props = Map::new();
         props.insert("flow_key".into(), Value::String(key.to_string()));
         props.insert("event".into(), Value::String(event.to_owned()));
-        println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), &[(m, 1.0)], props));
+        println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), None, &[(m, 1.0)], props));
     }
 }
 
@@ -183,5 +183,5 @@ pub(in crate::sender) fn emit_throttled(key: &FlowKey, reason: &str, task: Optio
     if let Some(t) = task {
         props.insert("task_id".into(), Value::String(t.to_owned()));
     }
-    println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), &[(metrics::THROTTLED, 1.0)], props));
+    println!("{}", metrics::emf_line(metrics::SENDER_SERVICE, now_millis(), None, &[(metrics::THROTTLED, 1.0)], props));
 }
