@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(c) => dlq(&settings, out, c).await,
         Command::Flows(c) => crate::flows::run(&Api::new(&settings)?, out, c).await,
         Command::Secrets(c) => crate::secrets::run(&Api::new(&settings)?, out, c).await,
+        Command::Tenants(c) => crate::tenants::run(&Api::new(&settings)?, out, c).await,
         Command::Audit(a) => crate::audit::run(&Api::new(&settings)?, out, a).await,
         Command::Metrics => crate::audit::metrics(&Api::new(&settings)?, out).await,
         Command::Purge { status, before, dry_run } => {

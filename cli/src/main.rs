@@ -9,6 +9,7 @@ mod commands;
 mod flows;
 mod output;
 mod secrets;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Flow policies: rate limits, parallelism caps and breakers per target host or flow key.
     #[command(subcommand)]
     Flows(flows::FlowsCommand),
+    /// Tenants (admin key): show one (quotas, delivery limits, keys and their expiry), set delivery limits.
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
     /// Signing secrets (Standard Webhooks): create, list, rotate, revoke.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),

@@ -453,3 +453,100 @@ async fn a_task_held_past_the_redrive_count_is_delivered() {
     );
     assert!(past >= 6, "most tasks were held more than max_receive_count (3) times: {holds:?}");
 }
+
+/// A tenant's delivery limits (set by the admin in its quotas) hold across
+/// all its targets: parallelism 2 over two hosts means at most two requests
+/// open at once in all; held deliveries are not attempts; the limits show in
+/// the tenant view and as a `tenant` flow key, and clear with `null`.
+#[tokio::test]
+async fn a_tenants_delivery_limits_hold_across_all_its_targets() {
+    let (a, b) = (Target::start_with(Vec::new()).await, Target::start_with(Vec::new()).await);
+    for t in [&a, &b] {
+        t.answer_with(Reply::status(200).after(Duration::from_millis(400)));
+    }
+    let stack = TestStack::start(flow_options("f-tenant")).await;
+    let quotas = json!({"max_active_tasks": 1_000_000, "create_rate_per_second": 100_000});
+    let (tenant, key) = stack.admin.new_tenant("limited", quotas).await;
+    let api = stack.api.with_key(Some(&key));
+    let (_, list) = stack.admin.get("/v1/flows").await;
+    assert_eq!(list["items"], json!([]), "no policy yet: {list}");
+    let path = format!("/v1/tenants/{tenant}");
+    for (body, field) in [
+        (json!({"delivery_rate": "fast"}), "delivery_rate"),
+        (json!({"delivery_rate": 5}), "delivery_rate"),
+        (json!({"delivery_parallelism": 0}), "delivery_parallelism"),
+        (json!({"delivery_parallelism": 33}), "delivery_parallelism"),
+    ] {
+        let (status, e) = stack.admin.patch(&path, &body.to_string()).await;
+        assert_eq!((status, e["error"]["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+    let (status, view) = stack.admin.patch(&path, r#"{"delivery_parallelism": 2, "delivery_rate": "600/m"}"#).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (&view["quotas"]["delivery_parallelism"], &view["quotas"]["delivery_rate"]),
+        (&json!(2), &json!("600/m"))
+    );
+    let (_, list) = stack.admin.get("/v1/flows").await;
+    assert_eq!(list["items"][0]["kind"], "tenant", "{list}");
+    assert_eq!(list["items"][0]["key"], tenant.as_str(), "{list}");
+    tokio::time::sleep(Duration::from_millis(400)).await; // the senders' policy cache (300 ms)
+
+    let tasks: Vec<Value> = (0..8)
+        .map(|i| {
+            let target = if i % 2 == 0 { &a } else { &b };
+            json!({"request": {"method": "POST", "url": target.url(&format!("/t/{i}")), "timeout_ms": 3000}})
+        })
+        .collect();
+    let ids: Vec<String> = create_all(&api, &tasks).await.into_iter().map(|(id, _)| id).collect();
+    let mut most_open = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while a.received().len() + b.received().len() < 8 || a.open().0 + b.open().0 > 0 {
+        most_open = most_open.max(a.open().0 + b.open().0);
+        assert!(Instant::now() < deadline, "the 8 requests did not all arrive and finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let done = wait_all(&api, &ids, "succeeded", Duration::from_secs(60)).await;
+    println!(
+        "tenant parallelism 2 over two hosts: at most {most_open} open at once (host maxima {} and {})",
+        a.open().1,
+        b.open().1
+    );
+    assert!(most_open <= 2, "{most_open} requests open at once across the tenant's targets (limit 2)");
+    assert!(a.open().1 >= 1 && b.open().1 >= 1);
+    for t in [&a, &b] {
+        let here = t.addr.to_string();
+        let mine: Vec<Value> =
+            done.iter().filter(|d| d["request"]["url"].as_str().is_some_and(|u| u.contains(&here))).cloned().collect();
+        assert_eq!(mine.len(), 4, "{done:?}");
+        assert_attempts_are_requests(&mine, t);
+    }
+    let held = log_lines(&stack)
+        .iter()
+        .filter(|l| l.get("_aws").is_some() && l["Throttled"] == 1.0 && l["flow_key"] == format!("t:{tenant}"))
+        .count();
+    assert!(held > 0, "deliveries were held on the tenant's key");
+
+    // The CLI shows them and clears them (PATCH with nulls).
+    // (tokio's process: the API answering it runs on this test's runtime)
+    let courier = |args: &[&str]| {
+        tokio::process::Command::new(bin_dir().join("courier"))
+            .args(args)
+            .env("COURIER_URL", &stack.local.api_url)
+            .env("COURIER_API_KEY", stack.admin.key.as_deref().expect("admin key"))
+            .env("COURIER_CONFIG", "/nonexistent")
+            .output()
+    };
+    let shown = courier(&["tenants", "show", &tenant]).await.expect("courier runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && text.contains("delivery rate     600/m") && text.contains("delivery parallel 2"),
+        "{text}"
+    );
+    let cleared = courier(&["tenants", "limits", &tenant, "--clear", "-o", "json"]).await.expect("courier runs");
+    assert!(cleared.status.success(), "{}", String::from_utf8_lossy(&cleared.stderr));
+    let view: Value = serde_json::from_slice(&cleared.stdout).expect("JSON");
+    assert_eq!(view["quotas"]["delivery_parallelism"], Value::Null);
+    assert_eq!(view["quotas"]["delivery_rate"], Value::Null);
+    let (_, list) = stack.admin.get("/v1/flows").await;
+    assert_eq!(list["items"], json!([]), "{list}");
+}

@@ -215,7 +215,13 @@ fn decode_cursor(c: &str) -> Result<(String, String), ApiError> {
 }
 
 fn kind(key: &FlowKey) -> &'static str {
-    if key.is_host() { "host" } else { "named" }
+    if key.is_host() {
+        "host"
+    } else if key.is_tenant() {
+        "tenant"
+    } else {
+        "named"
+    }
 }
 
 fn scope_tenant(scope: &PolicyScope) -> Option<&str> {

@@ -17,7 +17,8 @@ use crate::domain::{
     DEFAULT_KEY_LIFETIME_MS, EpochMillis, FieldError, KeyId, KeyInfo, MAX_KEY_LIFETIME_MS, NewApiKey, Quotas, Tenant,
     TenantId, decode_document, format_millis, now_millis, parse_duration, parse_time,
 };
-use crate::ports::TenantStore;
+use crate::domain::{FlowKey, FlowPolicy, MAX_PARALLELISM, PolicyScope, Rate};
+use crate::ports::{FlowPolicies, TenantStore};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,87 @@ struct TenantDto {
     enabled: Option<bool>,
     max_active_tasks: Option<u64>,
     create_rate_per_second: Option<u64>,
+    /// Deliveries per period across all the tenant's targets (`"1000/m"`); `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    delivery_rate: Option<Value>,
+    /// Requests in flight at once across all the tenant's targets; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    delivery_parallelism: Option<Value>,
+}
+
+/// A field given, even as `null` (which clears it): `Some(Value::Null)`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The tenant's delivery limits after `dto`, from `current`: `None` when the
+/// body does not touch them, `Some(None)` when they end up cleared. They are
+/// a flow policy on the tenant's key (`t:<tenant>`, the admin's), so the
+/// sender enforces them with the flow gate and reads them with the other
+/// policies, never per delivery.
+fn delivery_limits(dto: &TenantDto, current: Option<&FlowPolicy>) -> Result<Option<Option<FlowPolicy>>, ApiError> {
+    if dto.delivery_rate.is_none() && dto.delivery_parallelism.is_none() {
+        return Ok(None);
+    }
+    let mut p = current.cloned().unwrap_or(FlowPolicy {
+        rate: None,
+        burst: None,
+        parallelism: None,
+        breaker: None,
+        adaptive: false,
+        updated_at: 0,
+        updated_by: String::new(),
+    });
+    match &dto.delivery_rate {
+        None => {}
+        Some(Value::Null) => p.rate = None,
+        Some(Value::String(s)) => {
+            p.rate = Some(Rate::parse(s).map_err(|m| FieldError::new("invalid", "delivery_rate", m))?);
+        }
+        Some(_) => {
+            let m = "delivery_rate must be a rate such as \"1000/m\" or null";
+            return Err(FieldError::new("invalid", "delivery_rate", m).into());
+        }
+    }
+    match &dto.delivery_parallelism {
+        None => {}
+        Some(Value::Null) => p.parallelism = None,
+        Some(v) => {
+            let n = v.as_u64().filter(|n| (1..=u64::from(MAX_PARALLELISM)).contains(n)).ok_or_else(|| {
+                FieldError::new(
+                    "invalid",
+                    "delivery_parallelism",
+                    format!("delivery_parallelism must be an integer from 1 to {MAX_PARALLELISM} or null"),
+                )
+            })?;
+            p.parallelism = Some(n as u32);
+        }
+    }
+    p.adaptive = false;
+    p.updated_at = now_millis();
+    p.updated_by = "admin".to_owned();
+    Ok(Some(p.limits().then_some(p)))
+}
+
+/// Stores the limits `delivery_limits` decided.
+async fn apply_limits<S: FlowPolicies>(
+    store: &S,
+    id: &TenantId,
+    limits: Option<Option<FlowPolicy>>,
+) -> Result<(), ApiError> {
+    let key = FlowKey::tenant(id);
+    match limits {
+        None => {}
+        Some(Some(p)) => {
+            store.put_policy(&key, &PolicyScope::Admin, &p).await?;
+            tracing::info!(tenant = %id, rate = ?p.rate.map(|r| r.to_string()), parallelism = ?p.parallelism, "delivery limits set");
+        }
+        Some(None) => {
+            store.delete_policy(&key, &PolicyScope::Admin).await?;
+            tracing::info!(tenant = %id, "delivery limits cleared");
+        }
+    }
+    Ok(())
 }
 
 fn parse(body: &[u8]) -> Result<TenantDto, ApiError> {
@@ -64,7 +146,7 @@ pub async fn create_tenant_with_key<S: TenantStore>(
     Ok((tenant, key))
 }
 
-pub async fn create<S: TenantStore, Q, C>(
+pub async fn create<S: TenantStore + FlowPolicies, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -80,7 +162,10 @@ pub async fn create<S: TenantStore, Q, C>(
             FieldError::new("unknown_field", "enabled", "a new tenant is enabled; disable it with PATCH").into()
         );
     }
-    let (tenant, key) = create_tenant_with_key(&app.store, &name, quotas(&dto, Quotas::default())?).await?;
+    let q = quotas(&dto, Quotas::default())?;
+    let limits = delivery_limits(&dto, None)?;
+    let (tenant, key) = create_tenant_with_key(&app.store, &name, q).await?;
+    apply_limits(&app.store, &tenant.id, limits.clone()).await?;
     tracing::info!(tenant = %tenant.id, key_id = %key.key_id, "tenant created");
     audit::note_tenant(&tenant.id);
     audit::note_resource(format!("tenants/{}", tenant.id));
@@ -90,7 +175,7 @@ pub async fn create<S: TenantStore, Q, C>(
         revoked_at: None,
         expires_at: Some(tenant.created_at + DEFAULT_KEY_LIFETIME_MS),
     };
-    let mut view = views::tenant(&tenant, &[first]);
+    let mut view = views::tenant(&tenant, &[first], limits.flatten().as_ref());
     view["api_key"] = json!({"id": key.key_id, "key": key.secret});
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -103,12 +188,13 @@ fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
     Ok(id)
 }
 
-async fn tenant_view<S: TenantStore>(store: &S, id: &TenantId) -> Result<Value, ApiError> {
+async fn tenant_view<S: TenantStore + FlowPolicies>(store: &S, id: &TenantId) -> Result<Value, ApiError> {
     let t = store.get_tenant(id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
-    Ok(views::tenant(&t, &store.list_keys(id).await?))
+    let limits = store.get_policy(&FlowKey::tenant(id), &PolicyScope::Admin).await?;
+    Ok(views::tenant(&t, &store.list_keys(id).await?, limits.as_ref()))
 }
 
-pub async fn get_one<S: TenantStore, Q, C>(
+pub async fn get_one<S: TenantStore + FlowPolicies, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -117,7 +203,7 @@ pub async fn get_one<S: TenantStore, Q, C>(
     Ok(Json(tenant_view(&app.store, &tenant_id(&id)?).await?))
 }
 
-pub async fn update<S: TenantStore, Q, C>(
+pub async fn update<S: TenantStore + FlowPolicies, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -133,9 +219,12 @@ pub async fn update<S: TenantStore, Q, C>(
     let q = (dto.max_active_tasks.is_some() || dto.create_rate_per_second.is_some())
         .then(|| quotas(&dto, current.quotas))
         .transpose()?;
+    let current_limits = app.store.get_policy(&FlowKey::tenant(&id), &PolicyScope::Admin).await?;
+    let limits = delivery_limits(&dto, current_limits.as_ref())?;
     if !app.store.update_tenant(&id, dto.enabled, q).await? {
         return Err(ApiError::NotFound(format!("no tenant {id}")));
     }
+    apply_limits(&app.store, &id, limits).await?;
     tracing::info!(tenant = %id, enabled = ?dto.enabled, "tenant updated");
     Ok(Json(tenant_view(&app.store, &id).await?))
 }
@@ -246,7 +335,7 @@ pub async fn expiring_keys<S: TenantStore, Q, C>(
     Ok(Json(json!({"keys": keys})))
 }
 
-pub async fn revoke_key<S: TenantStore, Q, C>(
+pub async fn revoke_key<S: TenantStore + FlowPolicies, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path((id, key_id)): Path<(String, String)>,

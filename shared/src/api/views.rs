@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 
 use crate::domain::{
-    Attempt, EpochMillis, KeyInfo, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers, mask_url,
+    Attempt, EpochMillis, FlowPolicy, KeyInfo, RetryPolicy, Schedule, TaskState, Tenant, format_millis, mask_headers,
+    mask_url,
 };
 use crate::ports::StoredTask;
 
@@ -128,7 +129,8 @@ pub fn attempt(a: &Attempt) -> Value {
     })
 }
 
-pub fn tenant(t: &Tenant, keys: &[KeyInfo]) -> Value {
+/// `limits`: the tenant's delivery limits (the flow policy on its key).
+pub fn tenant(t: &Tenant, keys: &[KeyInfo], limits: Option<&FlowPolicy>) -> Value {
     json!({
         "id": t.id,
         "name": t.name,
@@ -137,6 +139,8 @@ pub fn tenant(t: &Tenant, keys: &[KeyInfo]) -> Value {
         "quotas": {
             "max_active_tasks": t.quotas.max_active_tasks,
             "create_rate_per_second": t.quotas.create_rate_per_second,
+            "delivery_rate": limits.and_then(|p| p.rate).map(|r| r.to_string()),
+            "delivery_parallelism": limits.and_then(|p| p.parallelism),
         },
         "created_at": format_millis(t.created_at),
         "keys": keys.iter().map(key).collect::<Vec<_>>(),

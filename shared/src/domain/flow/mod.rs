@@ -36,6 +36,11 @@ impl FlowKey {
         Self(format!("n:{tenant}:{name}"))
     }
 
+    /// The key of all of a tenant's deliveries (its delivery limits, set by the admin).
+    pub fn tenant(tenant: &TenantId) -> Self {
+        Self(format!("t:{tenant}"))
+    }
+
     /// Reads a key as the API's path names it: `host:port` is a host key, a
     /// bare name is the named key of `tenant` (which it then requires).
     pub fn from_path(segment: &str, tenant: Option<&TenantId>) -> Result<Self, FieldError> {
@@ -67,6 +72,7 @@ impl FlowKey {
             Some(("n", rest)) => {
                 rest.split_once(':').is_some_and(|(t, n)| TenantId::parse(t).is_ok() && check_name(n).is_ok())
             }
+            Some(("t", rest)) => TenantId::parse(rest).is_ok(),
             _ => false,
         };
         ok.then(|| Self(s.to_owned()))
@@ -80,10 +86,15 @@ impl FlowKey {
         self.0.starts_with("h:")
     }
 
-    /// The key as the API shows it: `host:port` or the bare name.
+    /// Whether this is a tenant's key (its limits across all its targets).
+    pub fn is_tenant(&self) -> bool {
+        self.0.starts_with("t:")
+    }
+
+    /// The key as the API shows it: `host:port`, the bare name or the tenant id.
     pub fn display(&self) -> &str {
         match self.0.split_once(':') {
-            Some(("h", rest)) => rest,
+            Some(("h" | "t", rest)) => rest,
             Some(("n", rest)) => rest.split_once(':').map_or(rest, |(_, n)| n),
             _ => &self.0,
         }
@@ -170,6 +181,11 @@ impl FlowRef {
 
     pub fn named_key(&self) -> Option<FlowKey> {
         self.name.as_deref().map(|n| FlowKey::named(&self.tenant, n))
+    }
+
+    /// The key of all the tenant's deliveries.
+    pub fn tenant_key(&self) -> FlowKey {
+        FlowKey::tenant(&self.tenant)
     }
 
     /// The key that owns the breaker and the pause.

@@ -260,16 +260,19 @@ impl<S: FlowPolicies + FlowLimiter, Q, C> Sender<S, Q, C> {
                 self.flow.lock().probes.insert(primary.clone(), probe);
             }
         }
-        // 2. Rate and parallelism of the host key, then of the named key.
+        // 2. Rate and parallelism of the host key, then of the named key, then
+        //    of the tenant's key (its delivery limits across all its targets).
         let mut tickets: HashMap<usize, Ticket> =
             go.iter().map(|i| (*i, Ticket { probe, ..Ticket::default() })).collect();
-        let keys = [Some(flow.host_key()), flow.named_key()];
+        let keys = [Some(flow.host_key()), flow.named_key(), Some(flow.tenant_key())];
         for key in keys.into_iter().flatten() {
             let limits = if key.is_host() {
                 Limits {
                     own: snap.policy(&key, &PolicyScope::Admin),
                     share: snap.policy(&key, &PolicyScope::Tenant(flow.tenant.clone())),
                 }
+            } else if key.is_tenant() {
+                Limits { own: snap.policy(&key, &PolicyScope::Admin), share: None }
             } else {
                 Limits { own: snap.policy(&key, &PolicyScope::Tenant(flow.tenant.clone())), share: None }
             };
