@@ -241,3 +241,32 @@ async fn keys_expire_and_the_admin_sees_the_ones_close_to_expiry() {
     .expect("the short key expired");
     assert_eq!(stack.api.get("/v1/tasks").await.0, 200);
 }
+
+/// The admin's tenant walk (metrics, keys close to expiry) reads the tenant
+/// registry; a tenant missing from it (created before it existed) joins it
+/// on its next admin change.
+#[tokio::test]
+async fn a_tenant_older_than_the_registry_joins_it_on_its_next_admin_change() {
+    let mut opts = stack_options("registry");
+    opts.pollers = 0;
+    let stack = TestStack::start(opts).await;
+    let (tenant, _) = stack.admin.new_tenant("old", json!({})).await;
+    let listed = |v: &serde_json::Value| v.to_string().contains(&tenant);
+    let (_, keys) = stack.admin.get("/v1/keys/expiring?within=400d").await;
+    assert!(listed(&keys), "a new tenant is in the registry: {keys}");
+    // As if it had been created before the registry: its entry is gone.
+    let ddb = aws_sdk_dynamodb::Client::new(&crate::helpers::sdk().await);
+    ddb.delete_item()
+        .table_name(&stack.outputs().names.table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("TENANTS".into()))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(tenant.clone()))
+        .send()
+        .await
+        .expect("delete");
+    let (_, keys) = stack.admin.get("/v1/keys/expiring?within=400d").await;
+    assert!(!listed(&keys), "{keys}");
+    let (status, _) = stack.admin.patch(&format!("/v1/tenants/{tenant}"), "{}").await;
+    assert_eq!(status, 200);
+    let (_, keys) = stack.admin.get("/v1/keys/expiring?within=400d").await;
+    assert!(listed(&keys), "registered again by the PATCH: {keys}");
+}

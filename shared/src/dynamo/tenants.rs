@@ -48,6 +48,7 @@ impl TenantStore for DynamoStore {
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        // (see `register_tenant` for tenants older than the registry)
         let mut ids = Vec::new();
         let mut start = None;
         loop {
@@ -99,16 +100,21 @@ impl TenantStore for DynamoStore {
                 .expression_attribute_values(":m", n(q.max_active_tasks))
                 .expression_attribute_values(":r", n(q.create_rate_per_second));
         }
-        if sets.is_empty() {
-            return Ok(self.get_tenant(id).await?.is_some());
+        let exists = if sets.is_empty() {
+            self.get_tenant(id).await?.is_some()
+        } else {
+            let res = req
+                .update_expression(format!("SET {}", sets.join(", ")))
+                .condition_expression("attribute_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .send()
+                .await;
+            applied(res)?
+        };
+        if exists {
+            self.register_tenant(id).await?;
         }
-        let res = req
-            .update_expression(format!("SET {}", sets.join(", ")))
-            .condition_expression("attribute_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .send()
-            .await;
-        applied(res)
+        Ok(exists)
     }
 
     async fn put_key(
@@ -136,6 +142,7 @@ impl TenantStore for DynamoStore {
             .transact_write_items()
             .transact_items(put(lookup)?)
             .transact_items(put(listed)?)
+            .transact_items(put(key(TENANTS, tenant.as_str()))?)
             .send()
             .await
             .map_err(store_error)?;
@@ -257,5 +264,21 @@ impl TenantStore for DynamoStore {
             .send()
             .await;
         applied(res)
+    }
+}
+
+impl DynamoStore {
+    /// Puts the tenant's registry entry (idempotent). Written with the tenant
+    /// and again by every admin change of it (`PATCH`, a new key), so a
+    /// tenant created before the registry joins it on its next such change.
+    async fn register_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(key(TENANTS, id.as_str())))
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 }
