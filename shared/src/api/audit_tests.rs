@@ -2,61 +2,16 @@
 //! entry holds (and never holds), who sees which entries, and how failed
 //! authentications are counted.
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use crate::api::{ApiSettings, AppState, SourceIp, create_tenant_with_key, router};
-use crate::config::AdminKeyHash;
-use crate::domain::{AuditQuery, Quotas, TenantId};
+use crate::api::test_world::{ADMIN, World, world};
+use crate::domain::AuditQuery;
 use crate::ports::AuditLog;
-use crate::testing::{FakeQueue, FakeScheduler, FakeStore};
-
-const ADMIN: &str = "adm_0123456789abcdef0123456789abcdef";
-
-struct World {
-    app: Router,
-    store: FakeStore,
-    a: (TenantId, String),
-    b: (TenantId, String),
-}
-
-async fn world() -> World {
-    let store = FakeStore::new();
-    let (ta, ka) = create_tenant_with_key(&store, "a", Quotas::default()).await.expect("tenant a");
-    let (tb, kb) = create_tenant_with_key(&store, "b", Quotas::default()).await.expect("tenant b");
-    let app = router(Arc::new(AppState {
-        store: store.clone(),
-        queue: FakeQueue::default(),
-        scheduler: FakeScheduler::default(),
-        limits: Default::default(),
-        settings: ApiSettings {
-            sqs_delay_max_s: 900,
-            schedule_early_s: 60,
-            admin_key: Some(AdminKeyHash::of_key(ADMIN)),
-            guard: Default::default(),
-            flow_breaker: Default::default(),
-        },
-    }));
-    World { app, store, a: (ta.id, ka.secret), b: (tb.id, kb.secret) }
-}
 
 impl World {
-    async fn call(&self, key: Option<&str>, method: &str, uri: &str, ip: &str) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).expect("method")).uri(uri);
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        let mut req = req.body(Body::empty()).expect("request");
-        req.extensions_mut().insert(SourceIp(ip.to_owned()));
-        let resp = self.app.clone().oneshot(req).await.expect("response");
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-        (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") })
+    async fn call_from(&self, key: Option<&str>, method: &str, uri: &str, ip: &str) -> (StatusCode, Value) {
+        self.request(key, method, uri, None, Some(ip)).await
     }
 
     async fn all(&self) -> Vec<crate::domain::AuditEntry> {
@@ -72,7 +27,7 @@ fn key_id(secret: &str) -> &str {
 async fn a_refused_cancel_is_recorded_with_actor_tenant_resource_address_and_outcome() {
     let w = world().await;
     let task = "tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3";
-    let (status, _) = w.call(Some(&w.a.1), "DELETE", &format!("/v1/tasks/{task}"), "192.0.2.7").await;
+    let (status, _) = w.call_from(Some(&w.a.1), "DELETE", &format!("/v1/tasks/{task}"), "192.0.2.7").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let entries = w.all().await;
     assert_eq!(entries.len(), 1, "{entries:?}");
@@ -88,11 +43,12 @@ async fn a_refused_cancel_is_recorded_with_actor_tenant_resource_address_and_out
 #[tokio::test]
 async fn key_creation_names_the_new_key_and_no_entry_holds_a_secret() {
     let w = world().await;
-    let (status, created) = w.call(Some(ADMIN), "POST", &format!("/v1/tenants/{}/keys", w.a.0), "192.0.2.1").await;
+    let (status, created) = w.call_from(Some(ADMIN), "POST", &format!("/v1/tenants/{}/keys", w.a.0), "192.0.2.1").await;
     assert_eq!(status, StatusCode::CREATED);
     let secret = created["key"].as_str().expect("key");
     let id = created["id"].as_str().expect("id");
-    let (status, _) = w.call(Some(ADMIN), "DELETE", &format!("/v1/tenants/{}/keys/{id}", w.a.0), "192.0.2.1").await;
+    let (status, _) =
+        w.call_from(Some(ADMIN), "DELETE", &format!("/v1/tenants/{}/keys/{id}", w.a.0), "192.0.2.1").await;
     assert_eq!(status, StatusCode::OK);
     let entries = w.all().await;
     let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
@@ -109,10 +65,10 @@ async fn key_creation_names_the_new_key_and_no_entry_holds_a_secret() {
 async fn failed_authentications_of_one_address_in_one_minute_are_one_counted_entry() {
     let w = world().await;
     for _ in 0..5 {
-        let (status, _) = w.call(Some("ck_abc123_wrong"), "GET", "/v1/tasks", "198.51.100.9").await;
+        let (status, _) = w.call_from(Some("ck_abc123_wrong"), "GET", "/v1/tasks", "198.51.100.9").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    w.call(None, "POST", "/v1/tasks/purge", "198.51.100.10").await;
+    w.call_from(None, "POST", "/v1/tasks/purge", "198.51.100.10").await;
     let entries = w.all().await;
     let failed: Vec<_> = entries.iter().filter(|e| e.action == "auth.failed").collect();
     // Two addresses; unless the minute turned between calls, 5 + 1.
@@ -127,28 +83,28 @@ async fn failed_authentications_of_one_address_in_one_minute_are_one_counted_ent
 async fn a_tenant_reads_only_its_entries_and_the_admin_reads_everyone_s() {
     let w = world().await;
     let task = "tsk_0190a0b1c2d3e4f5a6b7c8d9e0f1a2b3";
-    w.call(Some(&w.a.1), "POST", &format!("/v1/tasks/{task}/retry"), "192.0.2.1").await;
-    w.call(Some(&w.b.1), "POST", &format!("/v1/tasks/{task}/pause"), "192.0.2.2").await;
-    let (status, page) = w.call(Some(&w.a.1), "GET", "/v1/audit", "192.0.2.1").await;
+    w.call_from(Some(&w.a.1), "POST", &format!("/v1/tasks/{task}/retry"), "192.0.2.1").await;
+    w.call_from(Some(&w.b.1), "POST", &format!("/v1/tasks/{task}/pause"), "192.0.2.2").await;
+    let (status, page) = w.call_from(Some(&w.a.1), "GET", "/v1/audit", "192.0.2.1").await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let actions: Vec<&str> =
         page["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
     assert_eq!(actions, ["task.retry"]);
-    let (_, page) = w.call(Some(ADMIN), "GET", "/v1/audit?action=task.pause", "192.0.2.1").await;
+    let (_, page) = w.call_from(Some(ADMIN), "GET", "/v1/audit?action=task.pause", "192.0.2.1").await;
     assert_eq!(page["entries"].as_array().map(Vec::len), Some(1), "{page}");
     assert_eq!(page["entries"][0]["tenant"], json!(w.b.0));
-    let (status, _) = w.call(Some(&w.a.1), "GET", &format!("/v1/audit?tenant={}", w.b.0), "192.0.2.1").await;
+    let (status, _) = w.call_from(Some(&w.a.1), "GET", &format!("/v1/audit?tenant={}", w.b.0), "192.0.2.1").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, err) = w.call(Some(ADMIN), "GET", "/v1/audit?since=yesterday", "192.0.2.1").await;
+    let (status, err) = w.call_from(Some(ADMIN), "GET", "/v1/audit?since=yesterday", "192.0.2.1").await;
     assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("since")));
-    let (status, err) = w.call(Some(ADMIN), "GET", "/v1/audit?limit=0", "192.0.2.1").await;
+    let (status, err) = w.call_from(Some(ADMIN), "GET", "/v1/audit?limit=0", "192.0.2.1").await;
     assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limit")));
 }
 
 #[tokio::test]
 async fn reads_are_not_audited() {
     let w = world().await;
-    w.call(Some(&w.a.1), "GET", "/v1/tasks", "192.0.2.1").await;
-    w.call(Some(ADMIN), "GET", &format!("/v1/tenants/{}", w.a.0), "192.0.2.1").await;
+    w.call_from(Some(&w.a.1), "GET", "/v1/tasks", "192.0.2.1").await;
+    w.call_from(Some(ADMIN), "GET", &format!("/v1/tenants/{}", w.a.0), "192.0.2.1").await;
     assert!(w.all().await.is_empty());
 }

@@ -1,61 +1,16 @@
 //! The flow routes on the in-memory store: who may set what, the bounds a
 //! tenant's share meets, and the views; plus `flow_key` on task views.
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use crate::api::{ApiSettings, AppState, create_tenant_with_key, router};
-use crate::config::AdminKeyHash;
-use crate::domain::{FlowKey, PolicyScope, Quotas, TenantId};
+use crate::api::test_world::{ADMIN, World, world};
+use crate::domain::{FlowKey, PolicyScope, TenantId};
 use crate::ports::FlowPolicies;
-use crate::testing::{FakeQueue, FakeScheduler, FakeStore};
-
-const ADMIN: &str = "adm_0123456789abcdef0123456789abcdef";
-
-struct World {
-    app: Router,
-    store: FakeStore,
-    /// (tenant id, bearer key) of two tenants.
-    a: (TenantId, String),
-    b: (TenantId, String),
-}
-
-async fn world() -> World {
-    let store = FakeStore::new();
-    let (ta, ka) = create_tenant_with_key(&store, "a", Quotas::default()).await.expect("tenant a");
-    let (tb, kb) = create_tenant_with_key(&store, "b", Quotas::default()).await.expect("tenant b");
-    let app = router(Arc::new(AppState {
-        store: store.clone(),
-        queue: FakeQueue::default(),
-        scheduler: FakeScheduler::default(),
-        limits: Default::default(),
-        settings: ApiSettings {
-            sqs_delay_max_s: 900,
-            schedule_early_s: 60,
-            admin_key: Some(AdminKeyHash::of_key(ADMIN)),
-            guard: Default::default(),
-            flow_breaker: Default::default(),
-        },
-    }));
-    World { app, store, a: (ta.id, ka.secret), b: (tb.id, kb.secret) }
-}
 
 impl World {
     async fn call(&self, key: Option<&str>, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).expect("method")).uri(uri);
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-        let resp = self.app.clone().oneshot(req.body(body).expect("request")).await.expect("response");
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-        (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") })
+        self.request(key, method, uri, body, None).await
     }
 
     fn a_key(&self) -> Option<&str> {

@@ -15,6 +15,8 @@ mod ops;
 mod secrets;
 mod tasks;
 mod tenants;
+#[cfg(test)]
+mod test_world;
 mod views;
 
 use std::sync::Arc;
