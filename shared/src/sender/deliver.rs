@@ -62,6 +62,13 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: Deliver
             return Ok((DeliveryOutcome::NoTime, None));
         }
         let budget = budget.map(|b| b as u64);
+        // The tenant's signing secrets (cached), before the claim when the
+        // message names the tenant: a failure to read them sends nothing and
+        // costs no attempt number (the message comes back).
+        let early = match &ticket.tenant {
+            Some(t) => Some((t.clone(), self.signing.get(&self.store, t, now).await?)),
+            None => None,
+        };
         let (state, interrupted_at, inline, item_bytes) = match self
             .store
             .claim(unit, now, self.settings.lease_margin_ms as i64, budget)
@@ -102,9 +109,13 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: Deliver
         if let Some(started_at) = interrupted_at {
             self.note_interrupted(unit, &state, &spec, started_at).await;
         }
-        // Signed unless the task opted out: the tenant's secrets, cached (a
-        // failure to read them sends nothing: the message comes back).
-        let secrets = if spec.unsigned { None } else { Some(self.signing.get(&self.store, &state.tenant, now).await?) };
+        // Signed unless the task opted out: the secrets read before the claim,
+        // or (a message that did not name the tenant) read now.
+        let secrets = match early {
+            _ if spec.unsigned => None,
+            Some((t, s)) if t == state.tenant => Some(s),
+            _ => Some(self.signing.get(&self.store, &state.tenant, now).await?),
+        };
         let number = state.attempts;
         if ticket.not_before.is_some() {
             self.flow.prepared_in(self.clock.now() - now);

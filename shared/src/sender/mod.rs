@@ -237,8 +237,10 @@ impl<
         let mut groups: HashMap<FlowRef, Vec<usize>> = HashMap::new();
         let mut timeouts: HashMap<FlowRef, u64> = HashMap::new();
         let mut primaries: HashMap<FlowKey, FlowRef> = HashMap::new();
+        let mut tenants: Vec<Option<crate::domain::TenantId>> = vec![None; records.len()];
         for (i, m) in messages.iter().enumerate() {
             let Some(flow) = self.flow_of(m.as_ref()).await else { continue };
+            tenants[i] = Some(flow.tenant.clone());
             let keys = flow.keys();
             let t = timeouts.entry(keys.clone()).or_default();
             *t = (*t).max(flow.timeout_ms);
@@ -251,7 +253,7 @@ impl<
             let flow = keys.clone().with_timeout(timeouts.get(&keys).copied().unwrap_or_default());
             for (i, admission) in self.admit(&flow, &members, deadline).await {
                 match admission {
-                    Admission::Go(t) => tickets[i] = Some(t),
+                    Admission::Go(t) => tickets[i] = Some(Ticket { tenant: tenants[i].clone(), ..t }),
                     hold @ Admission::Hold { .. } => {
                         tickets[i] = None;
                         held.push((i, hold));

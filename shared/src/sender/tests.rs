@@ -385,3 +385,28 @@ async fn a_tenant_with_a_secret_gets_signed_traced_requests_unless_the_task_opts
     let h = headers(&unsigned);
     assert!(h.iter().all(|(k, _)| !k.starts_with("webhook-") && k != "traceparent"), "{h:?}");
 }
+
+#[tokio::test]
+async fn secrets_that_cannot_be_read_send_nothing_and_cost_no_attempt_number() {
+    use crate::domain::{SecretId, SecretInfo, SigningSecret};
+    use crate::ports::SigningSecrets;
+    let (f, target) = (fixture(), target().await);
+    let secret = SigningSecret::generate().expect("random");
+    let info = SecretInfo { id: SecretId::generate(), created_at: NOW, until: None };
+    f.store.put_secret(&t1(), &info, &secret).await.expect("stored");
+    let t = task(&format!("{}/ok", target.base), NOW, no_jitter(3));
+    f.store.insert(&t);
+    f.store.secrets_down(true);
+    let out = f.sender.handle_each(batch(vec![message("m1", deliver(&t))]), None).await;
+    assert!(out[0].keep, "the message comes back: {out:?}");
+    assert_eq!(target.hits.load(Ordering::SeqCst), 0, "nothing sent unsigned");
+    let state = f.store.state(&unit(&t)).expect("state");
+    assert_eq!((state.attempts, state.status), (0, TaskStatus::Pending), "no claim, no attempt number");
+    f.store.secrets_down(false);
+    f.sender.handle_each(batch(vec![message("m1", deliver(&t))]), None).await;
+    assert_eq!(target.hits.load(Ordering::SeqCst), 1);
+    let attempts = f.store.attempts_of(&unit(&t));
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].number, 1, "the first attempt is number 1");
+    assert!(attempts[0].request_headers.iter().any(|(k, _)| k == "webhook-signature"));
+}

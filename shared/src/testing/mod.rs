@@ -104,6 +104,8 @@ struct Tables {
     flows: flows::FlowTables,
     /// (tenant, secret) → the secret and its listing (kept in clear: a fake).
     secrets: BTreeMap<(TenantId, crate::domain::SecretId), (crate::domain::SecretInfo, crate::domain::SigningSecret)>,
+    /// Reads of signing secrets fail while set (the store or KMS down).
+    secrets_down: bool,
     audit: Vec<crate::domain::AuditEntry>,
 }
 
@@ -113,6 +115,13 @@ struct Tables {
 pub struct FakeStore {
     tables: Arc<Mutex<Tables>>,
     grace_ms: i64,
+}
+
+impl FakeStore {
+    /// Makes reads of signing secrets fail (`true`) or work again.
+    pub fn secrets_down(&self, down: bool) {
+        self.tables.lock().unwrap_or_else(std::sync::PoisonError::into_inner).secrets_down = down;
+    }
 }
 
 impl Default for FakeStore {

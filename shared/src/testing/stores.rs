@@ -198,6 +198,9 @@ impl crate::ports::SigningSecrets for FakeStore {
         now: EpochMillis,
     ) -> Result<Vec<crate::domain::SigningSecret>, StoreError> {
         let t = self.lock();
+        if t.secrets_down {
+            return Err(StoreError::Unavailable("signing secrets unavailable (test)".into()));
+        }
         let mut live: Vec<_> = t
             .secrets
             .iter()

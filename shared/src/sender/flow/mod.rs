@@ -54,6 +54,9 @@ pub struct Ticket {
     pub probe: bool,
     /// The keys its slot was reserved on (with `not_before`).
     pub flow: Option<FlowRef>,
+    /// The task's tenant, when its message says (the sender reads the
+    /// tenant's signing secrets before claiming).
+    pub tenant: Option<crate::domain::TenantId>,
 }
 
 /// A request ready this much after its slot takes a new one instead: sent
