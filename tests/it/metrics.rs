@@ -81,7 +81,9 @@ async fn metrics_parse_as_prometheus_text_and_show_each_caller_its_share() {
         assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
         let doc = parse(&text);
         let scheduled = value(&doc, "courier_tasks", &[("tenant", &tenant), ("status", "scheduled")]);
-        (scheduled == Some(2.0)).then_some((doc, text))
+        // The active count is the stream counter's too, written apart from the status counts.
+        let active = value(&doc, "courier_active_tasks", &[("tenant", &tenant)]);
+        (scheduled == Some(2.0) && active == Some(2.0)).then_some((doc, text))
     })
     .await;
     let (doc, text) = doc.expect("the admin's metrics count the two scheduled tasks");
