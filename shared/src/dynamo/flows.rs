@@ -303,42 +303,25 @@ impl DynamoStore {
 impl FlowPolicies for DynamoStore {
     async fn flow_snapshot(&self) -> Result<FlowSnapshot, StoreError> {
         let mut snap = FlowSnapshot::default();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":pk", s(flows_pk()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(store_error)?;
-            for item in out.items() {
-                let sk = item.get(SK).and_then(|v| v.as_s().ok()).map_or("", String::as_str);
-                let read = if sk.starts_with(POLICY_PREFIX) {
-                    policy_from_item(item).map(|(k, scope, p)| {
-                        snap.policies.insert((k, scope), p);
-                    })
-                } else if sk.starts_with(HOLD_PREFIX) {
-                    hold_from_item(item).map(|(k, h)| {
-                        snap.holds.insert(k, h);
-                    })
-                } else {
-                    Ok(())
-                };
-                if let Err(e) = read {
-                    // One bad item must not stop every sender's deliveries.
-                    tracing::warn!(error = %e, sk, "skipping a malformed flow item");
-                }
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(snap),
+        for item in self.partition_items(flows_pk()).await? {
+            let sk = item.get(SK).and_then(|v| v.as_s().ok()).map_or("", String::as_str);
+            let read = if sk.starts_with(POLICY_PREFIX) {
+                policy_from_item(&item).map(|(k, scope, p)| {
+                    snap.policies.insert((k, scope), p);
+                })
+            } else if sk.starts_with(HOLD_PREFIX) {
+                hold_from_item(&item).map(|(k, h)| {
+                    snap.holds.insert(k, h);
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(e) = read {
+                // One bad item must not stop every sender's deliveries.
+                tracing::warn!(error = %e, sk, "skipping a malformed flow item");
             }
         }
+        Ok(snap)
     }
 
     async fn get_policy(&self, key: &FlowKey, scope: &PolicyScope) -> Result<Option<FlowPolicy>, StoreError> {

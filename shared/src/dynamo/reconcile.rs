@@ -16,6 +16,31 @@ use crate::resources::{
 };
 
 impl DynamoStore {
+    /// Every item of one partition, all pages (small partitions: the flow
+    /// policies and holds, the tenant registry).
+    pub(super) async fn partition_items(&self, pk: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", super::PK)
+                .expression_attribute_values(":pk", super::codec::s(pk))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(store_error)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     /// Reads many items by key (missing ones are left out), keyed by (pk, sk).
     pub(super) async fn batch_get_keys(&self, all: Vec<Item>) -> Result<HashMap<(String, String), Item>, StoreError> {
         let mut found = HashMap::new();

@@ -49,26 +49,8 @@ impl TenantStore for DynamoStore {
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         // (see `register_tenant` for tenants older than the registry)
-        let mut ids = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":pk", s(TENANTS))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(store_error)?;
-            ids.extend(out.items.unwrap_or_default().iter().filter_map(|i| opt_s(i, SK).map(str::to_owned)));
-            match out.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
+        let registry = self.partition_items(TENANTS).await?;
+        let ids: Vec<String> = registry.iter().filter_map(|i| opt_s(i, SK).map(str::to_owned)).collect();
         let keys = ids.iter().map(|id| key(tenant_pk(id), "TENANT")).collect();
         let found = self.batch_get_keys(keys).await?;
         let mut tenants = found.values().map(tenant_from_item).collect::<Result<Vec<_>, _>>()?;
