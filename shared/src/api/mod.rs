@@ -7,6 +7,7 @@
 //! tenant's task is answered 404, like a missing one.
 
 mod auth;
+mod console;
 mod error;
 mod flows;
 mod ops;
@@ -70,6 +71,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/flows/{key}"),
     ("PUT", "/v1/flows/{key}"),
     ("DELETE", "/v1/flows/{key}"),
+    ("GET", "/admin"),
+    ("GET", "/admin/console.js"),
+    ("GET", "/admin/console.css"),
 ];
 
 /// Routing settings the handlers need.
@@ -148,6 +152,9 @@ where
             "/v1/flows/{key}",
             get(flows::get_one::<S, Q, C>).put(flows::put::<S, Q, C>).delete(flows::delete::<S, Q, C>),
         )
+        .route("/admin", get(console::page))
+        .route("/admin/console.js", get(console::script))
+        .route("/admin/console.css", get(console::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
