@@ -5,7 +5,7 @@
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
-use crate::domain::{Tenant, format_millis, hash_key, now_millis};
+use crate::domain::{FieldError, Tenant, TenantId, format_millis, hash_key, now_millis};
 use crate::ports::TenantStore;
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -22,9 +22,28 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// The header with which the admin key acts as one tenant (the console's
+/// tenant picker): only the admin key may send it.
+pub const ACT_AS_TENANT: &str = "x-courier-tenant";
+
 /// The calling tenant: 401 without a valid key, 403 when the tenant is disabled.
+/// The admin key with `X-Courier-Tenant: <tenant id>` is that tenant.
 pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<Tenant, ApiError> {
     let key = bearer(headers)?;
+    if let Some(named) = headers.get(ACT_AS_TENANT) {
+        if !app.settings.admin_key.as_ref().is_some_and(|admin| admin.matches(key)) {
+            return Err(ApiError::Forbidden("only the admin key may name a tenant with X-Courier-Tenant"));
+        }
+        let id = named.to_str().ok().and_then(|v| TenantId::parse(v.trim()).ok()).ok_or_else(|| {
+            FieldError::new("invalid", "X-Courier-Tenant", "X-Courier-Tenant must be a tenant id (tnt_…)")
+        })?;
+        let tenant = app.store.get_tenant(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
+        if !tenant.enabled {
+            return Err(ApiError::Forbidden("this tenant is disabled"));
+        }
+        super::audit::note_tenant(&tenant.id);
+        return Ok(tenant);
+    }
     let grant =
         app.store.tenant_of_key(&hash_key(key)).await?.ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
     if let Some(at) = grant.expires_at.filter(|at| *at <= now_millis()) {

@@ -8,6 +8,7 @@
 
 pub mod audit;
 mod auth;
+mod console;
 mod error;
 mod flows;
 mod metrics;
@@ -84,6 +85,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/secrets/{id}"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/metrics"),
+    ("GET", "/admin"),
+    ("GET", "/admin/console.js"),
+    ("GET", "/admin/console.css"),
 ];
 
 /// Routing settings the handlers need.
@@ -169,6 +173,9 @@ where
         .route("/v1/secrets/{id}", axum::routing::delete(secrets::revoke::<S, Q, C>))
         .route("/v1/audit", get(audit::list::<S, Q, C>))
         .route("/v1/metrics", get(metrics::metrics::<S, Q, C>))
+        .route("/admin", get(console::page))
+        .route("/admin/console.js", get(console::script))
+        .route("/admin/console.css", get(console::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
