@@ -1,5 +1,6 @@
-//! Per-tenant status counts that stay right without scans, and the release
-//! of active-task quota slots.
+//! Per-tenant status counts that stay right without scans, the release of
+//! active-task quota slots, and each minute's deliveries, retries and
+//! failures (the console's chart).
 //!
 //! The table's stream (new and old images) feeds this function with every
 //! change of a task's `STATE` item; each batch becomes, per tenant, one read
@@ -10,7 +11,9 @@
 //! active set (finished, cancelled, deleted), and records the batch on that
 //! item, so a retried batch counts no tenant twice. A manual retry takes its
 //! slot in the API. Nothing on the sender's or the create path writes a
-//! counter: the counts cost one write per tenant per stream batch.
+//! counter: the counts cost one write per tenant per stream batch, and the
+//! per-minute activity one more per tenant and minute of the batch (a batch
+//! spans one minute, rarely two).
 //!
 //! Known limit: a batch retried with more records than the first time (the
 //! function died after applying some tenants, and more changes arrived
@@ -24,7 +27,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::domain::{Deltas, TaskStatus};
+use crate::domain::{Deltas, MINUTE_MS, TaskStatus};
 use crate::ports::{CountStore, StoreError};
 
 /// Whether a task in this status holds an active-task slot.
@@ -38,7 +41,13 @@ pub fn deltas(records: &[Value]) -> Deltas {
     let mut out: Deltas = HashMap::new();
     for r in records {
         let d = &r["dynamodb"];
-        if d["Keys"]["sk"]["S"] != "STATE" || !d["Keys"]["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#")) {
+        if !d["Keys"]["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#")) {
+            continue;
+        }
+        // A cron run's item adds to the per-minute activity only: the counts
+        // are of tasks.
+        let run = d["Keys"]["sk"]["S"].as_str().is_some_and(|sk| sk.starts_with("RUN#"));
+        if d["Keys"]["sk"]["S"] != "STATE" && !run {
             continue;
         }
         let status = |img: &Value| img["status"]["S"].as_str().and_then(TaskStatus::parse);
@@ -49,6 +58,14 @@ pub fn deltas(records: &[Value]) -> Deltas {
         let tenant = d["NewImage"]["tenant"]["S"].as_str().or_else(|| d["OldImage"]["tenant"]["S"].as_str());
         let Some(tenant) = tenant else { continue };
         let t = out.entry(tenant.to_owned()).or_default();
+        if let (Some(n), Some(at)) =
+            (new, d["NewImage"]["updated_at"]["N"].as_str().and_then(|v| v.parse::<i64>().ok()))
+        {
+            t.minutes.entry(at - at.rem_euclid(MINUTE_MS)).or_default().count(n);
+        }
+        if run {
+            continue;
+        }
         if let Some(o) = old {
             *t.statuses.entry(o).or_default() -= 1;
         }
@@ -67,8 +84,9 @@ pub fn deltas(records: &[Value]) -> Deltas {
     }
     for t in out.values_mut() {
         t.statuses.retain(|_, d| *d != 0);
+        t.minutes.retain(|_, a| !a.is_empty());
     }
-    out.retain(|_, t| !t.statuses.is_empty() || t.active != 0);
+    out.retain(|_, t| !t.statuses.is_empty() || t.active != 0 || !t.minutes.is_empty());
     out
 }
 
@@ -145,6 +163,29 @@ mod tests {
             rec("2", Some(("a", "scheduled")), Some(("a", "cancelled"))),
         ]);
         assert_eq!(d["a"].active, -1);
+    }
+
+    #[test]
+    fn each_minute_counts_every_delivery_retry_and_failure_cron_runs_included() {
+        let at = |mut r: Value, ms: i64| {
+            r["dynamodb"]["NewImage"]["updated_at"] = json!({"N": ms.to_string()});
+            r
+        };
+        let mut run = rec("5", Some(("a", "sending")), Some(("a", "succeeded")));
+        run["dynamodb"]["Keys"]["sk"] = json!({"S": "RUN#0000000001"});
+        let d = deltas(&[
+            at(rec("1", Some(("a", "sending")), Some(("a", "retrying"))), 60_000 + 5),
+            at(rec("2", Some(("a", "retrying")), Some(("a", "sending"))), 60_000 + 10),
+            at(rec("3", Some(("a", "sending")), Some(("a", "succeeded"))), 120_000 + 1),
+            at(rec("4", Some(("a", "sending")), Some(("a", "failed"))), 120_000 + 2),
+            at(run, 120_000 + 3),
+        ]);
+        let a = &d["a"];
+        assert_eq!(a.minutes[&60_000], crate::domain::Activity { delivered: 0, retried: 1, failed: 0 });
+        assert_eq!(a.minutes[&120_000], crate::domain::Activity { delivered: 2, retried: 0, failed: 1 });
+        assert_eq!(a.minutes.len(), 2);
+        // The run counts in its minute, not in the task counts.
+        assert_eq!(a.statuses[&TaskStatus::Succeeded], 1);
     }
 
     #[test]

@@ -210,9 +210,13 @@ async fn a_batch_retried_after_a_partial_apply_counts_each_tenant_once_and_racin
     let (a, b) = (tenant("a"), tenant("b"));
     store.create_tenant(&a).await.expect("a");
     store.create_tenant(&b).await.expect("b");
+    // Each batch also delivered one task in the minute before now.
+    let minute = courier::domain::now_millis() / 60_000 * 60_000 - 60_000;
+    let delivered = courier::domain::Activity { delivered: 1, ..Default::default() };
     let one = |active: i64| courier::domain::TenantDelta {
         statuses: [(TaskStatus::Pending, 1)].into_iter().collect(),
         active,
+        minutes: [(minute, delivered)].into_iter().collect(),
     };
     // The counter died after applying tenant a's part: Lambda retries the whole batch.
     let only_a: courier::domain::Deltas = [(a.id.to_string(), one(1))].into_iter().collect();
@@ -237,6 +241,11 @@ async fn a_batch_retried_after_a_partial_apply_counts_each_tenant_once_and_racin
     };
     assert_eq!(pending(a.id.clone()).await, (Some(9), 9), "once from the batch, once per racing batch");
     assert_eq!(pending(b.id.clone()).await, (Some(1), 1));
+    // The per-minute activity counts each batch once too.
+    let activity = store.activity(&a.id, minute - 60_000).await.expect("activity");
+    assert_eq!(activity, vec![(minute, courier::domain::Activity { delivered: 9, ..Default::default() })]);
+    assert_eq!(store.activity(&b.id, minute).await.expect("activity")[0].1.delivered, 1);
+    assert!(store.activity(&a.id, minute + 60_000).await.expect("activity").is_empty(), "nothing after");
 }
 
 #[tokio::test]

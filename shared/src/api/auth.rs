@@ -26,6 +26,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 /// tenant picker): only the admin key may send it.
 pub const ACT_AS_TENANT: &str = "x-courier-tenant";
 
+/// Whether the request names a tenant with the admin key: only meaningful
+/// once [`tenant`] accepted it (which refuses the header from anyone else).
+pub fn acts_as_tenant(headers: &HeaderMap) -> bool {
+    headers.contains_key(ACT_AS_TENANT)
+}
+
 /// The calling tenant: 401 without a valid key, 403 when the tenant is disabled.
 /// The admin key with `X-Courier-Tenant: <tenant id>` is that tenant.
 pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<Tenant, ApiError> {

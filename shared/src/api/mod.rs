@@ -70,6 +70,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tasks/by-business-id/{business_id}"),
     ("DELETE", "/v1/tasks/by-business-id/{business_id}"),
     ("POST", "/v1/tenants"),
+    ("GET", "/v1/tenants"),
     ("GET", "/v1/tenants/{id}"),
     ("PATCH", "/v1/tenants/{id}"),
     ("POST", "/v1/tenants/{id}/keys"),
@@ -158,7 +159,7 @@ where
         .route("/v1/replays", post(ops::create_replay::<S, Q, C>))
         .route("/v1/replays/{id}", get(ops::get_replay::<S, Q, C>).delete(ops::cancel_replay::<S, Q, C>))
         .route("/v1/replays/{id}/resume", post(ops::resume_replay::<S, Q, C>))
-        .route("/v1/tenants", post(tenants::create::<S, Q, C>))
+        .route("/v1/tenants", post(tenants::create::<S, Q, C>).get(tenants::list::<S, Q, C>))
         .route("/v1/tenants/{id}", get(tenants::get_one::<S, Q, C>).patch(tenants::update::<S, Q, C>))
         .route("/v1/tenants/{id}/keys", post(tenants::create_key::<S, Q, C>))
         .route("/v1/tenants/{id}/keys/{key_id}", axum::routing::delete(tenants::revoke_key::<S, Q, C>))

@@ -194,6 +194,25 @@ async fn tenant_view<S: TenantStore + FlowPolicies>(store: &S, id: &TenantId) ->
     Ok(views::tenant(&t, &store.list_keys(id).await?, limits.as_ref()))
 }
 
+/// Every tenant (the admin's view, the console's tenant picker): id, name,
+/// whether enabled, active tasks against the quota.
+pub async fn list<S: TenantStore, Q, C>(
+    State(app): State<Arc<AppState<S, Q, C>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&app, &headers)?;
+    let mut tenants = app.store.list_tenants().await?;
+    tenants.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.as_str().cmp(b.id.as_str())));
+    let items: Vec<Value> = tenants
+        .iter()
+        .map(|t| {
+            json!({"id": t.id.as_str(), "name": t.name, "enabled": t.enabled, "active_tasks": t.active,
+                   "max_active_tasks": t.quotas.max_active_tasks})
+        })
+        .collect();
+    Ok(Json(json!({"tenants": items})))
+}
+
 pub async fn get_one<S: TenantStore + FlowPolicies, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,

@@ -57,12 +57,15 @@ pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>, runs: &[TaskState], 
 
 /// A task in a listing: state only.
 pub fn summary(s: &TaskState, now: EpochMillis) -> Value {
+    let line = s.request_line.as_deref().and_then(|l| l.split_once(' '));
     json!({
         "id": s.id.as_str(),
         "kind": s.kind.as_str(),
         "status": s.effective_status(now).as_str(),
         "business_id": s.business_id,
         "host": s.host,
+        "method": line.map(|(m, _)| m),
+        "url": line.map(|(_, u)| u),
         "created_at": format_millis(s.created_at),
         "updated_at": format_millis(s.updated_at),
         "next_run_at": s.due_at.map(format_millis),

@@ -21,7 +21,7 @@ mod trace;
 mod validate;
 
 pub use audit::{Actor, AuditEntry, AuditOutcome, AuditQuery, actions as audit_actions, key_id_of};
-pub use counts::{Deltas, TenantDelta};
+pub use counts::{Activity, Deltas, MINUTE_MS, TenantDelta};
 pub use dead_letter::DeadLetter;
 pub use flow::{
     BreakerPosition, BreakerSettings, BucketForm, BucketId, BucketWrite, Cas, FlowChange, FlowEvent, FlowKey,
@@ -36,6 +36,7 @@ pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classi
 pub use replay::{CodeMatch, Replay, ReplayFilter, ReplayStatus};
 pub use request::{
     Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_secret_param, is_sensitive_header, mask_headers, mask_url,
+    request_line,
 };
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};

@@ -190,6 +190,9 @@ impl Auth {
     }
 }
 
+/// A listing shows at most this many bytes of a request line.
+pub const REQUEST_LINE_MAX: usize = 300;
+
 /// Everything needed to send the request: stored once at creation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestSpec {
@@ -224,6 +227,25 @@ impl RequestSpec {
     pub fn flow_ref(&self, tenant: &super::TenantId) -> super::FlowRef {
         super::FlowRef::of(self.url.url(), self.flow_key.as_deref(), tenant).with_timeout(self.timeout_ms)
     }
+
+    /// `METHOD url`, masked and cut as [`request_line`] does.
+    pub fn request_line(&self) -> String {
+        request_line(self.method.as_str(), self.url.as_str())
+    }
+}
+
+/// `METHOD url` with the URL's secrets masked ([`mask_url`]), cut to
+/// [`REQUEST_LINE_MAX`] bytes (ending in `…` when cut).
+pub fn request_line(method: &str, url: &str) -> String {
+    let line = format!("{method} {}", mask_url(url));
+    if line.len() <= REQUEST_LINE_MAX {
+        return line;
+    }
+    let mut end = REQUEST_LINE_MAX - '…'.len_utf8();
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
 }
 
 impl RequestSpec {
@@ -383,6 +405,15 @@ mod tests {
         let url = TargetUrl::parse("http://u:p@h.example/?secret=s").expect("valid");
         assert!(!format!("{url:?}").contains("secret=s"));
         assert!(url.as_str().contains("u:p@"), "the real URL is what is sent");
+    }
+
+    #[test]
+    fn a_request_line_is_masked_and_cut_on_a_character() {
+        assert_eq!(request_line("GET", "https://h.example/a?token=t"), "GET https://h.example/a?token=***");
+        let long = format!("https://h.example/{}", "é".repeat(400));
+        let line = request_line("POST", &long);
+        assert!(line.len() <= REQUEST_LINE_MAX, "{} bytes", line.len());
+        assert!(line.starts_with("POST https://h.example/") && line.ends_with('…'));
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl NewTask {
             due_at: Some(self.due_at),
             lease_until: None,
             host: self.spec.url.host().to_owned(),
+            request_line: Some(self.spec.request_line()),
             failure_reason: None,
             last_status: None,
             scheduler: if self.on_scheduler {
@@ -167,6 +168,9 @@ pub struct TaskState {
     /// While `sending`: until when the claiming sender owns the task.
     pub lease_until: Option<EpochMillis>,
     pub host: String,
+    /// `METHOD url` of the task's request, for listings (see
+    /// [`RequestSpec::request_line`]); `None` where it was not stored.
+    pub request_line: Option<String>,
     /// Why the task failed, once it has.
     pub failure_reason: Option<String>,
     /// The status code of the last failed attempt, if it got a response.
@@ -268,6 +272,7 @@ mod tests {
             lease_until: None,
             scheduler: SchedulerHold::Nothing,
             host: "example.invalid".into(),
+            request_line: None,
             failure_reason: None,
             last_status: None,
         }

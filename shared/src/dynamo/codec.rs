@@ -113,6 +113,23 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// A state item's request line: from its inline request, or from the copy
+/// (`rl`) a task whose request has its own `SPEC` item keeps for listings.
+fn request_line_of(i: &Item) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        method: &'a str,
+        url: &'a str,
+    }
+    match opt_s(i, "spec") {
+        Some(spec) => serde_json::from_str::<Line>(spec).ok().map(|l| crate::domain::request_line(l.method, l.url)),
+        None => opt_s(i, REQUEST_LINE).map(str::to_owned),
+    }
+}
+
+/// The request line a state item keeps when its request is not inline.
+pub(super) const REQUEST_LINE: &str = "rl";
+
 pub(super) fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -> Result<TaskState, StoreError> {
     let sid = id.as_str();
     let status = get_s(sid, i, "status")?;
@@ -132,6 +149,7 @@ pub(super) fn state_from_item(id: &TaskId, run: Option<EpochMillis>, i: &Item) -
         due_at: get_n(sid, i, "due_at")?,
         lease_until: get_n(sid, i, "lease_until")?,
         host: get_s(sid, i, "host")?.to_owned(),
+        request_line: request_line_of(i),
         failure_reason: opt_s(i, "failure_reason").map(str::to_owned),
         last_status: get_n(sid, i, "last_status")?,
         scheduler: match i.get("on_scheduler").and_then(|v| v.as_bool().ok()) {
@@ -273,6 +291,7 @@ impl DynamoStore {
             state.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
             None
         } else {
+            state.insert(REQUEST_LINE.into(), s(task.spec.request_line()));
             let mut spec = key(task_pk(&task.id), SPEC);
             spec.extend(request.into_iter().map(|(k, v)| (k.to_owned(), s(v))));
             if task.kind() == TaskKind::Once {

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{
     Delete, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 
-use super::codec::{INLINE_SPEC_MAX, n, opt_s, request_attrs, request_of, s, state_from_item, ttl_secs};
+use super::codec::{INLINE_SPEC_MAX, REQUEST_LINE, n, opt_s, request_attrs, request_of, s, state_from_item, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
 use super::keys::{
     ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard,
@@ -407,11 +407,16 @@ impl TaskStore for DynamoStore {
             let put = Put::builder().table_name(&self.table).set_item(Some(spec_item)).build().map_err(store_error)?;
             TransactWriteItem::builder().put(put).build()
         };
+        if !inline {
+            sets.push("#rl = :rl");
+            update = update.expression_attribute_values(":rl", s(spec.request_line()));
+        }
         let remove = match (inline, inline_removes.is_empty()) {
             (false, _) => " REMOVE #spec, #retry, #schedule".to_owned(),
-            (true, true) => String::new(),
-            (true, false) => format!(" REMOVE {inline_removes}"),
+            (true, true) => " REMOVE #rl".to_owned(),
+            (true, false) => format!(" REMOVE #rl, {inline_removes}"),
         };
+        update = update.expression_attribute_names("#rl", REQUEST_LINE);
         let expression = format!("SET {}{remove}", sets.join(", "));
         for name in ["spec", "retry", "schedule"] {
             if expression.contains(&format!("#{name}")) {

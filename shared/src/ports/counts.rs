@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use super::StoreError;
-use crate::domain::{Deltas, TaskStatus, TenantId};
+use crate::domain::{Activity, Deltas, EpochMillis, TaskStatus, TenantId};
 
 /// Status counts per tenant.
 pub trait CountStore: Send + Sync + 'static {
@@ -12,4 +12,10 @@ pub trait CountStore: Send + Sync + 'static {
     fn apply_counts(&self, batch_id: &str, deltas: &Deltas) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// A tenant's task counts by status.
     fn counts(&self, tenant: &TenantId) -> impl Future<Output = Result<Vec<(TaskStatus, i64)>, StoreError>> + Send;
+    /// A tenant's activity per minute from `since` on (minutes with none are left out), oldest first.
+    fn activity(
+        &self,
+        tenant: &TenantId,
+        since: EpochMillis,
+    ) -> impl Future<Output = Result<Vec<(EpochMillis, Activity)>, StoreError>> + Send;
 }

@@ -99,6 +99,7 @@ struct Tables {
     /// (tenant, second) → creations counted.
     rates: BTreeMap<(TenantId, EpochMillis), u64>,
     counts: BTreeMap<String, BTreeMap<TaskStatus, i64>>,
+    activity: BTreeMap<(String, crate::domain::EpochMillis), crate::domain::Activity>,
     applied_batches: BTreeSet<String>,
     watermarks: BTreeMap<u32, EpochMillis>,
     flows: flows::FlowTables,

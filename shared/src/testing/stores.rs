@@ -148,6 +148,12 @@ impl CountStore for FakeStore {
             if let Some(stored) = TenantId::parse(tenant).ok().and_then(|id| t.tenants.get_mut(&id)) {
                 stored.active = stored.active.saturating_add_signed(d.active);
             }
+            for (minute, a) in &d.minutes {
+                let m = t.activity.entry((tenant.clone(), *minute)).or_default();
+                m.delivered += a.delivered;
+                m.retried += a.retried;
+                m.failed += a.failed;
+            }
         }
         Ok(true)
     }
@@ -155,6 +161,20 @@ impl CountStore for FakeStore {
     async fn counts(&self, tenant: &TenantId) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
         let t = self.lock();
         Ok(t.counts.get(tenant.as_str()).map(|c| c.iter().map(|(s, n)| (*s, *n)).collect()).unwrap_or_default())
+    }
+
+    async fn activity(
+        &self,
+        tenant: &TenantId,
+        since: crate::domain::EpochMillis,
+    ) -> Result<Vec<(crate::domain::EpochMillis, crate::domain::Activity)>, StoreError> {
+        let t = self.lock();
+        let from = (tenant.as_str().to_owned(), since - since.rem_euclid(crate::domain::MINUTE_MS));
+        Ok(t.activity
+            .range(from..)
+            .take_while(|((id, _), _)| id == tenant.as_str())
+            .map(|((_, m), a)| (*m, *a))
+            .collect())
     }
 }
 

@@ -165,6 +165,7 @@ impl TaskStore for FakeStore {
         let st = &mut row.state;
         st.max_attempts = st.retry_base + retry.max_attempts();
         st.host = spec.url.host().to_owned();
+        st.request_line = Some(spec.request_line());
         st.timeout_ms = spec.timeout_ms;
         st.updated_at = now;
         t.specs.insert(id.as_str().to_owned(), (spec.clone(), retry.clone(), schedule.clone()));

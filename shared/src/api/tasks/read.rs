@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::{full_view, owned, owned_by_business_id};
 use crate::api::{ApiError, AppState, auth, views};
-use crate::domain::{EpochMillis, FieldError, TaskId, TaskStatus, now_millis};
-use crate::ports::{CountStore, ListFilter, TaskStore, TenantStore};
+use crate::domain::{EpochMillis, FieldError, MINUTE_MS, TaskId, TaskStatus, format_millis, now_millis};
+use crate::ports::{CountStore, ListFilter, QueueDepth, QueueDepths, TaskStore, TenantStore};
 
 /// Page sizes of listings.
 const DEFAULT_LIMIT: usize = 20;
@@ -22,10 +22,35 @@ pub async fn get_one<S: TaskStore + TenantStore, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth::tenant(&app, &headers).await?;
+    // `?include=body` adds the request's body (the console's expander).
+    let mut with_body = false;
+    for (k, v) in url::form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes()) {
+        match (k.as_ref(), v.as_ref()) {
+            ("include", "body") => with_body = true,
+            ("include", _) => return Err(FieldError::new("invalid", "include", "include must be `body`").into()),
+            (k, _) => {
+                return Err(FieldError::new("unknown_field", k, format!("`{k}` is not a query parameter here")).into());
+            }
+        }
+    }
     let task = owned(&app, &tenant, &id).await?;
-    Ok(Json(full_view(&app, &task).await?))
+    let mut view = full_view(&app, &task).await?;
+    if with_body {
+        let (body, encoding) = match &task.spec.body {
+            None => (Value::Null, Value::Null),
+            Some(crate::domain::Body::Text(t)) => (json!(t), json!("text")),
+            Some(crate::domain::Body::Bytes(b)) => {
+                use base64::Engine;
+                (json!(base64::engine::general_purpose::STANDARD.encode(b)), json!("base64"))
+            }
+        };
+        view["request"]["body"] = body;
+        view["request"]["body_encoding"] = encoding;
+    }
+    Ok(Json(view))
 }
 
 pub async fn get_by_business_id<S: TaskStore + TenantStore, Q, C>(
@@ -164,17 +189,41 @@ pub async fn list<S: TaskStore + TenantStore, Q, C>(
 
 /// The tenant's task counts by status (kept by the stream counter, so they
 /// lag changes by about a second) and its active-task quota use.
-pub async fn stats<S: CountStore + TenantStore, Q, C>(
+/// Minutes of activity `GET /v1/stats` returns: the last hour.
+const ACTIVITY_MINUTES: i64 = 60;
+
+pub async fn stats<S: CountStore + TenantStore, Q: QueueDepths, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth::tenant(&app, &headers).await?;
     let counts: serde_json::Map<String, Value> =
         app.store.counts(&tenant.id).await?.into_iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect();
+    let now = now_millis();
+    let since = now - now.rem_euclid(MINUTE_MS) - (ACTIVITY_MINUTES - 1) * MINUTE_MS;
+    let activity = app.store.activity(&tenant.id, since).await?;
+    let per_minute: Vec<Value> = (0..ACTIVITY_MINUTES)
+        .map(|i| {
+            let minute = since + i * MINUTE_MS;
+            let a = activity.iter().find(|(m, _)| *m == minute).map(|(_, a)| *a).unwrap_or_default();
+            json!({"minute": format_millis(minute), "delivered": a.delivered, "retried": a.retried, "failed": a.failed})
+        })
+        .collect();
+    // The queues are shared by every tenant: only the admin (acting as a
+    // tenant, as the console does) sees their depths.
+    let queues = if auth::acts_as_tenant(&headers) {
+        let q = app.queue.queue_stats().await?;
+        let depth = |d: QueueDepth| json!({"visible": d.visible, "in_flight": d.in_flight, "delayed": d.delayed});
+        json!({"delivery": depth(q.delivery), "dlq": depth(q.dlq)})
+    } else {
+        Value::Null
+    };
     Ok(Json(json!({
         "counts": counts,
         "active_tasks": tenant.active,
         "max_active_tasks": tenant.quotas.max_active_tasks,
+        "per_minute": per_minute,
+        "queues": queues,
     })))
 }
 
