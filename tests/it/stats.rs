@@ -84,6 +84,40 @@ async fn counts_equal_the_truth_after_a_concurrent_burst() {
     })
     .await;
     assert!(active.is_some(), "only the two scheduled tasks still hold active slots: {stats}");
+    // The last hour per minute: the 16 deliveries and 8 failures, each once.
+    let sum = |s: &serde_json::Value, col: &str| {
+        s["per_minute"].as_array().map_or(0, |m| m.iter().map(|x| x[col].as_i64().unwrap_or(0)).sum::<i64>())
+    };
+    let (_, s) = api.get("/v1/stats").await;
+    assert_eq!(s["per_minute"].as_array().map(Vec::len), Some(60), "{s}");
+    assert_eq!((sum(&s, "delivered"), sum(&s, "failed")), (16, 8), "{s}");
+    assert!(s["queues"].is_null(), "a tenant key does not see the shared queues: {s}");
+    // The admin acting as this tenant sees the same, and the queues.
+    let admin_as = |h: &str| {
+        stack
+            .admin
+            .http
+            .get(format!("{}/v1/stats", stack.admin.base))
+            .bearer_auth(crate::helpers::ADMIN_KEY)
+            .header("x-courier-tenant", h.to_owned())
+    };
+    let resp = admin_as(&stack.tenant).send().await.expect("stats");
+    assert_eq!(resp.status(), 200);
+    let as_admin: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(sum(&as_admin, "delivered"), 16);
+    assert!(as_admin["queues"]["dlq"]["visible"].is_u64(), "{as_admin}");
+    // Only the admin key may name a tenant.
+    let resp = api
+        .http
+        .get(format!("{}/v1/stats", api.base))
+        .bearer_auth(api.key.clone().unwrap_or_default())
+        .header("x-courier-tenant", stack.tenant.clone())
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(resp.status(), 403);
+    let resp = admin_as("tnt_nope").send().await.expect("stats");
+    assert_eq!(resp.status(), 400, "a malformed tenant id names the header");
     // Another tenant's counts are its own.
     let (_, key) = stack.admin.new_tenant("empty", json!({})).await;
     let (_, other) = api.with_key(Some(&key)).get("/v1/stats").await;
