@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
-infra/tools.sh
+infra/tools.sh --browser
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the local stack's pinned tools into ./.venv (idempotent: reinstalls
-# only when infra/requirements.txt changes). Usage: infra/tools.sh [--lambda]
+# only when infra/requirements.txt changes). Usage: infra/tools.sh [--lambda|--browser]
 # --lambda also installs cargo-lambda (for `make build-lambda`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,20 @@ fi
 if [ "${1:-}" = "--lambda" ] && [ ! -x "$venv/bin/cargo-lambda" ]; then
   echo "installing cargo-lambda into $venv…"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'cargo-lambda==1.9.2'
+fi
+# --browser also installs Debian's Chromium, which the console's browser test
+# drives with Playwright (pinned in infra/requirements.txt). Pinned to the
+# version below when the archive still has it; Debian's security archive keeps
+# only the newest build, so otherwise the current one is installed and named.
+CHROMIUM_VERSION=156.0.8078.114-1~deb12u1
+if [ "${1:-}" = "--browser" ] && ! command -v chromium > /dev/null; then
+  echo "installing Debian's chromium (the console's browser test)…"
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "chromium=$CHROMIUM_VERSION" > /dev/null; then
+    echo "chromium $CHROMIUM_VERSION is no longer in the archive: installing the current build"
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq chromium > /dev/null
+  fi
+  dpkg-query -W chromium
 fi

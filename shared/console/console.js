@@ -5,6 +5,8 @@
 
 const KEY = "courier.key";
 const TENANT = "courier.tenant";
+const ADMIN = "courier.admin";
+const SVG_NS = "http://www.w3.org/2000/svg";
 const STATUSES = ["scheduled", "pending", "sending", "retrying", "succeeded", "failed", "cancelled", "active", "paused"];
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const FILTERS = ["status", "host", "created_after", "created_before", "business_id"];
@@ -44,10 +46,11 @@ class ApiError extends Error {
 
 /** Calls the API as the signed-in caller; throws ApiError with the API's message. */
 async function api(path, options) {
+  const opts = options || {};
   const headers = { Authorization: "Bearer " + sessionStorage.getItem(KEY) };
   const tenant = sessionStorage.getItem(TENANT);
-  if (tenant) headers["X-Courier-Tenant"] = tenant;
-  const resp = await fetch(path, Object.assign({ headers, cache: "no-store" }, options || {}));
+  if (tenant && !path.startsWith("/v1/whoami") && !path.startsWith("/v1/tenants")) headers["X-Courier-Tenant"] = tenant;
+  const resp = await fetch(path, { method: opts.method || "GET", headers, cache: "no-store" });
   const text = await resp.text();
   let doc = null;
   try {
@@ -57,7 +60,7 @@ async function api(path, options) {
   }
   if (!resp.ok) {
     const msg = doc && doc.error ? doc.error.message : resp.status + " " + resp.statusText;
-    if (resp.status === 401) signOut("Signed out: " + msg);
+    if (resp.status === 401 && !opts.quiet) signOut("Signed out: " + msg);
     throw new ApiError(resp.status, msg);
   }
   return doc;
@@ -121,29 +124,60 @@ async function route() {
 async function signIn(event) {
   event.preventDefault();
   const key = $("key").value.trim();
-  const tenant = $("tenant-pick").value.trim();
   $("signin-error").textContent = "";
+  forget();
   sessionStorage.setItem(KEY, key);
-  if (tenant) sessionStorage.setItem(TENANT, tenant);
-  else sessionStorage.removeItem(TENANT);
   try {
-    await api("/v1/stats");
+    const me = await api("/v1/whoami", { quiet: true });
+    if (me.caller === "admin") {
+      const list = await api("/v1/tenants");
+      if (list.tenants.length === 0) throw new ApiError(0, "no tenant exists yet: create one first (courier tenants create)");
+      sessionStorage.setItem(ADMIN, "1");
+      sessionStorage.setItem(TENANT, list.tenants[0].id);
+    }
   } catch (e) {
-    sessionStorage.removeItem(KEY);
-    sessionStorage.removeItem(TENANT);
+    forget();
     show("signin");
     $("signin-error").textContent = "Sign-in failed: " + e.message;
     return;
   }
   $("key").value = "";
-  $("who").textContent = tenant ? "admin, tenant " + tenant : "tenant key";
+  await whoami();
   route();
 }
 
+function forget() {
+  for (const k of [KEY, TENANT, ADMIN]) sessionStorage.removeItem(k);
+}
+
+/** Fills the header: who is signed in and, for the admin, the tenant picker. */
+async function whoami() {
+  const admin = sessionStorage.getItem(ADMIN) === "1";
+  $("tenant-box").hidden = !admin;
+  if (!admin) {
+    const me = await api("/v1/whoami");
+    $("who").textContent = "tenant " + (me.tenant ? me.tenant.name + " (" + me.tenant.id + ")" : "");
+    return;
+  }
+  $("who").textContent = "admin";
+  const list = await api("/v1/tenants");
+  const sel = clear($("tenant-select"));
+  const current = sessionStorage.getItem(TENANT);
+  for (const t of list.tenants) {
+    sel.append(el("option", { value: t.id, selected: t.id === current }, t.name + " (" + t.id + ")" + (t.enabled ? "" : " disabled")));
+  }
+}
+
+function pickTenant() {
+  sessionStorage.setItem(TENANT, $("tenant-select").value);
+  if (parseHash().path.startsWith("/task/")) go("/tasks", new URLSearchParams());
+  else route();
+}
+
 function signOut(message) {
-  sessionStorage.removeItem(KEY);
-  sessionStorage.removeItem(TENANT);
+  forget();
   $("who").textContent = "";
+  $("tenant-box").hidden = true;
   show("signin");
   notice(message || "");
 }
@@ -153,14 +187,66 @@ function signOut(message) {
 async function showOverview() {
   const stats = await api("/v1/stats");
   const box = clear($("counts"));
-  for (const s of STATUSES) {
-    const n = (stats.counts && stats.counts[s]) || 0;
-    const link = el("a", { class: "count", href: "#/tasks?status=" + s, "data-count": s }, badge(s), el("strong", {}, n));
+  for (const st of STATUSES) {
+    const n = (stats.counts && stats.counts[st]) || 0;
+    const link = el("a", { class: "count", href: "#/tasks?status=" + st, "data-count": st }, badge(st), el("strong", {}, n));
     box.append(link);
   }
   $("quota").textContent = "Active tasks: " + stats.active_tasks + " of at most " + stats.max_active_tasks +
     ". Counts follow changes within about a second.";
+  const queues = clear($("queues"));
+  if (stats.queues) {
+    const d = stats.queues.delivery;
+    queues.append(
+      el("div", { class: "depth", "data-queue": "delivery" }, el("strong", {}, d.visible + d.delayed), "delivery queue: " + d.visible + " ready, " + d.delayed + " delayed"),
+      el("div", { class: "depth", "data-queue": "in-flight" }, el("strong", {}, d.in_flight), "being delivered"),
+      el("div", { class: "depth", "data-queue": "dlq" }, el("strong", {}, stats.queues.dlq.visible), "dead-letter queue"));
+  } else {
+    queues.append(el("p", { class: "hint" }, "The queues are shared by every tenant: their depths are shown to the admin key."));
+  }
+  drawChart(stats.per_minute || []);
   show("overview");
+}
+
+const SERIES = [["delivered", "Deliveries", "#1b7a3a"], ["retried", "Retries", "#8a5a00"], ["failed", "Failures", "#b3261e"]];
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+/** A line per series over the minutes, drawn as SVG: no library, no inline style. */
+function drawChart(minutes) {
+  const W = 720, H = 200, L = 40, R = 10, T = 10, B = 26;
+  const max = Math.max(1, ...minutes.flatMap((m) => SERIES.map(([k]) => m[k] || 0)));
+  const x = (i) => L + (minutes.length < 2 ? 0 : (i * (W - L - R)) / (minutes.length - 1));
+  const y = (v) => T + (H - T - B) * (1 - v / max);
+  const totals = SERIES.map(([k]) => minutes.reduce((n, m) => n + (m[k] || 0), 0));
+  const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", id: "activity",
+    "aria-label": "Last hour per minute: " + SERIES.map(([, label], i) => totals[i] + " " + label.toLowerCase()).join(", ") });
+  for (const v of [0, Math.round(max / 2), max]) {
+    chart.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
+    chart.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v));
+  }
+  const label = (i) => (minutes[i] ? new Date(minutes[i].minute).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }) : "");
+  for (const i of [0, Math.floor((minutes.length - 1) / 2), minutes.length - 1]) {
+    if (minutes[i]) chart.append(svg("text", { x: x(i), y: H - 8, "text-anchor": "middle" }, label(i)));
+  }
+  for (const [k, , colour] of SERIES) {
+    const points = minutes.map((m, i) => x(i).toFixed(1) + "," + y(m[k] || 0).toFixed(1)).join(" ");
+    chart.append(svg("polyline", { points, fill: "none", stroke: colour, "stroke-width": 2, "data-series": k }));
+  }
+  minutes.forEach((m, i) => {
+    // A hover target per minute with its figures.
+    const w = (W - L - R) / Math.max(1, minutes.length - 1);
+    chart.append(svg("rect", { x: x(i) - w / 2, y: T, width: w, height: H - T - B, fill: "transparent" },
+      svg("title", {}, label(i) + ": " + SERIES.map(([key, name]) => (m[key] || 0) + " " + name.toLowerCase()).join(", "))));
+  });
+  clear($("chart-svg")).append(chart);
+  const legend = clear($("chart-legend"));
+  SERIES.forEach(([k, name], i) => legend.append(el("span", { class: "key k-" + k, "data-total": k }, name + ": " + totals[i])));
 }
 
 // ---- task list --------------------------------------------------------------
@@ -193,13 +279,23 @@ function applyFilters(event) {
   go("/tasks", params);
 }
 
+/** Host and path of a URL (the listing's column); the whole URL is the hover text. */
+function hostPath(url, host) {
+  try {
+    const u = new URL(url);
+    return u.host + u.pathname;
+  } catch (_) {
+    return host || url || "";
+  }
+}
+
 function row(t) {
   const finished = FINAL.has(t.status) ? time(t.updated_at) : "—";
-  const host = t.host || "";
+  const url = t.url || "";
   return el("tr", { "data-id": t.id },
     el("td", { class: "mono" }, el("a", { href: "#/task/" + encodeURIComponent(t.id) }, t.id)),
-    el("td", {}, t.kind),
-    el("td", {}, el("span", { class: "trunc", title: host }, host)),
+    el("td", {}, t.method || "—"),
+    el("td", { class: "mono" }, el("span", { class: "trunc", title: url || t.host }, hostPath(url, t.host))),
     el("td", {}, badge(t.status)),
     el("td", {}, t.attempts + "/" + t.max_attempts),
     el("td", {}, time(t.next_run_at)),
@@ -217,9 +313,7 @@ async function showList(params) {
     // One business id names at most one task.
     try {
       const t = await api("/v1/tasks/by-business-id/" + encodeURIComponent(bid));
-      let host = "";
-      try { host = new URL(t.request.url).host; } catch (_) { host = ""; }
-      tasks = [Object.assign({ host }, t)];
+      tasks = [Object.assign({}, t, { method: t.request.method, url: t.request.url })];
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 404)) throw e;
     }
@@ -321,9 +415,28 @@ function flowKeyOf(task) {
   }
 }
 
+/** "name: value" for the set fields of an object, or `none`. */
+function fields(obj, none) {
+  const set = Object.entries(obj || {}).filter(([, v]) => v !== null && v !== undefined);
+  return set.length ? set.map(([k, v]) => k + ": " + (typeof v === "object" ? JSON.stringify(v) : v)).join(", ") : none;
+}
+
+function flowRows(flow) {
+  const st = flow.state || {};
+  const b = st.breaker || {};
+  const w = b.window || {};
+  const breaker = (b.state || "closed") + (b.until ? " until " + time(b.until) : "") +
+    " (" + (w.failures || 0) + " failed of " + (w.requests || 0) + " requests in this window, tripped " + (b.trips || 0) + " times)";
+  const effective = Object.assign({}, flow.effective || {});
+  if (effective.factor === 1) delete effective.factor;
+  return [["key", flow.key], ["policy", flow.policy ? fields(flow.policy, "none") : "none"],
+    ["limits in force", fields(effective, "no limits")], ["breaker", breaker], ["in flight", st.in_flight],
+    ["paused until", st.paused_until ? time(st.paused_until) : null]];
+}
+
 async function showDetail(id) {
   const enc = encodeURIComponent(id);
-  const [task, attempts] = await Promise.all([api("/v1/tasks/" + enc), api("/v1/tasks/" + enc + "/attempts?limit=100")]);
+  const [task, attempts] = await Promise.all([api("/v1/tasks/" + enc + "?include=body"), api("/v1/tasks/" + enc + "/attempts?limit=100")]);
   let flow = null;
   const key = flowKeyOf(task);
   if (key) {
@@ -359,19 +472,18 @@ async function showDetail(id) {
   const url = el("span", { class: "mono", id: "task-url" }, req.url);
   box.append(el("div", { class: "grid2" },
     el("div", { class: "card" }, el("h2", {}, "Request"),
-      kv([["method", req.method], ["url", url], ["body", (req.body_size || 0) + " bytes (the API does not return bodies)"],
+      kv([["method", req.method], ["url", url], ["body", (req.body_size || 0) + " bytes" + (req.body_encoding === "base64" ? " (binary, shown as base64)" : "")],
         ["auth", req.auth ? JSON.stringify(req.auth) : null], ["timeout", req.timeout_ms + " ms"],
         ["follows redirects", req.follow_redirects ? "yes" : "no"]]),
-      expander("Headers (secrets masked)", headersTable(req.headers))),
+      expander("Headers (secrets masked)", headersTable(req.headers)),
+      req.body === null || req.body === undefined ? null : expander("Body", el("pre", { id: "task-body" }, req.body))),
     el("div", { class: "card" }, el("h2", {}, "Schedule and policy"),
       kv([["kind", task.kind], ["business id", task.business_id], ["schedule", scheduleText(task.schedule)],
         ["next run", time(task.next_run_at)], ["attempts", task.attempts + "/" + task.max_attempts],
         ["retry", retryText(task.retry)], ["success codes", (task.success_codes || []).join(", ") || "2xx"],
         ["retry codes", (task.retry_codes || []).join(", ") || "default"], ["flow key", key],
         ["created", time(task.created_at)], ["updated", time(task.updated_at)]])),
-    flow ? el("div", { class: "card", id: "flow" }, el("h2", {}, "Flow control"),
-      kv([["policy", flow.policy ? JSON.stringify(flow.policy) : "none"], ["effective", JSON.stringify(flow.effective)],
-        ["breaker", flow.state ? JSON.stringify(flow.state) : "—"]])) : null));
+    flow ? el("div", { class: "card", id: "flow" }, el("h2", {}, "Flow control"), kv(flowRows(flow))) : null));
 
   if (task.runs) {
     const runs = el("table", { id: "runs" }, el("thead", {}, el("tr", {}, ...["Run", "Status", "Attempts", "Next attempt", "Failure"].map((h) => el("th", {}, h)))));
@@ -416,13 +528,13 @@ function start() {
   for (const s of STATUSES) sel.append(el("option", { value: s }, s));
   $("signin-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => signOut("Signed out."));
+  $("tenant-select").addEventListener("change", pickTenant);
   $("filters").addEventListener("submit", applyFilters);
   $("f-clear").addEventListener("click", () => go("/tasks", new URLSearchParams()));
   $("next").addEventListener("click", () => pageTo($("next").dataset.cursor));
   $("first").addEventListener("click", () => pageTo(null));
   window.addEventListener("hashchange", route);
-  const tenant = sessionStorage.getItem(TENANT);
-  if (sessionStorage.getItem(KEY)) $("who").textContent = tenant ? "admin, tenant " + tenant : "tenant key";
+  if (sessionStorage.getItem(KEY)) whoami().catch((e) => notice(e.message));
   route();
 }
 

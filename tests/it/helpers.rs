@@ -87,11 +87,18 @@ pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// The body (`answer <status>` unless set).
+    pub body: Option<String>,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, headers: Vec::new(), delay: Duration::ZERO }
+        Self { status, headers: Vec::new(), delay: Duration::ZERO, body: None }
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = Some(body.into());
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -216,8 +223,8 @@ async fn answer(State(state): State<Arc<Mutex<TargetState>>>, req: Request) -> a
     };
     let _open = OpenGuard(state.clone());
     tokio::time::sleep(reply.delay).await;
-    let mut resp =
-        (StatusCode::from_u16(reply.status).expect("status"), format!("answer {}", reply.status)).into_response();
+    let text = reply.body.unwrap_or_else(|| format!("answer {}", reply.status));
+    let mut resp = (StatusCode::from_u16(reply.status).expect("status"), text).into_response();
     for (k, v) in reply.headers {
         if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
             resp.headers_mut().insert(k, v);

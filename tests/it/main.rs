@@ -6,6 +6,7 @@ mod audit;
 mod bootstrap;
 mod chaos;
 mod cli;
+mod console;
 mod defects;
 mod delivery;
 mod engine;

@@ -159,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             let (tenant, key) = create_tenant(&sdk, &stack, "demo").await?;
             println!("\nCourier is running.");
             println!("  API:          {}", local.api_url);
+            println!("  console:      {}/admin  (sign in with the API key or the admin key below)", local.api_url);
             println!("  echo target:  http://{echo_addr}/  (logs what it receives below)");
             println!("  table:        {}", local.outputs.names.table);
             println!("  queue:        {}", local.outputs.queue_url);

@@ -50,6 +50,7 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 /// a test checks this list against the router and the OpenAPI document.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/v1/whoami"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/tasks"),
     ("GET", "/v1/tasks"),
@@ -139,6 +140,7 @@ where
     let audited = axum::middleware::from_fn_with_state(state.clone(), audit::track::<S, Q, C>);
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/whoami", get(whoami::<S, Q, C>))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/tasks", post(tasks::create::<S, Q, C>).get(tasks::list::<S, Q, C>))
         .route("/v1/tasks/batch", post(tasks::create_batch::<S, Q, C>))
@@ -219,6 +221,20 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
     parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     let doc = json!({"error": {"code": code, "message": message, "field": field}});
     axum::response::Response::from_parts(parts, axum::body::Body::from(doc.to_string()))
+}
+
+/// Who the key is: `{"caller": "admin"}` or the tenant (the console's
+/// sign-in, which must tell the two apart without a failing request).
+async fn whoami<S: TenantStore, Q, C>(
+    axum::extract::State(app): axum::extract::State<Arc<AppState<S, Q, C>>>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(match auth::caller(&app, &headers).await? {
+        auth::Caller::Admin => serde_json::json!({"caller": "admin"}),
+        auth::Caller::Tenant(t) => {
+            serde_json::json!({"caller": "tenant", "tenant": {"id": t.id.as_str(), "name": t.name}})
+        }
+    }))
 }
 
 async fn health() -> impl IntoResponse {
