@@ -10,6 +10,7 @@ script looks at and passes them in the environment:
   COURIER_FAILED_TASK  a task that failed (its target answers 200 from now on)
   COURIER_FAILED_BID   that task's business id
   COURIER_XSS_TASK     a delivered task whose request and response hold markup
+  COURIER_LATER_TASK   a task scheduled an hour ahead (to a .invalid host)
   COURIER_TARGET_HOST  the host:port both tasks were sent to
   COURIER_SHOTS        where to write the screenshots
   COURIER_CHROMIUM     the browser (default: chromium on PATH)
@@ -33,6 +34,7 @@ TENANT_KEY = os.environ["COURIER_TENANT_KEY"]
 FAILED = os.environ["COURIER_FAILED_TASK"]
 FAILED_BID = os.environ["COURIER_FAILED_BID"]
 XSS = os.environ["COURIER_XSS_TASK"]
+LATER = os.environ["COURIER_LATER_TASK"]
 TARGET_HOST = os.environ["COURIER_TARGET_HOST"]
 SHOTS = os.environ["COURIER_SHOTS"]
 CHROMIUM = os.environ.get("COURIER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -144,7 +146,7 @@ def main():
         expect(page.locator("#tasks tbody tr")).to_have_count(1)
         expect(page.locator("#tasks tbody tr")).to_have_attribute("data-id", FAILED)
         page.click("#f-clear")
-        expect(page.locator("#tasks tbody tr")).to_have_count(2)
+        expect(page.locator("#tasks tbody tr")).to_have_count(3)
 
         step("open the failed task, expand its attempt's response")
         page.goto(f"{URL}/admin#/tasks?status=failed")
@@ -175,6 +177,20 @@ def main():
             page.click("#refresh")
             expect(page.locator("#detail")).to_be_visible()
         expect(page.locator("#attempts > tbody > tr")).to_have_count(2)
+
+        step("cancel the scheduled task (confirmed first); declining changes nothing")
+        page.goto(f"{URL}/admin#/task/{LATER}")
+        expect(page.locator("#task-id")).to_have_text(LATER)
+        assert status_of(page) == "scheduled", status_of(page)
+        page.click("#cancel")
+        page.click("#confirm-no")
+        expect(page.locator("#confirm")).to_be_hidden()
+        assert status_of(page) == "scheduled", "declined: still scheduled"
+        page.click("#cancel")
+        expect(page.locator("#confirm-text")).to_contain_text("will not be sent")
+        page.click("#confirm-yes")
+        expect(page.locator("#detail-body h1 .badge")).to_have_attribute("data-status", "cancelled")
+        expect(page.locator("#cancel")).to_have_count(0)
 
         step("a task whose request and response hold markup renders as text")
         page.goto(f"{URL}/admin#/task/{XSS}")

@@ -45,12 +45,22 @@ async fn the_console_works_in_a_real_browser() {
         }))
         .await;
     let xss = xss["id"].as_str().expect("id").to_owned();
+    let later = api
+        .create_task(
+            json!({"request": {"method": "POST", "url": "https://later.invalid/hook"}, "schedule": {"delay": "1h"}}),
+        )
+        .await;
+    let later = later["id"].as_str().expect("id").to_owned();
     api.wait_for_status(&xss, "succeeded", WAIT).await;
     // The counts and the minute figures come from the stream: wait for them.
     let settled = eventually(WAIT, || async {
         let (_, s) = api.get("/v1/stats").await;
         let sum = |col: &str| s["per_minute"].as_array().map_or(0, |m| m.iter().filter_map(|x| x[col].as_i64()).sum());
-        (s["counts"]["failed"] == 1 && s["counts"]["succeeded"] == 1 && sum("delivered") == 1 && sum("failed") == 1)
+        (s["counts"]["failed"] == 1
+            && s["counts"]["succeeded"] == 1
+            && s["counts"]["scheduled"] == 1
+            && sum("delivered") == 1
+            && sum("failed") == 1)
             .then_some(())
     })
     .await;
@@ -68,6 +78,7 @@ async fn the_console_works_in_a_real_browser() {
         .env("COURIER_FAILED_TASK", &failed)
         .env("COURIER_FAILED_BID", "console-failed")
         .env("COURIER_XSS_TASK", &xss)
+        .env("COURIER_LATER_TASK", &later)
         .env("COURIER_TARGET_HOST", failing.addr.to_string())
         .env("COURIER_SHOTS", &shots)
         .kill_on_drop(true)
@@ -90,6 +101,8 @@ async fn the_console_works_in_a_real_browser() {
             && e["tenant"] == stack.tenant.as_str()),
         "the console's retry is audited as the admin's, on the tenant: {audit}"
     );
+    let (_, cancelled) = api.get(&format!("/v1/tasks/{later}")).await;
+    assert_eq!(cancelled["status"], "cancelled");
     // The markup never reached the page as HTML (checked in the browser); the
     // target got the body as sent.
     assert_eq!(markup.received()[0].body, MARKUP_BODY.as_bytes());
