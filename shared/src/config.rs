@@ -53,6 +53,8 @@ pub struct Config {
     pub flow: FlowConfig,
     /// `COURIER_SIGNING_KEY_ID` (optional): the KMS key (id, ARN or alias) sealing
     /// tenants' signing secrets. Unset: creating a secret fails.
+    /// `COURIER_EVENT_BUS` (optional): the EventBridge bus lifecycle events go to. Unset: no events.
+    pub event_bus: Option<String>,
     pub signing_key_id: Option<String>,
     /// `COURIER_SIGNING_CACHE_MS` (default 60000): how long a sender reuses a tenant's
     /// unsealed signing secrets (a new or revoked secret takes effect within it).
@@ -175,6 +177,7 @@ impl Config {
             reconcile_grace_s: number("COURIER_RECONCILE_GRACE_S", 120, 86_400, "an integer in 1..=86400")?,
             admin_key: admin_key_hash(&get)?,
             signing_key_id: get("COURIER_SIGNING_KEY_ID").filter(|v| !v.is_empty()),
+            event_bus: get("COURIER_EVENT_BUS").filter(|v| !v.is_empty()),
             signing_cache_ms: number("COURIER_SIGNING_CACHE_MS", 60_000, 3_600_000, "an integer in 1..=3600000")?,
             flow: FlowConfig {
                 cache_ms: number("COURIER_FLOW_CACHE_MS", 5_000, 600_000, "an integer in 1..=600000")?,

@@ -24,11 +24,20 @@
 //! still fails goes to the dead-letter queue, whose alarm calls for a person.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::domain::{Deltas, MINUTE_MS, TaskStatus};
-use crate::ports::{CountStore, StoreError};
+use crate::domain::{
+    Body, CallbackKind, Callbacks, Deltas, EpochMillis, EventType, HttpMethod, LifecycleEvent, MINUTE_MS, NewTask,
+    QueueMessage, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetUrl, TaskId, TaskStatus, TenantId,
+    callback_notice, now_millis,
+};
+use crate::ports::{
+    CountStore, Created, DeliveryQueue, EventBus, EventError, EventSettings, QueueError, StoreError, TaskStore,
+    UniqueKey,
+};
 
 /// Whether a task in this status holds an active-task slot.
 fn holds_slot(s: TaskStatus) -> bool {
@@ -105,13 +114,195 @@ pub async fn apply<S: CountStore>(store: &S, records: &[Value]) -> Result<bool, 
     store.apply_counts(&batch_id(records), &d).await
 }
 
-/// Handles one invocation: `event` is a DynamoDB Streams batch in Lambda's
-/// event format. An error makes Lambda retry the batch.
-pub async fn handle<S: CountStore>(store: &S, event: &Value) -> Result<Value, StoreError> {
-    let records = event["Records"].as_array().map_or(&[][..], Vec::as_slice);
-    let applied = apply(store, records).await?;
-    tracing::info!(records = records.len(), applied, "status counts updated");
-    Ok(serde_json::json!({"batchItemFailures": []}))
+/// A change in a batch that is a lifecycle event, and the callback it calls for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub event: LifecycleEvent,
+    pub callback: Option<(CallbackKind, TargetUrl)>,
+}
+
+/// The lifecycle events in a batch of stream records, in order: creations,
+/// ends of tasks (succeeded, failed, cancelled) and of cron runs.
+pub fn changes(records: &[Value]) -> Vec<Change> {
+    let mut out = Vec::new();
+    for r in records {
+        let d = &r["dynamodb"];
+        let (new, old) = (&d["NewImage"], &d["OldImage"]);
+        let str_of = |img: &Value, k: &str| img[k]["S"].as_str().map(str::to_owned);
+        let num_of = |img: &Value, k: &str| img[k]["N"].as_str().and_then(|v| v.parse::<i64>().ok());
+        let Some(task_id) = d["Keys"]["pk"]["S"].as_str().and_then(|p| p.strip_prefix("TASK#")) else { continue };
+        let sk = d["Keys"]["sk"]["S"].as_str().unwrap_or_default();
+        let run = sk.strip_prefix("RUN#").and_then(|ms| ms.parse::<EpochMillis>().ok());
+        if sk != "STATE" && run.is_none() {
+            continue;
+        }
+        let Some(status) = str_of(new, "status").as_deref().and_then(TaskStatus::parse) else { continue };
+        let before = str_of(old, "status").as_deref().and_then(TaskStatus::parse);
+        let Some(kind) = EventType::of_change(run.is_some(), before, status) else { continue };
+        let (Ok(task_id), Some(Ok(tenant))) =
+            (TaskId::parse(task_id), str_of(new, "tenant").map(|t| TenantId::parse(&t)))
+        else {
+            continue;
+        };
+        let event = LifecycleEvent {
+            kind,
+            tenant,
+            task_id,
+            run,
+            business_id: str_of(new, "business_id"),
+            status,
+            attempts: num_of(new, "attempts").unwrap_or(0).max(0) as u32,
+            last_status_code: num_of(new, "last_status").and_then(|c| u16::try_from(c).ok()),
+            reason: str_of(new, "failure_reason"),
+            at: num_of(new, "updated_at").unwrap_or(0),
+        };
+        let callback = match kind {
+            EventType::TaskSucceeded => Some(CallbackKind::Success),
+            EventType::TaskFailed => Some(CallbackKind::Failure),
+            _ => None,
+        }
+        .and_then(|k| Some((k, TargetUrl::parse(&str_of(new, k.as_str())?).ok()?)));
+        out.push(Change { event, callback });
+    }
+    out
+}
+
+/// Each tenant's event opt-ins, read at most once a minute per tenant.
+#[derive(Default)]
+pub struct OptIns(Mutex<HashMap<TenantId, (EpochMillis, Vec<EventType>)>>);
+
+/// How long a tenant's opt-ins are trusted.
+pub const OPT_IN_CACHE_MS: i64 = 60_000;
+
+impl OptIns {
+    async fn of<S: EventSettings>(
+        &self,
+        store: &S,
+        tenant: &TenantId,
+        now: EpochMillis,
+    ) -> Result<Vec<EventType>, StoreError> {
+        let cached = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned();
+        if let Some((at, types)) = cached.filter(|(at, _)| now - at < OPT_IN_CACHE_MS) {
+            let _ = at;
+            return Ok(types);
+        }
+        let types = store.event_types(tenant).await?;
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), (now, types.clone()));
+        Ok(types)
+    }
+}
+
+/// What the stream consumer works with.
+pub struct Consumer<S, B, Q> {
+    pub store: S,
+    /// The bus lifecycle events go to (none: events are off).
+    pub bus: Option<B>,
+    /// The delivery queue, for callback tasks.
+    pub queue: Q,
+    pub opt_ins: OptIns,
+}
+
+/// A batch that must be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Events(#[from] EventError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl<S, B, Q> Consumer<S, B, Q>
+where
+    S: CountStore + EventSettings + TaskStore,
+    B: EventBus,
+    Q: DeliveryQueue,
+{
+    /// Publishes the batch's events its tenants opted in to; returns how many.
+    pub async fn publish(&self, changes: &[Change], now: EpochMillis) -> Result<usize, ConsumerError> {
+        let Some(bus) = &self.bus else { return Ok(0) };
+        let mut wanted = Vec::new();
+        let mut opt_ins: HashMap<&TenantId, Vec<EventType>> = HashMap::new();
+        for c in changes {
+            let tenant = &c.event.tenant;
+            if !opt_ins.contains_key(tenant) {
+                opt_ins.insert(tenant, self.opt_ins.of(&self.store, tenant, now).await?);
+            }
+            if opt_ins[tenant].contains(&c.event.kind) {
+                wanted.push(c.event.clone());
+            }
+        }
+        if !wanted.is_empty() {
+            bus.publish(&wanted).await?;
+        }
+        Ok(wanted.len())
+    }
+
+    /// Creates the callback tasks the batch's ends call for: each named by
+    /// its parent and kind ([`CallbackKind::task_id`]), so doing it again
+    /// (a retried batch) makes no second task; its message is sent first, as
+    /// the API does, and a duplicate message is dropped by the sender's claim.
+    pub async fn callbacks(&self, changes: &[Change], now: EpochMillis) -> Result<usize, ConsumerError> {
+        let mut made = 0;
+        for c in changes {
+            let Some((kind, url)) = &c.callback else { continue };
+            let task = callback_task(*kind, url, &c.event, now);
+            let bid = kind.business_id(&c.event.task_id);
+            self.queue.enqueue(&QueueMessage::deliver(&task.id, Some(task.flow_ref())), Duration::ZERO).await?;
+            if self.store.create(&task, Some(&UniqueKey::BusinessId(bid))).await? == Created::New {
+                made += 1;
+            }
+        }
+        Ok(made)
+    }
+
+    /// Handles one invocation: `event` is a DynamoDB Streams batch in
+    /// Lambda's event format. Events and callbacks first, counts last; an
+    /// error makes Lambda retry the batch (counts are applied once per batch;
+    /// callbacks are created once; an event may be published again).
+    pub async fn handle(&self, event: &Value) -> Result<Value, ConsumerError> {
+        let records = event["Records"].as_array().map_or(&[][..], Vec::as_slice);
+        let now = now_millis();
+        let changes = changes(records);
+        let published = self.publish(&changes, now).await?;
+        let callbacks = self.callbacks(&changes, now).await?;
+        let applied = apply(&self.store, records).await?;
+        tracing::info!(records = records.len(), applied, published, callbacks, "stream batch handled");
+        Ok(serde_json::json!({"batchItemFailures": []}))
+    }
+}
+
+/// A callback task: a signed `POST` of the outcome's notice to the URL, with
+/// the default retry policy; its own callbacks are none (no loops).
+pub fn callback_task(kind: CallbackKind, url: &TargetUrl, event: &LifecycleEvent, now: EpochMillis) -> NewTask {
+    let business_id = kind.business_id(&event.task_id);
+    let spec = RequestSpec {
+        method: HttpMethod::Post,
+        url: url.clone(),
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: Some(Body::Text(callback_notice(kind, event).to_string())),
+        auth: None,
+        timeout_ms: RequestSpec::DEFAULT_TIMEOUT_MS,
+        follow_redirects: false,
+        flow_key: None,
+        rules: ResponseRules::default(),
+        unsigned: false,
+        trace: None,
+        callbacks: Callbacks::default(),
+    };
+    NewTask {
+        id: kind.task_id(&event.tenant, &event.task_id),
+        tenant: event.tenant.clone(),
+        spec,
+        retry: RetryPolicy::default(),
+        schedule: Schedule::Now,
+        business_id: Some(business_id),
+        created_at: now,
+        due_at: now,
+        on_scheduler: false,
+        slot_taken: false,
+    }
 }
 
 #[cfg(test)]

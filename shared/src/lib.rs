@@ -26,6 +26,7 @@ pub mod config;
 pub mod counter;
 pub mod domain;
 pub mod dynamo;
+pub mod events;
 pub mod kms;
 pub mod metrics;
 pub mod ports;

@@ -31,6 +31,14 @@ pub const SCHEDULE_GROUP_SUFFIX: &str = "-schedules";
 /// The signing key's alias is `alias/<stack>-signing` (the KMS key sealing
 /// tenants' signing secrets).
 pub const SIGNING_KEY_ALIAS_SUFFIX: &str = "-signing";
+/// The EventBridge bus of lifecycle events is `<stack>-events`; the example
+/// rule `<stack>-events-to-queue` routes all of them to the queue
+/// `<stack>-events-example`.
+pub const EVENT_BUS_SUFFIX: &str = "-events";
+pub const EVENT_RULE_SUFFIX: &str = "-events-to-queue";
+pub const EVENT_QUEUE_SUFFIX: &str = "-events-example";
+/// The example rule's pattern: every Courier event.
+pub const EVENT_RULE_PATTERN: &str = r#"{"source":["courier"]}"#;
 
 /// The table's partition and sort keys (both strings): a task's items share
 /// `pk = TASK#<id>`; `sk` is `STATE`, `SPEC` or `ATTEMPT#<n>`.

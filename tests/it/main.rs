@@ -10,6 +10,7 @@ mod console;
 mod defects;
 mod delivery;
 mod engine;
+mod events;
 mod flow_store;
 mod flows;
 mod flows_api;

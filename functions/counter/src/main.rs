@@ -1,8 +1,13 @@
-//! The status-counter Lambda: DynamoDB Streams batches of task state changes
-//! in, per-tenant status counts out. The store is built here, once per cold
-//! start; an error makes Lambda retry the batch.
+//! The stream-consumer Lambda: DynamoDB Streams batches of task and run state
+//! changes in; per-tenant status counts and per-minute activity, lifecycle
+//! events to EventBridge (for the tenants that opted in) and callback tasks
+//! out. The store, bus and queue are built here, once per cold start; an
+//! error makes Lambda retry the batch.
 
+use courier::counter::{Consumer, OptIns};
 use courier::dynamo::DynamoStore;
+use courier::events::EventBridgeBus;
+use courier::sqs::SqsQueue;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
@@ -10,10 +15,15 @@ async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;
     let sdk = courier::aws::load().await;
-    let store = DynamoStore::from_config(&config, &sdk);
-    let store = &store;
+    let consumer = Consumer {
+        store: DynamoStore::from_config(&config, &sdk),
+        bus: EventBridgeBus::from_config(&config, &sdk),
+        queue: SqsQueue::from_config(&config, &sdk),
+        opt_ins: OptIns::default(),
+    };
+    let consumer = &consumer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        courier::counter::handle(store, &event.payload).await.map_err(Error::from)
+        consumer.handle(&event.payload).await.map_err(Error::from)
     }))
     .await
 }

@@ -27,6 +27,9 @@ pub struct Outputs {
     pub dlq_arn: String,
     /// The KMS key sealing signing secrets (its ARN).
     pub signing_key_arn: String,
+    /// The lifecycle events' bus (its name), and the queue its example rule fills.
+    pub event_bus: String,
+    pub event_queue_url: String,
 }
 
 impl Outputs {
@@ -40,6 +43,7 @@ impl Outputs {
             ("COURIER_SCHEDULE_GROUP".into(), self.names.schedule_group.clone()),
             ("COURIER_SCHEDULER_ROLE_ARN".into(), LOCAL_SCHEDULER_ROLE.into()),
             ("COURIER_SIGNING_KEY_ID".into(), self.signing_key_arn.clone()),
+            ("COURIER_EVENT_BUS".into(), self.event_bus.clone()),
         ]
     }
 }
@@ -82,7 +86,38 @@ pub async fn bootstrap_with_redrive(sdk: &SdkConfig, stack: &str, max_receive_co
         Err(e) => return Err(e.into()),
     }
     let signing_key_arn = signing_key(&aws_sdk_kms::Client::new(sdk), stack).await?;
-    Ok(Outputs { stack: stack.to_owned(), names, queue_url, queue_arn, dlq_url, dlq_arn, signing_key_arn })
+    let (event_bus, event_queue_url) = event_bus(sdk, &sqs, stack).await?;
+    Ok(Outputs {
+        stack: stack.to_owned(),
+        names,
+        queue_url,
+        queue_arn,
+        dlq_url,
+        dlq_arn,
+        signing_key_arn,
+        event_bus,
+        event_queue_url,
+    })
+}
+
+/// The lifecycle events' bus and, as `template.yaml` declares them, the
+/// example rule sending every Courier event to a queue of its own.
+async fn event_bus(sdk: &SdkConfig, sqs: &aws_sdk_sqs::Client, stack: &str) -> anyhow::Result<(String, String)> {
+    use courier::resources::{EVENT_BUS_SUFFIX, EVENT_QUEUE_SUFFIX, EVENT_RULE_PATTERN, EVENT_RULE_SUFFIX};
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let bus = format!("{stack}{EVENT_BUS_SUFFIX}");
+    match events.create_event_bus().name(&bus).send().await {
+        Ok(_) => {}
+        Err(e) if e.as_service_error().is_some_and(|se| se.is_resource_already_exists_exception()) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let queue_url = create_queue(sqs, &format!("{stack}{EVENT_QUEUE_SUFFIX}"), &[]).await?;
+    let queue_arn = queue_arn(sqs, &queue_url).await?;
+    let rule = format!("{stack}{EVENT_RULE_SUFFIX}");
+    events.put_rule().name(&rule).event_bus_name(&bus).event_pattern(EVENT_RULE_PATTERN).send().await?;
+    let target = aws_sdk_eventbridge::types::Target::builder().id("example-queue").arn(queue_arn).build()?;
+    events.put_targets().rule(&rule).event_bus_name(&bus).targets(target).send().await?;
+    Ok((bus, queue_url))
 }
 
 /// The stack's signing key, found by its alias (`alias/<stack>-signing`) or

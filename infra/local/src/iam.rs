@@ -65,6 +65,7 @@ pub fn authorization(exchange: &Exchange<'_>) -> Authorization {
         Some((p, op)) if p.starts_with("DynamoDB_") => dynamodb(op, &body, region),
         Some(("AmazonSQS", op)) => sqs(op, |k| body[k].as_str().map(str::to_owned), region),
         Some(("TrentService", op)) => kms(op, &body, region),
+        Some(("AWSEvents", op)) => events(op, &body, region),
         Some(_) => unknown(target.unwrap_or_default()),
         None => match proxy::signing_scope(exchange.headers).map(|(_, s)| s) {
             Some("sqs") => {
@@ -138,6 +139,30 @@ fn kms(op: &str, body: &Json, region: &str) -> Authorization {
         _ => UNKNOWN.to_owned(),
     };
     Authorization { op: op.to_owned(), needs: vec![(format!("kms:{op}"), resource)] }
+}
+
+/// An EventBridge call: `PutEvents` needs its action on each bus its entries
+/// name (a name or an ARN; none is the default bus).
+fn events(op: &str, body: &Json, region: &str) -> Authorization {
+    let bus_arn = |name: &str| {
+        if name.starts_with("arn:") {
+            name.to_owned()
+        } else {
+            format!("arn:aws:events:{region}:{LOCAL_ACCOUNT}:event-bus/{name}")
+        }
+    };
+    let mut needs: Vec<(String, String)> = match op {
+        "PutEvents" => body["Entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| (format!("events:{op}"), bus_arn(e["EventBusName"].as_str().unwrap_or("default"))))
+            .collect(),
+        _ => vec![(format!("events:{op}"), body["Name"].as_str().map_or_else(|| UNKNOWN.to_owned(), bus_arn))],
+    };
+    needs.sort();
+    needs.dedup();
+    Authorization { op: op.to_owned(), needs }
 }
 
 fn dynamodb_streams(op: &str, body: &Json) -> Authorization {
@@ -403,6 +428,7 @@ impl Resolver<'_> {
         match kind {
             "AWS::DynamoDB::Table" => self.property(name, "TableName"),
             "AWS::Scheduler::ScheduleGroup" => self.property(name, "Name"),
+            "AWS::Events::EventBus" => self.property(name, "Name"),
             "AWS::SQS::Queue" => Ok(format!(
                 // A queue's `!Ref` is its URL; no policy compares it, so a host-free form does.
                 "queue-url:{}:{LOCAL_ACCOUNT}:{}",
@@ -426,6 +452,9 @@ impl Resolver<'_> {
             ("AWS::SQS::Queue", "QueueName") => self.property(id, "QueueName"),
             // A key's id is chosen when it is created (the local bootstrap finds it by alias).
             ("AWS::KMS::Key", "Arn") => Ok(format!("arn:aws:kms:{region}:{LOCAL_ACCOUNT}:key/*")),
+            ("AWS::Events::EventBus", "Arn") => {
+                Ok(format!("arn:aws:events:{region}:{LOCAL_ACCOUNT}:event-bus/{}", self.property(id, "Name")?))
+            }
             ("AWS::Scheduler::ScheduleGroup", "Arn") => {
                 Ok(format!("arn:aws:scheduler:{region}:{LOCAL_ACCOUNT}:schedule-group/{}", self.property(id, "Name")?))
             }
@@ -742,6 +771,19 @@ mod tests {
         let body = serde_json::json!({"KeyId": "alias/s-signing"}).to_string();
         let a = authorize("POST", "/", Some("TrentService.Decrypt"), "kms", body.as_bytes());
         assert_eq!(a.needs, vec![need("kms:Decrypt", UNKNOWN)]);
+    }
+
+    #[test]
+    fn put_events_needs_its_action_on_each_bus_it_names() {
+        let body = json!({"Entries": [{"EventBusName": "s-events"}, {"EventBusName": "s-events"}, {"Source": "x"}]});
+        let a = authorize("POST", "/", Some("AWSEvents.PutEvents"), "events", body.to_string().as_bytes());
+        assert_eq!(
+            a.needs,
+            vec![
+                need("events:PutEvents", "arn:aws:events:us-east-1:123456789012:event-bus/default"),
+                need("events:PutEvents", "arn:aws:events:us-east-1:123456789012:event-bus/s-events"),
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The DynamoDB Streams event-source mapping, locally: reads every shard of
 //! the table's stream from its start, keeps the records the deployed mapping's
-//! filter keeps (task `STATE` items), invokes the counter function with the
+//! filter keeps (task `STATE` items and cron runs' `RUN#` items), invokes the counter function with the
 //! real DynamoDB event shape, and moves on only when it succeeds: a failure
 //! retries the very same records, as Lambda does (not a fresh read, which
 //! could bring more records and so a batch of another identity). Like the
@@ -153,10 +153,11 @@ impl Bridge {
     }
 }
 
-/// The deployed mapping's filter: task state items only.
+/// The deployed mapping's filter: task state items and cron runs' items.
 fn is_task_state(r: &Value) -> bool {
     let keys = &r["dynamodb"]["Keys"];
-    keys["sk"]["S"] == "STATE" && keys["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#"))
+    (keys["sk"]["S"] == "STATE" || keys["sk"]["S"].as_str().is_some_and(|sk| sk.starts_with("RUN#")))
+        && keys["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#"))
 }
 
 /// A stream record in Lambda's DynamoDB event format.

@@ -35,8 +35,8 @@ pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
 use crate::ports::{
-    AuditLog, CountStore, DeliveryLedger, DeliveryQueue, FlowPolicies, QueueDepths, ReplayStore, Scheduler,
-    SigningSecrets, TaskStore, TenantStore,
+    AuditLog, CountStore, DeliveryLedger, DeliveryQueue, EventSettings, FlowPolicies, QueueDepths, ReplayStore,
+    Scheduler, SigningSecrets, TaskStore, TenantStore,
 };
 
 /// The largest request body the API accepts (a task's body is at most 256 KiB
@@ -133,7 +133,15 @@ pub struct AppState<S, Q, C> {
 /// The whole API.
 pub fn router<S, Q, C>(state: Arc<AppState<S, Q, C>>) -> Router
 where
-    S: TaskStore + TenantStore + DeliveryLedger + CountStore + ReplayStore + FlowPolicies + SigningSecrets + AuditLog,
+    S: TaskStore
+        + TenantStore
+        + DeliveryLedger
+        + CountStore
+        + ReplayStore
+        + FlowPolicies
+        + SigningSecrets
+        + AuditLog
+        + EventSettings,
     Q: DeliveryQueue + QueueDepths,
     C: Scheduler,
 {

@@ -17,8 +17,8 @@ use crate::domain::{
     DEFAULT_KEY_LIFETIME_MS, EpochMillis, FieldError, KeyId, KeyInfo, MAX_KEY_LIFETIME_MS, NewApiKey, Quotas, Tenant,
     TenantId, decode_document, format_millis, now_millis, parse_duration, parse_time,
 };
-use crate::domain::{FlowKey, FlowPolicy, MAX_PARALLELISM, PolicyScope, Rate};
-use crate::ports::{FlowPolicies, TenantStore};
+use crate::domain::{EventType, FlowKey, FlowPolicy, MAX_PARALLELISM, PolicyScope, Rate};
+use crate::ports::{EventSettings, FlowPolicies, TenantStore};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +33,24 @@ struct TenantDto {
     /// Requests in flight at once across all the tenant's targets; `null` clears it.
     #[serde(default, deserialize_with = "present")]
     delivery_parallelism: Option<Value>,
+    /// The lifecycle event types published for the tenant (`[]`: none).
+    events: Option<Vec<String>>,
+}
+
+/// The `events` of a tenant document: known event type names, each once.
+fn event_types(names: &[String]) -> Result<Vec<EventType>, ApiError> {
+    let mut out: Vec<EventType> = Vec::new();
+    for n in names {
+        let t = EventType::parse(n).ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            FieldError::new("invalid", "events", format!("unknown event type `{n}`: one of {}", known.join(", ")))
+        })?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A field given, even as `null` (which clears it): `Some(Value::Null)`.
@@ -146,7 +164,7 @@ pub async fn create_tenant_with_key<S: TenantStore>(
     Ok((tenant, key))
 }
 
-pub async fn create<S: TenantStore + FlowPolicies, Q, C>(
+pub async fn create<S: TenantStore + FlowPolicies + EventSettings, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -164,8 +182,12 @@ pub async fn create<S: TenantStore + FlowPolicies, Q, C>(
     }
     let q = quotas(&dto, Quotas::default())?;
     let limits = delivery_limits(&dto, None)?;
+    let events = dto.events.as_deref().map(event_types).transpose()?.unwrap_or_default();
     let (tenant, key) = create_tenant_with_key(&app.store, &name, q).await?;
     apply_limits(&app.store, &tenant.id, limits.clone()).await?;
+    if !events.is_empty() {
+        app.store.set_event_types(&tenant.id, &events).await?;
+    }
     tracing::info!(tenant = %tenant.id, key_id = %key.key_id, "tenant created");
     audit::note_tenant(&tenant.id);
     audit::note_resource(format!("tenants/{}", tenant.id));
@@ -177,6 +199,7 @@ pub async fn create<S: TenantStore + FlowPolicies, Q, C>(
     };
     let mut view = views::tenant(&tenant, &[first], limits.flatten().as_ref());
     view["api_key"] = json!({"id": key.key_id, "key": key.secret});
+    view["events"] = json!(events.iter().map(|t| t.as_str()).collect::<Vec<_>>());
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -188,10 +211,16 @@ fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
     Ok(id)
 }
 
-async fn tenant_view<S: TenantStore + FlowPolicies>(store: &S, id: &TenantId) -> Result<Value, ApiError> {
+async fn tenant_view<S: TenantStore + FlowPolicies + EventSettings>(
+    store: &S,
+    id: &TenantId,
+) -> Result<Value, ApiError> {
     let t = store.get_tenant(id).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     let limits = store.get_policy(&FlowKey::tenant(id), &PolicyScope::Admin).await?;
-    Ok(views::tenant(&t, &store.list_keys(id).await?, limits.as_ref()))
+    let mut v = views::tenant(&t, &store.list_keys(id).await?, limits.as_ref());
+    let types = store.event_types(id).await?;
+    v["events"] = json!(types.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+    Ok(v)
 }
 
 /// Every tenant (the admin's view, the console's tenant picker): id, name,
@@ -213,7 +242,7 @@ pub async fn list<S: TenantStore, Q, C>(
     Ok(Json(json!({"tenants": items})))
 }
 
-pub async fn get_one<S: TenantStore + FlowPolicies, Q, C>(
+pub async fn get_one<S: TenantStore + FlowPolicies + EventSettings, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -222,7 +251,7 @@ pub async fn get_one<S: TenantStore + FlowPolicies, Q, C>(
     Ok(Json(tenant_view(&app.store, &tenant_id(&id)?).await?))
 }
 
-pub async fn update<S: TenantStore + FlowPolicies, Q, C>(
+pub async fn update<S: TenantStore + FlowPolicies + EventSettings, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -240,10 +269,14 @@ pub async fn update<S: TenantStore + FlowPolicies, Q, C>(
         .transpose()?;
     let current_limits = app.store.get_policy(&FlowKey::tenant(&id), &PolicyScope::Admin).await?;
     let limits = delivery_limits(&dto, current_limits.as_ref())?;
+    let events = dto.events.as_deref().map(event_types).transpose()?;
     if !app.store.update_tenant(&id, dto.enabled, q).await? {
         return Err(ApiError::NotFound(format!("no tenant {id}")));
     }
     apply_limits(&app.store, &id, limits).await?;
+    if let Some(types) = events {
+        app.store.set_event_types(&id, &types).await?;
+    }
     tracing::info!(tenant = %id, enabled = ?dto.enabled, "tenant updated");
     Ok(Json(tenant_view(&app.store, &id).await?))
 }
@@ -354,7 +387,7 @@ pub async fn expiring_keys<S: TenantStore, Q, C>(
     Ok(Json(json!({"keys": keys})))
 }
 
-pub async fn revoke_key<S: TenantStore + FlowPolicies, Q, C>(
+pub async fn revoke_key<S: TenantStore + FlowPolicies + EventSettings, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path((id, key_id)): Path<(String, String)>,

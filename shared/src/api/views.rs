@@ -52,7 +52,33 @@ pub fn task(t: &StoredTask, last_attempt: Option<&Attempt>, runs: &[TaskState], 
     if matches!(t.schedule, Schedule::Cron(_)) {
         v["runs"] = Value::Array(runs.iter().map(|r| run(r, now)).collect());
     }
+    v["callbacks"] = callbacks(t);
+    v["callback_of"] = s
+        .business_id
+        .as_deref()
+        .and_then(crate::domain::CallbackKind::parse_business_id)
+        .map_or(Value::Null, |(parent, kind)| json!({"task_id": parent.as_str(), "kind": kind.as_str()}));
     v
+}
+
+/// A task's callbacks: each URL (masked) and, once the task ended that way,
+/// the id of the callback task made for it.
+fn callbacks(t: &StoredTask) -> Value {
+    use crate::domain::{CallbackKind, TaskStatus};
+    let c = &t.spec.callbacks;
+    if c.is_empty() {
+        return Value::Null;
+    }
+    let s = &t.state;
+    let task = |kind: CallbackKind, when: TaskStatus| {
+        (s.status == when).then(|| kind.task_id(&s.tenant, &s.id).as_str().to_owned())
+    };
+    json!({
+        "on_success": c.on_success.as_ref().map(|u| u.masked()),
+        "on_failure": c.on_failure.as_ref().map(|u| u.masked()),
+        "on_success_task": c.on_success.as_ref().and_then(|_| task(CallbackKind::Success, TaskStatus::Succeeded)),
+        "on_failure_task": c.on_failure.as_ref().and_then(|_| task(CallbackKind::Failure, TaskStatus::Failed)),
+    })
 }
 
 /// A task in a listing: state only.

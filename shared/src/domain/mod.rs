@@ -5,6 +5,7 @@
 mod audit;
 mod counts;
 mod dead_letter;
+mod events;
 mod flow;
 mod guard;
 mod ids;
@@ -23,6 +24,7 @@ mod validate;
 pub use audit::{Actor, AuditEntry, AuditOutcome, AuditQuery, actions as audit_actions, key_id_of};
 pub use counts::{Activity, Deltas, MINUTE_MS, TenantDelta};
 pub use dead_letter::DeadLetter;
+pub use events::{CallbackKind, Callbacks, EventType, LifecycleEvent, callback_notice};
 pub use flow::{
     BreakerPosition, BreakerSettings, BucketForm, BucketId, BucketWrite, Cas, FlowChange, FlowEvent, FlowKey,
     FlowPolicy, FlowRef, FlowShared, FlowSnapshot, HALVE_SPACING_MS, Hold, MAX_PARALLELISM, MIN_FACTOR, PolicyScope,
@@ -47,8 +49,9 @@ pub use tenant::{
 };
 pub use trace::TraceContext;
 pub use validate::{
-    CreateTask, FieldError, PatchTask, check_stored_size, check_target, decode as decode_document, parse_business_id,
-    parse_create_task, parse_create_value, parse_document, parse_idempotency_key, parse_patch, parse_time,
+    CreateTask, FieldError, PatchTask, check_stored_size, check_target, check_targets, decode as decode_document,
+    parse_business_id, parse_create_task, parse_create_value, parse_document, parse_idempotency_key, parse_patch,
+    parse_time,
 };
 
 /// Milliseconds since the Unix epoch: the one time representation stored and

@@ -220,6 +220,9 @@ pub struct RequestSpec {
     /// came in; older ones have none and send no `traceparent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<super::TraceContext>,
+    /// Where the outcome is reported, each as a task of its own.
+    #[serde(default, skip_serializing_if = "super::Callbacks::is_empty")]
+    pub callbacks: super::Callbacks,
 }
 
 impl RequestSpec {
@@ -271,6 +274,7 @@ impl RequestSpec {
             rules: super::ResponseRules::default(),
             unsigned: false,
             trace: None,
+            callbacks: super::Callbacks::default(),
         }
     }
 }

@@ -315,6 +315,14 @@ impl DynamoStore {
             (GPK.into(), s(list_pk(&task.tenant, &task.id))),
             (GSK.into(), s(list_sort_key(&task.id, task.created_at))),
         ]);
+        // The stream consumer reads the callbacks off the state item's image.
+        for (name, url) in
+            [("on_success", &task.spec.callbacks.on_success), ("on_failure", &task.spec.callbacks.on_failure)]
+        {
+            if let Some(u) = url {
+                state.insert(name.into(), s(u.as_str()));
+            }
+        }
         if task.kind() == TaskKind::Once && task.on_scheduler {
             // Handed to Scheduler after it is written: the reconciler watches it.
             state.insert(RPK.into(), s(format!("RECON#{}", shard(&task.id))));

@@ -264,3 +264,26 @@ impl DynamoStore {
         Ok(())
     }
 }
+
+/// A tenant's event opt-ins: the `EVENTS` item of its partition (`types`:
+/// the event type names, space-separated). No item: none.
+impl crate::ports::EventSettings for DynamoStore {
+    async fn event_types(&self, tenant: &TenantId) -> Result<Vec<crate::domain::EventType>, StoreError> {
+        let item = self.get_item(key(tenant_pk(tenant.as_str()), "EVENTS")).await?;
+        Ok(item
+            .as_ref()
+            .and_then(|i| opt_s(i, "types"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(crate::domain::EventType::parse)
+            .collect())
+    }
+
+    async fn set_event_types(&self, tenant: &TenantId, types: &[crate::domain::EventType]) -> Result<(), StoreError> {
+        let mut item = key(tenant_pk(tenant.as_str()), "EVENTS");
+        let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+        item.insert("types".into(), s(names.join(" ")));
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(store_error)?;
+        Ok(())
+    }
+}

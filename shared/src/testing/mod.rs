@@ -99,6 +99,7 @@ struct Tables {
     /// (tenant, second) → creations counted.
     rates: BTreeMap<(TenantId, EpochMillis), u64>,
     counts: BTreeMap<String, BTreeMap<TaskStatus, i64>>,
+    event_types: std::collections::HashMap<TenantId, Vec<crate::domain::EventType>>,
     activity: BTreeMap<(String, crate::domain::EpochMillis), crate::domain::Activity>,
     applied_batches: BTreeSet<String>,
     watermarks: BTreeMap<u32, EpochMillis>,
@@ -217,6 +218,7 @@ pub fn new_task(tenant: &TenantId, url: &str, due_at: EpochMillis, retry: RetryP
         flow_key: None,
         unsigned: false,
         trace: None,
+        callbacks: crate::domain::Callbacks::default(),
     };
     NewTask {
         id: TaskId::generate(),

@@ -134,6 +134,17 @@ impl TenantStore for FakeStore {
     }
 }
 
+impl crate::ports::EventSettings for FakeStore {
+    async fn event_types(&self, tenant: &TenantId) -> Result<Vec<crate::domain::EventType>, StoreError> {
+        Ok(self.lock().event_types.get(tenant).cloned().unwrap_or_default())
+    }
+
+    async fn set_event_types(&self, tenant: &TenantId, types: &[crate::domain::EventType]) -> Result<(), StoreError> {
+        self.lock().event_types.insert(tenant.clone(), types.to_vec());
+        Ok(())
+    }
+}
+
 impl CountStore for FakeStore {
     async fn apply_counts(&self, batch_id: &str, deltas: &Deltas) -> Result<bool, StoreError> {
         let mut t = self.lock();

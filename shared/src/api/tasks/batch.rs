@@ -15,7 +15,7 @@ use super::create::{Route, created_view, dispatch, new_task, roll_back, route, s
 use super::{full_view, owned, quota};
 use crate::api::{ApiError, AppState, auth};
 use crate::domain::{
-    CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Tenant, check_target, now_millis, parse_create_value,
+    CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Tenant, check_targets, now_millis, parse_create_value,
 };
 use crate::ports::{Created, DeliveryQueue, Scheduler, TaskStore, TenantStore, UniqueKey};
 
@@ -45,8 +45,8 @@ pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Sched
     // One trace for the whole batch: the request's.
     let trace = trace_of(&headers);
     for (i, item) in items.iter().enumerate() {
-        let parsed = parse_create_value(item.clone(), now)
-            .and_then(|t| check_target(&t.spec.url, &app.settings.guard, "request.url").map(|()| t));
+        let parsed =
+            parse_create_value(item.clone(), now).and_then(|t| check_targets(&t.spec, &app.settings.guard).map(|()| t));
         match parsed {
             Ok(mut t) => {
                 t.spec.trace = Some(trace.clone());

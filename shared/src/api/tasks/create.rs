@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{full_view, owned, quota};
 use crate::api::{ApiError, ApiSettings, AppState, auth, views};
 use crate::domain::{
-    CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, TraceContext, check_target, now_millis,
+    CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, TraceContext, check_targets, now_millis,
     parse_create_task, parse_idempotency_key,
 };
 use crate::ports::{Created, DeliveryQueue, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey};
@@ -193,7 +193,7 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     tracing::Span::current().record("tenant", tenant.id.as_str());
     let now = now_millis();
     let mut input = parse_create_task(&body, now)?;
-    check_target(&input.spec.url, &app.settings.guard, "request.url")?;
+    check_targets(&input.spec, &app.settings.guard)?;
     input.spec.trace = Some(trace_of(&headers));
     let key = unique_key(&input, &headers)?;
     let mut task = new_task(&app.settings, &tenant, input, now);

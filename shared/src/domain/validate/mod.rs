@@ -22,7 +22,7 @@ use super::{Auth, Body, EpochMillis, HttpMethod, RequestSpec, ResponseRules, Ret
 use document::*;
 pub use document::{decode, parse_document, parse_time};
 use request::*;
-pub use request::{check_stored_size, check_target, parse_business_id, parse_idempotency_key};
+pub use request::{check_stored_size, check_target, check_targets, parse_business_id, parse_idempotency_key};
 use schedule::*;
 
 /// A validated create request.
@@ -126,6 +126,31 @@ struct CreateDto {
     success_codes: Option<Vec<u16>>,
     retry_codes: Option<Vec<u16>>,
     signing: Option<bool>,
+    callbacks: Option<CallbacksDto>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CallbacksDto {
+    on_success: Option<String>,
+    on_failure: Option<String>,
+}
+
+/// A task's callback URLs (`callbacks.on_success`, `callbacks.on_failure`);
+/// a cron task has none (its runs end, it does not).
+fn parse_callbacks(dto: Option<CallbacksDto>, cron: bool) -> Result<super::Callbacks, FieldError> {
+    let Some(dto) = dto else { return Ok(super::Callbacks::default()) };
+    let url = |field: &str, u: Option<String>| {
+        u.map(|u| TargetUrl::parse(&u).map_err(|rule| FieldError::invalid(field, rule))).transpose()
+    };
+    let callbacks = super::Callbacks {
+        on_success: url("callbacks.on_success", dto.on_success)?,
+        on_failure: url("callbacks.on_failure", dto.on_failure)?,
+    };
+    if cron && !callbacks.is_empty() {
+        return Err(FieldError::invalid("callbacks", "a cron task cannot have callbacks (its runs end, it does not)"));
+    }
+    Ok(callbacks)
 }
 
 #[derive(Deserialize, Default)]
@@ -239,15 +264,14 @@ fn create_from(dto: CreateDto, now: EpochMillis) -> Result<CreateTask, FieldErro
         flow_key: dto.flow_key.map(|k| parse_flow_key(&k)).transpose()?,
         unsigned: dto.signing == Some(false),
         trace: None,
+        callbacks: super::Callbacks::default(),
     };
+    let mut spec = spec;
     let business_id = dto.business_id.map(|b| parse_business_id(&b)).transpose()?;
+    let schedule = dto.schedule.map(|s| parse_schedule(s, now)).transpose()?.unwrap_or(Schedule::Now);
+    spec.callbacks = parse_callbacks(dto.callbacks, matches!(schedule, Schedule::Cron(_)))?;
     check_stored_size(&spec)?;
-    Ok(CreateTask {
-        spec,
-        schedule: dto.schedule.map(|s| parse_schedule(s, now)).transpose()?.unwrap_or(Schedule::Now),
-        retry: dto.retry.map(parse_retry).transpose()?.unwrap_or_default(),
-        business_id,
-    })
+    Ok(CreateTask { spec, schedule, retry: dto.retry.map(parse_retry).transpose()?.unwrap_or_default(), business_id })
 }
 
 /// A task's `flow_key` name.

@@ -114,6 +114,18 @@ pub fn check_target(url: &TargetUrl, guard: &TargetGuard, field: &str) -> Result
     guard.check_url(url.url()).map_err(|b| FieldError::new("blocked_address", field, format!("{field} is {b}")))
 }
 
+/// [`check_target`] for every URL a new task names: its request's and its callbacks'.
+pub fn check_targets(spec: &crate::domain::RequestSpec, guard: &TargetGuard) -> Result<(), FieldError> {
+    check_target(&spec.url, guard, "request.url")?;
+    if let Some(u) = &spec.callbacks.on_success {
+        check_target(u, guard, "callbacks.on_success")?;
+    }
+    if let Some(u) = &spec.callbacks.on_failure {
+        check_target(u, guard, "callbacks.on_failure")?;
+    }
+    Ok(())
+}
+
 pub(super) fn parse_timeout(t: Option<u64>) -> Result<Option<u64>, FieldError> {
     match t {
         Some(t) if !(1..=RequestSpec::MAX_TIMEOUT_MS).contains(&t) => {
