@@ -1,5 +1,6 @@
-//! `courier tenants` (admin key): a tenant's quotas, delivery limits and API
-//! keys with their expiry, and setting its delivery limits.
+//! `courier tenants` (admin key): a tenant's quotas, delivery limits, event
+//! opt-ins and API keys with their expiry; setting its delivery limits and
+//! the lifecycle events published for it.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,18 @@ pub enum TenantsCommand {
         #[arg(long, conflicts_with_all = ["rate", "parallelism"])]
         clear: bool,
     },
+    /// Sets the lifecycle event types published for the tenant (task.created, task.succeeded,
+    /// task.failed, task.cancelled, run.succeeded, run.failed); `--none` turns them off.
+    Events {
+        /// The tenant's id (`tnt_…`).
+        id: String,
+        /// The event types, e.g. `task.failed run.failed`.
+        #[arg(required_unless_present = "none")]
+        types: Vec<String>,
+        /// Publishes no event for the tenant.
+        #[arg(long, conflicts_with = "types")]
+        none: bool,
+    },
 }
 
 fn print_tenant(t: &Value) {
@@ -41,6 +54,8 @@ fn print_tenant(t: &Value) {
     let limit = |v: &Value| if v.is_null() { "none".to_owned() } else { cell(v) };
     println!("delivery rate     {}", limit(&q["delivery_rate"]));
     println!("delivery parallel {}", limit(&q["delivery_parallelism"]));
+    let events: Vec<String> = t["events"].as_array().into_iter().flatten().map(cell).collect();
+    println!("events            {}", if events.is_empty() { "none".to_owned() } else { events.join(" ") });
     println!();
     let rows: Vec<Vec<String>> = t["keys"]
         .as_array()
@@ -70,6 +85,11 @@ pub async fn run(api: &Api, out: Output, c: TenantsCommand) -> anyhow::Result<Ex
                 anyhow::bail!("give --rate, --parallelism or --clear");
             }
             api.call(reqwest::Method::PATCH, &format!("/v1/tenants/{}", enc(&id)), Some(&Value::Object(body))).await?
+        }
+        TenantsCommand::Events { id, types, none } => {
+            let types = if none { Vec::new() } else { types };
+            let body = json!({"events": types});
+            api.call(reqwest::Method::PATCH, &format!("/v1/tenants/{}", enc(&id)), Some(&body)).await?
         }
     };
     match out {

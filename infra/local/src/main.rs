@@ -163,6 +163,10 @@ async fn main() -> anyhow::Result<()> {
             println!("  echo target:  http://{echo_addr}/  (logs what it receives below)");
             println!("  table:        {}", local.outputs.names.table);
             println!("  queue:        {}", local.outputs.queue_url);
+            println!(
+                "  events:       bus {}; its example rule fills {}",
+                local.outputs.event_bus, local.outputs.event_queue_url
+            );
             println!("  tenant:       {tenant} (demo)");
             println!("  API key:      {key}");
             println!("  admin key:    {admin_key}  (the API function holds only its SHA-256)");
