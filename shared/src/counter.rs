@@ -182,8 +182,7 @@ impl OptIns {
         now: EpochMillis,
     ) -> Result<Vec<EventType>, StoreError> {
         let cached = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned();
-        if let Some((at, types)) = cached.filter(|(at, _)| now - at < OPT_IN_CACHE_MS) {
-            let _ = at;
+        if let Some((_, types)) = cached.filter(|(at, _)| now - at < OPT_IN_CACHE_MS) {
             return Ok(types);
         }
         let types = store.event_types(tenant).await?;
@@ -377,6 +376,63 @@ mod tests {
         assert_eq!(a.minutes.len(), 2);
         // The run counts in its minute, not in the task counts.
         assert_eq!(a.statuses[&TaskStatus::Succeeded], 1);
+    }
+
+    #[test]
+    fn changes_are_the_events_of_a_batch_with_the_callbacks_they_call_for() {
+        let tenant = TenantId::generate();
+        let t = tenant.as_str();
+        let (a, b) = (TaskId::generate(), TaskId::generate());
+        let rec = |id: &TaskId, sk: &str, old: Option<&str>, new: Value| {
+            let old = old.map_or(Value::Null, |s| json!({"tenant": {"S": t}, "status": {"S": s}}));
+            json!({"eventID": "1", "dynamodb": {"Keys": {"pk": {"S": format!("TASK#{id}")}, "sk": {"S": sk}},
+                   "OldImage": old, "NewImage": new}})
+        };
+        let img = |status: &str, extra: Value| {
+            let mut v = json!({"tenant": {"S": t}, "status": {"S": status}, "attempts": {"N": "2"},
+                               "updated_at": {"N": "1000"}, "business_id": {"S": "order-1"}});
+            for (k, x) in extra.as_object().into_iter().flatten() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        let got = changes(&[
+            rec(&a, "STATE", None, img("pending", json!({"on_failure": {"S": "https://h.invalid/f"}}))),
+            rec(&a, "STATE", Some("pending"), img("sending", json!({}))),
+            rec(
+                &a,
+                "STATE",
+                Some("sending"),
+                img(
+                    "failed",
+                    json!({"on_failure": {"S": "https://h.invalid/f"}, "last_status": {"N": "503"},
+                                     "failure_reason": {"S": "exhausted"}}),
+                ),
+            ),
+            rec(&b, "RUN#0000000005", Some("sending"), img("succeeded", json!({}))),
+            rec(&b, "ATTEMPT#0000000001", None, img("succeeded", json!({}))),
+            rec(&b, "STATE", Some("active"), Value::Null),
+        ]);
+        let kinds: Vec<EventType> = got.iter().map(|c| c.event.kind).collect();
+        assert_eq!(kinds, vec![EventType::TaskCreated, EventType::TaskFailed, EventType::RunSucceeded]);
+        let failed = &got[1];
+        assert_eq!(failed.event.last_status_code, Some(503));
+        assert_eq!(failed.event.reason.as_deref(), Some("exhausted"));
+        assert_eq!(failed.event.business_id.as_deref(), Some("order-1"));
+        assert_eq!(
+            failed.callback.as_ref().map(|(k, u)| (*k, u.as_str())),
+            Some((CallbackKind::Failure, "https://h.invalid/f"))
+        );
+        assert!(got[0].callback.is_none(), "a creation calls no callback");
+        assert_eq!(got[2].event.run, Some(5));
+        let task = callback_task(
+            CallbackKind::Failure,
+            &TargetUrl::parse("https://h.invalid/f").expect("url"),
+            &failed.event,
+            7,
+        );
+        assert_eq!(task.id, CallbackKind::Failure.task_id(&tenant, &a));
+        assert!(task.spec.callbacks.is_empty(), "a callback task calls no callback of its own");
     }
 
     #[test]
