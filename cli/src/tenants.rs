@@ -32,8 +32,9 @@ pub enum TenantsCommand {
         #[arg(long, conflicts_with_all = ["rate", "parallelism"])]
         clear: bool,
     },
-    /// Sets the lifecycle event types published for the tenant (task.created, task.succeeded,
-    /// task.failed, task.cancelled, run.succeeded, run.failed); `--none` turns them off.
+    /// Sets the event types published for the tenant (task.created, task.succeeded, task.failed,
+    /// task.cancelled, run.succeeded, run.failed, flow.breaker_opened, flow.breaker_closed);
+    /// `--none` turns them off.
     Events {
         /// The tenant's id (`tnt_…`).
         id: String,

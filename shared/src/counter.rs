@@ -30,9 +30,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::domain::{
-    Body, CallbackKind, Callbacks, Deltas, EpochMillis, EventType, HttpMethod, LifecycleEvent, MINUTE_MS, NewTask,
-    QueueMessage, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetUrl, TaskId, TaskStatus, TenantId,
-    callback_notice, now_millis,
+    Body, BreakerEvent, BusEvent, CallbackKind, Callbacks, Deltas, EpochMillis, EventType, HttpMethod, LifecycleEvent,
+    MINUTE_MS, NewTask, QueueMessage, RequestSpec, ResponseRules, RetryPolicy, Schedule, TargetUrl, TaskId, TaskStatus,
+    TenantId, callback_notice, now_millis,
 };
 use crate::ports::{
     CountStore, Created, DeliveryQueue, EventBus, EventError, EventSettings, QueueError, StoreError, TaskStore,
@@ -167,6 +167,30 @@ pub fn changes(records: &[Value]) -> Vec<Change> {
     out
 }
 
+/// The flow breakers' openings and closings in a batch: new history entries
+/// of flow keys (written only on a transition).
+pub fn breaker_changes(records: &[Value]) -> Vec<BreakerEvent> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let d = &r["dynamodb"];
+            let key = d["Keys"]["pk"]["S"].as_str()?.strip_prefix("FLOW#")?;
+            if !d["Keys"]["sk"]["S"].as_str()?.starts_with("HIST#") || !d["OldImage"].is_null() {
+                return None;
+            }
+            let new = &d["NewImage"];
+            let num = |k: &str| new[k]["N"].as_str().and_then(|v| v.parse::<EpochMillis>().ok());
+            BreakerEvent::of_history(
+                key,
+                new["to"]["S"].as_str()?,
+                new["why"]["S"].as_str().unwrap_or_default(),
+                num("until"),
+                num("at")?,
+            )
+        })
+        .collect()
+}
+
 /// Each tenant's event opt-ins, read at most once a minute per tenant.
 #[derive(Default)]
 pub struct OptIns(Mutex<HashMap<TenantId, (EpochMillis, Vec<EventType>)>>);
@@ -199,6 +223,9 @@ pub struct Consumer<S, B, Q> {
     /// The delivery queue, for callback tasks.
     pub queue: Q,
     pub opt_ins: OptIns,
+    /// Whether host keys' breaker events are published (host keys belong to
+    /// no tenant: the stack's `COURIER_HOST_BREAKER_EVENTS`).
+    pub host_breaker_events: bool,
 }
 
 /// A batch that must be retried.
@@ -218,18 +245,33 @@ where
     B: EventBus,
     Q: DeliveryQueue,
 {
-    /// Publishes the batch's events its tenants opted in to; returns how many.
-    pub async fn publish(&self, changes: &[Change], now: EpochMillis) -> Result<usize, ConsumerError> {
+    /// Publishes the batch's events its tenants opted in to (and host keys'
+    /// breaker events if the stack wants them); returns how many.
+    pub async fn publish(
+        &self,
+        changes: &[Change],
+        breakers: &[BreakerEvent],
+        now: EpochMillis,
+    ) -> Result<usize, ConsumerError> {
         let Some(bus) = &self.bus else { return Ok(0) };
-        let mut wanted = Vec::new();
+        let mut wanted: Vec<BusEvent> = Vec::new();
         let mut opt_ins: HashMap<&TenantId, Vec<EventType>> = HashMap::new();
-        for c in changes {
-            let tenant = &c.event.tenant;
+        let all = changes
+            .iter()
+            .map(|c| (Some(&c.event.tenant), c.event.kind, BusEvent::from(&c.event)))
+            .chain(breakers.iter().map(|b| (b.owner.as_ref(), b.kind, b.to_bus())));
+        for (tenant, kind, event) in all {
+            let Some(tenant) = tenant else {
+                if self.host_breaker_events {
+                    wanted.push(event);
+                }
+                continue;
+            };
             if !opt_ins.contains_key(tenant) {
                 opt_ins.insert(tenant, self.opt_ins.of(&self.store, tenant, now).await?);
             }
-            if opt_ins[tenant].contains(&c.event.kind) {
-                wanted.push(c.event.clone());
+            if opt_ins[tenant].contains(&kind) {
+                wanted.push(event);
             }
         }
         if !wanted.is_empty() {
@@ -264,7 +306,7 @@ where
         let records = event["Records"].as_array().map_or(&[][..], Vec::as_slice);
         let now = now_millis();
         let changes = changes(records);
-        let published = self.publish(&changes, now).await?;
+        let published = self.publish(&changes, &breaker_changes(records), now).await?;
         let callbacks = self.callbacks(&changes, now).await?;
         let applied = apply(&self.store, records).await?;
         tracing::info!(records = records.len(), applied, published, callbacks, "stream batch handled");
@@ -433,6 +475,70 @@ mod tests {
         );
         assert_eq!(task.id, CallbackKind::Failure.task_id(&tenant, &a));
         assert!(task.spec.callbacks.is_empty(), "a callback task calls no callback of its own");
+    }
+
+    /// A bus that records what it is given.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Vec<BusEvent>>>);
+
+    impl EventBus for Recorded {
+        async fn publish(&self, events: &[BusEvent]) -> Result<(), EventError> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(events.to_vec());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_publishes_what_its_tenants_opted_in_to_and_makes_each_callback_once() {
+        use crate::ports::EventSettings;
+        use crate::testing::{FakeQueue, FakeStore};
+        let (a, b) = (TenantId::generate(), TenantId::generate());
+        let store = FakeStore::new();
+        store.set_event_types(&a, &[EventType::TaskFailed, EventType::FlowBreakerOpened]).await.expect("fake");
+        let consumer = Consumer {
+            store,
+            bus: Some(Recorded::default()),
+            queue: FakeQueue::default(),
+            opt_ins: OptIns::default(),
+            host_breaker_events: false,
+        };
+        let failed = |tenant: &TenantId, id: &TaskId| {
+            json!({"eventID": id.as_str(), "dynamodb": {
+                "Keys": {"pk": {"S": format!("TASK#{id}")}, "sk": {"S": "STATE"}},
+                "OldImage": {"tenant": {"S": tenant.as_str()}, "status": {"S": "sending"}},
+                "NewImage": {"tenant": {"S": tenant.as_str()}, "status": {"S": "failed"}, "attempts": {"N": "1"},
+                             "updated_at": {"N": "5"}, "on_failure": {"S": "https://hook.invalid/f"}}}})
+        };
+        let opened = |key: String| {
+            json!({"eventID": "h", "eventName": "INSERT", "dynamodb": {
+                "Keys": {"pk": {"S": format!("FLOW#{key}")}, "sk": {"S": "HIST#000000000000009#0001"}},
+                "NewImage": {"at": {"N": "9"}, "to": {"S": "open"}, "why": {"S": "7 of 10 failed"}}}})
+        };
+        let (ta, tb) = (TaskId::generate(), TaskId::generate());
+        let batch = json!({"Records": [failed(&a, &ta), failed(&b, &tb), opened(format!("n:{a}:orders")),
+                                        opened(format!("n:{b}:orders")), opened("h:api.example.invalid:443".into())]});
+        consumer.handle(&batch).await.expect("handled");
+        consumer.handle(&batch).await.expect("a retried batch");
+        let calls = consumer.bus.as_ref().expect("bus").0.lock().expect("lock").clone();
+        assert_eq!(calls.len(), 2, "one PutEvents per batch");
+        let kinds: Vec<(EventType, Value)> = calls[0].iter().map(|e| (e.kind, e.detail["tenant"].clone())).collect();
+        assert_eq!(
+            kinds,
+            vec![(EventType::TaskFailed, json!(a.as_str())), (EventType::FlowBreakerOpened, json!(a.as_str()))],
+            "only tenant a's opted-in types; no host key event"
+        );
+        // Both failed tasks had an on_failure: one callback task each, however often the batch comes.
+        for (tenant, id) in [(&a, &ta), (&b, &tb)] {
+            let child = CallbackKind::Failure.task_id(tenant, id);
+            assert!(consumer.store.get(&child).await.expect("fake").is_some(), "the callback task of {id}");
+        }
+        assert_eq!(consumer.queue.sent().len(), 4, "sent again on the retry; the sender drops duplicates");
+        // A stack that publishes host keys' breaker events.
+        let host = Consumer { host_breaker_events: true, bus: Some(Recorded::default()), ..consumer };
+        host.handle(&json!({"Records": [opened("h:api.example.invalid:443".into())]})).await.expect("handled");
+        let calls = host.bus.as_ref().expect("bus").0.lock().expect("lock").clone();
+        assert_eq!(calls[0][0].detail["tenant"], Value::Null);
+        assert_eq!(calls[0][0].detail["key"], "h:api.example.invalid:443");
     }
 
     #[test]

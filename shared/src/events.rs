@@ -8,7 +8,7 @@ use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::primitives::DateTime;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use crate::domain::LifecycleEvent;
+use crate::domain::BusEvent;
 use crate::ports::{EventBus, EventError};
 
 /// Every event's `source`.
@@ -42,7 +42,7 @@ fn err<E: std::error::Error + Send + Sync + 'static>(e: E) -> EventError {
 }
 
 impl EventBus for EventBridgeBus {
-    async fn publish(&self, events: &[LifecycleEvent]) -> Result<(), EventError> {
+    async fn publish(&self, events: &[BusEvent]) -> Result<(), EventError> {
         for chunk in events.chunks(MAX_ENTRIES) {
             let mut entries: Vec<PutEventsRequestEntry> = chunk
                 .iter()
@@ -51,7 +51,7 @@ impl EventBus for EventBridgeBus {
                         .event_bus_name(&self.bus)
                         .source(SOURCE)
                         .detail_type(e.kind.as_str())
-                        .detail(e.detail().to_string())
+                        .detail(e.detail.to_string())
                         .time(DateTime::from_millis(e.at))
                         .build()
                 })

@@ -8,37 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Target, TestStack, bin_dir, eventually, sdk, stack_options};
+use crate::helpers::{Target, TestStack, bin_dir, bus_events, eventually, sdk, stack_options};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Reads the example queue until `want` events arrived (or the wait is over).
-async fn events(stack: &TestStack, want: usize) -> Vec<Value> {
-    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
-    let url = stack.outputs().event_queue_url.clone();
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while got.len() < want && tokio::time::Instant::now() < deadline {
-        let out = sqs
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive");
-        for m in out.messages.unwrap_or_default() {
-            got.push(serde_json::from_str(m.body().unwrap_or_default()).expect("an event is JSON"));
-            sqs.delete_message()
-                .queue_url(&url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .ok();
-        }
-    }
-    got
-}
 
 fn by_type(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -119,7 +91,7 @@ async fn a_tenants_opted_in_events_reach_the_example_rules_queue_with_their_fiel
         .expect("the run was sent");
     }
 
-    let got = events(&stack, 5).await;
+    let got = bus_events(&stack, 5).await;
     let kinds = by_type(&got);
     assert_eq!(got.len(), 5, "{got:#?}");
     for e in &got {
@@ -148,6 +120,8 @@ async fn a_tenants_opted_in_events_reach_the_example_rules_queue_with_their_fiel
     assert!(!kinds.contains_key("task.created"), "not opted in");
 
     // At most one PutEvents per stream batch (up to ten events each).
+    // The recorder writes its line once the call has answered: wait for it.
+    eventually(Duration::from_secs(10), || async { (puts() >= 1).then_some(()) }).await;
     let calls = puts();
     println!("events: 5 published in {calls} PutEvents calls");
     assert!((1..=5).contains(&calls), "{calls} PutEvents calls for 5 events");

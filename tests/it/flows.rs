@@ -216,6 +216,9 @@ async fn the_breaker_opens_probes_and_closes() {
     let stack = TestStack::start(flow_options("f-brk")).await;
     let api = &stack.api;
     let key = "brk-it";
+    // The tenant wants its keys' breaker events.
+    let events = json!({"events": ["flow.breaker_opened", "flow.breaker_closed"]});
+    assert_eq!(stack.admin.patch(&format!("/v1/tenants/{}", stack.tenant), &events.to_string()).await.0, 200);
     let breaker = json!({"min_requests": 10, "failure_percent": 70, "window": "1m", "open_min": "2s", "probes": 2});
     set_policy(api, key, json!({"breaker": breaker})).await;
 
@@ -279,6 +282,16 @@ async fn the_breaker_opens_probes_and_closes() {
     let (closing, _) = history.iter().rev().find(|(_, t)| t == "closed").expect("closed");
     let probes = at.iter().filter(|t| **t >= *probing && **t <= *closing).count();
     println!("breaker: history {order:?}, {probes} probe(s) before closing");
+    // Each open and close of the history reached the bus, with the tenant and key.
+    let moves = order.iter().filter(|t| **t == "open" || **t == "closed").count();
+    let got = crate::helpers::bus_events(&stack, moves).await;
+    let seen: Vec<&str> = got.iter().map(|e| e["detail-type"].as_str().unwrap_or_default()).collect();
+    assert_eq!(seen.len(), moves, "{got:#?}");
+    assert!(seen.contains(&"flow.breaker_opened") && seen.last() == Some(&"flow.breaker_closed"), "{seen:?}");
+    for e in &got {
+        assert_eq!(e["detail"]["tenant"], stack.tenant.as_str());
+        assert_eq!(e["detail"]["key"], format!("n:{}:{key}", stack.tenant));
+    }
     assert!((1..=2).contains(&probes), "{probes} probes (policy: 2)");
 
     let opened_lines =

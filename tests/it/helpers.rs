@@ -419,3 +419,32 @@ pub async fn wait_until_queue_empty(queue_url: &str, timeout: Duration) {
     .await;
     assert!(empty.is_some(), "queue {queue_url} did not empty: {}", last.lock().expect("lock"));
 }
+
+/// Reads the events example queue (what the stack's example rule routes
+/// there) until `want` events arrived, or a minute passed.
+pub async fn bus_events(stack: &TestStack, want: usize) -> Vec<serde_json::Value> {
+    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
+    let url = stack.outputs().event_queue_url.clone();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < want && tokio::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages.unwrap_or_default() {
+            got.push(serde_json::from_str(m.body().unwrap_or_default()).expect("an event is JSON"));
+            sqs.delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .ok();
+        }
+    }
+    got
+}

@@ -20,6 +20,7 @@ async fn main() -> Result<(), Error> {
         bus: EventBridgeBus::from_config(&config, &sdk),
         queue: SqsQueue::from_config(&config, &sdk),
         opt_ins: OptIns::default(),
+        host_breaker_events: config.host_breaker_events,
     };
     let consumer = &consumer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {

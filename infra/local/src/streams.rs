@@ -124,7 +124,7 @@ impl Bridge {
                 let out = self.streams.get_records().shard_iterator(iterator).limit(room as i32).send().await?;
                 let records: Vec<Value> =
                     out.records.unwrap_or_default().iter().map(|r| record_json(r, &arn)).collect();
-                let kept: Vec<Value> = records.into_iter().filter(is_task_state).collect();
+                let kept: Vec<Value> = records.into_iter().filter(kept_by_filters).collect();
                 if !kept.is_empty() {
                     let (g, _) =
                         self.gathering.entry(id.clone()).or_insert_with(|| (Vec::new(), std::time::Instant::now()));
@@ -153,11 +153,14 @@ impl Bridge {
     }
 }
 
-/// The deployed mapping's filter: task state items and cron runs' items.
-fn is_task_state(r: &Value) -> bool {
+/// The deployed mapping's filters: task state items and cron runs' items, and
+/// new flow history entries (breaker events).
+fn kept_by_filters(r: &Value) -> bool {
     let keys = &r["dynamodb"]["Keys"];
-    (keys["sk"]["S"] == "STATE" || keys["sk"]["S"].as_str().is_some_and(|sk| sk.starts_with("RUN#")))
-        && keys["pk"]["S"].as_str().is_some_and(|p| p.starts_with("TASK#"))
+    let (pk, sk) = (keys["pk"]["S"].as_str().unwrap_or_default(), keys["sk"]["S"].as_str().unwrap_or_default());
+    let task = pk.starts_with("TASK#") && (sk == "STATE" || sk.starts_with("RUN#"));
+    let breaker = r["eventName"] == "INSERT" && pk.starts_with("FLOW#") && sk.starts_with("HIST#");
+    task || breaker
 }
 
 /// A stream record in Lambda's DynamoDB event format.

@@ -21,16 +21,20 @@ pub enum EventType {
     TaskCancelled,
     RunSucceeded,
     RunFailed,
+    FlowBreakerOpened,
+    FlowBreakerClosed,
 }
 
 impl EventType {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::TaskCreated,
         Self::TaskSucceeded,
         Self::TaskFailed,
         Self::TaskCancelled,
         Self::RunSucceeded,
         Self::RunFailed,
+        Self::FlowBreakerOpened,
+        Self::FlowBreakerClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,8 @@ impl EventType {
             Self::TaskCancelled => "task.cancelled",
             Self::RunSucceeded => "run.succeeded",
             Self::RunFailed => "run.failed",
+            Self::FlowBreakerOpened => "flow.breaker_opened",
+            Self::FlowBreakerClosed => "flow.breaker_closed",
         }
     }
 
@@ -105,6 +111,65 @@ impl LifecycleEvent {
             "reason": self.reason,
             "time": format_millis(self.at),
         })
+    }
+}
+
+/// What EventBridge gets: the type (`detail-type`), the `detail`, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusEvent {
+    pub kind: EventType,
+    pub detail: Value,
+    pub at: EpochMillis,
+}
+
+impl From<&LifecycleEvent> for BusEvent {
+    fn from(e: &LifecycleEvent) -> Self {
+        Self { kind: e.kind, detail: e.detail(), at: e.at }
+    }
+}
+
+/// A flow key's circuit breaker opened (or opened again after a failed
+/// probe) or closed: from the key's history entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerEvent {
+    pub kind: EventType,
+    /// The flow key (`h:host:port`, `n:<tenant>:<name>`, `t:<tenant>`).
+    pub key: String,
+    /// The tenant owning the key; none for a host key (shared by all tenants).
+    pub owner: Option<TenantId>,
+    pub reason: String,
+    /// Until when it stays open.
+    pub until: Option<EpochMillis>,
+    pub at: EpochMillis,
+}
+
+impl BreakerEvent {
+    /// The event a history entry (`to`: the breaker's new position) is, if any.
+    pub fn of_history(key: &str, to: &str, reason: &str, until: Option<EpochMillis>, at: EpochMillis) -> Option<Self> {
+        let kind = match to {
+            "open" => EventType::FlowBreakerOpened,
+            "closed" => EventType::FlowBreakerClosed,
+            _ => return None,
+        };
+        let owner = key
+            .strip_prefix("n:")
+            .and_then(|rest| rest.split_once(':').map(|(t, _)| t))
+            .or_else(|| key.strip_prefix("t:"))
+            .and_then(|t| TenantId::parse(t).ok());
+        Some(Self { kind, key: key.to_owned(), owner, reason: reason.to_owned(), until, at })
+    }
+
+    pub fn to_bus(&self) -> BusEvent {
+        let detail = json!({
+            "id": format!("{}/{}/{}", self.key, self.kind.as_str(), self.at),
+            "type": self.kind.as_str(),
+            "tenant": self.owner.as_ref().map(TenantId::as_str),
+            "key": self.key,
+            "reason": self.reason,
+            "until": self.until.map(format_millis),
+            "time": format_millis(self.at),
+        });
+        BusEvent { kind: self.kind, detail, at: self.at }
     }
 }
 
@@ -184,6 +249,23 @@ mod tests {
         for t in EventType::ALL {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
+    }
+
+    #[test]
+    fn a_breaker_history_entry_is_an_event_of_the_keys_owner() {
+        let t = TenantId::generate();
+        let named =
+            BreakerEvent::of_history(&format!("n:{t}:orders"), "open", "7 of 10 failed", Some(5), 1).expect("opened");
+        assert_eq!((named.kind, named.owner.as_ref()), (EventType::FlowBreakerOpened, Some(&t)));
+        let host = BreakerEvent::of_history("h:api.example.invalid:443", "closed", "probes succeeded", None, 2)
+            .expect("closed");
+        assert_eq!((host.kind, host.owner), (EventType::FlowBreakerClosed, None));
+        assert!(BreakerEvent::of_history("h:x.invalid:443", "half_open", "", None, 3).is_none());
+        let d = named.to_bus().detail;
+        assert_eq!(
+            (d["tenant"].as_str(), d["key"].as_str()),
+            (Some(t.as_str()), Some(format!("n:{t}:orders").as_str()))
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod validate;
 pub use audit::{Actor, AuditEntry, AuditOutcome, AuditQuery, actions as audit_actions, key_id_of};
 pub use counts::{Activity, Deltas, MINUTE_MS, TenantDelta};
 pub use dead_letter::DeadLetter;
-pub use events::{CallbackKind, Callbacks, EventType, LifecycleEvent, callback_notice};
+pub use events::{BreakerEvent, BusEvent, CallbackKind, Callbacks, EventType, LifecycleEvent, callback_notice};
 pub use flow::{
     BreakerPosition, BreakerSettings, BucketForm, BucketId, BucketWrite, Cas, FlowChange, FlowEvent, FlowKey,
     FlowPolicy, FlowRef, FlowShared, FlowSnapshot, HALVE_SPACING_MS, Hold, MAX_PARALLELISM, MIN_FACTOR, PolicyScope,

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use super::{Source, StoreError};
-use crate::domain::{EventType, LifecycleEvent, TenantId};
+use crate::domain::{BusEvent, EventType, TenantId};
 
 /// Publishing events failed (after the adapter's own retries of failed entries).
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +13,7 @@ pub struct EventError(#[source] pub Source);
 /// The event bus.
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes every event (in calls of at most ten), or fails.
-    fn publish(&self, events: &[LifecycleEvent]) -> impl Future<Output = Result<(), EventError>> + Send;
+    fn publish(&self, events: &[BusEvent]) -> impl Future<Output = Result<(), EventError>> + Send;
 }
 
 /// The event types each tenant opted in to (none by default: every event costs).
