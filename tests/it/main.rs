@@ -11,6 +11,7 @@ mod defects;
 mod delivery;
 mod engine;
 mod events;
+mod fields;
 mod flow_store;
 mod flows;
 mod flows_api;

@@ -35,8 +35,8 @@ pub use error::ApiError;
 pub use tenants::create_tenant_with_key;
 
 use crate::ports::{
-    AuditLog, CountStore, DeliveryLedger, DeliveryQueue, EventSettings, FlowPolicies, QueueDepths, ReplayStore,
-    Scheduler, SigningSecrets, TaskStore, TenantStore,
+    AuditLog, CountStore, DeliveryLedger, DeliveryQueue, EventSettings, FieldSeal, FlowPolicies, QueueDepths,
+    ReplayStore, Scheduler, SigningSecrets, TaskStore, TenantStore,
 };
 
 /// The largest request body the API accepts (a task's body is at most 256 KiB
@@ -141,7 +141,8 @@ where
         + FlowPolicies
         + SigningSecrets
         + AuditLog
-        + EventSettings,
+        + EventSettings
+        + FieldSeal,
     Q: DeliveryQueue + QueueDepths,
     C: Scheduler,
 {

@@ -37,8 +37,8 @@ pub use message::QueueMessage;
 pub use outcome::{MAX_RETRY_AFTER, Outcome, ReceiverHints, ResponseRules, classify_status, parse_retry_after};
 pub use replay::{CodeMatch, Replay, ReplayFilter, ReplayStatus};
 pub use request::{
-    Auth, Body, HttpMethod, RequestSpec, TargetUrl, is_secret_param, is_sensitive_header, mask_headers, mask_url,
-    request_line,
+    Auth, Body, HttpMethod, RequestSpec, SEALED_PREFIX, TargetUrl, is_secret_param, is_sensitive_header, mask_headers,
+    mask_url, request_line,
 };
 pub use retry::RetryPolicy;
 pub use schedule::{CronSchedule, Handoff, Schedule, parse_duration, scheduler_handoff};

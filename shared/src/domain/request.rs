@@ -279,6 +279,24 @@ impl RequestSpec {
     }
 }
 
+/// How a value sealed for storage starts (see [`RequestSpec::secret_values_mut`]).
+pub const SEALED_PREFIX: &str = "enc:";
+
+impl RequestSpec {
+    /// The values stored encrypted: sensitive headers' values and the
+    /// `auth` password or token.
+    pub fn secret_values_mut(&mut self) -> Vec<&mut String> {
+        let mut out: Vec<&mut String> =
+            self.headers.iter_mut().filter(|(k, _)| is_sensitive_header(k)).map(|(_, v)| v).collect();
+        match &mut self.auth {
+            Some(Auth::Basic { password, .. }) => out.push(password),
+            Some(Auth::Bearer { token }) => out.push(token),
+            None => {}
+        }
+        out
+    }
+}
+
 /// Headers whose values are secrets: never shown in full by a read endpoint or
 /// a log line.
 pub fn is_sensitive_header(name: &str) -> bool {

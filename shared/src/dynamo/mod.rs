@@ -39,6 +39,7 @@ pub(crate) use codec::SLOT_TAKEN;
 mod counts;
 mod delivery;
 mod errors;
+mod fields;
 mod flows;
 mod keys;
 mod reconcile;
@@ -67,6 +68,8 @@ pub struct DynamoStore {
     /// Seals signing secrets (`None`: no KMS key configured; secrets refused).
     sealer: Option<crate::kms::KmsSealer>,
     audit_retention_ms: i64,
+    /// Data keys of tasks' secret values (`fields`), shared by clones.
+    field_keys: std::sync::Arc<fields::FieldKeys>,
 }
 
 impl DynamoStore {
@@ -89,6 +92,7 @@ impl DynamoStore {
             reconcile_grace_ms: 120_000,
             sealer: None,
             audit_retention_ms: 90 * DAY_MS,
+            field_keys: Default::default(),
         }
     }
 

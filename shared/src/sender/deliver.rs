@@ -14,14 +14,16 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::ports::{
-    Claim, DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, Record, Scheduler, SigningSecrets, StoreError,
-    Transition, Unit,
+    Claim, DeliveryLedger, DeliveryQueue, FieldSeal, FlowLimiter, FlowPolicies, Record, Scheduler, SigningSecrets,
+    StoreError, Transition, Unit,
 };
 
 /// What the sender says about an attempt a stopped sender left unfinished.
 pub const INTERRUPTED_REASON: &str = "sender stopped during the attempt (lease expired)";
 
-impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: DeliveryQueue, C: Scheduler> Sender<S, Q, C> {
+impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets + FieldSeal, Q: DeliveryQueue, C: Scheduler>
+    Sender<S, Q, C>
+{
     /// Delivers one unit: claim, send, record, transition. Returns what
     /// happened and, once claimed, the task's tenant. With a `deadline`, the
     /// claim only takes a task whose request timeout fits before it with
@@ -94,7 +96,7 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: Deliver
             Some(inline) => Some(*inline),
             None => self.store.get_spec(&unit.task).await?,
         };
-        let Some((spec, retry)) = spec else {
+        let Some((mut spec, retry)) = spec else {
             // Nothing can ever be sent: end it (its slot comes back), then park the message.
             let reason = format!("task {} has no request spec", unit.task);
             let failed = Transition::Failed { reason: reason.clone(), status: None };
@@ -103,6 +105,9 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets, Q: Deliver
             }
             return Ok((DeliveryOutcome::Poison { reason }, tenant));
         };
+        // Secret values are stored sealed: opened here, just before sending
+        // (the data key cached; a failure is a store error like a spec read's).
+        self.store.open_fields(&mut spec).await?;
         if let Some(trace) = &spec.trace {
             tracing::Span::current().record("trace_id", trace.trace_id.as_str());
         }

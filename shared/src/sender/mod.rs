@@ -32,8 +32,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::domain::{DeadLetter, EpochMillis, FlowKey, FlowRef, QueueMessage, TaskId, TaskStatus};
 use crate::metrics;
 use crate::ports::{
-    DeliveryLedger, DeliveryQueue, FlowLimiter, FlowPolicies, ReplayStore, Scheduler, SigningSecrets, StoreError,
-    TaskStore, TenantStore, Unit,
+    DeliveryLedger, DeliveryQueue, FieldSeal, FlowLimiter, FlowPolicies, ReplayStore, Scheduler, SigningSecrets,
+    StoreError, TaskStore, TenantStore, Unit,
 };
 
 pub use deliver::INTERRUPTED_REASON;
@@ -151,7 +151,7 @@ pub enum MessageOutcome {
 
 // The ledger delivers; the replay pages the sender also runs need the replay, task and tenant stores.
 impl<
-    S: DeliveryLedger + ReplayStore + TaskStore + TenantStore + FlowPolicies + FlowLimiter + SigningSecrets,
+    S: DeliveryLedger + ReplayStore + TaskStore + TenantStore + FlowPolicies + FlowLimiter + SigningSecrets + FieldSeal,
     Q: DeliveryQueue,
     C: Scheduler,
 > Sender<S, Q, C>

@@ -288,3 +288,28 @@ impl crate::ports::AuditLog for FakeStore {
         Ok(crate::ports::AuditPage { items, cursor })
     }
 }
+
+/// Secret values "sealed" reversibly (`enc:fake:<base64>`): unit tests see
+/// that the API seals and the sender opens, without KMS.
+impl crate::ports::FieldSeal for FakeStore {
+    async fn seal_fields(&self, _tenant: &TenantId, spec: &mut crate::domain::RequestSpec) -> Result<(), StoreError> {
+        use base64::Engine;
+        for v in spec.secret_values_mut() {
+            if !v.starts_with(crate::domain::SEALED_PREFIX) {
+                *v = format!("enc:fake:{}", base64::engine::general_purpose::STANDARD.encode(v.as_bytes()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_fields(&self, spec: &mut crate::domain::RequestSpec) -> Result<(), StoreError> {
+        use base64::Engine;
+        for v in spec.secret_values_mut() {
+            if let Some(b64) = v.strip_prefix("enc:fake:") {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+                *v = String::from_utf8(bytes).unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+}

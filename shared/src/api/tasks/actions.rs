@@ -16,7 +16,9 @@ use crate::domain::{
     FieldError, QueueMessage, Schedule, SchedulerHold, TaskKind, TaskStatus, check_stored_size, check_target,
     now_millis, parse_patch,
 };
-use crate::ports::{Cancelled, DeliveryLedger, DeliveryQueue, Retried, Scheduler, StoredTask, TaskStore, TenantStore};
+use crate::ports::{
+    Cancelled, DeliveryLedger, DeliveryQueue, FieldSeal, Retried, Scheduler, StoredTask, TaskStore, TenantStore,
+};
 
 async fn cancel_task<S: TaskStore + TenantStore, Q, C: Scheduler>(
     app: &AppState<S, Q, C>,
@@ -76,7 +78,7 @@ pub async fn cancel_by_business_id<S: TaskStore + TenantStore, Q, C: Scheduler>(
     cancel_task(&app, task).await
 }
 
-pub async fn update<S: TaskStore + TenantStore, Q, C>(
+pub async fn update<S: TaskStore + TenantStore + FieldSeal, Q, C>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -96,6 +98,8 @@ pub async fn update<S: TaskStore + TenantStore, Q, C>(
     let (mut spec, mut retry) = (task.spec.clone(), task.retry.clone());
     patch.apply(&mut spec, &mut retry);
     check_stored_size(&spec)?;
+    // New secret values are sealed; those kept are sealed already.
+    app.store.seal_fields(&tenant.id, &mut spec).await?;
     if !app.store.update_spec(&task.state.id, &spec, &retry, &task.schedule, now_millis()).await? {
         let now_status = app.store.get(&task.state.id).await?.map_or(TaskStatus::Cancelled, |t| t.state.status);
         return Err(finished(now_status));

@@ -17,13 +17,13 @@ use crate::api::{ApiError, AppState, auth};
 use crate::domain::{
     CreateTask, EpochMillis, FieldError, NewTask, QueueMessage, Tenant, check_targets, now_millis, parse_create_value,
 };
-use crate::ports::{Created, DeliveryQueue, Scheduler, TaskStore, TenantStore, UniqueKey};
+use crate::ports::{Created, DeliveryQueue, FieldSeal, Scheduler, TaskStore, TenantStore, UniqueKey};
 
 /// The most tasks one batch may create.
 pub const MAX_BATCH: usize = 100;
 
 #[tracing::instrument(skip_all, fields(tenant, trace_id))]
-pub async fn create_batch<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+pub async fn create_batch<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueue, C: Scheduler>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -114,7 +114,7 @@ async fn discard_unstored<S: TaskStore + TenantStore, Q, C>(
 
 /// Stores and dispatches the valid items of a batch (quotas already taken);
 /// `held` counts the tasks whose state was written.
-async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+async fn create_admitted<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueue, C: Scheduler>(
     app: &AppState<S, Q, C>,
     tenant: &Tenant,
     valid: Vec<(usize, CreateTask)>,
@@ -129,6 +129,7 @@ async fn create_admitted<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Schedu
         let key = input.business_id.clone().map(UniqueKey::BusinessId);
         let mut task = new_task(&app.settings, tenant, input, now);
         task.slot_taken = slot_taken;
+        app.store.seal_fields(&tenant.id, &mut task.spec).await?;
         let Some(k) = key else {
             match route(&app.settings, &task, now) {
                 Route::Queue { .. } => queued.push((i, task)),

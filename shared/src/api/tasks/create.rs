@@ -19,7 +19,7 @@ use crate::domain::{
     CreateTask, EpochMillis, NewTask, QueueMessage, Schedule, TaskId, Tenant, TraceContext, check_targets, now_millis,
     parse_create_task, parse_idempotency_key,
 };
-use crate::ports::{Created, DeliveryQueue, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey};
+use crate::ports::{Created, DeliveryQueue, FieldSeal, Scheduler, StoredTask, TaskStore, TenantStore, UniqueKey};
 
 /// Where a new task goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,7 +184,7 @@ fn replay_response(mut view: Value) -> Response {
 }
 
 #[tracing::instrument(skip_all, fields(tenant, task_id, trace_id))]
-pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
+pub async fn create<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueue, C: Scheduler>(
     State(app): State<Arc<AppState<S, Q, C>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -212,6 +212,8 @@ pub async fn create<S: TaskStore + TenantStore, Q: DeliveryQueue, C: Scheduler>(
     if let Some(found) = existing.filter(|t| t.state.tenant == tenant.id) {
         return Ok(replay_response(full_view(&app, &found).await?));
     }
+    // Secret values are stored sealed (the answer shows them masked either way).
+    app.store.seal_fields(&tenant.id, &mut task.spec).await?;
     task.slot_taken = quota::admit(&app, &tenant, 1).await?;
     let created = store_and_dispatch(&app, &task, key.as_ref(), now).await;
     if task.slot_taken && !matches!(created, Ok(Created::New)) {
