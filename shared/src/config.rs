@@ -55,6 +55,9 @@ pub struct Config {
     /// tenants' signing secrets. Unset: creating a secret fails.
     /// `COURIER_EVENT_BUS` (optional): the EventBridge bus lifecycle events go to. Unset: no events.
     pub event_bus: Option<String>,
+    /// `COURIER_JWT_TENANT_CLAIM` (default `courier_tenant`): the JWT claim naming the caller's
+    /// tenant on the `/jwt/…` routes (the HTTP API's JWT authorizer has checked the token).
+    pub jwt_tenant_claim: String,
     /// `COURIER_HOST_BREAKER_EVENTS` (`true`/`false`, default false): publish the breaker events
     /// of host keys, which belong to no tenant (a tenant opts in to its own keys' events).
     pub host_breaker_events: bool,
@@ -181,6 +184,9 @@ impl Config {
             admin_key: admin_key_hash(&get)?,
             signing_key_id: get("COURIER_SIGNING_KEY_ID").filter(|v| !v.is_empty()),
             event_bus: get("COURIER_EVENT_BUS").filter(|v| !v.is_empty()),
+            jwt_tenant_claim: get("COURIER_JWT_TENANT_CLAIM")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "courier_tenant".to_owned()),
             host_breaker_events: get("COURIER_HOST_BREAKER_EVENTS").is_some_and(|v| v == "true"),
             signing_cache_ms: number("COURIER_SIGNING_CACHE_MS", 60_000, 3_600_000, "an integer in 1..=3600000")?,
             flow: FlowConfig {

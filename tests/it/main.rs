@@ -20,6 +20,7 @@ mod handover;
 mod helpers;
 mod http_api;
 mod iam;
+mod jwt;
 mod ledger;
 mod metrics;
 mod runtime;

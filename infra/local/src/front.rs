@@ -17,18 +17,58 @@ use crate::runtime::FunctionHost;
 /// The largest request the front accepts (Lambda's synchronous payload limit).
 const MAX_BODY: usize = 6 * 1024 * 1024;
 
+/// The prefix of the routes the JWT authorizer guards (`/jwt/v1/…`).
+pub const JWT_PREFIX: &str = "/jwt/";
+
+/// What the front serves: the API function, and the JWT authorizer of the
+/// `/jwt/…` routes (`None`: those routes answer 401, as with no valid issuer).
+#[derive(Clone)]
+pub struct Front {
+    pub api: Arc<FunctionHost>,
+    pub jwt: Option<Arc<crate::jwt::Issuer>>,
+}
+
 /// Serves the API function over HTTP on `listener`.
 pub async fn serve(listener: tokio::net::TcpListener, api: Arc<FunctionHost>) -> std::io::Result<()> {
-    let app = Router::new().fallback(forward).with_state(api);
+    serve_front(listener, Front { api, jwt: None }).await
+}
+
+/// Serves the API function, with the `/jwt/…` routes behind `front.jwt`.
+pub async fn serve_front(listener: tokio::net::TcpListener, front: Front) -> std::io::Result<()> {
+    let app = Router::new().fallback(forward).with_state(front);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
-async fn forward(
-    State(api): State<Arc<FunctionHost>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+/// The authorizer's refusal: 401 with the reason, as `WWW-Authenticate` says it.
+fn unauthorized(reason: &str) -> Response {
+    let mut resp = error(StatusCode::UNAUTHORIZED, "invalid_token", &format!("JWT refused: {reason}"), None);
+    let value = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.replace('"', "'"));
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+async fn forward(State(front): State<Front>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let api = front.api;
     let (parts, body) = req.into_parts();
+    // The JWT routes: validated here as API Gateway's JWT authorizer does,
+    // and the claims handed on in the event; no token, no call.
+    let claims = if parts.uri.path().starts_with(JWT_PREFIX) {
+        let Some(issuer) = &front.jwt else { return unauthorized("no JWT issuer is configured") };
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let Some(token) = token else { return unauthorized("no bearer token") };
+        match issuer.verify(token.trim(), time::OffsetDateTime::now_utc().unix_timestamp()) {
+            Ok(claims) => Some(crate::jwt::claims_as_strings(&claims)),
+            Err(why) => return unauthorized(&why),
+        }
+    } else {
+        None
+    };
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -37,7 +77,12 @@ async fn forward(
             Some("body"),
         );
     };
-    let event = to_event(&parts, &body, &peer.ip().to_string());
+    let mut event = to_event(&parts, &body, &peer.ip().to_string());
+    if let Some(claims) = claims {
+        event["routeKey"] = json!("ANY /jwt/{proxy+}");
+        event["requestContext"]["routeKey"] = json!("ANY /jwt/{proxy+}");
+        event["requestContext"]["authorizer"] = json!({"jwt": {"claims": claims, "scopes": null}});
+    }
     match api.invoke(&event).await {
         Ok(resp) => from_response(&resp),
         Err(e) => {

@@ -26,6 +26,7 @@ pub mod event_source;
 pub mod fault_proxy;
 pub mod front;
 pub mod iam;
+pub mod jwt;
 pub mod proxy;
 pub mod runtime;
 pub mod scheduler;

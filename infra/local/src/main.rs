@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use courier_local::stack::{LocalStack, StackOptions};
 
+/// Where the local JWT issuer keeps its ES256 key (relative to the project).
+const LOCAL_JWT_KEY: &str = ".local/jwt-es256.pk8";
+
 #[derive(Parser)]
 #[command(version, about = "Courier's local stack (dev tooling; never deployed)")]
 struct Cli {
@@ -32,6 +35,19 @@ enum Cmd {
         /// target URLs that must never be sent.
         #[arg(long)]
         no_delivery: bool,
+    },
+    /// Mint a JWT for a tenant with the local issuer's key (the one `up`'s
+    /// authorizer accepts on `/jwt/…`; kept in `.local/jwt-es256.pk8`).
+    Jwt {
+        /// The tenant the token names (`tnt_…`).
+        #[arg(long)]
+        tenant: String,
+        /// Seconds it is valid for (negative: already expired, to try a refusal).
+        #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
+        expires_in: i64,
+        /// The claim naming the tenant.
+        #[arg(long, default_value = "courier_tenant")]
+        claim: String,
     },
     /// Create the stack's table, queues and schedule group, and print their names.
     Bootstrap {
@@ -111,7 +127,7 @@ fn iam_check(template: &std::path::Path, log: &std::path::Path, show_unused: boo
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_target(false).init();
+    tracing_subscriber::fmt().with_target(false).with_writer(std::io::stderr).init();
     let command = Cli::parse().command;
     if let Cmd::IamCheck { template, log, unused } = &command {
         // Offline: no SDK configuration (no region lookup) needed.
@@ -119,6 +135,12 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("iam-check: {e:#}");
             std::process::exit(1);
         }
+        return Ok(());
+    }
+    if let Cmd::Jwt { tenant, expires_in, claim } = &command {
+        // Offline too: the key is a local file.
+        let issuer = courier_local::jwt::Issuer::load_or_create(std::path::Path::new(LOCAL_JWT_KEY))?;
+        println!("{}", issuer.mint(claim, tenant, *expires_in)?);
         return Ok(());
     }
     let sdk = courier::aws::load().await;
@@ -130,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{k}={v}");
             }
         }
+        Cmd::Jwt { .. } => unreachable!("handled above"),
         Cmd::Tenant { stack, name } => {
             let (id, key) = create_tenant(&sdk, &stack, &name).await?;
             println!("tenant {id} ({name})\nAPI key (shown once): {key}");
@@ -148,6 +171,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("adm_{}", uuid::Uuid::new_v4().simple()));
             let mut opts = StackOptions::new(&stack, bin_dir);
             opts.api_addr = api;
+            // The JWT routes accept the local issuer's tokens (`courier-local jwt`).
+            opts.jwt = Some(std::sync::Arc::new(courier_local::jwt::Issuer::load_or_create(std::path::Path::new(
+                LOCAL_JWT_KEY,
+            ))?));
             if no_delivery {
                 opts.pollers = 0;
                 opts.scheduler_tick = None;
@@ -186,6 +213,11 @@ async fn main() -> anyhow::Result<()> {
                     p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p).display().to_string()
                 })
                 .unwrap_or_else(|| "courier".to_owned());
+            println!("\nOr with a JWT (the local issuer's; deployed, your identity provider's):\n");
+            println!(
+                "  T=$(target/release/courier-local jwt --tenant {tenant})\n  curl -s -H \"authorization: Bearer $T\" {}/jwt/v1/tasks",
+                local.api_url
+            );
             println!("\nOperate it with the CLI ({cli}, or `cargo install --path cli`):\n");
             println!(
                 "  export COURIER_URL={} COURIER_API_KEY={key} \\\n    COURIER_QUEUE_URL={} COURIER_DLQ_URL={} \\\n    AWS_ENDPOINT_URL={endpoint} AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",

@@ -54,6 +54,9 @@ pub struct StackOptions {
     /// Receives after which the delivery queue moves a message to the DLQ
     /// (default: the deployed [`courier::resources::MAX_RECEIVE_COUNT`]).
     pub max_receive_count: i32,
+    /// The issuer whose tokens the front's JWT authorizer accepts on `/jwt/…`
+    /// (default: a new in-memory key; `courier-local up` keeps one in `.local/`).
+    pub jwt: Option<Arc<crate::jwt::Issuer>>,
 }
 
 impl StackOptions {
@@ -75,6 +78,7 @@ impl StackOptions {
             stream_window: crate::streams::BATCHING_WINDOW,
             iam_log: std::env::var_os("COURIER_IAM_LOG").filter(|v| !v.is_empty()).map(PathBuf::from),
             max_receive_count: courier::resources::MAX_RECEIVE_COUNT,
+            jwt: crate::jwt::Issuer::generate().ok().map(Arc::new),
         }
     }
 }
@@ -141,9 +145,9 @@ impl LocalStack {
         let listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
         let api_url = format!("http://{}", listener.local_addr()?);
         let mut tasks = vec![tokio::spawn({
-            let api = api.clone();
+            let front = crate::front::Front { api: api.clone(), jwt: opts.jwt.clone() };
             async move {
-                if let Err(e) = crate::front::serve(listener, api).await {
+                if let Err(e) = crate::front::serve_front(listener, front).await {
                     tracing::error!(error = %e, "API front stopped");
                 }
             }

@@ -149,6 +149,7 @@ pub(super) async fn track<S: AuditLog, Q: Send + Sync + 'static, C: Send + Sync 
     let path = req.uri().path().to_owned();
     let source_ip = req.extensions().get::<SourceIp>().map(|s| s.0.clone());
     let token = bearer_token(req.headers()).map(str::to_owned);
+    let jwt = req.headers().get(super::auth::JWT_TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (resp, note) = NOTE
         .scope(RefCell::new(Note::default()), async move {
             let resp = next.run(req).await;
@@ -162,6 +163,7 @@ pub(super) async fn track<S: AuditLog, Q: Send + Sync + 'static, C: Send + Sync 
     let is_admin = token.as_deref().is_some_and(|t| app.settings.admin_key.as_ref().is_some_and(|a| a.matches(t)));
     let actor = match (action, token.as_deref()) {
         (act::AUTH_FAILED, t) => Actor::Anonymous { claimed: t.and_then(key_id_of).map(str::to_owned) },
+        (_, _) if jwt.is_some() => Actor::Jwt(jwt.unwrap_or_default()),
         (_, Some(t)) => Actor::from_token(t, is_admin),
         (_, None) => Actor::Anonymous { claimed: None },
     };

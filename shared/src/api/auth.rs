@@ -22,6 +22,37 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// The tenant a JWT names, as the API function's entry point sets it from
+/// the HTTP API authorizer's claims (`/jwt/…` routes only; the entry point
+/// drops this header from every request first, so no caller can send it).
+pub const JWT_TENANT_HEADER: &str = "x-courier-jwt-tenant";
+
+/// The tenant of a JWT caller, if the request came through the JWT authorizer.
+async fn jwt_tenant<S: TenantStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    headers: &HeaderMap,
+) -> Option<Result<Tenant, ApiError>> {
+    let named = headers.get(JWT_TENANT_HEADER)?;
+    Some(
+        async {
+            let claim = named.to_str().unwrap_or_default().trim();
+            if claim.is_empty() {
+                return Err(ApiError::Unauthorized("the token names no tenant (its tenant claim is missing)"));
+            }
+            let id = TenantId::parse(claim)
+                .map_err(|_| ApiError::Unauthorized("the token's tenant claim is not a tenant id"))?;
+            let tenant =
+                app.store.get_tenant(&id).await?.ok_or(ApiError::Unauthorized("the token names an unknown tenant"))?;
+            super::audit::note_tenant(&tenant.id);
+            if !tenant.enabled {
+                return Err(ApiError::Forbidden("this tenant is disabled"));
+            }
+            Ok(tenant)
+        }
+        .await,
+    )
+}
+
 /// The header with which the admin key acts as one tenant (the console's
 /// tenant picker): only the admin key may send it.
 pub const ACT_AS_TENANT: &str = "x-courier-tenant";
@@ -35,6 +66,9 @@ pub fn acts_as_tenant(headers: &HeaderMap) -> bool {
 /// The calling tenant: 401 without a valid key, 403 when the tenant is disabled.
 /// The admin key with `X-Courier-Tenant: <tenant id>` is that tenant.
 pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    if let Some(t) = jwt_tenant(app, headers).await {
+        return t;
+    }
     let key = bearer(headers)?;
     if let Some(named) = headers.get(ACT_AS_TENANT) {
         if !app.settings.admin_key.as_ref().is_some_and(|admin| admin.matches(key)) {
@@ -99,6 +133,9 @@ impl Caller {
 /// store read) or else the tenant owning the key: 401 without a valid key,
 /// 403 when the tenant is disabled.
 pub async fn caller<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if headers.contains_key(JWT_TENANT_HEADER) {
+        return Ok(Caller::Tenant(tenant(app, headers).await?));
+    }
     let key = bearer(headers)?;
     if app.settings.admin_key.as_ref().is_some_and(|admin| admin.matches(key)) {
         return Ok(Caller::Admin);

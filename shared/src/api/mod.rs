@@ -8,6 +8,7 @@
 
 pub mod audit;
 mod auth;
+pub use auth::JWT_TENANT_HEADER;
 mod console;
 mod error;
 mod flows;

@@ -63,17 +63,20 @@ pub enum Actor {
     Admin,
     /// A tenant API key, by its id.
     Key(String),
+    /// A JWT the HTTP API's authorizer accepted, by the tenant it names.
+    Jwt(String),
     /// No valid credential: a failed authentication (`claimed`: the key id
     /// the bearer token claims, when it has the shape of a key; unverified).
     Anonymous { claimed: Option<String> },
 }
 
 impl Actor {
-    /// The stored text: `admin`, `key:<id>` or `anonymous` (`anonymous:<claimed id>`).
+    /// The stored text: `admin`, `key:<id>`, `jwt:<tenant>` or `anonymous` (`anonymous:<claimed id>`).
     pub fn as_text(&self) -> String {
         match self {
             Self::Admin => "admin".to_owned(),
             Self::Key(id) => format!("key:{id}"),
+            Self::Jwt(tenant) => format!("jwt:{tenant}"),
             Self::Anonymous { claimed: None } => "anonymous".to_owned(),
             Self::Anonymous { claimed: Some(id) } => format!("anonymous:{id}"),
         }

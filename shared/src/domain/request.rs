@@ -307,13 +307,15 @@ pub fn is_sensitive_header(name: &str) -> bool {
 }
 
 /// A copy of `headers` with sensitive values masked (the first two characters
-/// kept when the value is long enough to show them safely).
+/// kept when the value is long enough to show them safely and is not sealed).
 pub fn mask_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(k, v)| {
             if is_sensitive_header(k) {
-                let shown: String = if v.chars().count() > 12 { v.chars().take(2).collect() } else { String::new() };
+                // A value stored sealed shows nothing of itself (nor of its seal).
+                let hint = v.chars().count() > 12 && !v.starts_with(SEALED_PREFIX);
+                let shown: String = if hint { v.chars().take(2).collect() } else { String::new() };
                 (k.clone(), format!("{shown}***"))
             } else {
                 (k.clone(), v.clone())
