@@ -65,7 +65,12 @@ def watch(page):
         "console",
         lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
     )
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.method} {r.url} {r.failure}"))
+    # A request cut off by the test's own navigation (a reload, a new page
+    # load) is not a failure of the console; any other network failure is.
+    page.on(
+        "requestfailed",
+        lambda r: None if r.failure == "net::ERR_ABORTED" else problems.append(f"request failed: {r.method} {r.url} {r.failure}"),
+    )
     page.on(
         "response",
         lambda r: problems.append(f"HTTP {r.status}: {r.request.method} {r.url}") if r.status >= 400 else None,
