@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenants(c) => crate::tenants::run(&Api::new(&settings)?, out, c).await,
         Command::Audit(a) => crate::audit::run(&Api::new(&settings)?, out, a).await,
         Command::Metrics => crate::audit::metrics(&Api::new(&settings)?, out).await,
+        Command::Archive(c) => crate::archive::run(out, c).await,
         Command::Purge { status, before, dry_run } => {
             purge(&Api::new(&settings)?, out, &status, &before, dry_run).await
         }

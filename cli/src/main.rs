@@ -4,6 +4,7 @@
 //! and `AWS_ENDPOINT_URL`.
 
 mod api;
+mod archive;
 mod audit;
 mod commands;
 mod flows;
@@ -84,6 +85,9 @@ pub enum Command {
     Secrets(secrets::SecretsCommand),
     /// The audit log: who did what, when, on which resource, from where, and the outcome.
     Audit(audit::AuditArgs),
+    /// Task history past its retention, from the S3 archive (AWS credentials).
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
     /// Prometheus metrics (text exposition format) as the API serves them.
     Metrics,
     /// Delete finished tasks before their retention ends.

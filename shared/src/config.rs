@@ -55,6 +55,8 @@ pub struct Config {
     /// tenants' signing secrets. Unset: creating a secret fails.
     /// `COURIER_EVENT_BUS` (optional): the EventBridge bus lifecycle events go to. Unset: no events.
     pub event_bus: Option<String>,
+    /// `COURIER_ARCHIVE_BUCKET` (optional): the S3 bucket expired task history is archived to.
+    pub archive_bucket: Option<String>,
     /// `COURIER_JWT_TENANT_CLAIM` (default `courier_tenant`): the JWT claim naming the caller's
     /// tenant on the `/jwt/…` routes (the HTTP API's JWT authorizer has checked the token).
     pub jwt_tenant_claim: String,
@@ -184,6 +186,7 @@ impl Config {
             admin_key: admin_key_hash(&get)?,
             signing_key_id: get("COURIER_SIGNING_KEY_ID").filter(|v| !v.is_empty()),
             event_bus: get("COURIER_EVENT_BUS").filter(|v| !v.is_empty()),
+            archive_bucket: get("COURIER_ARCHIVE_BUCKET").filter(|v| !v.is_empty()),
             jwt_tenant_claim: get("COURIER_JWT_TENANT_CLAIM")
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "courier_tenant".to_owned()),

@@ -226,6 +226,8 @@ pub struct Consumer<S, B, Q> {
     /// Whether host keys' breaker events are published (host keys belong to
     /// no tenant: the stack's `COURIER_HOST_BREAKER_EVENTS`).
     pub host_breaker_events: bool,
+    /// Where TTL-deleted task items are archived (none: not archived).
+    pub archive: Option<crate::archive::S3Archive>,
 }
 
 /// A batch that must be retried.
@@ -298,6 +300,36 @@ where
         Ok(made)
     }
 
+    /// Archives the task items TTL deleted in the batch (see [`crate::archive`]);
+    /// returns how many. An item that does not name its tenant (a request, an
+    /// attempt) takes it from its task's other items in the batch, else from
+    /// its task's state, which outlives them (one read per such task).
+    pub async fn archive(&self, records: &[Value]) -> Result<usize, ConsumerError> {
+        let Some(archive) = &self.archive else { return Ok(0) };
+        let mut items = crate::archive::expired(records);
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut tenants: HashMap<TaskId, Option<TenantId>> =
+            items.iter().filter_map(|e| Some((e.task_id.clone(), Some(e.tenant.clone()?)))).collect();
+        for e in &mut items {
+            if e.tenant.is_some() {
+                continue;
+            }
+            if !tenants.contains_key(&e.task_id) {
+                let found = self.store.get(&e.task_id).await?.map(|t| t.state.tenant);
+                tenants.insert(e.task_id.clone(), found);
+            }
+            e.tenant = tenants.get(&e.task_id).cloned().flatten();
+        }
+        let objects = crate::archive::objects(&items, &batch_id(records))
+            .map_err(|e| ConsumerError::Store(StoreError::Permanent(Box::new(e))))?;
+        for (key, bytes) in objects {
+            archive.put(&key, bytes).await?;
+        }
+        Ok(items.len())
+    }
+
     /// Handles one invocation: `event` is a DynamoDB Streams batch in
     /// Lambda's event format. Events and callbacks first, counts last; an
     /// error makes Lambda retry the batch (counts are applied once per batch;
@@ -308,8 +340,9 @@ where
         let changes = changes(records);
         let published = self.publish(&changes, &breaker_changes(records), now).await?;
         let callbacks = self.callbacks(&changes, now).await?;
+        let archived = self.archive(records).await?;
         let applied = apply(&self.store, records).await?;
-        tracing::info!(records = records.len(), applied, published, callbacks, "stream batch handled");
+        tracing::info!(records = records.len(), applied, published, callbacks, archived, "stream batch handled");
         Ok(serde_json::json!({"batchItemFailures": []}))
     }
 }
@@ -501,6 +534,7 @@ mod tests {
             queue: FakeQueue::default(),
             opt_ins: OptIns::default(),
             host_breaker_events: false,
+            archive: None,
         };
         let failed = |tenant: &TenantId, id: &TaskId| {
             json!({"eventID": id.as_str(), "dynamodb": {

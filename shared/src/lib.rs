@@ -20,6 +20,7 @@
 //! compiled for tests and behind the `test-support` feature).
 
 pub mod api;
+pub mod archive;
 pub mod aws;
 pub mod clock;
 pub mod config;

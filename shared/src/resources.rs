@@ -35,6 +35,8 @@ pub const SIGNING_KEY_ALIAS_SUFFIX: &str = "-signing";
 /// rule `<stack>-events-to-queue` routes all of them to the queue
 /// `<stack>-events-example`.
 pub const EVENT_BUS_SUFFIX: &str = "-events";
+/// The archive bucket is `<stack>-archive-<account id>` (bucket names are global).
+pub const ARCHIVE_BUCKET_INFIX: &str = "-archive-";
 pub const EVENT_RULE_SUFFIX: &str = "-events-to-queue";
 pub const EVENT_QUEUE_SUFFIX: &str = "-events-example";
 /// The example rule's pattern: every Courier event.

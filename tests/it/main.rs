@@ -2,6 +2,7 @@
 //! the emulator at `AWS_ENDPOINT_URL` (`make test` starts one). Each test
 //! creates its own uniquely named stack, so tests run in parallel.
 
+mod archive;
 mod audit;
 mod bootstrap;
 mod chaos;

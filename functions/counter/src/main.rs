@@ -21,6 +21,7 @@ async fn main() -> Result<(), Error> {
         queue: SqsQueue::from_config(&config, &sdk),
         opt_ins: OptIns::default(),
         host_breaker_events: config.host_breaker_events,
+        archive: courier::archive::S3Archive::from_config(&config, &sdk),
     };
     let consumer = &consumer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {

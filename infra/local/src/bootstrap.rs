@@ -30,6 +30,8 @@ pub struct Outputs {
     /// The lifecycle events' bus (its name), and the queue its example rule fills.
     pub event_bus: String,
     pub event_queue_url: String,
+    /// The bucket expired task history is archived to.
+    pub archive_bucket: String,
 }
 
 impl Outputs {
@@ -44,6 +46,7 @@ impl Outputs {
             ("COURIER_SCHEDULER_ROLE_ARN".into(), LOCAL_SCHEDULER_ROLE.into()),
             ("COURIER_SIGNING_KEY_ID".into(), self.signing_key_arn.clone()),
             ("COURIER_EVENT_BUS".into(), self.event_bus.clone()),
+            ("COURIER_ARCHIVE_BUCKET".into(), self.archive_bucket.clone()),
         ]
     }
 }
@@ -87,6 +90,7 @@ pub async fn bootstrap_with_redrive(sdk: &SdkConfig, stack: &str, max_receive_co
     }
     let signing_key_arn = signing_key(&aws_sdk_kms::Client::new(sdk), stack).await?;
     let (event_bus, event_queue_url) = event_bus(sdk, &sqs, stack).await?;
+    let archive_bucket = archive_bucket(sdk, stack).await?;
     Ok(Outputs {
         stack: stack.to_owned(),
         names,
@@ -97,7 +101,22 @@ pub async fn bootstrap_with_redrive(sdk: &SdkConfig, stack: &str, max_receive_co
         signing_key_arn,
         event_bus,
         event_queue_url,
+        archive_bucket,
     })
+}
+
+/// The archive bucket, as `template.yaml` names it (`<stack>-archive-<account>`).
+async fn archive_bucket(sdk: &SdkConfig, stack: &str) -> anyhow::Result<String> {
+    let bucket = format!("{stack}{}{}", courier::resources::ARCHIVE_BUCKET_INFIX, crate::iam::LOCAL_ACCOUNT);
+    let s3 = courier::archive::S3Archive::client(sdk);
+    match s3.create_bucket().bucket(&bucket).send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_bucket_already_owned_by_you() || se.is_bucket_already_exists()) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(bucket)
 }
 
 /// The lifecycle events' bus and, as `template.yaml` declares them, the

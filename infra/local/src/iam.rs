@@ -75,6 +75,7 @@ pub fn authorization(exchange: &Exchange<'_>) -> Authorization {
                 sqs(&op, |k| form.get(k).cloned(), region)
             }
             Some("scheduler") => scheduler(exchange, &body, region),
+            Some("s3") => s3(exchange),
             _ => unknown(&format!("{} {}", exchange.method, exchange.uri.path())),
         },
     }
@@ -205,6 +206,22 @@ fn sqs(op: &str, get: impl Fn(&str) -> Option<String>, region: &str) -> Authoriz
 fn percent_decoded(s: &str) -> String {
     let escaped = s.replace('+', "%2B").replace('&', "%26").replace('=', "%3D");
     url::form_urlencoded::parse(escaped.as_bytes()).map(|(k, _)| k.into_owned()).next().unwrap_or_default()
+}
+
+/// An S3 call (path-style): an object's action on `arn:aws:s3:::bucket/key`,
+/// a bucket's on `arn:aws:s3:::bucket`.
+fn s3(exchange: &Exchange<'_>) -> Authorization {
+    let path = exchange.uri.path().trim_start_matches('/');
+    let (bucket, key) = path.split_once('/').map_or((path, ""), |(b, k)| (b, k));
+    let (op, resource) = match (exchange.method.as_str(), key.is_empty()) {
+        ("PUT", false) => ("PutObject", format!("arn:aws:s3:::{bucket}/{key}")),
+        ("GET", false) => ("GetObject", format!("arn:aws:s3:::{bucket}/{key}")),
+        ("DELETE", false) => ("DeleteObject", format!("arn:aws:s3:::{bucket}/{key}")),
+        ("GET", true) => ("ListBucket", format!("arn:aws:s3:::{bucket}")),
+        ("PUT", true) => ("CreateBucket", format!("arn:aws:s3:::{bucket}")),
+        (m, _) => return unknown(&format!("s3 {m} {path}")),
+    };
+    Authorization { op: op.to_owned(), needs: vec![(format!("s3:{op}"), resource)] }
 }
 
 fn scheduler(exchange: &Exchange<'_>, body: &Json, region: &str) -> Authorization {
@@ -429,6 +446,7 @@ impl Resolver<'_> {
             "AWS::DynamoDB::Table" => self.property(name, "TableName"),
             "AWS::Scheduler::ScheduleGroup" => self.property(name, "Name"),
             "AWS::Events::EventBus" => self.property(name, "Name"),
+            "AWS::S3::Bucket" => self.property(name, "BucketName"),
             "AWS::SQS::Queue" => Ok(format!(
                 // A queue's `!Ref` is its URL; no policy compares it, so a host-free form does.
                 "queue-url:{}:{LOCAL_ACCOUNT}:{}",
@@ -452,6 +470,7 @@ impl Resolver<'_> {
             ("AWS::SQS::Queue", "QueueName") => self.property(id, "QueueName"),
             // A key's id is chosen when it is created (the local bootstrap finds it by alias).
             ("AWS::KMS::Key", "Arn") => Ok(format!("arn:aws:kms:{region}:{LOCAL_ACCOUNT}:key/*")),
+            ("AWS::S3::Bucket", "Arn") => Ok(format!("arn:aws:s3:::{}", self.property(id, "BucketName")?)),
             ("AWS::Events::EventBus", "Arn") => {
                 Ok(format!("arn:aws:events:{region}:{LOCAL_ACCOUNT}:event-bus/{}", self.property(id, "Name")?))
             }

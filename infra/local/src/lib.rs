@@ -32,3 +32,4 @@ pub mod runtime;
 pub mod scheduler;
 pub mod stack;
 pub mod streams;
+pub mod ttl;

@@ -171,6 +171,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("adm_{}", uuid::Uuid::new_v4().simple()));
             let mut opts = StackOptions::new(&stack, bin_dir);
             opts.api_addr = api;
+            // Items expire as DynamoDB's TTL would have them (then archived to S3).
+            opts.ttl_sweep = Some(std::time::Duration::from_secs(60));
             // The JWT routes accept the local issuer's tokens (`courier-local jwt`).
             opts.jwt = Some(std::sync::Arc::new(courier_local::jwt::Issuer::load_or_create(std::path::Path::new(
                 LOCAL_JWT_KEY,
@@ -193,6 +195,10 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "  events:       bus {}; its example rule fills {}",
                 local.outputs.event_bus, local.outputs.event_queue_url
+            );
+            println!(
+                "  archive:      s3://{}/archive/ (expired history; `courier archive list`)",
+                local.outputs.archive_bucket
             );
             println!("  tenant:       {tenant} (demo)");
             println!("  API key:      {key}");

@@ -54,6 +54,9 @@ pub struct StackOptions {
     /// Receives after which the delivery queue moves a message to the DLQ
     /// (default: the deployed [`courier::resources::MAX_RECEIVE_COUNT`]).
     pub max_receive_count: i32,
+    /// How often the local TTL sweeper deletes expired items (`None`: never,
+    /// as the emulator: nothing expires).
+    pub ttl_sweep: Option<Duration>,
     /// The issuer whose tokens the front's JWT authorizer accepts on `/jwt/…`
     /// (default: a new in-memory key; `courier-local up` keeps one in `.local/`).
     pub jwt: Option<Arc<crate::jwt::Issuer>>,
@@ -79,6 +82,7 @@ impl StackOptions {
             iam_log: std::env::var_os("COURIER_IAM_LOG").filter(|v| !v.is_empty()).map(PathBuf::from),
             max_receive_count: courier::resources::MAX_RECEIVE_COUNT,
             jwt: crate::jwt::Issuer::generate().ok().map(Arc::new),
+            ttl_sweep: None,
         }
     }
 }
@@ -182,6 +186,15 @@ impl LocalStack {
                 }
             }));
         }
+        let swept = crate::ttl::Swept::default();
+        if let Some(every) = opts.ttl_sweep {
+            tasks.push(tokio::spawn(crate::ttl::run(
+                aws_sdk_dynamodb::Client::new(sdk),
+                outputs.names.table.clone(),
+                every,
+                swept.clone(),
+            )));
+        }
         if opts.stream_counter {
             tasks.push(tokio::spawn(crate::streams::run(
                 aws_sdk_dynamodbstreams::Client::new(sdk),
@@ -189,6 +202,7 @@ impl LocalStack {
                 outputs.names.table.clone(),
                 counter.clone(),
                 opts.stream_window,
+                swept,
             )));
         }
         Ok(Self { api_url, outputs, api, sender, reconciler, counter, tasks, _recorders: recorders })

@@ -32,8 +32,10 @@ pub async fn run(
     table: String,
     counter: Arc<FunctionHost>,
     window: Duration,
+    swept: crate::ttl::Swept,
 ) {
     let mut bridge = Bridge {
+        swept,
         streams,
         ddb,
         table,
@@ -59,6 +61,8 @@ pub async fn run(
 }
 
 struct Bridge {
+    /// Keys the local TTL sweeper deleted: their `REMOVE` records are TTL deletions.
+    swept: crate::ttl::Swept,
     streams: aws_sdk_dynamodbstreams::Client,
     ddb: aws_sdk_dynamodb::Client,
     table: String,
@@ -122,8 +126,18 @@ impl Bridge {
             if let Some(iterator) = next.clone() {
                 let room = BATCH_SIZE - self.gathering.get(&id).map_or(0, |(g, _)| g.len());
                 let out = self.streams.get_records().shard_iterator(iterator).limit(room as i32).send().await?;
-                let records: Vec<Value> =
+                let mut records: Vec<Value> =
                     out.records.unwrap_or_default().iter().map(|r| record_json(r, &arn)).collect();
+                for r in &mut records {
+                    let keys = &r["dynamodb"]["Keys"];
+                    let key = (
+                        keys["pk"]["S"].as_str().unwrap_or_default().to_owned(),
+                        keys["sk"]["S"].as_str().unwrap_or_default().to_owned(),
+                    );
+                    if r["eventName"] == "REMOVE" && self.swept.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
+                        r["userIdentity"] = json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"});
+                    }
+                }
                 let kept: Vec<Value> = records.into_iter().filter(kept_by_filters).collect();
                 if !kept.is_empty() {
                     let (g, _) =
@@ -153,14 +167,15 @@ impl Bridge {
     }
 }
 
-/// The deployed mapping's filters: task state items and cron runs' items, and
-/// new flow history entries (breaker events).
+/// The deployed mapping's filters: task state items and cron runs' items, new
+/// flow history entries (breaker events), and task items TTL deleted (the archive).
 fn kept_by_filters(r: &Value) -> bool {
     let keys = &r["dynamodb"]["Keys"];
     let (pk, sk) = (keys["pk"]["S"].as_str().unwrap_or_default(), keys["sk"]["S"].as_str().unwrap_or_default());
     let task = pk.starts_with("TASK#") && (sk == "STATE" || sk.starts_with("RUN#"));
     let breaker = r["eventName"] == "INSERT" && pk.starts_with("FLOW#") && sk.starts_with("HIST#");
-    task || breaker
+    let expired = courier::archive::is_ttl_removal(r) && pk.starts_with("TASK#");
+    task || breaker || expired
 }
 
 /// A stream record in Lambda's DynamoDB event format.
@@ -177,6 +192,9 @@ fn record_json(r: &Record, arn: &str) -> Value {
         "awsRegion": r.aws_region(),
         "eventSourceARN": arn,
         "dynamodb": {
+            "ApproximateCreationDateTime": d
+                .and_then(|d| d.approximate_creation_date_time())
+                .map_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp() as f64, |t| t.as_secs_f64()),
             "Keys": image(d.and_then(|d| d.keys())),
             "NewImage": image(d.and_then(|d| d.new_image())),
             "OldImage": image(d.and_then(|d| d.old_image())),
