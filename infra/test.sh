@@ -29,10 +29,10 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   .venv/bin/python infra/emulator_check.py
   echo "== the Rust SDK takes the per-service endpoints (bootstrap with AWS_ENDPOINT_URL on a closed port)"
   default_endpoint=$AWS_ENDPOINT_URL
-  # (KMS, the signing key, and EventBridge, the events bus, have no endpoint of
-  # their own: they are on the default one.)
+  # (KMS, the signing key, EventBridge, the events bus, and S3, the archive,
+  # have no endpoint of their own: they are on the default one.)
   AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_ENDPOINT_URL_SCHEDULER=$default_endpoint AWS_ENDPOINT_URL_KMS=$default_endpoint \
-    AWS_ENDPOINT_URL_EVENTBRIDGE=$default_endpoint \
+    AWS_ENDPOINT_URL_EVENTBRIDGE=$default_endpoint AWS_ENDPOINT_URL_S3=$default_endpoint \
     target/debug/courier-local bootstrap --stack "endpoints-$port" > /dev/null
 fi
 # Every AWS call the functions make during the integration tests is recorded
