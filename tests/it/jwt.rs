@@ -20,6 +20,12 @@ async fn a_tenant_calls_with_a_jwt_or_a_key_and_bad_tokens_get_401_with_the_reas
     let token = issuer.mint("courier_tenant", &stack.tenant, 300).expect("mint");
     let jwt = Api::new(&base, Some(&token));
 
+    // The local issuer publishes its keys, as an identity provider does.
+    let (status, jwks) = Api::new(&base, None).get("/local-issuer/.well-known/jwks.json").await;
+    assert_eq!(
+        (status, jwks["keys"][0]["kty"].as_str(), jwks["keys"][0]["alg"].as_str()),
+        (200, Some("EC"), Some("ES256"))
+    );
     // The same API, as the tenant the token names.
     let body = json!({"request": {"method": "POST", "url": "https://jwt.invalid/hook"}, "schedule": {"delay": "1h"}});
     let (status, created) = jwt.post("/jwt/v1/tasks", &body.to_string()).await;

@@ -17,6 +17,9 @@ use crate::runtime::FunctionHost;
 /// The largest request the front accepts (Lambda's synchronous payload limit).
 const MAX_BODY: usize = 6 * 1024 * 1024;
 
+/// Where the front publishes the local issuer's JSON Web Key Set.
+pub const JWKS_PATH: &str = "/local-issuer/.well-known/jwks.json";
+
 /// The prefix of the routes the JWT authorizer guards (`/jwt/v1/…`).
 pub const JWT_PREFIX: &str = "/jwt/";
 
@@ -52,6 +55,13 @@ fn unauthorized(reason: &str) -> Response {
 async fn forward(State(front): State<Front>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     let api = front.api;
     let (parts, body) = req.into_parts();
+    // The local issuer's keys, where an identity provider publishes them.
+    if parts.uri.path() == JWKS_PATH {
+        return match &front.jwt {
+            Some(issuer) => axum::Json(issuer.jwks()).into_response(),
+            None => error(StatusCode::NOT_FOUND, "not_found", "no JWT issuer is configured", None),
+        };
+    }
     // The JWT routes: validated here as API Gateway's JWT authorizer does,
     // and the claims handed on in the event; no token, no call.
     let claims = if parts.uri.path().starts_with(JWT_PREFIX) {

@@ -1,9 +1,10 @@
 //! The local JWT issuer and the local stand-in for the HTTP API's JWT
 //! authorizer. Deployed, API Gateway validates the tokens of the `/jwt/…`
 //! routes against the configured issuer's keys and hands the function the
-//! claims; locally the front does the same with this issuer's ES256 key
-//! (kept in `.local/jwt-es256.pk8`, made on first use), and `courier-local
-//! jwt` mints tokens with it.
+//! claims; locally the front does the same against this issuer's JSON Web
+//! Key Set (which it publishes at `/local-issuer/.well-known/jwks.json`; the
+//! ES256 key is kept in `.local/jwt-es256.pk8`, made on first use), and
+//! `courier-local jwt` mints tokens with it.
 //!
 //! Validation is what the authorizer checks: the signature (ES256 with the
 //! issuer's key; any other `alg`, `none` included, is refused), `iss`, `aud`,
@@ -104,7 +105,18 @@ impl Issuer {
             None => return Err("the header names no alg".into()),
         }
         let sig = B64.decode(sig).map_err(|_| "the signature is not base64url".to_owned())?;
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.pair.public_key().as_ref())
+        // The key from the issuer's JWKS, as the authorizer finds it: by
+        // `kid` when the token names one, else the set's only key.
+        let jwks = self.jwks();
+        let keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+        let key = match header["kid"].as_str() {
+            Some(kid) => keys.iter().find(|k| k["kid"] == kid),
+            None if keys.len() == 1 => keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| format!("no key {} in the issuer's JWKS", header["kid"]))?;
+        let point = jwk_point(key).ok_or_else(|| "the issuer's JWKS key is not an EC P-256 key".to_owned())?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
             .verify(format!("{head}.{body}").as_bytes(), &sig)
             .map_err(|_| "the signature does not verify with the issuer's key".to_owned())?;
         let Value::Object(claims) = json_of(body, "payload")? else {
@@ -137,6 +149,15 @@ impl Issuer {
         }
         Ok(claims)
     }
+}
+
+/// An EC P-256 JWK's public point (uncompressed: `04 || x || y`).
+fn jwk_point(k: &Value) -> Option<Vec<u8>> {
+    if k["kty"] != "EC" || k["crv"] != "P-256" {
+        return None;
+    }
+    let (x, y) = (B64.decode(k["x"].as_str()?).ok()?, B64.decode(k["y"].as_str()?).ok()?);
+    (x.len() == 32 && y.len() == 32).then(|| [&[4u8][..], &x, &y].concat())
 }
 
 /// The claims as the HTTP API hands them to the function: every value a string.
