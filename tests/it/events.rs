@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Target, TestStack, bin_dir, bus_events, eventually, sdk, stack_options};
+use crate::helpers::{OwnIamLog, Target, TestStack, bus_events, eventually, sdk, stack_options};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -27,12 +27,8 @@ async fn a_tenants_opted_in_events_reach_the_example_rules_queue_with_their_fiel
     let run_target = Target::start(&[404]).await;
     let mut opts = stack_options("events");
     // This stack's AWS calls on a log of their own: PutEvents are counted.
-    let log = bin_dir().join("it-logs").join(format!("iam-{}.jsonl", opts.stack));
-    opts.iam_log = Some(log.clone());
-    let puts = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.lines().filter(|l| l.contains(r#""action":"events:PutEvents""#)).count()
-    };
+    let log = OwnIamLog::new(&mut opts);
+    let puts = || log.count(None, "events:PutEvents");
     let stack = TestStack::start(opts).await;
     let api = &stack.api;
     // Opt in to every type but task.created; a bad type is a 400 naming the field.
@@ -125,13 +121,7 @@ async fn a_tenants_opted_in_events_reach_the_example_rules_queue_with_their_fiel
     let calls = puts();
     println!("events: 5 published in {calls} PutEvents calls");
     assert!((1..=5).contains(&calls), "{calls} PutEvents calls for 5 events");
-    // The calls join `make test`'s log too, for its IAM check against the template.
-    if let Ok(all) = std::env::var("COURIER_IAM_LOG") {
-        use std::io::Write;
-        let mine = std::fs::read_to_string(&log).unwrap_or_default();
-        let mut f = std::fs::OpenOptions::new().append(true).open(all).expect("the IAM log");
-        f.write_all(mine.as_bytes()).expect("appended");
-    }
+    log.share();
 }
 
 #[tokio::test]

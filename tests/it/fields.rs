@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::json;
 
-use crate::helpers::{Target, TestStack, bin_dir, sdk, stack_options};
+use crate::helpers::{OwnIamLog, Target, TestStack, sdk, stack_options};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -16,8 +16,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn secret_values_are_sealed_in_the_table_and_opened_only_to_send() {
     let target = Target::start(&[]).await;
     let mut opts = stack_options("fields");
-    let log = bin_dir().join("it-logs").join(format!("iam-{}.jsonl", opts.stack));
-    opts.iam_log = Some(log.clone());
+    let log = OwnIamLog::new(&mut opts);
     let stack = TestStack::start(opts).await;
     let api = &stack.api;
     let token = "sk_live_6f1e0c2d9a7b4c3e";
@@ -85,27 +84,13 @@ async fn secret_values_are_sealed_in_the_table_and_opened_only_to_send() {
     // KMS: one Encrypt per API instance for the tenant's data key, one
     // Decrypt per sender instance per data key (two of each here): not one
     // per delivery.
-    let calls = std::fs::read_to_string(&log).unwrap_or_default();
-    let count = |function: &str, action: &str| {
-        calls
-            .lines()
-            .filter(|l| {
-                l.contains(&format!(r#""function":"{function}""#)) && l.contains(&format!(r#""action":"{action}""#))
-            })
-            .count()
-    };
-    let (encrypts, decrypts) = (count("api", "kms:Encrypt"), count("sender", "kms:Decrypt"));
-    let key_reads = calls.lines().filter(|l| l.contains(r#""function":"sender""#) && l.contains("GetItem")).count();
+    let (encrypts, decrypts) = (log.count(Some("api"), "kms:Encrypt"), log.count(Some("sender"), "kms:Decrypt"));
+    let key_reads = log.count(Some("sender"), "dynamodb:GetItem");
     println!(
         "fields: {} deliveries with sealed values: {encrypts} kms:Encrypt (API), {decrypts} kms:Decrypt and {key_reads} GetItem (sender)",
         n + 1
     );
     assert!((1..=2).contains(&encrypts), "{encrypts} data keys for one tenant and two API instances");
     assert!((1..=4).contains(&decrypts), "{decrypts} kms:Decrypt for {} deliveries", n + 1);
-    // The calls join `make test`'s log too, for its IAM check.
-    if let Ok(all) = std::env::var("COURIER_IAM_LOG") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(all).expect("the IAM log");
-        f.write_all(calls.as_bytes()).expect("appended");
-    }
+    log.share();
 }

@@ -448,3 +448,38 @@ pub async fn bus_events(stack: &TestStack, want: usize) -> Vec<serde_json::Value
     }
     got
 }
+
+/// A stack's AWS calls on a log of their own, so a test counts only them;
+/// [`OwnIamLog::share`] then adds them to `make test`'s log for its IAM check.
+pub struct OwnIamLog(pub PathBuf);
+
+impl OwnIamLog {
+    /// Points `opts` at a log named after its stack.
+    pub fn new(opts: &mut StackOptions) -> Self {
+        let log = bin_dir().join("it-logs").join(format!("iam-{}.jsonl", opts.stack));
+        opts.iam_log = Some(log.clone());
+        Self(log)
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+
+    /// Calls of `action` (e.g. `kms:Decrypt`) by `function` (`None`: any).
+    pub fn count(&self, function: Option<&str>, action: &str) -> usize {
+        self.text()
+            .lines()
+            .filter(|l| function.is_none_or(|f| l.contains(&format!(r#""function":"{f}""#))))
+            .filter(|l| l.contains(&format!(r#""action":"{action}""#)))
+            .count()
+    }
+
+    /// Appends the calls to `COURIER_IAM_LOG` (when set), which `make test` checks against the template.
+    pub fn share(&self) {
+        use std::io::Write;
+        if let Ok(all) = std::env::var("COURIER_IAM_LOG") {
+            let mut f = std::fs::OpenOptions::new().append(true).open(all).expect("the IAM log");
+            f.write_all(self.text().as_bytes()).expect("appended");
+        }
+    }
+}

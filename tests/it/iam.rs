@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use courier_local::iam::{self, LocalIdentities, Record};
 
-use crate::helpers::{ADMIN_KEY, Target, TestStack, bin_dir, eventually, stack_options};
+use crate::helpers::{ADMIN_KEY, Target, TestStack, eventually, stack_options};
 
-fn records(log: &std::path::Path) -> Vec<Record> {
-    iam::read_log(&std::fs::read_to_string(log).unwrap_or_default()).expect("the log is JSON lines")
+fn records(log: &crate::helpers::OwnIamLog) -> Vec<Record> {
+    iam::read_log(&log.text()).expect("the log is JSON lines")
 }
 
 fn has(records: &[Record], function: &str, action: &str, resource: &str) -> bool {
@@ -23,8 +23,7 @@ fn has(records: &[Record], function: &str, action: &str, resource: &str) -> bool
 async fn each_functions_calls_are_recorded_with_their_iam_action_and_resource() {
     let mut opts = stack_options("iam");
     // A log of its own, so this test sees only this stack's calls.
-    let log = bin_dir().join("it-logs").join(format!("iam-{}.jsonl", opts.stack));
-    opts.iam_log = Some(log.clone());
+    let log = crate::helpers::OwnIamLog::new(&mut opts);
     let stack = TestStack::start(opts).await;
     let target = Target::start(&[]).await;
     let id = stack.api.create("POST", &target.url("/hook")).await;
@@ -70,7 +69,7 @@ async fn each_functions_calls_are_recorded_with_their_iam_action_and_resource() 
     .expect("YAML");
     let verdict = iam::check(&template, &recorded, &LocalIdentities::of_local_stack()).expect("the template resolves");
     assert!(verdict.passed(), "calls the template does not grant: {:#?}", verdict.denied);
-    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&log.0);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use crate::helpers::{Received, Target, TestStack, bin_dir, eventually, sdk, stack_options};
+use crate::helpers::{Received, Target, TestStack, eventually, sdk, stack_options};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -238,8 +238,7 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_secrets_refuse_bad_input
 /// `kms:Encrypt`, sender `Query`, sender writes). From the recorded calls.
 async fn delivery_costs(area: &str, with_secret: bool, n: usize) -> (usize, usize, usize, usize) {
     let mut opts = stack_options(area);
-    let log = bin_dir().join("it-logs").join(format!("iam-{}.jsonl", opts.stack));
-    opts.iam_log = Some(log.clone());
+    let log = crate::helpers::OwnIamLog::new(&mut opts);
     let stack = TestStack::start(opts).await;
     let target = Target::start(&[]).await;
     if with_secret {
@@ -271,7 +270,7 @@ async fn delivery_costs(area: &str, with_secret: bool, n: usize) -> (usize, usiz
             .count;
         assert_eq!(items, 0, "task {id} has its attempt inline");
     }
-    let records = courier_local::iam::read_log(&std::fs::read_to_string(&log).unwrap_or_default()).expect("log");
+    let records = courier_local::iam::read_log(&log.text()).expect("log");
     let count = |function: &str, action: &str| {
         records
             .iter()
