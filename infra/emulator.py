@@ -28,8 +28,9 @@ with SQS elsewhere, that delivery is sent to the SQS process instead.
 Speed patches, each measured and explained where it is applied: SendMessage
 without building every queue attribute, one-pass DeleteMessage, receipt
 handles drawn at once, TransactWriteItems rolled back from a journal of the
-items it touches instead of copies of whole tables, and per-request
-constants computed once. EMULATOR_PROFILE=path profiles the requests.
+items it touches instead of copies of whole tables, queries that read their
+partition instead of sorting the whole table, request logs for failed
+requests only, and per-request constants computed once. EMULATOR_PROFILE=path profiles the requests.
 
 The patches are written for one moto version (MOTO_VERSION): with any other
 the emulator refuses to start. infra/emulator_check.py tests them.
@@ -60,6 +61,7 @@ import copy  # noqa: E402
 
 import moto.backends  # noqa: E402
 import moto.dynamodb.models  # noqa: E402
+import moto.dynamodb.models.table  # noqa: E402
 import moto.dynamodb.models.dynamo_type  # noqa: E402
 import moto.core.responses  # noqa: E402
 import moto.core.utils  # noqa: E402
@@ -271,6 +273,66 @@ def _transact_write_items(self, transact_items):
 
 
 _ddb.DynamoDBBackend.transact_write_items = _transact_write_items
+
+# Query lists its candidates through `Table.all_items`, which gathers every
+# item of the table and sorts them all by key (DynamoType comparisons in
+# Python) before the query keeps one partition: O(N log N) per query under
+# DynamoDB's lock. With a few thousand tasks stored, the API's one query per
+# create by business id made that half of the DynamoDB process's time. While
+# a query runs, `all_items` hands it the one partition it asks for (a table
+# query: the caller still checks the hash key and sorts by range key), or for
+# an index query every item unsorted (the caller sorts its candidates by the
+# index's keys, a total order, so the table order it started from is lost
+# anyway). Scans and everything else get the sorted list as before.
+_Table = moto.dynamodb.models.table.Table
+_all_items = _Table.all_items
+_table_query = _Table.query
+_querying = threading.local()
+
+
+def _query_items(self):
+    q = getattr(_querying, "q", None)
+    if q is None or q[0] is not self:
+        return _all_items(self)
+    hash_key, index_name = q[1], q[2]
+    if index_name is None and hash_key is not None and self.range_key_attr:
+        return list(self.items.get(hash_key, {}).values()) if hash_key in self.items else []
+    items = []
+    for v in self.items.values():
+        if self.range_key_attr:
+            items.extend(v.values())
+        else:
+            items.append(v)
+    return items
+
+
+def _query(self, hash_key, *args, **kwargs):
+    index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+    _querying.q = (self, hash_key, index_name)
+    try:
+        return _table_query(self, hash_key, *args, **kwargs)
+    finally:
+        _querying.q = None
+
+
+_Table.all_items = _query_items
+_Table.query = _query
+
+# werkzeug logs one line per request through `logging` (a lock, a format,
+# a write): 8 % of the DynamoDB process's time under load. Only failed
+# requests are logged now, which are the ones worth reading.
+import werkzeug.serving  # noqa: E402
+
+_log_request = werkzeug.serving.WSGIRequestHandler.log_request
+
+
+def _log_failed_request(self, code="-", size="-"):
+    if str(getattr(code, "value", code)).isdigit() and int(getattr(code, "value", code)) < 400:
+        return
+    _log_request(self, code, size)
+
+
+werkzeug.serving.WSGIRequestHandler.log_request = _log_failed_request
 
 # A receipt handle is 185 random lowercase letters; moto draws them one
 # `random.choice` call each (a quarter of a receive). Same alphabet, length

@@ -67,6 +67,10 @@ pub struct Config {
     /// `COURIER_SIGNING_CACHE_MS` (default 60000): how long a sender reuses a tenant's
     /// unsealed signing secrets (a new or revoked secret takes effect within it).
     pub signing_cache_ms: u64,
+    /// `COURIER_AUTH_CACHE_MS` (default and most 5000, 0 keeps nothing): how long an API instance reuses
+    /// what it read of an API key and its tenant (a revoked key, a disabled tenant or new
+    /// quotas take effect within it).
+    pub auth_cache_ms: u64,
 }
 
 /// Flow control's settings: how long a sender trusts its cached policies,
@@ -192,6 +196,13 @@ impl Config {
                 .unwrap_or_else(|| "courier_tenant".to_owned()),
             host_breaker_events: get("COURIER_HOST_BREAKER_EVENTS").is_some_and(|v| v == "true"),
             signing_cache_ms: number("COURIER_SIGNING_CACHE_MS", 60_000, 3_600_000, "an integer in 1..=3600000")?,
+            auth_cache_ms: match get("COURIER_AUTH_CACHE_MS").filter(|v| !v.is_empty()) {
+                None => 5_000,
+                Some(v) => v.parse::<u64>().ok().filter(|n| *n <= 5_000).ok_or(ConfigError::Invalid {
+                    name: "COURIER_AUTH_CACHE_MS",
+                    rule: "an integer in 0..=5000 (the active-task quota's headroom allows for 5 s)",
+                })?,
+            },
             flow: FlowConfig {
                 cache_ms: number("COURIER_FLOW_CACHE_MS", 5_000, 600_000, "an integer in 1..=600000")?,
                 horizon_ms: number("COURIER_FLOW_HORIZON_MS", 1_000, 10_000, "an integer in 1..=10000")?,

@@ -18,7 +18,8 @@ async fn main() -> Result<(), Error> {
     let queue = SqsQueue::from_config(&config, &sdk);
     let scheduler = EventBridgeScheduler::from_config(&config, &sdk);
     let settings = ApiSettings::from_config(&config);
-    let state = Arc::new(AppState { store, queue, scheduler, settings, limits: Default::default() });
+    let auth_cache = courier::api::AuthCache::new(std::time::Duration::from_millis(config.auth_cache_ms));
+    let state = Arc::new(AppState { store, queue, scheduler, settings, limits: Default::default(), auth_cache });
     let claim = config.jwt_tenant_claim.clone();
     let router = courier::api::router(state).layer(axum::middleware::map_request(source_ip));
     // Before routing (a router's own layers run after it): the `/jwt` prefix goes.

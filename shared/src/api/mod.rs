@@ -8,7 +8,7 @@
 
 pub mod audit;
 mod auth;
-pub use auth::JWT_TENANT_HEADER;
+pub use auth::{AuthCache, JWT_TENANT_HEADER};
 mod console;
 mod error;
 mod flows;
@@ -129,6 +129,8 @@ pub struct AppState<S, Q, C> {
     pub settings: ApiSettings,
     /// This instance's create-rate windows (see [`tasks::quota`]).
     pub limits: tasks::quota::CreateLimits,
+    /// This instance's recent key and tenant reads (see [`auth::AuthCache`]).
+    pub auth_cache: auth::AuthCache,
 }
 
 /// The whole API.

@@ -166,6 +166,7 @@ mod tests {
                 flow_breaker: Default::default(),
             },
             limits: Default::default(),
+            auth_cache: Default::default(),
         }
     }
 

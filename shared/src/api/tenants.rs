@@ -273,6 +273,7 @@ pub async fn update<S: TenantStore + FlowPolicies + EventSettings, Q, C>(
     if !app.store.update_tenant(&id, dto.enabled, q).await? {
         return Err(ApiError::NotFound(format!("no tenant {id}")));
     }
+    app.auth_cache.forget();
     apply_limits(&app.store, &id, limits).await?;
     if let Some(types) = events {
         app.store.set_event_types(&id, &types).await?;
@@ -400,6 +401,7 @@ pub async fn revoke_key<S: TenantStore + FlowPolicies + EventSettings, Q, C>(
     if !app.store.revoke_key(&id, &key_id, now_millis()).await? {
         return Err(ApiError::NotFound(format!("tenant {id} has no key {key_id}")));
     }
+    app.auth_cache.forget();
     tracing::info!(tenant = %id, key_id = %key_id, "API key revoked");
     Ok(Json(tenant_view(&app.store, &id).await?))
 }

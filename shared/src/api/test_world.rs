@@ -33,6 +33,7 @@ pub(super) async fn world() -> World {
         queue: FakeQueue::default(),
         scheduler: FakeScheduler::default(),
         limits: Default::default(),
+        auth_cache: Default::default(),
         settings: ApiSettings {
             sqs_delay_max_s: 900,
             schedule_early_s: 60,

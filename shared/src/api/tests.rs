@@ -18,6 +18,7 @@ fn offline_router() -> Router {
         queue: crate::testing::FakeQueue::default(),
         scheduler: crate::testing::FakeScheduler::default(),
         limits: Default::default(),
+        auth_cache: Default::default(),
         settings: ApiSettings {
             sqs_delay_max_s: 900,
             schedule_early_s: 60,

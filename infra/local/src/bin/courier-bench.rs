@@ -339,7 +339,7 @@ struct Usage {
     sqs: Vec<(String, f64)>,
     scheduler: f64,
     invocations: Vec<(String, f64)>,
-    gb_s: f64,
+    gb_s: Vec<(String, f64)>,
     api_gateway: f64,
     log_bytes: f64,
     sender_cpu_ms: f64,
@@ -365,7 +365,7 @@ impl Usage {
         group("SQS requests", &self.sqs, &mut rows);
         rows.push(("Scheduler calls".into(), self.scheduler));
         group("Lambda invocations", &self.invocations, &mut rows);
-        rows.push(("Lambda GB-s".into(), self.gb_s));
+        group("Lambda GB-s", &self.gb_s, &mut rows);
         rows.push(("API Gateway requests".into(), self.api_gateway));
         rows.push(("log bytes".into(), self.log_bytes));
         rows.push(("sender CPU ms".into(), self.sender_cpu_ms));
@@ -376,7 +376,7 @@ impl Usage {
             ("$/M SQS", sum(&self.sqs) * price("sqs_per_million_requests")),
             ("$/M Scheduler", self.scheduler * price("scheduler_per_million_invocations")),
             ("$/M Lambda requests", sum(&self.invocations) * price("lambda_per_million_requests")),
-            ("$/M Lambda compute", self.gb_s * m * price("lambda_arm64_per_gb_second")),
+            ("$/M Lambda compute", sum(&self.gb_s) * m * price("lambda_arm64_per_gb_second")),
             ("$/M API Gateway", self.api_gateway * price("api_gateway_http_per_million_requests")),
             ("$/M CloudWatch Logs", self.log_bytes * m / 1e9 * price("cloudwatch_logs_per_gb_ingested")),
         ];
@@ -679,7 +679,11 @@ async fn run_scenario(
     sqs.push(("event source".into(), per((esm.op("sqs:DeleteMessageBatch") + esm.op("sqs:ReceiveMessage")) as f64)));
     let invocations: Vec<(String, f64)> =
         callers.iter().zip(&usage).map(|(c, (inv, _))| ((*c).to_owned(), per(*inv as f64))).collect();
-    let busy: f64 = usage.iter().map(|(_, b)| b.as_secs_f64()).sum();
+    let gb_s: Vec<(String, f64)> = callers
+        .iter()
+        .zip(&usage)
+        .map(|(c, (_, busy))| ((*c).to_owned(), per(busy.as_secs_f64()) * price("lambda_memory_gb")))
+        .collect();
     let mut lat = latencies.lock().expect("lock").clone();
     lat.sort();
     let ms = |p: f64| percentile(&lat, p).as_secs_f64() * 1e3;
@@ -688,7 +692,7 @@ async fn run_scenario(
         rcu: by(&|m| *m.rcu.lock().expect("lock")),
         sqs,
         scheduler: per(callers.iter().map(|c| meters.meter(c).count("scheduler:")).sum::<u64>() as f64),
-        gb_s: per(busy) * price("lambda_memory_gb"),
+        gb_s,
         api_gateway: per((n as f64 / per_call as f64).ceil()),
         log_bytes: per(log_bytes as f64 + sum(&invocations) * nf * PLATFORM_LOG_BYTES),
         invocations,
@@ -697,18 +701,16 @@ async fn run_scenario(
         creates_per_s: nf / created_in.as_secs_f64(),
         create_ms: [ms(0.5), ms(0.95), ms(0.99)],
     };
-    let sender_ops: Vec<String> = {
+    let calls = |caller: &str| -> String {
         let mut v: Vec<_> =
-            meters.meter("sender").ops.lock().expect("lock").iter().map(|(k, v)| format!("{k}={v}")).collect();
+            meters.meter(caller).ops.lock().expect("lock").iter().map(|(k, v)| format!("{k}={v}")).collect();
         v.sort();
-        v
+        v.join(" ")
     };
-    println!(
-        "{}: {n} delivered in {:.1} s; sender calls {}",
-        scenario.name(),
-        elapsed.as_secs_f64(),
-        sender_ops.join(" ")
-    );
+    println!("{}: {n} delivered in {:.1} s; AWS calls by caller:", scenario.name(), elapsed.as_secs_f64());
+    for caller in CALLERS {
+        println!("  {caller:<13} {}", calls(caller));
+    }
     drop(local);
     Ok(u.rows(price))
 }

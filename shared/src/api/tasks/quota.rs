@@ -4,9 +4,11 @@
 //!
 //! - Active tasks: the stream counter counts every task created (and gives
 //!   the slot back when it ends), and the API reads that count with the
-//!   tenant (it reads the tenant anyway, to authenticate). Far below the
-//!   quota, a create writes nothing more. Within [`headroom`] of it — where
-//!   the counter's lag of a second or so could let a burst through — the API
+//!   tenant (it reads the tenant anyway, to authenticate, and a warm
+//!   instance reuses that read for up to `COURIER_AUTH_CACHE_MS`, 5 s). Far
+//!   below the quota, a create writes nothing more. Within [`headroom`] of
+//!   it — where the counter's lag of a second or so and the cached read's
+//!   age could let a burst through — the API
 //!   takes the slots itself, by a conditional write on the tenant's count,
 //!   and marks the tasks (`slot_taken`) so the counter does not count them
 //!   again. So the quota holds exactly near its limit, and costs nothing away
@@ -34,7 +36,7 @@ pub const STRICT_RATE_MAX: u64 = 50;
 /// How close to its active-task quota a tenant's counted tasks may come
 /// before creates take their slots strictly: a tenth of the quota, and at
 /// least ten seconds of creates at its create rate (the counter lags by
-/// about a second).
+/// about a second, the tenant read an instance reuses is at most 5 s old).
 pub fn headroom(t: &Tenant) -> u64 {
     (t.quotas.max_active_tasks / 10).max(t.quotas.create_rate_per_second.saturating_mul(10))
 }
