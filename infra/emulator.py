@@ -30,7 +30,8 @@ without building every queue attribute, one-pass DeleteMessage, receipt
 handles drawn at once, TransactWriteItems rolled back from a journal of the
 items it touches instead of copies of whole tables, queries that read their
 partition instead of sorting the whole table, request logs for failed
-requests only, and per-request constants computed once. EMULATOR_PROFILE=path profiles the requests.
+requests only, kept-alive connections with responses written in one
+piece, and per-request constants computed once. EMULATOR_PROFILE=path profiles the requests.
 
 The patches are written for one moto version (MOTO_VERSION): with any other
 the emulator refuses to start. infra/emulator_check.py tests them.
@@ -333,6 +334,79 @@ def _log_failed_request(self, code="-", size="-"):
 
 
 werkzeug.serving.WSGIRequestHandler.log_request = _log_failed_request
+
+# Every response said `Connection: close`, so every call paid a TCP
+# connection and a new server thread: werkzeug closes because, after the
+# application, it drains the socket (reading until nothing more comes),
+# which on a kept-alive connection would swallow the next request. Here the
+# application and that drain read the request through a stream that ends
+# where the request's body ends (its Content-Length), so a connection stays
+# open for the next request; a request of unknown length (chunked) still
+# closes it. Responses are also written buffered, in one write instead of
+# one per header line (a `100 Continue` is flushed at once).
+werkzeug.serving.WSGIRequestHandler.wbufsize = 64 * 1024
+_run_wsgi = werkzeug.serving.WSGIRequestHandler.run_wsgi
+_send_header = werkzeug.serving.WSGIRequestHandler.send_header
+
+
+class _Body:
+    """One request's body: at most `left` bytes of the connection's stream."""
+
+    def __init__(self, raw, left):
+        self.raw, self.left = raw, left
+
+    def _cap(self, n):
+        return self.left if n is None or n < 0 else min(n, self.left)
+
+    def _took(self, b):
+        self.left -= len(b)
+        return b
+
+    def read(self, n=-1):
+        return self._took(self.raw.read(self._cap(n))) if self.left else b""
+
+    def read1(self, n=-1):
+        return self._took(self.raw.read1(self._cap(n))) if self.left else b""
+
+    def readline(self, n=-1):
+        return self._took(self.raw.readline(self._cap(n))) if self.left else b""
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def _send_header_kept(self, keyword, value):
+    if getattr(self, "_keep_alive", False) and keyword.lower() == "connection" and value.lower() == "close":
+        return
+    _send_header(self, keyword, value)
+
+
+def _run_wsgi_kept_alive(self):
+    if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
+        self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.wfile.flush()
+        del self.headers["Expect"]
+    length = self.headers.get("Content-Length", "0")
+    self._keep_alive = not self.close_connection and "Transfer-Encoding" not in self.headers and length.isdigit()
+    if not self._keep_alive:
+        return _run_wsgi(self)
+    raw = self.rfile
+    body = self.rfile = _Body(raw, int(length))
+    try:
+        return _run_wsgi(self)
+    finally:
+        self.rfile = raw
+        if body.left:  # the drain stopped early (a client slow to send): the stream is not at a request line
+            self.close_connection = True
+
+
+werkzeug.serving.WSGIRequestHandler.send_header = _send_header_kept
+werkzeug.serving.WSGIRequestHandler.run_wsgi = _run_wsgi_kept_alive
 
 # A receipt handle is 185 random lowercase letters; moto draws them one
 # `random.choice` call each (a quarter of a receive). Same alphabet, length

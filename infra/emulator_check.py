@@ -233,6 +233,33 @@ def check_queries():
     ddb.delete_table(TableName=name)
 
 
+def check_connections():
+    """Connections stay open between requests of known length; each request
+    on one reads its own answer."""
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlparse(os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ["AWS_ENDPOINT_URL"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+    headers = {"x-amz-target": "DynamoDB_20120810.ListTables", "content-type": "application/x-amz-json-1.0",
+               "authorization": "AWS4-HMAC-SHA256 Credential=test/20261123/us-east-1/dynamodb/aws4_request, "
+                                "SignedHeaders=host, Signature=x"}
+    answers, socks = [], []
+    for body in ("{}", '{"Limit": 1}', "{}"):
+        conn.request("POST", "/", body=body, headers=headers)
+        r = conn.getresponse()
+        answers.append((r.status, r.getheader("Connection"), "TableNames" in r.read().decode()))
+        socks.append(conn.sock)
+    check(answers == [(200, None, True)] * 3, f"three requests answered on a kept-alive connection ({answers})")
+    check(socks[0] is not None and socks.count(socks[0]) == 3, "all three on the same connection")
+    conn.request("POST", "/", body=iter([b"{}"]), headers=dict(headers, **{"Transfer-Encoding": "chunked"}),
+                 encode_chunked=True)
+    r = conn.getresponse()
+    check((r.status, r.getheader("Connection"), "TableNames" in r.read().decode()) == (200, "close", True),
+          "a chunked request is answered and closes its connection")
+    conn.close()
+
+
 def check_sqs():
     sqs = client("sqs")
     tag = uuid.uuid4().hex[:8]
@@ -349,5 +376,6 @@ if __name__ == "__main__":
     else:
         check_dynamodb()
         check_queries()
+        check_connections()
         check_sqs()
         print("emulator checks passed")

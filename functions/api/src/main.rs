@@ -9,7 +9,7 @@ use courier::schedules::EventBridgeScheduler;
 use courier::sqs::SqsQueue;
 use lambda_http::Error;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;

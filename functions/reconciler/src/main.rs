@@ -10,7 +10,7 @@ use courier::reconciler::Reconciler;
 use courier::sqs::SqsQueue;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;

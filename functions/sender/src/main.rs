@@ -15,7 +15,7 @@ use courier::sender::{HttpClients, Sender, SenderSettings};
 use courier::sqs::SqsQueue;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     courier::telemetry::init();
     let config = courier::Config::from_env()?;

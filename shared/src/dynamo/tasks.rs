@@ -181,6 +181,20 @@ impl TaskStore for DynamoStore {
         }))
     }
 
+    async fn may_exist(&self, id: &TaskId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(task_pk(id), STATE)))
+            .projection_expression("#pk")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(out.item.is_some())
+    }
+
     async fn find_by_key(&self, tenant: &TenantId, k: &UniqueKey) -> Result<Option<TaskId>, StoreError> {
         if let UniqueKey::BusinessId(b) = k {
             let id = TaskId::derive(tenant, b);

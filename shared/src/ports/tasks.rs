@@ -84,6 +84,10 @@ pub trait TaskStore: Send + Sync + 'static {
     fn discard(&self, task: &NewTask, key: Option<&UniqueKey>)
     -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
+    /// Whether the task's state item exists, by an eventually consistent read
+    /// of its key alone (half a read unit): a task written a moment ago may
+    /// not show yet, so only a create's conditional write is sure.
+    fn may_exist(&self, id: &TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn find_by_key(
         &self,
         tenant: &TenantId,

@@ -60,6 +60,10 @@ impl TaskStore for FakeStore {
         Ok(t.states.remove(&(task.id.as_str().to_owned(), None)).is_some())
     }
 
+    async fn may_exist(&self, id: &TaskId) -> Result<bool, StoreError> {
+        Ok(self.lock().states.contains_key(&(id.as_str().to_owned(), None)))
+    }
+
     async fn get(&self, id: &TaskId) -> Result<Option<StoredTask>, StoreError> {
         let t = self.lock();
         let state = t.states.get(&(id.as_str().to_owned(), None)).map(|r| r.state.clone());

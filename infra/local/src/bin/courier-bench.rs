@@ -77,10 +77,53 @@ struct Args {
     flow_tasks: usize,
 }
 
-/// Log bytes Lambda itself writes per invocation (`START`, `END`, `REPORT`
-/// lines; about 260 bytes together on arm64), which the local runtime does
-/// not: added to what the functions print.
+/// Log bytes Lambda itself writes per invocation at the default system log
+/// level, INFO (`START`, `END`, `REPORT` lines; about 260 bytes together on
+/// arm64), which the local runtime does not: added to what the functions print.
 const PLATFORM_LOG_BYTES: f64 = 260.0;
+
+/// Log bytes Lambda writes per successful invocation at the system log level
+/// `template.yaml` sets for every function (`Globals.Function.LoggingConfig`):
+/// none at WARN, which keeps only failures and timeouts.
+/// Lambda gives a function CPU in proportion to its memory, one vCPU at
+/// 1,769 MB: a function with less runs its CPU-bound part that much slower.
+const FULL_VCPU_MB: f64 = 1769.0;
+
+/// The template's functions by the name the bench gives them.
+const FUNCTIONS: [(&str, &str); 4] = [
+    ("api", "ApiFunction"),
+    ("sender", "SenderFunction"),
+    ("counter", "CounterFunction"),
+    ("reconciler", "ReconcilerFunction"),
+];
+
+fn template() -> serde_yaml::Value {
+    serde_yaml::from_str(&std::fs::read_to_string("template.yaml").unwrap_or_default()).unwrap_or_default()
+}
+
+/// A function's memory (MB) as `template.yaml` sets it: its own `MemorySize`, else the Globals'.
+fn memory_mb(caller: &str) -> f64 {
+    let t = template();
+    let id = FUNCTIONS.iter().find(|(c, _)| *c == caller).map_or("", |(_, id)| id);
+    t["Resources"][id]["Properties"]["MemorySize"]
+        .as_f64()
+        .or_else(|| t["Globals"]["Function"]["MemorySize"].as_f64())
+        .unwrap_or(128.0)
+}
+
+/// GB-s Lambda bills for `busy` seconds of invocations that spent `cpu`
+/// seconds of CPU here (one full core each): the CPU part stretched to the
+/// function's share of a vCPU, at its memory.
+fn billed_gb_s(busy: f64, cpu: f64, memory_mb: f64) -> f64 {
+    (busy + cpu * (FULL_VCPU_MB / memory_mb - 1.0).max(0.0)) * memory_mb / 1024.0
+}
+
+fn platform_log_bytes() -> f64 {
+    match template()["Globals"]["Function"]["LoggingConfig"]["SystemLogLevel"].as_str() {
+        Some("WARN") => 0.0,
+        _ => PLATFORM_LOG_BYTES,
+    }
+}
 
 /// Usage counted by one proxy (one caller: a function, or the event source).
 #[derive(Default)]
@@ -343,6 +386,7 @@ struct Usage {
     api_gateway: f64,
     log_bytes: f64,
     sender_cpu_ms: f64,
+    api_cpu_ms: f64,
     deliveries_per_s: f64,
     creates_per_s: f64,
     /// Latency of the create calls (ms): p50, p95, p99.
@@ -369,6 +413,7 @@ impl Usage {
         rows.push(("API Gateway requests".into(), self.api_gateway));
         rows.push(("log bytes".into(), self.log_bytes));
         rows.push(("sender CPU ms".into(), self.sender_cpu_ms));
+        rows.push(("API CPU ms".into(), self.api_cpu_ms));
         let m = 1_000_000.0;
         let costs = [
             ("$/M DynamoDB writes", sum(&self.wcu) * price("dynamodb_per_million_write_request_units")),
@@ -594,8 +639,9 @@ async fn run_scenario(
     tokio::time::sleep(Duration::from_secs(2)).await;
     meters.reset();
     let base = received.load(Ordering::Relaxed);
-    let cpu0: Duration = local.sender.pids().into_iter().map(cpu_time).sum();
     let hosts = [&local.api, &local.sender, &local.counter, &local.reconciler];
+    let cpu_of = |h: &FunctionHost| h.pids().into_iter().map(cpu_time).sum::<Duration>();
+    let cpu0: Vec<Duration> = hosts.iter().map(|h| cpu_of(h)).collect();
     let usage0: Vec<(u64, Duration)> = hosts.iter().map(|h| h.usage()).collect();
     let log0 = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
 
@@ -663,7 +709,7 @@ async fn run_scenario(
         last = now;
     }
     local.reconciler.invoke(&scheduled_event(&format!("{stack}-reconcile"))).await?;
-    let cpu = local.sender.pids().into_iter().map(cpu_time).sum::<Duration>().saturating_sub(cpu0);
+    let cpu: Vec<f64> = hosts.iter().zip(&cpu0).map(|(h, c0)| cpu_of(h).saturating_sub(*c0).as_secs_f64()).collect();
     let usage: Vec<(u64, Duration)> =
         hosts.iter().zip(&usage0).map(|(h, (i0, b0))| (h.usage().0 - i0, h.usage().1.saturating_sub(*b0))).collect();
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0).saturating_sub(log0);
@@ -681,8 +727,8 @@ async fn run_scenario(
         callers.iter().zip(&usage).map(|(c, (inv, _))| ((*c).to_owned(), per(*inv as f64))).collect();
     let gb_s: Vec<(String, f64)> = callers
         .iter()
-        .zip(&usage)
-        .map(|(c, (_, busy))| ((*c).to_owned(), per(busy.as_secs_f64()) * price("lambda_memory_gb")))
+        .zip(usage.iter().zip(&cpu))
+        .map(|(c, ((_, busy), cpu))| ((*c).to_owned(), per(billed_gb_s(busy.as_secs_f64(), *cpu, memory_mb(c)))))
         .collect();
     let mut lat = latencies.lock().expect("lock").clone();
     lat.sort();
@@ -694,9 +740,10 @@ async fn run_scenario(
         scheduler: per(callers.iter().map(|c| meters.meter(c).count("scheduler:")).sum::<u64>() as f64),
         gb_s,
         api_gateway: per((n as f64 / per_call as f64).ceil()),
-        log_bytes: per(log_bytes as f64 + sum(&invocations) * nf * PLATFORM_LOG_BYTES),
+        log_bytes: per(log_bytes as f64 + sum(&invocations) * nf * platform_log_bytes()),
         invocations,
-        sender_cpu_ms: per(cpu.as_secs_f64() * 1000.0),
+        sender_cpu_ms: per(cpu[1] * 1000.0),
+        api_cpu_ms: per(cpu[0] * 1000.0),
         deliveries_per_s: nf / elapsed.as_secs_f64(),
         creates_per_s: nf / created_in.as_secs_f64(),
         create_ms: [ms(0.5), ms(0.95), ms(0.99)],

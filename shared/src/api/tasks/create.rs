@@ -198,11 +198,14 @@ pub async fn create<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueue, C:
     let key = unique_key(&input, &headers)?;
     let mut task = new_task(&app.settings, &tenant, input, now);
     tracing::Span::current().record("task_id", task.id.as_str());
-    // A repeat answers the task already made: a business id names it (one
-    // read); an idempotency key is looked up (only a readable holder: its
+    // A repeat answers the task already made: a business id names it (half a
+    // read unit to look, a read of the task only when it is there; one made a
+    // moment ago that does not show yet is found by the create's conditional
+    // write); an idempotency key is looked up (only a readable holder: its
     // creator may be between the key and the task; the store's create waits).
     let existing = match &key {
-        Some(UniqueKey::BusinessId(_)) => app.store.get(&task.id).await?,
+        Some(UniqueKey::BusinessId(_)) if app.store.may_exist(&task.id).await? => app.store.get(&task.id).await?,
+        Some(UniqueKey::BusinessId(_)) => None,
         Some(k @ UniqueKey::IdempotencyKey(_)) => match app.store.find_by_key(&tenant.id, k).await? {
             Some(id) => app.store.get(&id).await?,
             None => None,
