@@ -37,9 +37,8 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(crate::domain::format_millis(crate::domain::now_millis())));
-        line.insert("level".into(), Value::String(event.metadata().level().to_string()));
         event.record(&mut Fields(&mut line));
+        let message = line.remove("message").unwrap_or(Value::String(String::new()));
         if let Some(span) = ctx.lookup_current() {
             let extensions = span.extensions();
             let recorded = extensions.get::<FormattedFields<N>>().map(|f| f.fields.as_str()).unwrap_or_default();
@@ -49,8 +48,15 @@ where
                 }
             }
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        // Time, level and message first, for a reader; then the fields.
+        let head = serde_json::json!([
+            crate::domain::format_millis(crate::domain::now_millis()),
+            event.metadata().level().as_str(),
+            message
+        ]);
+        let rest = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        let rest = if line.is_empty() { String::new() } else { format!(",{}", &rest[1..rest.len() - 1]) };
+        writeln!(writer, r#"{{"timestamp":{},"level":{},"message":{}{rest}}}"#, head[0], head[1], head[2])
     }
 }
 
@@ -121,6 +127,7 @@ mod tests {
         });
         tracing::info!("no subscriber: nothing");
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(text.starts_with(r#"{"timestamp":""#) && text.contains(r#"","level":"INFO","message":"attempt","#), "{text}");
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
         assert_eq!(lines.len(), 2, "{text}");
         let first = lines[0].as_object().expect("object");
