@@ -127,7 +127,10 @@ mod tests {
         });
         tracing::info!("no subscriber: nothing");
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
-        assert!(text.starts_with(r#"{"timestamp":""#) && text.contains(r#"","level":"INFO","message":"attempt","#), "{text}");
+        assert!(
+            text.starts_with(r#"{"timestamp":""#) && text.contains(r#"","level":"INFO","message":"attempt","#),
+            "{text}"
+        );
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
         assert_eq!(lines.len(), 2, "{text}");
         let first = lines[0].as_object().expect("object");

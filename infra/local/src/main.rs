@@ -171,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("adm_{}", uuid::Uuid::new_v4().simple()));
             let mut opts = StackOptions::new(&stack, bin_dir);
             opts.api_addr = api;
+            // Lambda gives each concurrent request its own instance: 8 API
+            // processes (17 MB each, idle) serve 8 clients at once, not 2.
+            opts.api_instances = 8;
             // Items expire as DynamoDB's TTL would have them (then archived to S3).
             opts.ttl_sweep = Some(std::time::Duration::from_secs(60));
             // The JWT routes accept the local issuer's tokens (`courier-local jwt`).
