@@ -98,7 +98,10 @@ const FUNCTIONS: [(&str, &str); 4] = [
 ];
 
 fn template() -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string("template.yaml").unwrap_or_default()).unwrap_or_default()
+    let text = std::fs::read_to_string("template.yaml")
+        .or_else(|_| std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml")))
+        .unwrap_or_default();
+    serde_yaml::from_str(&text).unwrap_or_default()
 }
 
 /// A function's memory (MB) as `template.yaml` sets it: its own `MemorySize`, else the Globals'.
@@ -958,6 +961,17 @@ impl FlowPhase<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_are_billed_at_the_templates_memory_with_cpu_at_their_vcpu_share() {
+        assert_eq!((memory_mb("api"), memory_mb("sender"), memory_mb("counter")), (128.0, 256.0, 256.0));
+        assert_eq!(platform_log_bytes(), 0.0, "the template drops START/REPORT lines");
+        // 100 ms waiting and 1 ms of CPU: at 1,769 MB the CPU is already in the wall time.
+        assert!((billed_gb_s(0.1, 0.001, FULL_VCPU_MB) - 0.1 * FULL_VCPU_MB / 1024.0).abs() < 1e-12);
+        // At 128 MB that 1 ms takes 13.8 ms: 12.8 ms more are billed.
+        let at_128 = billed_gb_s(0.1, 0.001, 128.0);
+        assert!((at_128 - (0.1 + 0.001 * (FULL_VCPU_MB / 128.0 - 1.0)) * 0.125).abs() < 1e-12, "{at_128}");
+    }
 
     #[test]
     fn item_sizes_follow_dynamodb_rules() {
