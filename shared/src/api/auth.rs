@@ -119,16 +119,7 @@ async fn jwt_tenant<S: TenantStore, Q, C>(
             }
             let id = TenantId::parse(claim)
                 .map_err(|_| ApiError::Unauthorized("the token's tenant claim is not a tenant id"))?;
-            let tenant = app
-                .auth_cache
-                .tenant(&app.store, &id)
-                .await?
-                .ok_or(ApiError::Unauthorized("the token names an unknown tenant"))?;
-            super::audit::note_tenant(&tenant.id);
-            if !tenant.enabled {
-                return Err(ApiError::Forbidden("this tenant is disabled"));
-            }
-            Ok(tenant)
+            enabled_tenant(app, &id, || ApiError::Unauthorized("the token names an unknown tenant")).await
         }
         .await,
     )
@@ -158,16 +149,7 @@ pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &Hea
         let id = named.to_str().ok().and_then(|v| TenantId::parse(v.trim()).ok()).ok_or_else(|| {
             FieldError::new("invalid", "X-Courier-Tenant", "X-Courier-Tenant must be a tenant id (tnt_…)")
         })?;
-        let tenant = app
-            .auth_cache
-            .tenant(&app.store, &id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
-        if !tenant.enabled {
-            return Err(ApiError::Forbidden("this tenant is disabled"));
-        }
-        super::audit::note_tenant(&tenant.id);
-        return Ok(tenant);
+        return enabled_tenant(app, &id, || ApiError::NotFound(format!("no tenant {id}"))).await;
     }
     let grant = app
         .auth_cache
@@ -180,11 +162,17 @@ pub async fn tenant<S: TenantStore, Q, C>(app: &AppState<S, Q, C>, headers: &Hea
             format_millis(at)
         )));
     }
-    let tenant = app
-        .auth_cache
-        .tenant(&app.store, &grant.tenant)
-        .await?
-        .ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
+    enabled_tenant(app, &grant.tenant, || ApiError::Unauthorized("unknown or revoked API key")).await
+}
+
+/// The tenant `id` (as this instance last read it), noted for the audit
+/// log: `missing()` when there is none, 403 when it is disabled.
+async fn enabled_tenant<S: TenantStore, Q, C>(
+    app: &AppState<S, Q, C>,
+    id: &TenantId,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<Tenant, ApiError> {
+    let tenant = app.auth_cache.tenant(&app.store, id).await?.ok_or_else(missing)?;
     super::audit::note_tenant(&tenant.id);
     if !tenant.enabled {
         return Err(ApiError::Forbidden("this tenant is disabled"));

@@ -137,8 +137,14 @@ async fn create_admitted<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueu
             }
             continue;
         };
-        // A business id names its task: a repeat answers the one already made.
-        let found = match app.store.get(&task.id).await {
+        // A business id names its task: a repeat answers the one already made
+        // (looked for as a single create does: the key first, half a read unit).
+        let looked = match app.store.may_exist(&task.id).await {
+            Ok(true) => app.store.get(&task.id).await,
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let found = match looked {
             Ok(found) => found.filter(|t| t.state.tenant == tenant.id),
             Err(e) => {
                 results[i] = item_error(i, &e.into());
