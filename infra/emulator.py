@@ -297,7 +297,7 @@ def _query_items(self):
         return _all_items(self)
     hash_key, index_name = q[1], q[2]
     if index_name is None and hash_key is not None and self.range_key_attr:
-        return list(self.items.get(hash_key, {}).values()) if hash_key in self.items else []
+        return list(self.items[hash_key].values()) if hash_key in self.items else []
     items = []
     for v in self.items.values():
         if self.range_key_attr:

@@ -86,7 +86,9 @@ pub trait TaskStore: Send + Sync + 'static {
     fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
     /// Whether the task's state item exists, by an eventually consistent read
     /// of its key alone (half a read unit): a task written a moment ago may
-    /// not show yet, so only a create's conditional write is sure.
+    /// not show yet, so only a create's conditional write is sure. (`find_by_key`
+    /// reads the same item of a business id strongly consistent, whole: for a
+    /// lookup that must see a task made a moment ago.)
     fn may_exist(&self, id: &TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn find_by_key(
         &self,
