@@ -43,6 +43,10 @@ type HeldKey = (String, [u8; 32], EpochMillis);
 pub(super) struct FieldKeys {
     current: Mutex<HashMap<TenantId, HeldKey>>,
     opened: Mutex<HashMap<String, ([u8; 32], EpochMillis)>>,
+    /// Held while opening: the deliveries of one batch that all miss wait
+    /// for the first one's read and decrypt instead of each making their own
+    /// (as the sender's signing-secret cache does).
+    opening: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,11 @@ impl DynamoStore {
     /// A data key by id (cached for [`OPEN_CACHE_MS`]).
     async fn open_field_key(&self, id: &str) -> Result<[u8; 32], StoreError> {
         let now = now_millis();
+        let cached = self.field_keys.opened.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied();
+        if let Some((k, _)) = cached.filter(|(_, at)| now - at < OPEN_CACHE_MS) {
+            return Ok(k);
+        }
+        let _opening = self.field_keys.opening.lock().await;
         let cached = self.field_keys.opened.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied();
         if let Some((k, _)) = cached.filter(|(_, at)| now - at < OPEN_CACHE_MS) {
             return Ok(k);
