@@ -54,6 +54,25 @@ pub fn expired(records: &[Value]) -> Vec<Expired> {
         .collect()
 }
 
+/// The listing groups TTL deleted in a batch (their members that still
+/// exist are listed on their own from then on).
+pub fn expired_groups(records: &[Value]) -> Vec<crate::ports::ExpiredGroup> {
+    use base64::Engine;
+    records
+        .iter()
+        .filter(|r| is_ttl_removal(r))
+        .filter_map(|r| {
+            let d = &r["dynamodb"];
+            let group = d["Keys"]["pk"]["S"].as_str()?.strip_prefix(crate::resources::LIST_GROUP_PREFIX)?;
+            let old = &d["OldImage"];
+            let tenant = TenantId::parse(old["tenant"]["S"].as_str()?).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(old["ids"]["B"].as_str()?).ok()?;
+            let ids = crate::dynamo::decode_group_ids(&bytes);
+            Some(crate::ports::ExpiredGroup { tenant, group: group.to_owned(), ids })
+        })
+        .collect()
+}
+
 /// The objects a batch's expired items make: key and gzip bytes, grouped by
 /// tenant and day (an item whose tenant could not be found goes under
 /// `_unknown`). `batch` names the objects (the same batch, the same keys).

@@ -330,6 +330,17 @@ where
         Ok(items.len())
     }
 
+    /// Lists on their own the tasks that listing groups TTL deleted in the
+    /// batch still listed and that still exist (see `dynamo::groups`);
+    /// returns how many. A retried batch sets the same entries again.
+    pub async fn relist(&self, records: &[Value]) -> Result<usize, ConsumerError> {
+        let mut relisted = 0;
+        for group in crate::archive::expired_groups(records) {
+            relisted += self.store.relist(&group).await?;
+        }
+        Ok(relisted)
+    }
+
     /// Handles one invocation: `event` is a DynamoDB Streams batch in
     /// Lambda's event format. Events and callbacks first, counts last; an
     /// error makes Lambda retry the batch (counts are applied once per batch;
@@ -341,8 +352,17 @@ where
         let published = self.publish(&changes, &breaker_changes(records), now).await?;
         let callbacks = self.callbacks(&changes, now).await?;
         let archived = self.archive(records).await?;
+        let relisted = self.relist(records).await?;
         let applied = apply(&self.store, records).await?;
-        tracing::info!(records = records.len(), applied, published, callbacks, archived, "stream batch handled");
+        tracing::info!(
+            records = records.len(),
+            applied,
+            published,
+            callbacks,
+            archived,
+            relisted,
+            "stream batch handled"
+        );
         Ok(serde_json::json!({"batchItemFailures": []}))
     }
 }

@@ -65,6 +65,10 @@ pub const RECONCILE_SHARDS: u32 = 8;
 /// partition keys (`TENANT#<id>#<n>`, by task id): one index key takes at
 /// most 1,000 writes a second, so one key per tenant would cap its creates.
 pub const LIST_SHARDS: u32 = 8;
+/// The partition key prefix of a listing group (`LIST#<group>`, sort key
+/// `LIST`): the one index entry the tasks of one batched write share, with
+/// their ids.
+pub const LIST_GROUP_PREFIX: &str = "LIST#";
 /// Epoch seconds after which DynamoDB deletes an item.
 pub const TABLE_TTL_ATTRIBUTE: &str = "expires_at";
 

@@ -108,3 +108,79 @@ async fn expired_task_history_is_archived_by_tenant_and_day_and_read_back() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("STATE"), "{text}");
 }
+
+#[tokio::test]
+async fn tasks_outliving_their_listing_group_keep_their_place_in_the_listing() {
+    let mut opts = stack_options("relist");
+    opts.ttl_sweep = Some(Duration::from_secs(1));
+    opts.pollers = 0; // nothing is sent: the tasks stay pending, alive
+    let stack = TestStack::start(opts).await;
+    let api = &stack.api;
+    let tasks: Vec<Value> = (0..6)
+        .map(|i| serde_json::json!({"request": {"method": "POST", "url": format!("https://hook.invalid/{i}")}}))
+        .collect();
+    let (status, resp) = api.post("/v1/tasks/batch", &serde_json::json!({"tasks": tasks}).to_string()).await;
+    assert_eq!((status, resp["created"].as_u64()), (200, Some(6)), "{resp}");
+    let listed = |page: &Value| -> Vec<String> {
+        page["tasks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|t| t["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (status, before) = api.get("/v1/tasks?limit=100").await;
+    assert_eq!(status, 200, "{before}");
+    let order = listed(&before);
+    assert_eq!(order.len(), 6, "{before}");
+
+    // Their group expires (a week after their own first expiry, normally)
+    // while they are still alive: each gets its own index entry, in place.
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk().await);
+    let table = stack.outputs().names.table.clone();
+    let groups = ddb
+        .scan()
+        .table_name(&table)
+        .filter_expression("begins_with(pk, :l) AND tenant = :t")
+        .expression_attribute_values(":l", AttributeValue::S(courier::resources::LIST_GROUP_PREFIX.into()))
+        .expression_attribute_values(":t", AttributeValue::S(stack.tenant.clone()))
+        .send()
+        .await
+        .expect("scan");
+    let [group] = groups.items() else { panic!("one group: {groups:?}") };
+    ddb.update_item()
+        .table_name(&table)
+        .key("pk", group["pk"].clone())
+        .key("sk", group["sk"].clone())
+        .update_expression("SET #ttl = :past")
+        .expression_attribute_names("#ttl", courier::resources::TABLE_TTL_ATTRIBUTE)
+        .expression_attribute_values(":past", AttributeValue::N("1000".into()))
+        .send()
+        .await
+        .expect("expire the group");
+    let own_entries = eventually(WAIT, || async {
+        let mut own = 0;
+        for id in &order {
+            let state = ddb
+                .get_item()
+                .table_name(&table)
+                .key("pk", AttributeValue::S(format!("TASK#{id}")))
+                .key("sk", AttributeValue::S("STATE".into()))
+                .send()
+                .await
+                .ok()?;
+            own += usize::from(state.item()?.contains_key(courier::resources::INDEX_HASH_KEY));
+        }
+        (own == order.len()).then_some(own)
+    })
+    .await;
+    assert_eq!(own_entries, Some(6), "every member still alive is relisted");
+    let gone = ddb.get_item().table_name(&table).key("pk", group["pk"].clone()).key("sk", group["sk"].clone());
+    assert!(gone.send().await.expect("get").item().is_none(), "the group itself is gone");
+    let (_, after) = api.get("/v1/tasks?limit=100").await;
+    assert_eq!(listed(&after), order, "the same tasks in the same places");
+    let (_, page) = api.get("/v1/tasks?limit=4").await;
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let (_, rest) = api.get(&format!("/v1/tasks?limit=4&cursor={cursor}")).await;
+    assert_eq!([listed(&page), listed(&rest)].concat(), order, "pages split at a relisted member");
+}

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 
 use crate::helpers::{Target, TestStack, eventually, stack_options, wait_until_queue_empty};
@@ -284,6 +285,7 @@ async fn paging_through_a_tenant_spread_over_index_shards_returns_every_task_onc
     opts.pollers = 0; // nothing is sent: the tasks stay pending
     let stack = TestStack::start(opts).await;
     let mut created = std::collections::HashSet::new();
+    let mut round_times = Vec::new();
     for round in 0..3 {
         let tasks: Vec<serde_json::Value> = (0..50)
             .map(|i| {
@@ -299,8 +301,42 @@ async fn paging_through_a_tenant_spread_over_index_shards_returns_every_task_onc
         for r in resp["results"].as_array().expect("results") {
             created.insert(r["task"]["id"].as_str().expect("id").to_owned());
         }
+        round_times.push(resp["results"][1]["task"]["created_at"].as_str().expect("created_at").to_owned());
+        // Within the create rate quota (100 a second).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // A task created alone between batches lists by its own index entry.
+        let single = stack.api.create_task(json!({"request": {"method": "POST", "url": "https://one.invalid/"}})).await;
+        created.insert(single["id"].as_str().expect("id").to_owned());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // A batch's tasks without a business id share one listing group: their
+    // states carry no index keys (one write unit each, not two).
+    let ddb = aws_sdk_dynamodb::Client::new(&crate::helpers::sdk().await);
+    let table = stack.outputs().names.table.clone();
+    let groups = ddb
+        .scan()
+        .table_name(&table)
+        .filter_expression("begins_with(pk, :l) AND tenant = :t")
+        .expression_attribute_values(":l", AttributeValue::S(courier::resources::LIST_GROUP_PREFIX.into()))
+        .expression_attribute_values(":t", AttributeValue::S(stack.tenant.clone()))
+        .send()
+        .await
+        .expect("scan");
+    // The batch writes its 40 such tasks in chunks of 20, each chunk listed by one group.
+    assert_eq!(groups.items().len(), 6, "one group per chunk");
+    let mut indexed = 0;
+    for id in &created {
+        let state = ddb
+            .get_item()
+            .table_name(&table)
+            .key("pk", AttributeValue::S(format!("TASK#{id}")))
+            .key("sk", AttributeValue::S("STATE".into()))
+            .send()
+            .await
+            .expect("get");
+        indexed += usize::from(state.item().expect("stored").contains_key(courier::resources::INDEX_HASH_KEY));
+    }
+    assert_eq!(indexed, 3 * 10 + 3, "only tasks with a business id and single creates have their own index entry");
     let (mut seen, mut times) = (Vec::new(), Vec::new());
     let mut cursor: Option<String> = None;
     let mut pages = 0;
@@ -322,9 +358,16 @@ async fn paging_through_a_tenant_spread_over_index_shards_returns_every_task_onc
         }
         assert!(pages < 40, "paging ends");
     }
-    assert_eq!(seen.len(), 150, "every task once");
+    assert_eq!(seen.len(), 153, "every task once");
     assert_eq!(seen.iter().cloned().collect::<std::collections::HashSet<_>>(), created);
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    // A time window takes a group whole: the second batch's millisecond is its 50 tasks.
+    let at = &round_times[1];
+    let (status, page) = stack.api.get(&format!("/v1/tasks?limit=100&created_after={at}&created_before={at}")).await;
+    assert_eq!(status, 200, "{page}");
+    let in_window = page["tasks"].as_array().expect("tasks");
+    assert_eq!(in_window.len(), 50, "{at}: {page}");
+    assert!(in_window.iter().all(|t| t["created_at"] == at.as_str()));
     // A filter that matches few examines many: pages may be partial but still end.
     let (status, page) = stack.api.get("/v1/tasks?limit=3&status=succeeded").await;
     assert_eq!((status, page["tasks"].as_array().map(Vec::len)), (200, Some(0)), "{page}");

@@ -168,13 +168,14 @@ impl Bridge {
 }
 
 /// The deployed mapping's filters: task state items and cron runs' items, new
-/// flow history entries (breaker events), and task items TTL deleted (the archive).
+/// flow history entries (breaker events), and task items and listing groups
+/// TTL deleted (the archive, relisting).
 fn kept_by_filters(r: &Value) -> bool {
     let keys = &r["dynamodb"]["Keys"];
     let (pk, sk) = (keys["pk"]["S"].as_str().unwrap_or_default(), keys["sk"]["S"].as_str().unwrap_or_default());
     let task = pk.starts_with("TASK#") && (sk == "STATE" || sk.starts_with("RUN#"));
     let breaker = r["eventName"] == "INSERT" && pk.starts_with("FLOW#") && sk.starts_with("HIST#");
-    let expired = courier::archive::is_ttl_removal(r) && pk.starts_with("TASK#");
+    let expired = courier::archive::is_ttl_removal(r) && (pk.starts_with("TASK#") || pk.starts_with("LIST#"));
     task || breaker || expired
 }
 

@@ -41,6 +41,8 @@ mod delivery;
 mod errors;
 mod fields;
 mod flows;
+mod groups;
+pub use groups::decode_ids as decode_group_ids;
 mod keys;
 mod reconcile;
 mod replays;

@@ -1,6 +1,6 @@
 //! [`TaskStore`] on DynamoDB: tasks as the API sees them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{
     Delete, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
@@ -8,6 +8,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::codec::{INLINE_SPEC_MAX, REQUEST_LINE, n, opt_s, request_attrs, request_of, s, state_from_item, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
+use super::groups::{GROUP_MAX, group_of, member_sort_key};
 use super::keys::{
     ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard,
     task_pk, unique_pk,
@@ -18,7 +19,8 @@ use crate::domain::{
     TenantId,
 };
 use crate::ports::{
-    Cancelled, Created, DeliveryLedger, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey, Unit,
+    Cancelled, Created, DeliveryLedger, ExpiredGroup, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore,
+    UniqueKey, Unit,
 };
 use crate::resources::{
     INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, LIST_SHARDS, RECONCILE_HASH_KEY as RPK, RECONCILE_RANGE_KEY as RSK,
@@ -83,6 +85,21 @@ impl TaskStore for DynamoStore {
     }
 
     async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
+        // The tasks without a business id are listed by one group item each
+        // hundred, written first; their states then carry no index keys (a
+        // write unit each, not two). A group that cannot be written leaves its
+        // tasks their own entries.
+        let mut listed: HashSet<&str> = HashSet::new();
+        let plain: Vec<&NewTask> = tasks.iter().filter(|t| t.business_id.is_none()).collect();
+        for chunk in plain.chunks(GROUP_MAX) {
+            match self.put_group(chunk).await {
+                Ok(Some(_)) => listed.extend(chunk.iter().map(|t| t.id.as_str())),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, tasks = chunk.len(), "listing group not written; tasks listed one by one")
+                }
+            }
+        }
         // BatchWriteItem takes 25 items: a task is one item (its state) or two
         // (with a SPEC item). A task whose items stay unprocessed after retries,
         // or whose call failed, is reported as not stored (some of its items
@@ -93,7 +110,11 @@ impl TaskStore for DynamoStore {
             let mut requests: Vec<WriteRequest> = Vec::with_capacity(25);
             let mut end = start;
             while end < tasks.len() {
-                let (spec, state) = self.new_items(&tasks[end]);
+                let (spec, mut state) = self.new_items(&tasks[end]);
+                if listed.contains(tasks[end].id.as_str()) {
+                    state.remove(GPK);
+                    state.remove(GSK);
+                }
                 let items: Vec<Item> = spec.into_iter().chain([state]).collect();
                 if requests.len() + items.len() > 25 {
                     break;
@@ -130,6 +151,10 @@ impl TaskStore for DynamoStore {
             start = end;
         }
         Ok(stored)
+    }
+
+    async fn relist(&self, group: &ExpiredGroup) -> Result<usize, StoreError> {
+        self.relist_group(group).await
     }
 
     async fn discard(&self, task: &NewTask, unique: Option<&UniqueKey>) -> Result<bool, StoreError> {
@@ -249,14 +274,31 @@ impl TaskStore for DynamoStore {
                 .filter(|p| p.last_evaluated_key.is_some())
                 .filter_map(|p| p.items().last().and_then(|i| opt_s(i, GSK)).map(str::to_owned))
                 .max();
+            // A group's entry stands for its members, each in its own place
+            // (`dynamo::groups`): places above the cursor were listed already.
+            let groups: Vec<&str> = pages.iter().flat_map(|p| p.items()).filter_map(group_of).collect();
+            let members = if groups.is_empty() { HashMap::new() } else { self.group_members(&groups).await? };
             let mut found: Vec<(String, TaskId)> = pages
                 .iter()
                 .flat_map(|p| p.items())
-                .filter_map(|i| Some((opt_s(i, GSK)?.to_owned(), id_of(i)?)))
-                .filter(|(gsk, _)| pos.as_deref() != Some(gsk.as_str()))
+                .flat_map(|i| -> Vec<(String, TaskId)> {
+                    match group_of(i) {
+                        Some(g) => members
+                            .get(g)
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                            .map(|(n, id)| (member_sort_key(g, n), id.clone()))
+                            .collect(),
+                        None => opt_s(i, GSK).zip(id_of(i)).map(|(gsk, id)| (gsk.to_owned(), id)).into_iter().collect(),
+                    }
+                })
+                .filter(|(gsk, _)| pos.as_deref().is_none_or(|p| gsk.as_str() < p))
                 .filter(|(gsk, _)| floor.as_deref().is_none_or(|f| gsk.as_str() >= f))
                 .collect();
             found.sort_by(|a, b| b.0.cmp(&a.0));
+            // A member relisted on its own while its group is still there is one task.
+            found.dedup_by(|a, b| a.0 == b.0);
             // States are read as the page fills, not all at once.
             for chunk in found.chunks((limit - items.len()).clamp(10, 100)) {
                 let ids: Vec<TaskId> = chunk.iter().map(|(_, id)| id.clone()).collect();

@@ -31,7 +31,7 @@ pub use queue::{DeliveryQueue, Scheduler};
 pub use reconcile::{CandidatePage, ReconcileIndex};
 pub use replays::ReplayStore;
 pub use secrets::SigningSecrets;
-pub use tasks::{Cancelled, Created, ListFilter, Page, Retried, StoredTask, TaskStore, UniqueKey};
+pub use tasks::{Cancelled, Created, ExpiredGroup, ListFilter, Page, Retried, StoredTask, TaskStore, UniqueKey};
 pub use tenants::TenantStore;
 
 type Source = Box<dyn StdError + Send + Sync>;

@@ -59,6 +59,15 @@ pub enum Cancelled {
     Missing,
 }
 
+/// A listing group TTL deleted, as the stream saw it last: whose, its key,
+/// and the tasks it listed, in their places (see `dynamo::groups`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpiredGroup {
+    pub tenant: TenantId,
+    pub group: String,
+    pub ids: Vec<TaskId>,
+}
+
 /// A manual retry's result.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Retried {
@@ -78,6 +87,9 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Created, StoreError>> + Send;
     /// Stores many tasks without unique keys (batched writes); `true` per stored task.
     fn create_many(&self, tasks: &[NewTask]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    /// Gives the tasks an expired listing group still lists their own
+    /// entries, at the same places; returns how many.
+    fn relist(&self, group: &ExpiredGroup) -> impl Future<Output = Result<usize, StoreError>> + Send;
     /// Removes a task that was never enqueued (creation rolled back), with its unique key
     /// if it still names the task. `true` if the task's state existed: its
     /// active-task slot then comes back through the counter (the state's delete).

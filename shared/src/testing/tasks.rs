@@ -10,7 +10,9 @@ use crate::domain::{
     Attempt, EpochMillis, NewTask, RequestSpec, RetryPolicy, Schedule, TaskId, TaskKind, TaskState, TaskStatus,
     TenantId,
 };
-use crate::ports::{Cancelled, Created, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey};
+use crate::ports::{
+    Cancelled, Created, ExpiredGroup, ListFilter, Page, Retried, StoreError, StoredTask, TaskStore, UniqueKey,
+};
 
 fn unique(tenant: &TenantId, key: &UniqueKey) -> (TenantId, String) {
     match key {
@@ -58,6 +60,11 @@ impl TaskStore for FakeStore {
         }
         t.specs.remove(task.id.as_str());
         Ok(t.states.remove(&(task.id.as_str().to_owned(), None)).is_some())
+    }
+
+    async fn relist(&self, _group: &ExpiredGroup) -> Result<usize, StoreError> {
+        // The fake lists every task it holds: there are no groups to expire.
+        Ok(0)
     }
 
     async fn may_exist(&self, id: &TaskId) -> Result<bool, StoreError> {

@@ -123,9 +123,15 @@ pub(in crate::api) fn valid_cursor(c: &str, fits: impl Fn(&str) -> bool) -> bool
 }
 
 /// A task listing's cursor names the last task of the previous page: its
-/// listing sort key (the shape of a task id) and its id.
+/// listing sort key (the shape of a task id, with `#` and its 3-digit place
+/// when it is listed by a batch's group) and its id.
 pub(in crate::api) fn is_task_id(text: &str) -> bool {
     let (sort_key, id) = text.split_once(' ').unwrap_or((text, text));
+    let sort_key = match sort_key.split_once('#') {
+        Some((key, place)) if place.len() == 3 && place.bytes().all(|b| b.is_ascii_digit()) => key,
+        Some(_) => return false,
+        None => sort_key,
+    };
     TaskId::parse(sort_key).is_ok() && TaskId::parse(id).is_ok()
 }
 
@@ -242,4 +248,20 @@ pub async fn attempts<S: TaskStore + TenantStore, Q, C>(
     let page = app.store.attempts(&task.state.id, limit, cursor).await.map_err(ApiError::store_on("cursor"))?;
     let items: Vec<Value> = page.items.iter().map(views::attempt).collect();
     Ok(Json(json!({"attempts": items, "next_cursor": page.cursor})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_cursor_names_a_sort_key_of_a_task_or_of_a_groups_member() {
+        let id = TaskId::generate();
+        for ok in [format!("{id} {id}"), format!("{id}#007 {id}"), id.to_string()] {
+            assert!(is_task_id(&ok), "{ok}");
+        }
+        for bad in [format!("{id}#7 {id}"), format!("{id}#abc {id}"), format!("{id}#0071 {id}"), format!("x {id}")] {
+            assert!(!is_task_id(&bad), "{bad}");
+        }
+    }
 }
