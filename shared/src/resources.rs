@@ -46,9 +46,10 @@ pub const EVENT_RULE_PATTERN: &str = r#"{"source":["courier"]}"#;
 /// `pk = TASK#<id>`; `sk` is `STATE`, `SPEC` or `ATTEMPT#<n>`.
 pub const TABLE_HASH_KEY: &str = "pk";
 pub const TABLE_RANGE_KEY: &str = "sk";
-/// The index listing a tenant's tasks newest first: `gsi1pk = TENANT#<id>`,
-/// `gsi1sk = <task id>` (ids are time-ordered). Keys only, so status changes
-/// never write to it.
+/// The index listing a tenant's tasks newest first: `gsi1pk = TENANT#<id>#<n>`,
+/// `gsi1sk` = creation time, then the rest of the task id; the tasks of one
+/// batch create share one entry, their listing group's (`LIST#<group>`).
+/// Keys only, so status changes never write to it.
 pub const TASKS_BY_TENANT_INDEX: &str = "by-tenant";
 pub const INDEX_HASH_KEY: &str = "gsi1pk";
 pub const INDEX_RANGE_KEY: &str = "gsi1sk";
@@ -66,7 +67,7 @@ pub const RECONCILE_SHARDS: u32 = 8;
 /// most 1,000 writes a second, so one key per tenant would cap its creates.
 pub const LIST_SHARDS: u32 = 8;
 /// The partition key prefix of a listing group (`LIST#<group>`, sort key
-/// `LIST`): the one index entry the tasks of one batched write share, with
+/// `LIST`): the one index entry the tasks of one batch create share, with
 /// their ids.
 pub const LIST_GROUP_PREFIX: &str = "LIST#";
 /// Epoch seconds after which DynamoDB deletes an item.

@@ -382,7 +382,7 @@ async fn the_reconciler_pages_resumes_from_its_watermarks_and_reports_a_bounded_
             t
         })
         .collect();
-    assert!(store.create_many(&tasks).await.expect("stored").iter().all(|ok| *ok));
+    assert!(store.create_many(&tasks, false).await.expect("stored").iter().all(|ok| *ok));
     // One candidate per page, eight pages per run: a run stops part-way and the next goes on.
     let reconciler =
         courier::reconciler::Reconciler::new(store.clone(), queue, Duration::from_secs(60)).with_paging(1, 8);

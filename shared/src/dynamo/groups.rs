@@ -1,7 +1,7 @@
-//! Listing groups: the tasks one batched write stores share one entry in the
-//! `by-tenant` index instead of one each, so a batch create writes a task's
-//! state alone (one write unit) plus a small group item per batch, not a
-//! state and an index entry per task (two).
+//! Listing groups: the tasks one batch create stores without a business id
+//! share one entry in the `by-tenant` index instead of one each, so a batch
+//! create writes a task's state alone (one write unit) plus a small group
+//! item per call, not a state and an index entry per task (two).
 //!
 //! A group is the item `pk = LIST#<group>`, `sk = LIST`: its tenant, its
 //! members' ids (16 bytes each, in order) and the group's own index keys. The
@@ -36,7 +36,7 @@ use crate::resources::{
 
 pub(super) const GROUP_SK: &str = "LIST";
 /// A group holds at most this many tasks (a member's place has 3 digits).
-pub(super) const GROUP_MAX: usize = 100;
+const GROUP_MAX: usize = 100;
 /// How long a group outlives its members' first expiry.
 const GROUP_SLACK_MS: i64 = 7 * DAY_MS;
 /// The bytes of one member's id (`tsk_` and 32 hex digits).
@@ -89,13 +89,14 @@ pub fn decode_ids(bytes: &[u8]) -> Vec<TaskId> {
 
 impl DynamoStore {
     /// Writes the group that lists `tasks` (one tenant's, at most
-    /// [`GROUP_MAX`], ids of the generated shape); `None` if they cannot be
-    /// listed together (they then take their own entries).
+    /// [`GROUP_MAX`], none with a business id: a business id's task may be
+    /// made again, under the same id, after this one is gone); `None` if they
+    /// cannot be listed together (they then take their own entries).
     pub(super) async fn put_group(&self, tasks: &[&NewTask]) -> Result<Option<String>, StoreError> {
         let Some(first) = tasks.first() else { return Ok(None) };
         let ids: Option<Vec<[u8; ID_BYTES]>> = tasks.iter().map(|t| id_bytes(&t.id)).collect();
-        let (Some(ids), true) = (ids, tasks.len() <= GROUP_MAX && tasks.iter().all(|t| t.tenant == first.tenant))
-        else {
+        let alike = tasks.iter().all(|t| t.tenant == first.tenant && t.business_id.is_none());
+        let (Some(ids), true) = (ids, tasks.len() <= GROUP_MAX && alike) else {
             return Ok(None);
         };
         let created = tasks.iter().map(|t| t.created_at).min().unwrap_or(first.created_at);

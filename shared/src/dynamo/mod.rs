@@ -7,7 +7,8 @@
 //!
 //! | pk | sk | what |
 //! | --- | --- | --- |
-//! | `TASK#<id>` | `STATE` | the mutable state every status change rewrites, with the request inline when it is small (`spec`, `retry`, `schedule`: one item per task, under 1 KB); indexed by tenant (`gsi1pk` = `TENANT#<tenant>#<0..7>`, `gsi1sk` = creation time then id); `on_scheduler` (and `schedule_name` for a retry's schedule) says which schedule holds it; `slot_taken` marks a task whose active-task slot the API took itself |
+//! | `TASK#<id>` | `STATE` | the mutable state every status change rewrites, with the request inline when it is small (`spec`, `retry`, `schedule`: one item per task, under 1 KB); indexed by tenant (`gsi1pk` = `TENANT#<tenant>#<0..7>`, `gsi1sk` = creation time then id) unless a listing group lists it; `on_scheduler` (and `schedule_name` for a retry's schedule) says which schedule holds it; `slot_taken` marks a task whose active-task slot the API took itself |
+//! | `LIST#<group>` | `LIST` | a listing group: the tasks one batch create stored without a business id (`ids`, 16 bytes each), listed by this one `by-tenant` entry (`gsi1sk` = the group key, creation time first; its `i`th task lists at `<group>#<iii>`); TTL a week after its tasks' first expiry, when the stream consumer gives those still alive their own entries (`groups`) |
 //! | `TASK#<id>` | `SPEC` | a big request, its retry policy and schedule (rewritten only by PATCH) |
 //! | `TASK#<id>` | `RUN#<ms>` | the state of one cron run, named by its scheduled time |
 //! | `TASK#<id>` | `ATTEMPT#[R<ms>#]<n>` | one per attempt |

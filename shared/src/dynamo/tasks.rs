@@ -1,6 +1,6 @@
 //! [`TaskStore`] on DynamoDB: tasks as the API sees them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
     Delete, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::codec::{INLINE_SPEC_MAX, REQUEST_LINE, n, opt_s, request_attrs, request_of, s, state_from_item, ttl_secs};
 use super::errors::{applied, corrupt, is_conditional_failure, is_transaction_cancelled, store_error};
-use super::groups::{GROUP_MAX, group_of, member_sort_key};
+use super::groups::{group_of, member_sort_key};
 use super::keys::{
     ATTEMPT_PREFIX, RUN_PREFIX, SPEC, STATE, decode_cursor, encode_cursor, id_bound, id_of, key, list_shard_pk, shard,
     task_pk, unique_pk,
@@ -84,22 +84,11 @@ impl TaskStore for DynamoStore {
         }
     }
 
-    async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
-        // The tasks without a business id are listed by one group item each
-        // hundred, written first; their states then carry no index keys (a
-        // write unit each, not two). A group that cannot be written leaves its
-        // tasks their own entries.
-        let mut listed: HashSet<&str> = HashSet::new();
-        let plain: Vec<&NewTask> = tasks.iter().filter(|t| t.business_id.is_none()).collect();
-        for chunk in plain.chunks(GROUP_MAX) {
-            match self.put_group(chunk).await {
-                Ok(Some(_)) => listed.extend(chunk.iter().map(|t| t.id.as_str())),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, tasks = chunk.len(), "listing group not written; tasks listed one by one")
-                }
-            }
-        }
+    async fn list_together(&self, tasks: &[&NewTask]) -> Result<bool, StoreError> {
+        Ok(self.put_group(tasks).await?.is_some())
+    }
+
+    async fn create_many(&self, tasks: &[NewTask], listed: bool) -> Result<Vec<bool>, StoreError> {
         // BatchWriteItem takes 25 items: a task is one item (its state) or two
         // (with a SPEC item). A task whose items stay unprocessed after retries,
         // or whose call failed, is reported as not stored (some of its items
@@ -111,7 +100,8 @@ impl TaskStore for DynamoStore {
             let mut end = start;
             while end < tasks.len() {
                 let (spec, mut state) = self.new_items(&tasks[end]);
-                if listed.contains(tasks[end].id.as_str()) {
+                if listed {
+                    // Their group's entry lists them (`list_together`).
                     state.remove(GPK);
                     state.remove(GSK);
                 }

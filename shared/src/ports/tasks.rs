@@ -85,8 +85,18 @@ pub trait TaskStore: Send + Sync + 'static {
         task: &NewTask,
         key: Option<&UniqueKey>,
     ) -> impl Future<Output = Result<Created, StoreError>> + Send;
-    /// Stores many tasks without unique keys (batched writes); `true` per stored task.
-    fn create_many(&self, tasks: &[NewTask]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    /// Lists tasks about to be stored together (one tenant's, created at once,
+    /// at most 100, none with a business id) by one entry written now: their
+    /// states, stored next by `create_many(…, true)`, then take no entry of
+    /// their own. `false`: they cannot share one (each takes its own).
+    fn list_together(&self, tasks: &[&NewTask]) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Stores many tasks without unique keys (batched writes); `true` per
+    /// stored task. `listed`: `list_together` already listed them.
+    fn create_many(
+        &self,
+        tasks: &[NewTask],
+        listed: bool,
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
     /// Gives the tasks an expired listing group still lists their own
     /// entries, at the same places; returns how many.
     fn relist(&self, group: &ExpiredGroup) -> impl Future<Output = Result<usize, StoreError>> + Send;

@@ -46,7 +46,12 @@ impl TaskStore for FakeStore {
         Ok(Created::New)
     }
 
-    async fn create_many(&self, tasks: &[NewTask]) -> Result<Vec<bool>, StoreError> {
+    async fn list_together(&self, _tasks: &[&NewTask]) -> Result<bool, StoreError> {
+        // The fake lists every task it holds.
+        Ok(true)
+    }
+
+    async fn create_many(&self, tasks: &[NewTask], _listed: bool) -> Result<Vec<bool>, StoreError> {
         Ok(tasks.iter().map(|task| self.insert(task)).map(|()| true).collect())
     }
 

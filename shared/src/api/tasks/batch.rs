@@ -173,13 +173,22 @@ async fn create_admitted<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueu
             }
         };
     }
+    // The tasks without a business id share one listing entry, written
+    // before any of their states (beside the first chunk's messages); if it
+    // cannot be, each state takes its own.
+    let plain: Vec<&NewTask> = queued.iter().chain(&scheduled).map(|(_, t)| t).collect();
+    let mut listing = (!plain.is_empty()).then_some(async {
+        app.store.list_together(&plain).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, tasks = plain.len(), "listing group not written; tasks listed one by one");
+            false
+        })
+    });
+    let mut listed = false;
     // Queue-bound tasks: each chunk's messages first (SendMessageBatch calls), then
     // the tasks whose message went out, in one batched write. Chunk by chunk, a
     // message waits for its task a few calls at most (a sender that gets it
     // first claims in vain: a write unit).
-    let mut queued = queued.into_iter().peekable();
-    while queued.peek().is_some() {
-        let chunk: Vec<(usize, NewTask)> = queued.by_ref().take(QUEUE_CHUNK).collect();
+    for chunk in queued.chunks(QUEUE_CHUNK) {
         let messages: Vec<_> = chunk
             .iter()
             .map(|(_, task)| {
@@ -189,7 +198,16 @@ async fn create_admitted<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueu
                 (QueueMessage::deliver(&task.id, Some(task.flow_ref())), delay)
             })
             .collect();
-        let not_sent = match app.queue.enqueue_many(&messages).await {
+        let sending = app.queue.enqueue_many(&messages);
+        let sent = match listing.take() {
+            Some(l) => {
+                let (sent, l) = tokio::join!(sending, l);
+                listed = l;
+                sent
+            }
+            None => sending.await,
+        };
+        let not_sent = match sent {
             Ok(idx) => idx,
             Err(e) => {
                 tracing::error!(error = %e, "batch enqueue failed");
@@ -197,18 +215,21 @@ async fn create_admitted<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueu
             }
         };
         let mut sent = Vec::with_capacity(chunk.len());
-        for (mi, (i, task)) in chunk.into_iter().enumerate() {
+        for (mi, (i, task)) in chunk.iter().enumerate() {
             if not_sent.contains(&mi) {
-                results[i] = unavailable(i);
+                results[*i] = unavailable(*i);
             } else {
-                sent.push((i, task, true));
+                sent.push((*i, task.clone(), true));
             }
         }
-        write_chunk(app, sent, now, held, results).await;
+        write_chunk(app, sent, listed, now, held, results).await;
+    }
+    if let Some(l) = listing.take() {
+        listed = l.await;
     }
     // Scheduled ones are written, then handed to Scheduler one by one.
-    let scheduled = scheduled.into_iter().map(|(i, t)| (i, t, false)).collect();
-    write_chunk(app, scheduled, now, held, results).await;
+    let scheduled = scheduled.iter().map(|(i, t)| (*i, t.clone(), false)).collect();
+    write_chunk(app, scheduled, listed, now, held, results).await;
     Ok(())
 }
 
@@ -216,10 +237,11 @@ async fn create_admitted<S: TaskStore + TenantStore + FieldSeal, Q: DeliveryQueu
 const QUEUE_CHUNK: usize = 20;
 
 /// Writes tasks in one batched write and fills in their results; a scheduled
-/// one (`false`) is then handed to Scheduler.
+/// one (`false`) is then handed to Scheduler. `listed`: their group lists them.
 async fn write_chunk<S, Q, C>(
     app: &AppState<S, Q, C>,
     all: Vec<(usize, NewTask, bool)>,
+    listed: bool,
     now: EpochMillis,
     held: &mut u64,
     results: &mut [Value],
@@ -232,7 +254,7 @@ async fn write_chunk<S, Q, C>(
         return;
     }
     let tasks: Vec<NewTask> = all.iter().map(|(_, t, _)| t.clone()).collect();
-    let stored = match app.store.create_many(&tasks).await {
+    let stored = match app.store.create_many(&tasks, listed).await {
         Ok(stored) => stored,
         Err(e) => {
             tracing::error!(error = %e, "batch write failed");
