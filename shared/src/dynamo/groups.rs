@@ -136,6 +136,10 @@ impl DynamoStore {
                 keys =
                     out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|ka| ka.keys).unwrap_or_default();
             }
+            if !keys.is_empty() {
+                // A listing must not skip a group's tasks silently: the caller tries again.
+                return Err(StoreError::Unavailable("listing groups left unread after retries".into()));
+            }
         }
         Ok(found)
     }

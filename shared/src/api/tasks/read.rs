@@ -126,13 +126,17 @@ pub(in crate::api) fn valid_cursor(c: &str, fits: impl Fn(&str) -> bool) -> bool
 /// listing sort key (the shape of a task id, with `#` and its 3-digit place
 /// when it is listed by a batch's group) and its id.
 pub(in crate::api) fn is_task_id(text: &str) -> bool {
-    let (sort_key, id) = text.split_once(' ').unwrap_or((text, text));
-    let sort_key = match sort_key.split_once('#') {
-        Some((key, place)) if place.len() == 3 && place.bytes().all(|b| b.is_ascii_digit()) => key,
-        Some(_) => return false,
-        None => sort_key,
+    // A partial page's cursor names the sort key it stopped at twice.
+    let listing_key = |k: &str| {
+        let k = match k.split_once('#') {
+            Some((key, place)) if place.len() == 3 && place.bytes().all(|b| b.is_ascii_digit()) => key,
+            Some(_) => return false,
+            None => k,
+        };
+        TaskId::parse(k).is_ok()
     };
-    TaskId::parse(sort_key).is_ok() && TaskId::parse(id).is_ok()
+    let (sort_key, id) = text.split_once(' ').unwrap_or((text, text));
+    listing_key(sort_key) && listing_key(id)
 }
 
 /// A listing's time window must not end before it starts (the store would
@@ -257,7 +261,7 @@ mod tests {
     #[test]
     fn a_listing_cursor_names_a_sort_key_of_a_task_or_of_a_groups_member() {
         let id = TaskId::generate();
-        for ok in [format!("{id} {id}"), format!("{id}#007 {id}"), id.to_string()] {
+        for ok in [format!("{id} {id}"), format!("{id}#007 {id}"), format!("{id}#007 {id}#007"), id.to_string()] {
             assert!(is_task_id(&ok), "{ok}");
         }
         for bad in [format!("{id}#7 {id}"), format!("{id}#abc {id}"), format!("{id}#0071 {id}"), format!("x {id}")] {
