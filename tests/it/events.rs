@@ -100,6 +100,7 @@ async fn a_tenants_opted_in_events_reach_the_example_rules_queue_with_their_fiel
     assert_eq!(ok_event["task_id"], delivered.as_str());
     assert_eq!(ok_event["business_id"], "order-7");
     assert_eq!((ok_event["status"].as_str(), ok_event["attempts"].as_u64()), (Some("succeeded"), Some(1)));
+    assert_eq!(ok_event["last_status_code"], 200, "a success keeps its status code as a failure does");
     assert!(ok_event["time"].as_str().is_some_and(|t| t.ends_with('Z')) && ok_event["id"].is_string());
     let bad_event = one("task.failed");
     assert_eq!(bad_event["task_id"], failed.as_str());

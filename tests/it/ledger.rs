@@ -128,7 +128,12 @@ async fn a_first_try_success_is_two_writes_and_its_attempt_is_listed_as_before()
     assert!(bytes > 100 && bytes < 1024, "the state item is small: {bytes} bytes");
     let a = attempt(number, Outcome::Success, 200, Some("ok".into()));
     let record = Record { attempt: &a, item_bytes: bytes };
-    assert!(t.store.finish(&unit, number, &Transition::Succeeded, now_millis(), Some(record)).await.expect("finish"));
+    assert!(
+        t.store
+            .finish(&unit, number, &Transition::Succeeded { status: Some(200) }, now_millis(), Some(record))
+            .await
+            .expect("finish")
+    );
     // The claim and the finish: no attempt item was written, the attempt is on the state item.
     assert!(t.attempt_items(&task.id).await.is_empty());
     let state = t.item(&task.id, "STATE").await.expect("state");
@@ -166,7 +171,8 @@ async fn a_finish_whose_lease_was_lost_still_records_its_attempt() {
     let a = attempt(number, Outcome::Success, 200, None);
     let record = Record { attempt: &a, item_bytes: bytes };
     // Another sender holds a later attempt now: the transition does not apply.
-    let applied = t.store.finish(&unit, number + 1, &Transition::Succeeded, now_millis(), Some(record));
+    let applied =
+        t.store.finish(&unit, number + 1, &Transition::Succeeded { status: Some(200) }, now_millis(), Some(record));
     assert!(!applied.await.expect("finish"));
     assert_eq!(t.attempt_items(&task.id).await, ["ATTEMPT#0000000001"]);
     let state = t.item(&task.id, "STATE").await.expect("state");
@@ -233,7 +239,12 @@ async fn retries_are_items_the_final_attempt_is_inline_and_pages_read_as_before(
     let (number, _, bytes) = claim(&t.store, &unit).await;
     let last = attempt(number, Outcome::Success, 200, None);
     let record = Record { attempt: &last, item_bytes: bytes };
-    assert!(t.store.finish(&unit, number, &Transition::Succeeded, now_millis(), Some(record)).await.expect("finish"));
+    assert!(
+        t.store
+            .finish(&unit, number, &Transition::Succeeded { status: Some(200) }, now_millis(), Some(record))
+            .await
+            .expect("finish")
+    );
     all.push(last.clone());
     assert_eq!(t.attempt_items(&task.id).await.len(), 3, "retries are items, the success is inline");
     assert_eq!(t.store.last_attempt(&task.id).await.expect("last"), Some(last));

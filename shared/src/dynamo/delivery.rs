@@ -185,7 +185,7 @@ impl DeliveryLedger for DynamoStore {
         // write unit; otherwise (and before a retry) it is its own item, written first.
         let inline = match (record, t) {
             // Only a task's own state item: a cron run's attempts stay items of their own.
-            (Some(r), Transition::Succeeded | Transition::Failed { .. }) if unit.run.is_none() => {
+            (Some(r), Transition::Succeeded { .. } | Transition::Failed { .. }) if unit.run.is_none() => {
                 let doc = compact(r.attempt, &unit.task);
                 let reason = match t {
                     Transition::Failed { reason, .. } => Some(reason.as_str()),
@@ -209,7 +209,17 @@ impl DeliveryLedger for DynamoStore {
             .expression_attribute_values(":n", n(attempt))
             .expression_attribute_values(":now", n(now));
         let (req, set, remove) = match t {
-            Transition::Succeeded => (
+            // The status code is kept as a failure's is (events, the `code` filter);
+            // its bytes are within the transition's share of the one write unit.
+            Transition::Succeeded { status: Some(code) } => (
+                req.expression_attribute_values(":ls", n(*code))
+                    .expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
+                    .expression_attribute_names("#ttl", TTL)
+                    .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),
+                "#s = :to, updated_at = :now, #ttl = :ttl, last_status = :ls",
+                "lease_until, due_at, claimed_at, claim_token",
+            ),
+            Transition::Succeeded { status: None } => (
                 req.expression_attribute_values(":to", s(TaskStatus::Succeeded.as_str()))
                     .expression_attribute_names("#ttl", TTL)
                     .expression_attribute_values(":ttl", ttl_secs(now + self.retention_ms)),

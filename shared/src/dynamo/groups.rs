@@ -17,7 +17,7 @@
 //! expired one is). It expires a week after the last of its members' first
 //! expiry; a member that lives longer than that (retried by hand, moved to a
 //! later time, a cron task) gets its own index entry then, at the same place,
-//! when the stream consumer sees TTL delete the group ([`DynamoStore::relist`]).
+//! when the stream consumer sees TTL delete the group (`relist_group`).
 
 use std::collections::HashMap;
 
@@ -34,7 +34,7 @@ use crate::resources::{
     TABLE_TTL_ATTRIBUTE as TTL,
 };
 
-pub(super) const GROUP_SK: &str = "LIST";
+const GROUP_SK: &str = "LIST";
 /// A group holds at most this many tasks (a member's place has 3 digits).
 const GROUP_MAX: usize = 100;
 /// How long a group outlives its members' first expiry.
@@ -43,7 +43,7 @@ const GROUP_SLACK_MS: i64 = 7 * DAY_MS;
 const ID_BYTES: usize = 16;
 
 /// A new group's key: created at `created_at`, unique by its random tail.
-pub(super) fn group_key(created_at: i64) -> String {
+fn group_key(created_at: i64) -> String {
     format!("tsk_{:012x}{:020x}", created_at.max(0), fastrand::u128(..) >> 48)
 }
 
@@ -52,7 +52,7 @@ pub(super) fn member_sort_key(group: &str, i: usize) -> String {
     format!("{group}#{i:03}")
 }
 
-pub(super) fn group_pk(group: &str) -> String {
+fn group_pk(group: &str) -> String {
     format!("{LIST_GROUP_PREFIX}{group}")
 }
 

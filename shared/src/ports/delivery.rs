@@ -42,7 +42,11 @@ pub enum Claim {
 /// How an attempt ends a sending unit's current step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
-    Succeeded,
+    /// `status`: the attempt's status code (success may also be decided
+    /// without a response, by a task's rules: then none).
+    Succeeded {
+        status: Option<u16>,
+    },
     /// `status`: the failed attempt's status code, if it got a response.
     Retry {
         due_at: EpochMillis,

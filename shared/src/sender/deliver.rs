@@ -151,9 +151,11 @@ impl<S: DeliveryLedger + FlowPolicies + FlowLimiter + SigningSecrets + FieldSeal
         );
         let at = self.clock.now();
         let (transition, result, metric) = match decision {
-            Decision::Succeed => {
-                (Transition::Succeeded, DeliveryOutcome::Delivered { attempt: number }, metrics::DELIVERED)
-            }
+            Decision::Succeed => (
+                Transition::Succeeded { status: attempt.status_code },
+                DeliveryOutcome::Delivered { attempt: number },
+                metrics::DELIVERED,
+            ),
             Decision::Retry(delay) => (
                 Transition::Retry { due_at: at + delay.as_millis() as i64, status: attempt.status_code },
                 DeliveryOutcome::RetryScheduled { attempt: number, delay },

@@ -347,7 +347,11 @@ async fn a_final_attempt_is_recorded_by_the_finish_even_when_the_lease_was_lost(
     };
     let record = Some(crate::ports::Record { attempt: &attempt, item_bytes: 0 });
     // Another attempt holds the unit now: the transition does not apply, the record stays.
-    let lost = f.store.finish(&u, state.attempts + 1, &Transition::Succeeded, NOW, record).await.expect("fake");
+    let lost = f
+        .store
+        .finish(&u, state.attempts + 1, &Transition::Succeeded { status: Some(200) }, NOW, record)
+        .await
+        .expect("fake");
     assert!(!lost);
     assert_eq!(f.store.attempts_of(&u), [attempt]);
     assert_eq!(f.store.state(&u).map(|s| s.status), Some(TaskStatus::Sending));

@@ -102,9 +102,12 @@ impl DeliveryLedger for FakeStore {
         st.updated_at = now;
         st.lease_until = None;
         match t {
-            Transition::Succeeded => {
+            Transition::Succeeded { status } => {
                 st.status = TaskStatus::Succeeded;
                 st.due_at = None;
+                if status.is_some() {
+                    st.last_status = *status;
+                }
             }
             Transition::Retry { due_at, status } => {
                 st.status = TaskStatus::Retrying;

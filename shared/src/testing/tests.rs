@@ -60,7 +60,10 @@ async fn only_the_lease_holders_attempt_finishes_a_task() {
     assert!(!store.finish(&unit(&t), 2, &retry, NOW, None).await.expect("the fakes never fail"));
     assert!(store.finish(&unit(&t), 1, &retry, NOW, None).await.expect("the fakes never fail"));
     assert!(
-        !store.finish(&unit(&t), 1, &Transition::Succeeded, NOW, None).await.expect("the fakes never fail"),
+        !store
+            .finish(&unit(&t), 1, &Transition::Succeeded { status: Some(200) }, NOW, None)
+            .await
+            .expect("the fakes never fail"),
         "no longer sending"
     );
     let st = store.state(&unit(&t)).expect("stored");
