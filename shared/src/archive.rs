@@ -198,6 +198,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_listing_group_ttl_deleted_names_its_tenant_and_members_in_order() {
+        use base64::Engine;
+        let t = TenantId::generate();
+        let ids = [TaskId::generate(), TaskId::generate()];
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| {
+                (0..16).map(move |i| u8::from_str_radix(&id.as_str()[4 + 2 * i..6 + 2 * i], 16).expect("hex"))
+            })
+            .collect();
+        let keys = json!({"pk": {"S": "LIST#tsk_019000000000800000000000000000a5"}, "sk": {"S": "LIST"}});
+        let old = json!({"tenant": {"S": t.as_str()}, "ids": {"B": base64::engine::general_purpose::STANDARD.encode(&bytes)}});
+        let removal =
+            |by: Value| json!({"eventName": "REMOVE", "userIdentity": by, "dynamodb": {"Keys": keys, "OldImage": old}});
+        let ttl = json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"});
+        let groups = expired_groups(&[removal(ttl), removal(json!(null))]);
+        assert_eq!(
+            groups,
+            vec![crate::ports::ExpiredGroup {
+                tenant: t,
+                group: "tsk_019000000000800000000000000000a5".into(),
+                ids: ids.to_vec()
+            }],
+            "a delete by anyone but TTL is not an expiry"
+        );
+        assert!(expired(&[removal(json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"}))]).is_empty());
+    }
+
+    #[test]
     fn ttl_removals_become_one_gzip_object_per_tenant_and_day() {
         let t = TenantId::generate();
         let (a, b) = (TaskId::generate(), TaskId::generate());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 
-use crate::helpers::{Target, TestStack, bin_dir, eventually, sdk, stack_options};
+use crate::helpers::{Target, TestStack, bin_dir, eventually, listing_groups, own_index_entry, sdk, stack_options};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -138,16 +138,8 @@ async fn tasks_outliving_their_listing_group_keep_their_place_in_the_listing() {
     // while they are still alive: each gets its own index entry, in place.
     let ddb = aws_sdk_dynamodb::Client::new(&sdk().await);
     let table = stack.outputs().names.table.clone();
-    let groups = ddb
-        .scan()
-        .table_name(&table)
-        .filter_expression("begins_with(pk, :l) AND tenant = :t")
-        .expression_attribute_values(":l", AttributeValue::S(courier::resources::LIST_GROUP_PREFIX.into()))
-        .expression_attribute_values(":t", AttributeValue::S(stack.tenant.clone()))
-        .send()
-        .await
-        .expect("scan");
-    let [group] = groups.items() else { panic!("one group: {groups:?}") };
+    let groups = listing_groups(&stack).await;
+    let [group] = groups.as_slice() else { panic!("one group: {groups:?}") };
     ddb.update_item()
         .table_name(&table)
         .key("pk", group["pk"].clone())
@@ -161,15 +153,7 @@ async fn tasks_outliving_their_listing_group_keep_their_place_in_the_listing() {
     let own_entries = eventually(WAIT, || async {
         let mut own = 0;
         for id in &order {
-            let state = ddb
-                .get_item()
-                .table_name(&table)
-                .key("pk", AttributeValue::S(format!("TASK#{id}")))
-                .key("sk", AttributeValue::S("STATE".into()))
-                .send()
-                .await
-                .ok()?;
-            own += usize::from(state.item()?.contains_key(courier::resources::INDEX_HASH_KEY));
+            own += usize::from(own_index_entry(&stack, id).await?);
         }
         (own == order.len()).then_some(own)
     })

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -23,6 +24,37 @@ pub async fn sdk() -> aws_config::SdkConfig {
         "AWS_ENDPOINT_URL is not set: run the integration tests with `make test` (it starts an emulator)"
     );
     courier::aws::load().await
+}
+
+/// The test tenant's listing groups (`LIST#…` items: the one index entry the
+/// tasks of a batch create share), read by a scan.
+pub async fn listing_groups(stack: &TestStack) -> Vec<std::collections::HashMap<String, AttributeValue>> {
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk().await);
+    let out = ddb
+        .scan()
+        .table_name(&stack.outputs().names.table)
+        .filter_expression("begins_with(pk, :l) AND tenant = :t")
+        .expression_attribute_values(":l", AttributeValue::S(courier::resources::LIST_GROUP_PREFIX.into()))
+        .expression_attribute_values(":t", AttributeValue::S(stack.tenant.clone()))
+        .send()
+        .await
+        .expect("scan for listing groups");
+    out.items.unwrap_or_default()
+}
+
+/// Whether a task's state item carries its own `by-tenant` index keys
+/// (`None`: no such task).
+pub async fn own_index_entry(stack: &TestStack, id: &str) -> Option<bool> {
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk().await);
+    let out = ddb
+        .get_item()
+        .table_name(&stack.outputs().names.table)
+        .key("pk", AttributeValue::S(format!("TASK#{id}")))
+        .key("sk", AttributeValue::S("STATE".into()))
+        .send()
+        .await
+        .expect("get a state item");
+    Some(out.item()?.contains_key(courier::resources::INDEX_HASH_KEY))
 }
 
 /// A stack name no other test uses.

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 
-use crate::helpers::{Target, TestStack, eventually, stack_options, wait_until_queue_empty};
+use crate::helpers::{
+    Target, TestStack, eventually, listing_groups, own_index_entry, stack_options, wait_until_queue_empty,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -311,29 +312,10 @@ async fn paging_through_a_tenant_spread_over_index_shards_returns_every_task_onc
     }
     // A batch's tasks without a business id share one listing group: their
     // states carry no index keys (one write unit each, not two).
-    let ddb = aws_sdk_dynamodb::Client::new(&crate::helpers::sdk().await);
-    let table = stack.outputs().names.table.clone();
-    let groups = ddb
-        .scan()
-        .table_name(&table)
-        .filter_expression("begins_with(pk, :l) AND tenant = :t")
-        .expression_attribute_values(":l", AttributeValue::S(courier::resources::LIST_GROUP_PREFIX.into()))
-        .expression_attribute_values(":t", AttributeValue::S(stack.tenant.clone()))
-        .send()
-        .await
-        .expect("scan");
-    assert_eq!(groups.items().len(), 3, "one group per batch");
+    assert_eq!(listing_groups(&stack).await.len(), 3, "one group per batch");
     let mut indexed = 0;
     for id in &created {
-        let state = ddb
-            .get_item()
-            .table_name(&table)
-            .key("pk", AttributeValue::S(format!("TASK#{id}")))
-            .key("sk", AttributeValue::S("STATE".into()))
-            .send()
-            .await
-            .expect("get");
-        indexed += usize::from(state.item().expect("stored").contains_key(courier::resources::INDEX_HASH_KEY));
+        indexed += usize::from(own_index_entry(&stack, id).await.expect("stored"));
     }
     assert_eq!(indexed, 3 * 10 + 3, "only tasks with a business id and single creates have their own index entry");
     let (mut seen, mut times) = (Vec::new(), Vec::new());

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::codec::{opt_s, s, ttl_secs};
 use super::errors::{is_conditional_failure, store_error};
@@ -116,32 +116,15 @@ impl DynamoStore {
 
     /// The members of the groups named (group key → ids); a group gone is left out.
     pub(super) async fn group_members(&self, groups: &[&str]) -> Result<HashMap<String, Vec<TaskId>>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in groups.chunks(100) {
-            let mut keys: Vec<Item> = chunk.iter().map(|g| key(group_pk(g), GROUP_SK)).collect();
-            keys.dedup();
-            for _ in 0..5 {
-                if keys.is_empty() {
-                    break;
-                }
-                let ka = KeysAndAttributes::builder().set_keys(Some(keys.clone())).build().map_err(store_error)?;
-                let out =
-                    self.client.batch_get_item().request_items(&self.table, ka).send().await.map_err(store_error)?;
-                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
-                    let group = opt_s(&item, PK).and_then(|pk| pk.strip_prefix(LIST_GROUP_PREFIX));
-                    if let (Some(group), Some(AttributeValue::B(ids))) = (group, item.get("ids")) {
-                        found.insert(group.to_owned(), decode_ids(ids.as_ref()));
-                    }
-                }
-                keys =
-                    out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|ka| ka.keys).unwrap_or_default();
-            }
-            if !keys.is_empty() {
-                // A listing must not skip a group's tasks silently: the caller tries again.
-                return Err(StoreError::Unavailable("listing groups left unread after retries".into()));
-            }
-        }
-        Ok(found)
+        let items = self.batch_get(groups.iter().map(|g| key(group_pk(g), GROUP_SK)).collect()).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let group = opt_s(item, PK)?.strip_prefix(LIST_GROUP_PREFIX)?;
+                let Some(AttributeValue::B(ids)) = item.get("ids") else { return None };
+                Some((group.to_owned(), decode_ids(ids.as_ref())))
+            })
+            .collect())
     }
 
     /// Gives the members of an expired group that still exist their own

@@ -31,10 +31,18 @@ use crate::resources::{
 const MAX_EXAMINED: usize = 1_000;
 
 impl DynamoStore {
-    pub(super) async fn batch_get_states(&self, ids: &[TaskId]) -> Result<HashMap<String, Item>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in ids.chunks(100) {
-            let mut keys: Vec<Item> = chunk.iter().map(|id| key(task_pk(id), STATE)).collect();
+    /// Reads items by key with `BatchGetItem` (100 keys a call, a key named
+    /// once, unprocessed keys asked again); keys still unread after retries
+    /// fail the call: a caller must not take an unread item for a gone one.
+    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<Item> = keys
+            .into_iter()
+            .filter(|k| seen.insert((opt_s(k, PK).map(str::to_owned), opt_s(k, SK).map(str::to_owned))))
+            .collect();
+        let mut found = Vec::new();
+        for chunk in keys.chunks(100) {
+            let mut keys = chunk.to_vec();
             for _ in 0..5 {
                 if keys.is_empty() {
                     break;
@@ -42,16 +50,21 @@ impl DynamoStore {
                 let ka = KeysAndAttributes::builder().set_keys(Some(keys.clone())).build().map_err(store_error)?;
                 let out =
                     self.client.batch_get_item().request_items(&self.table, ka).send().await.map_err(store_error)?;
-                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
-                    if let Some(pk) = opt_s(&item, PK) {
-                        found.insert(pk.to_owned(), item);
-                    }
-                }
+                found.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
                 keys =
                     out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|ka| ka.keys).unwrap_or_default();
             }
+            if !keys.is_empty() {
+                return Err(StoreError::Unavailable(format!("{} items left unread after retries", keys.len()).into()));
+            }
         }
         Ok(found)
+    }
+
+    /// The state items of tasks, by their `pk`; a task gone is left out.
+    pub(super) async fn batch_get_states(&self, ids: &[TaskId]) -> Result<HashMap<String, Item>, StoreError> {
+        let items = self.batch_get(ids.iter().map(|id| key(task_pk(id), STATE)).collect()).await?;
+        Ok(items.into_iter().filter_map(|item| Some((opt_s(&item, PK)?.to_owned(), item))).collect())
     }
 }
 
