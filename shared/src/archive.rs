@@ -202,12 +202,7 @@ mod tests {
         use base64::Engine;
         let t = TenantId::generate();
         let ids = [TaskId::generate(), TaskId::generate()];
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|id| {
-                (0..16).map(move |i| u8::from_str_radix(&id.as_str()[4 + 2 * i..6 + 2 * i], 16).expect("hex"))
-            })
-            .collect();
+        let bytes = crate::dynamo::encode_group_ids(&ids).expect("generated ids");
         let keys = json!({"pk": {"S": "LIST#tsk_019000000000800000000000000000a5"}, "sk": {"S": "LIST"}});
         let old = json!({"tenant": {"S": t.as_str()}, "ids": {"B": base64::engine::general_purpose::STANDARD.encode(&bytes)}});
         let removal =

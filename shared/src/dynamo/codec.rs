@@ -312,7 +312,7 @@ impl DynamoStore {
             ("due_at".into(), n(task.due_at)),
             ("host".into(), s(task.spec.url.host())),
             ("on_scheduler".into(), AttributeValue::Bool(task.on_scheduler)),
-            (GPK.into(), s(list_pk(&task.tenant, &task.id))),
+            (GPK.into(), s(list_pk(&task.tenant, task.id.as_str()))),
             (GSK.into(), s(list_sort_key(&task.id, task.created_at))),
         ]);
         // The stream consumer reads the callbacks off the state item's image.

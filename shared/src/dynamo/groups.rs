@@ -25,13 +25,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::codec::{opt_s, s, ttl_secs};
 use super::errors::{is_conditional_failure, store_error};
-use super::keys::{STATE, key, list_shard_pk, task_pk};
+use super::keys::{STATE, key, list_pk, task_pk};
 use super::{DAY_MS, DynamoStore, Item};
-use crate::domain::{NewTask, TaskId, TenantId};
+use crate::domain::{NewTask, TaskId};
 use crate::ports::{ExpiredGroup, StoreError};
 use crate::resources::{
-    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, LIST_GROUP_PREFIX, LIST_SHARDS, TABLE_HASH_KEY as PK,
-    TABLE_TTL_ATTRIBUTE as TTL,
+    INDEX_HASH_KEY as GPK, INDEX_RANGE_KEY as GSK, LIST_GROUP_PREFIX, TABLE_HASH_KEY as PK, TABLE_TTL_ATTRIBUTE as TTL,
 };
 
 const GROUP_SK: &str = "LIST";
@@ -56,13 +55,6 @@ fn group_pk(group: &str) -> String {
     format!("{LIST_GROUP_PREFIX}{group}")
 }
 
-/// The tenant's index key a group (and any of its members relisted on their
-/// own) is listed under.
-fn group_shard_pk(tenant: &TenantId, group: &str) -> String {
-    let n = group.bytes().fold(7u32, |h, b| h.wrapping_mul(131).wrapping_add(u32::from(b))) % LIST_SHARDS;
-    list_shard_pk(tenant, n)
-}
-
 /// The group key of an index entry that is a group's.
 pub(super) fn group_of(entry: &Item) -> Option<&str> {
     opt_s(entry, PK).and_then(|pk| pk.strip_prefix(LIST_GROUP_PREFIX))
@@ -75,6 +67,12 @@ fn id_bytes(id: &TaskId) -> Option<[u8; ID_BYTES]> {
         *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// A group item's `ids` bytes: each id's 16, in order (`None`: an id of
+/// another shape).
+pub fn encode_ids(ids: &[TaskId]) -> Option<Vec<u8>> {
+    ids.iter().map(id_bytes).collect::<Option<Vec<_>>>().map(|b| b.concat())
 }
 
 /// The member ids a group item's `ids` bytes hold, in order.
@@ -92,12 +90,12 @@ impl DynamoStore {
     /// [`GROUP_MAX`], none with a business id: a business id's task may be
     /// made again, under the same id, after this one is gone); `None` if they
     /// cannot be listed together (they then take their own entries).
-    pub(super) async fn put_group(&self, tasks: &[&NewTask]) -> Result<Option<String>, StoreError> {
-        let Some(first) = tasks.first() else { return Ok(None) };
-        let ids: Option<Vec<[u8; ID_BYTES]>> = tasks.iter().map(|t| id_bytes(&t.id)).collect();
+    pub(super) async fn put_group(&self, tasks: &[&NewTask]) -> Result<bool, StoreError> {
+        let Some(first) = tasks.first() else { return Ok(false) };
+        let ids = encode_ids(&tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
         let alike = tasks.iter().all(|t| t.tenant == first.tenant && t.business_id.is_none());
         let (Some(ids), true) = (ids, tasks.len() <= GROUP_MAX && alike) else {
-            return Ok(None);
+            return Ok(false);
         };
         let created = tasks.iter().map(|t| t.created_at).min().unwrap_or(first.created_at);
         let last_due = tasks.iter().map(|t| t.due_at.max(t.created_at)).max().unwrap_or(created);
@@ -105,13 +103,13 @@ impl DynamoStore {
         let mut item = key(group_pk(&group), GROUP_SK);
         item.extend([
             ("tenant".into(), s(&first.tenant)),
-            ("ids".into(), AttributeValue::B(ids.concat().into())),
-            (GPK.into(), s(group_shard_pk(&first.tenant, &group))),
+            ("ids".into(), AttributeValue::B(ids.into())),
+            (GPK.into(), s(list_pk(&first.tenant, &group))),
             (GSK.into(), s(&group)),
             (TTL.into(), ttl_secs(last_due + self.retention_ms + GROUP_SLACK_MS)),
         ]);
         self.put(item).send().await.map_err(store_error)?;
-        Ok(Some(group))
+        Ok(true)
     }
 
     /// The members of the groups named (group key → ids); a group gone is left out.
@@ -146,7 +144,7 @@ impl DynamoStore {
                 .expression_attribute_names("#pk", PK)
                 .expression_attribute_names("#g", GPK)
                 .expression_attribute_names("#gs", GSK)
-                .expression_attribute_values(":g", s(group_shard_pk(&group.tenant, &group.group)))
+                .expression_attribute_values(":g", s(list_pk(&group.tenant, &group.group)))
                 .expression_attribute_values(":gs", s(member_sort_key(&group.group, i)))
                 .send()
                 .await;
@@ -167,8 +165,8 @@ mod tests {
 
     #[test]
     fn ids_round_trip_through_their_bytes() {
-        let ids = [TaskId::generate(), TaskId::derive(&TenantId::generate(), "order-1")];
-        let bytes: Vec<u8> = ids.iter().flat_map(|id| id_bytes(id).expect("the generated shape")).collect();
+        let ids = [TaskId::generate(), TaskId::derive(&crate::domain::TenantId::generate(), "order-1")];
+        let bytes = encode_ids(&ids).expect("the generated shape");
         assert_eq!(bytes.len(), 32);
         assert_eq!(decode_ids(&bytes), ids);
     }

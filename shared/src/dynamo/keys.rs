@@ -25,10 +25,11 @@ pub(super) fn shard(id: &TaskId) -> u32 {
     id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % RECONCILE_SHARDS
 }
 
-/// A task's partition key in the `by-tenant` index: one of the tenant's
-/// [`LIST_SHARDS`] keys, by its id.
-pub(super) fn list_pk(tenant: &TenantId, id: &TaskId) -> String {
-    let n = id.as_str().bytes().fold(7u32, |h, b| h.wrapping_mul(131).wrapping_add(u32::from(b))) % LIST_SHARDS;
+/// The partition key in the `by-tenant` index of an entry named `by` (a
+/// task id, or a listing group's key): one of the tenant's [`LIST_SHARDS`]
+/// keys, by that name.
+pub(super) fn list_pk(tenant: &TenantId, by: &str) -> String {
+    let n = by.bytes().fold(7u32, |h, b| h.wrapping_mul(131).wrapping_add(u32::from(b))) % LIST_SHARDS;
     list_shard_pk(tenant, n)
 }
 

@@ -43,7 +43,7 @@ mod errors;
 mod fields;
 mod flows;
 mod groups;
-pub use groups::decode_ids as decode_group_ids;
+pub use groups::{decode_ids as decode_group_ids, encode_ids as encode_group_ids};
 mod keys;
 mod reconcile;
 mod replays;

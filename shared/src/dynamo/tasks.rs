@@ -98,7 +98,7 @@ impl TaskStore for DynamoStore {
     }
 
     async fn list_together(&self, tasks: &[&NewTask]) -> Result<bool, StoreError> {
-        Ok(self.put_group(tasks).await?.is_some())
+        self.put_group(tasks).await
     }
 
     async fn create_many(&self, tasks: &[NewTask], listed: bool) -> Result<Vec<bool>, StoreError> {
